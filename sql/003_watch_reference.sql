@@ -1,0 +1,3 @@
+SELECT hub.watch('guarantees', 'guarantee');
+SELECT hub.watch('attendance', 'attendance');
+SELECT hub.watch('votes', 'vote');

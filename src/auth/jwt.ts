@@ -1,0 +1,106 @@
+import { SignJWT, createRemoteJWKSet, errors, importSPKI, jwtVerify, type JWTVerifyGetKey, type KeyObject } from 'jose';
+import { z } from 'zod';
+import type { Config } from '../config/index.ts';
+import type { Claims } from '../events/topics.ts';
+import { parseDuration } from '../config/index.ts';
+
+const Id = z.union([z.number().int().positive(), z.string().regex(/^[0-9]{1,15}$/).transform(Number)]);
+
+/** Claims are outside input: validated, and never wider than what they name. */
+const ClaimsSchema = z.object({
+  sub: z.string().min(1).max(200).regex(/^\S+$/, 'sub must not contain whitespace'),
+  role: z.string().max(64).optional(),
+  elections: z.array(Id).max(10_000).optional(),
+  committees: z.array(Id).max(10_000).optional(),
+  exp: z.number().optional(),
+});
+
+export type AuthResult = { ok: true; claims: Claims } | { ok: false; reason: string };
+
+export type Authenticator = { verify(token: string | undefined): Promise<AuthResult> };
+
+const ASYMMETRIC: Record<string, string> = { rsa: 'RS256', ec: 'ES256', ed25519: 'EdDSA' };
+
+function reasonOf(err: unknown): string {
+  if (err instanceof errors.JWTExpired) return 'expired';
+  if (err instanceof errors.JWTClaimValidationFailed) {
+    if (err.claim === 'nbf' || err.claim === 'iat') return 'not_yet_valid';
+    if (err.claim === 'aud') return 'bad_audience';
+    if (err.claim === 'iss') return 'bad_issuer';
+    return 'bad_claims';
+  }
+  if (err instanceof errors.JOSEAlgNotAllowed) return 'bad_algorithm';
+  if (err instanceof errors.JWSSignatureVerificationFailed) return 'bad_signature';
+  if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) return 'unknown_key';
+  if (err instanceof errors.JWKSTimeout) return 'jwks_unavailable';
+  if (err instanceof errors.JOSENotSupported) return 'bad_algorithm';
+  return 'malformed';
+}
+
+/**
+ * Verifies tokens against the one configured key source, with algorithms pinned to that
+ * key's kind: an HS256 token is refused when a public key is configured (algorithm
+ * confusion), `none` is never accepted.
+ */
+export async function createAuthenticator(config: Config): Promise<Authenticator> {
+  let key: Uint8Array | KeyObject | CryptoKey | JWTVerifyGetKey;
+  let algorithms: string[];
+  if (config.JWT_SECRET) {
+    key = new TextEncoder().encode(config.JWT_SECRET);
+    algorithms = ['HS256'];
+  } else if (config.JWT_PUBLIC_KEY) {
+    const alg = ASYMMETRIC[config.JWT_PUBLIC_KEY.type] ?? 'RS256';
+    key = await importSPKI(config.JWT_PUBLIC_KEY.pem, alg);
+    algorithms = [alg];
+  } else if (config.JWKS_URL) {
+    key = createRemoteJWKSet(new URL(config.JWKS_URL), { timeoutDuration: 3000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+    algorithms = ['RS256', 'ES256', 'EdDSA'];
+  } else {
+    throw new Error('no JWT key source configured');
+  }
+  const options = {
+    algorithms,
+    clockTolerance: Math.round(config.JWT_CLOCK_TOLERANCE / 1000),
+    ...(config.JWT_ISSUER ? { issuer: config.JWT_ISSUER } : {}),
+    ...(config.JWT_AUDIENCE ? { audience: config.JWT_AUDIENCE } : {}),
+  };
+  return {
+    async verify(token) {
+      if (!token) return { ok: false, reason: 'missing' };
+      if (token.length > 8192) return { ok: false, reason: 'malformed' };
+      try {
+        const { payload } =
+          typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+        const parsed = ClaimsSchema.safeParse(payload);
+        if (!parsed.success) return { ok: false, reason: 'bad_claims' };
+        const c = parsed.data;
+        return {
+          ok: true,
+          claims: { sub: c.sub, role: c.role, elections: c.elections ?? [], committees: c.committees ?? [], exp: c.exp },
+        };
+      } catch (err) {
+        return { ok: false, reason: reasonOf(err) };
+      }
+    },
+  };
+}
+
+export type TokenRequest = { sub: string; role?: string; elections?: number[]; committees?: number[]; ttl?: string; issuer?: string; audience?: string };
+
+/** Signs an HS256 token (the `token` command; tests). */
+export async function signToken(secret: string, req: TokenRequest): Promise<string> {
+  const ttlMs = parseDuration(req.ttl ?? '1h');
+  if (ttlMs === undefined) throw new Error(`bad --ttl ${req.ttl}`);
+  const claims: Record<string, unknown> = {};
+  if (req.role) claims.role = req.role;
+  if (req.elections?.length) claims.elections = req.elections;
+  if (req.committees?.length) claims.committees = req.committees;
+  let jwt = new SignJWT(claims)
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(req.sub)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor((Date.now() + ttlMs) / 1000));
+  if (req.issuer) jwt = jwt.setIssuer(req.issuer);
+  if (req.audience) jwt = jwt.setAudience(req.audience);
+  return jwt.sign(new TextEncoder().encode(secret));
+}

@@ -1,0 +1,122 @@
+import { parseArgs } from 'node:util';
+import { type Env, formatConfigErrors, parseConfig } from './config/index.ts';
+import { migrate } from './db/migrate.ts';
+import { signToken } from './auth/jwt.ts';
+import { createLogger, redactUrl } from './log.ts';
+import { errorMessage } from './errors.ts';
+
+const USAGE = `usage: election-hub <command>
+  migrate                      apply sql/ to DATABASE_URL (idempotent)
+  serve                        run the hub against DATABASE_URL (and REDIS_URL when set)
+  token --sub S [--role R] [--elections 1,2] [--committees 7] [--ttl 1h]
+                               print an HS256 token signed with JWT_SECRET
+  demo                         embedded PostgreSQL + simulator + hub + dashboard page`;
+
+const ids = (s: string | undefined, flag: string): number[] => {
+  if (!s) return [];
+  const list = s.split(',').map((x) => x.trim()).filter(Boolean);
+  if (!list.every((x) => /^[0-9]{1,15}$/.test(x))) throw new UsageError(`${flag} takes a comma list of numeric ids`);
+  return list.map(Number);
+};
+
+class UsageError extends Error {}
+
+/** Signals: the first starts an orderly stop, a second forces exit. */
+export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void }): void {
+  let signalled = false;
+  const handler = (sig: NodeJS.Signals) => {
+    if (signalled) {
+      process.exit(130);
+    }
+    signalled = true;
+    log.info({ signal: sig }, 'shutting down');
+    void stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+/** Runs a command; returns the exit status (2: bad usage or configuration). */
+export async function main(argv: string[], env: Env = process.env): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'migrate': {
+        const checked = parseConfig({ ...env, JWT_SECRET: env.JWT_SECRET ?? 'x'.repeat(32) }, { database: true });
+        if (!checked.ok) {
+          console.error(formatConfigErrors(checked.errors.filter((e) => e.startsWith('DATABASE_URL'))));
+          return 2;
+        }
+        const url = checked.config.DATABASE_URL as string;
+        const r = await migrate(url);
+        console.log(r.applied.length ? `applied ${r.applied.join(', ')} to ${redactUrl(url)}` : `nothing to apply: ${redactUrl(url)} is up to date`);
+        return 0;
+      }
+      case 'serve': {
+        const checked = parseConfig(env, { database: true });
+        if (!checked.ok) {
+          console.error(formatConfigErrors(checked.errors));
+          return 2;
+        }
+        const { startHub } = await import('./main.ts');
+        const { staticFilesFrom } = await import('./http/static.ts');
+        const log = createLogger(checked.config.LOG_LEVEL);
+        const hub = await startHub(checked.config, { log, staticFiles: staticFilesFrom() });
+        onShutdownSignals(hub.stop, log);
+        await new Promise(() => undefined);
+        return 0;
+      }
+      case 'token': {
+        const { values } = parseArgs({
+          args: rest,
+          options: {
+            sub: { type: 'string' },
+            role: { type: 'string' },
+            elections: { type: 'string' },
+            committees: { type: 'string' },
+            ttl: { type: 'string' },
+          },
+          strict: true,
+        });
+        if (!values.sub) throw new UsageError('token needs --sub');
+        const secret = env.JWT_SECRET;
+        if (!secret || Buffer.byteLength(secret) < 32) {
+          console.error(formatConfigErrors(['JWT_SECRET: required, at least 32 bytes']));
+          return 2;
+        }
+        const token = await signToken(secret, {
+          sub: values.sub,
+          ...(values.role ? { role: values.role } : {}),
+          elections: ids(values.elections, '--elections'),
+          committees: ids(values.committees, '--committees'),
+          ...(values.ttl ? { ttl: values.ttl } : {}),
+          ...(env.JWT_ISSUER ? { issuer: env.JWT_ISSUER } : {}),
+          ...(env.JWT_AUDIENCE ? { audience: env.JWT_AUDIENCE } : {}),
+        });
+        console.log(token);
+        return 0;
+      }
+      case 'demo': {
+        const { runDemo } = await import('./demo/run.ts');
+        return await runDemo(env);
+      }
+      case undefined:
+      case 'help':
+      case '--help':
+        console.log(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command ${command}`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`${errorMessage(err)}\n${USAGE}`);
+      return 2;
+    }
+    console.error(`election-hub ${command}: ${errorMessage(err)}`);
+    return 1;
+  }
+}

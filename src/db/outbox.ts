@@ -1,0 +1,153 @@
+import type pg from 'pg';
+import { OutboxRow, eventTypeOf } from '../events/schema.ts';
+import { eventTopics } from '../events/topics.ts';
+import { type Position, encodeCursor } from './cursor.ts';
+
+/** An outbox event, decoded once and serialized once. */
+export type HubEvent = {
+  readonly pos: Position;
+  readonly cursor: string;
+  readonly kind: string;
+  readonly action: string;
+  readonly type: string;
+  readonly electionId: number | null;
+  readonly committeeId: number | null;
+  readonly topic: string | null;
+  /** Topics it is published on (committee:C, election:E, election:* or one user topic). */
+  readonly topics: readonly string[];
+  /** The JSON frame sent to every socket. */
+  readonly frame: string;
+  readonly committedAtMs: number;
+};
+
+const COLUMNS = `txid::text AS txid, id::text AS id, kind, action, topic, election_id, committee_id,
+  row_id, data::text AS data, (extract(epoch FROM committed_at) * 1000)::float8 AS committed_ms`;
+
+type RawRow = Record<string, unknown>;
+
+/** Turns a selected row into an event; undefined (and counted by the caller) if malformed. */
+export function decodeRow(raw: RawRow): HubEvent | undefined {
+  const parsed = OutboxRow.safeParse(raw);
+  if (!parsed.success) return undefined;
+  const r = parsed.data;
+  const committedMs = r.committed_ms;
+  const pos = { txid: BigInt(r.txid), id: BigInt(r.id) };
+  const cursor = encodeCursor(pos);
+  const committedAt = new Date(committedMs).toISOString();
+  const data = r.data ?? 'null';
+  const app = r.kind === 'app';
+  const type = app ? r.action : eventTypeOf(r.kind);
+  // Built by concatenation so a large row's jsonb text is not parsed and re-serialized.
+  const frame = app
+    ? `{"type":${JSON.stringify(type)},"topic":${JSON.stringify(r.topic)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`
+    : `{"type":"${type}","action":${JSON.stringify(r.action)},"election_id":${r.election_id},"committee_id":${r.committee_id},` +
+      `"id":${JSON.stringify(r.row_id ?? null)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`;
+  return {
+    pos,
+    cursor,
+    kind: r.kind,
+    action: app ? 'published' : r.action,
+    type,
+    electionId: r.election_id,
+    committeeId: r.committee_id,
+    topic: r.topic,
+    topics: eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: r.topic }),
+    frame,
+    committedAtMs: committedMs,
+  };
+}
+
+export type ReadResult = {
+  rows: RawRow[];
+  /** pg_snapshot_xmin of the query: every transaction below it has ended. */
+  horizon: bigint;
+  /** Committed rows exist at or above the horizon, held back by an older open transaction. */
+  held: boolean;
+};
+
+/**
+ * Reads the next rows after `after` in (txid, id) order, only below the horizon of
+ * transactions still in flight, so a late-committing transaction is never skipped.
+ */
+export async function readAfter(db: pg.Pool, after: Position, limit: number): Promise<ReadResult> {
+  const res = await db.query(
+    `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+     SELECT s.x::text AS horizon,
+            EXISTS (SELECT 1 FROM hub.outbox h WHERE h.txid >= s.x) AS held,
+            o.*
+     FROM s LEFT JOIN LATERAL (
+       SELECT ${COLUMNS} FROM hub.outbox
+       WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < s.x
+       ORDER BY txid, id LIMIT $3) o ON true`,
+    [after.txid.toString(), after.id.toString(), limit],
+  );
+  const first = res.rows[0] as RawRow | undefined;
+  const horizon = BigInt(String(first?.horizon ?? '0'));
+  return { rows: first?.txid == null ? [] : (res.rows as RawRow[]), horizon, held: first?.held === true };
+}
+
+export type TopicFilter = { all: boolean; elections: number[]; committees: number[]; topics: string[] };
+
+/** Rows in (after, upTo] on the given topics, for replaying to one socket. */
+export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
+  const res = await db.query(
+    `SELECT ${COLUMNS} FROM hub.outbox
+     WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)
+       AND ($5 OR election_id = ANY($6::bigint[]) OR committee_id = ANY($7::bigint[]) OR topic = ANY($8::text[]))
+     ORDER BY txid, id LIMIT $9`,
+    [after.txid.toString(), after.id.toString(), upTo.txid.toString(), upTo.id.toString(), f.all, f.elections, f.committees, f.topics, limit],
+  );
+  return res.rows as RawRow[];
+}
+
+/** The current horizon: the position before every transaction still in flight. */
+export async function currentHorizon(db: Pick<pg.Pool, 'query'>): Promise<{ horizon: Position; xmax: bigint }> {
+  const res = await db.query<{ x: string; m: string }>(
+    `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x, pg_snapshot_xmax(pg_current_snapshot())::text AS m`,
+  );
+  const row = res.rows[0];
+  return { horizon: { txid: BigInt(row?.x ?? '0'), id: 0n }, xmax: BigInt(row?.m ?? '0') };
+}
+
+/** Where pruning has reached: a `since` below it can no longer be replayed completely. */
+export async function prunedPosition(db: Pick<pg.Pool, 'query'>): Promise<Position> {
+  const res = await db.query<{ t: string; i: string }>(`SELECT pruned_txid::text AS t, pruned_id::text AS i FROM hub.outbox_state`);
+  const row = res.rows[0];
+  return { txid: BigInt(row?.t ?? '0'), id: BigInt(row?.i ?? '0') };
+}
+
+/**
+ * Deletes up to `batch` rows older than the retention, in order, and records how far
+ * pruning reached. Safe with several nodes: each deletes what all of them may drop.
+ */
+export async function prune(db: pg.Pool, retentionMs: number, batch = 10_000): Promise<number> {
+  const res = await db.query<{ n: string }>(
+    `WITH doomed AS (
+       SELECT txid, id FROM hub.outbox
+       WHERE committed_at < now() - make_interval(secs => $1::float8 / 1000)
+         AND txid < pg_snapshot_xmin(pg_current_snapshot())
+       ORDER BY txid, id LIMIT $2
+     ), del AS (
+       DELETE FROM hub.outbox o USING doomed d WHERE o.txid = d.txid AND o.id = d.id RETURNING o.txid, o.id
+     ), top AS (
+       SELECT txid, id FROM del ORDER BY txid DESC, id DESC LIMIT 1
+     ), upd AS (
+       UPDATE hub.outbox_state s SET pruned_txid = top.txid, pruned_id = top.id FROM top
+       WHERE (top.txid, top.id) > (s.pruned_txid, s.pruned_id) RETURNING 1
+     )
+     SELECT count(*)::text AS n FROM del`,
+    [retentionMs, batch],
+  );
+  return Number(res.rows[0]?.n ?? 0);
+}
+
+/** Rows after `after` not yet read, and the age of the oldest (for the backlog metrics). */
+export async function backlog(db: pg.Pool, after: Position): Promise<{ count: number; oldestAgeSeconds: number }> {
+  const res = await db.query<{ n: string; age: number | null }>(
+    `SELECT count(*)::text AS n, extract(epoch FROM clock_timestamp() - min(committed_at))::float8 AS age
+     FROM (SELECT committed_at FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, $2::bigint) ORDER BY txid, id LIMIT 100000) s`,
+    [after.txid.toString(), after.id.toString()],
+  );
+  const row = res.rows[0];
+  return { count: Number(row?.n ?? 0), oldestAgeSeconds: Math.max(0, row?.age ?? 0) };
+}

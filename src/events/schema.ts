@@ -1,0 +1,108 @@
+import { z } from 'zod';
+
+/*
+ * The protocol in one place: zod schemas shared by the hub (validation of everything that
+ * comes in), the client SDK (typed events) and the AsyncAPI generator (docs/asyncapi.json).
+ */
+
+export const Topic = z
+  .string()
+  .max(220)
+  .regex(/^(election:(\*|[0-9]{1,15})|committee:[0-9]{1,15}|user:[^\s]{1,200})$/, 'not a topic: election:*, election:{id}, committee:{id} or user:{sub}')
+  .describe('election:*, election:{id}, committee:{id} or user:{sub}');
+
+export const Cursor = z.string().max(40).describe('Opaque position in the global event order');
+
+// ---- client -> server -------------------------------------------------------------------
+
+export const PingFrame = z.object({ type: z.literal('ping') });
+export const SubscribeFrame = z.object({
+  type: z.literal('subscribe'),
+  topics: z.array(z.string().max(220)).min(1).max(1000),
+  since: Cursor.optional(),
+});
+export const UnsubscribeFrame = z.object({
+  type: z.literal('unsubscribe'),
+  topics: z.array(z.string().max(220)).min(1).max(1000),
+});
+export const ClientFrame = z.discriminatedUnion('type', [PingFrame, SubscribeFrame, UnsubscribeFrame]);
+export type ClientFrame = z.infer<typeof ClientFrame>;
+
+// ---- server -> client -------------------------------------------------------------------
+
+export const RowEventType = z.enum(['guarantee_update', 'attendance_update', 'voting_update']);
+export const Action = z.enum(['created', 'updated', 'deleted']);
+
+export const RowEvent = z.object({
+  type: RowEventType,
+  action: Action,
+  election_id: z.number().int().nullable(),
+  committee_id: z.number().int().nullable(),
+  id: z.unknown().describe('The row primary key'),
+  data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
+  cursor: Cursor,
+  committed_at: z.string().describe('ISO 8601 time the change was captured in its transaction'),
+});
+export type RowEvent = z.infer<typeof RowEvent>;
+
+export const AppEvent = z.object({
+  type: z.string().describe('The type given to hub.publish(topic, type, payload)'),
+  topic: Topic,
+  data: z.unknown(),
+  cursor: Cursor,
+  committed_at: z.string(),
+});
+export type AppEvent = z.infer<typeof AppEvent>;
+
+export const Counts = z.object({ guarantees: z.number(), attendance: z.number(), votes: z.number() });
+export const CommitteeCounts = Counts.extend({ committee_id: z.number().int() });
+
+export const DashboardSnapshot = z.object({
+  election_id: z.number().int(),
+  cursor: Cursor,
+  totals: Counts,
+  committees: z.array(CommitteeCounts),
+});
+export type DashboardSnapshot = z.infer<typeof DashboardSnapshot>;
+
+export const DashboardUpdate = DashboardSnapshot.extend({ type: z.literal('dashboard_update') });
+export type DashboardUpdate = z.infer<typeof DashboardUpdate>;
+
+export const ConnectionSuccess = z.object({ type: z.literal('connection_success'), sub: z.string(), topics: z.array(Topic), cursor: Cursor });
+export const Subscribed = z.object({ type: z.literal('subscribed'), topics: z.array(Topic), cursor: Cursor });
+export const Unsubscribed = z.object({ type: z.literal('unsubscribed'), topics: z.array(z.string()) });
+export const Resync = z.object({ type: z.literal('resync'), topics: z.array(Topic) });
+export const Pong = z.object({ type: z.literal('pong') });
+export const ErrorFrame = z.object({ type: z.literal('error'), code: z.string(), message: z.string() });
+
+export const ControlFrame = z.discriminatedUnion('type', [ConnectionSuccess, Subscribed, Unsubscribed, Resync, Pong, ErrorFrame, DashboardUpdate]);
+export type ControlFrame = z.infer<typeof ControlFrame>;
+
+/** Everything the server sends; application events are the open-ended remainder. */
+export const ServerFrame = z.union([ControlFrame, RowEvent, AppEvent]);
+export type ServerFrame = z.infer<typeof ServerFrame>;
+
+// ---- database -> hub --------------------------------------------------------------------
+
+/** An outbox row as the hub selects it (ids as text, jsonb data as text). Validated, never trusted. */
+export const OutboxRow = z.object({
+  txid: z.string().regex(/^\d{1,20}$/),
+  id: z.string().regex(/^\d{1,20}$/),
+  kind: z.string().min(1).max(64),
+  action: z.string().min(1).max(64),
+  topic: z.string().max(220).nullable(),
+  election_id: z.number().int().nullable(),
+  committee_id: z.number().int().nullable(),
+  row_id: z.unknown(),
+  data: z.string().nullable(),
+  committed_ms: z.number().finite(),
+});
+export type OutboxRow = z.infer<typeof OutboxRow>;
+
+/** NOTIFY payloads are wake-ups only; anything else on the channel is counted and ignored. */
+export const NotifyPayload = z.string().max(64);
+
+/** The frame type a watched kind's events carry (`vote` rows are `voting_update`). */
+export function eventTypeOf(kind: string): string {
+  return kind === 'vote' ? 'voting_update' : `${kind}_update`;
+}

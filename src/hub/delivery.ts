@@ -1,0 +1,260 @@
+import type pg from 'pg';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics/index.ts';
+import { type Position, compare } from '../db/cursor.ts';
+import { type HubEvent, type TopicFilter, decodeRow, readRange } from '../db/outbox.ts';
+import { type Claims, type ElectionOf, ALL, coverOf, matches, parseTopic } from '../events/topics.ts';
+import { CloseCode } from '../errors.ts';
+import type { Ring } from './ring.ts';
+
+/** Per-socket state, kept in the uWebSockets.js user data. */
+export type Session = {
+  readonly id: number;
+  readonly claims: Claims;
+  readonly remote: string;
+  /** Topics the client asked for (and may use). */
+  readonly topics: Set<string>;
+  /** uWS topics actually subscribed: a cover of `topics` in which no two nest. */
+  cover: Set<string>;
+  closed: boolean;
+  /** subscribe/unsubscribe run one at a time, in arrival order. */
+  ops: Promise<void>;
+  drained: (() => void) | undefined;
+  badFrames: number;
+  windowStart: number;
+  windowCount: number;
+  expiry: NodeJS.Timeout | undefined;
+};
+
+/** What the delivery code needs of a uWS socket. */
+export type Sock = {
+  send(message: string, isBinary?: boolean): number;
+  getBufferedAmount(): number;
+  subscribe(topic: string): boolean;
+  unsubscribe(topic: string): boolean;
+  end(code?: number, shortMessage?: string): void;
+  getUserData(): Session;
+};
+
+export type Publisher = {
+  publish(topic: string, message: string, isBinary?: boolean): boolean;
+  numSubscribers(topic: string): number;
+};
+
+export type PositionSource = {
+  position(): Position | undefined;
+  waitFor(p: Position, timeoutMs: number): Promise<boolean>;
+};
+
+export class CursorError extends Error {}
+
+type Part = { topics: Set<string>; from: Position };
+
+const PAGE = 1000;
+
+export function createDelivery(opts: {
+  publisher: Publisher;
+  reader: PositionSource;
+  pool: pg.Pool;
+  ring: Ring;
+  electionOf: ElectionOf;
+  maxBuffered: number;
+  metrics: Pick<Metrics, 'messagesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
+  log: Logger;
+}) {
+  const { publisher, reader, ring, metrics } = opts;
+  let pruned: Position = { txid: 0n, id: 0n };
+
+  const tooSlow = (ws: Sock) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    metrics.slowReaderCloses.inc();
+    opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount() }, 'closing slow reader (4008)');
+    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
+  };
+
+  /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
+  const send = (ws: Sock, frame: string, type: string): boolean => {
+    if (ws.getUserData().closed) return false;
+    ws.send(frame, false);
+    metrics.messagesSent.inc({ type });
+    if (ws.getBufferedAmount() > opts.maxBuffered) {
+      tooSlow(ws);
+      return false;
+    }
+    return true;
+  };
+
+  /** Replays wait for the socket to drain instead of closing it for a burst they caused. */
+  const drain = async (ws: Sock): Promise<boolean> => {
+    const s = ws.getUserData();
+    if (s.closed || ws.getBufferedAmount() < opts.maxBuffered / 2) return !s.closed;
+    const ok = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 10_000);
+      s.drained = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
+    s.drained = undefined;
+    if (!ok) tooSlow(ws);
+    return ok && !s.closed;
+  };
+
+  const applyCover = (ws: Sock) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    const next = coverOf(s.topics, opts.electionOf);
+    for (const t of s.cover) if (!next.has(t)) ws.unsubscribe(t);
+    for (const t of next) if (!s.cover.has(t)) ws.subscribe(t);
+    s.cover = next;
+  };
+
+  const pause = (ws: Sock) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    for (const t of s.cover) ws.unsubscribe(t);
+    s.cover = new Set();
+  };
+
+  const filterOf = (parts: Part[]): TopicFilter => {
+    const f: TopicFilter = { all: false, elections: [], committees: [], topics: [] };
+    for (const part of parts) {
+      for (const t of part.topics) {
+        const p = parseTopic(t);
+        if (!p) continue;
+        if (p.kind === 'all') f.all = true;
+        else if (p.kind === 'election') f.elections.push(p.id);
+        else if (p.kind === 'committee') f.committees.push(p.id);
+        else f.topics.push(t);
+      }
+    }
+    return f;
+  };
+
+  const wanted = (e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && matches(e.topics, p.topics));
+
+  /**
+   * Replays `parts` (each: topics and the position after which the socket lacks their
+   * events) in global order, then subscribes the socket. Pages come from PostgreSQL until
+   * the ring covers the rest; the ring's tail is sent and the socket subscribed in one
+   * synchronous step, so no live event falls between replay and subscription.
+   */
+  const catchUp = async (ws: Sock, parts: Part[]): Promise<Position | undefined> => {
+    for (;;) {
+      const s = ws.getUserData();
+      if (s.closed) return undefined;
+      const lo = parts.reduce((m, p) => (compare(p.from, m) < 0 ? p.from : m), parts[0]?.from ?? { txid: 0n, id: 0n });
+      const head = reader.position();
+      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (ring.covers(lo)) {
+        for (const e of ring.after(lo)) {
+          if (wanted(e, parts) && !send(ws, e.frame, e.type)) return undefined;
+        }
+        applyCover(ws);
+        return head;
+      }
+      const rows = await readRange(opts.pool, lo, head, filterOf(parts), PAGE);
+      let last: Position | undefined;
+      for (const raw of rows) {
+        const e = decodeRow(raw);
+        if (!e) continue;
+        last = e.pos;
+        if (wanted(e, parts)) {
+          if (!send(ws, e.frame, e.type)) return undefined;
+          if (!(await drain(ws))) return undefined;
+        }
+      }
+      const reached = rows.length < PAGE ? head : (last ?? head);
+      for (const p of parts) if (compare(p.from, reached) < 0) p.from = reached;
+    }
+  };
+
+  return {
+    /** Live fan-out: each event serialized once, published on its topics by uWS. */
+    publish(events: HubEvent[]) {
+      const now = Date.now();
+      for (const e of events) {
+        let receivers = 0;
+        for (const t of e.topics) {
+          receivers += publisher.numSubscribers(t);
+          publisher.publish(t, e.frame, false);
+        }
+        ring.push(e);
+        metrics.events.inc({ kind: e.kind, action: e.action });
+        if (receivers > 0) metrics.messagesSent.inc({ type: e.type }, receivers);
+        metrics.deliveryLag.observe(Math.max(0, now - e.committedAtMs) / 1000);
+      }
+    },
+
+    /** A frame that is not an outbox event (dashboard updates): live subscribers only. */
+    publishFrame(topics: readonly string[], frame: string, type: string) {
+      let receivers = 0;
+      for (const t of topics) {
+        receivers += publisher.numSubscribers(t);
+        publisher.publish(t, frame, false);
+      }
+      if (receivers > 0) metrics.messagesSent.inc({ type }, receivers);
+    },
+
+    send,
+    applyCover,
+
+    setPruned(p: Position) {
+      pruned = p;
+    },
+
+    /**
+     * Adds topics to a socket. Without `since` they are live from now. With `since`,
+     * events after it are replayed first, in order, together with whatever the socket's
+     * other topics receive meanwhile (they are paused, and resumed from where they were).
+     */
+    async subscribe(ws: Sock, topics: string[], since: Position | undefined): Promise<{ cursor: Position; resync: boolean } | undefined> {
+      const s = ws.getUserData();
+      const head = reader.position();
+      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (since === undefined || compare(since, pruned) < 0) {
+        for (const t of topics) s.topics.add(t);
+        applyCover(ws);
+        return { cursor: head, resync: since !== undefined };
+      }
+      if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {
+        throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
+      }
+      if (s.closed) return undefined;
+      const p0 = reader.position() ?? head;
+      const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
+      pause(ws);
+      for (const t of topics) s.topics.add(t);
+      const parts: Part[] = [{ topics: new Set(topics), from: since }];
+      if (others.size > 0) parts.push({ topics: others, from: p0 });
+      try {
+        const cursor = await catchUp(ws, parts);
+        return cursor ? { cursor, resync: false } : undefined;
+      } finally {
+        // On failure the socket goes back to live delivery of what it has.
+        if (!s.closed && s.cover.size === 0) applyCover(ws);
+      }
+    },
+
+    unsubscribe(ws: Sock, topics: string[]) {
+      const s = ws.getUserData();
+      for (const t of topics) s.topics.delete(t);
+      applyCover(ws);
+    },
+
+    /** Called from the uWS drain handler. */
+    drained(ws: Sock) {
+      ws.getUserData().drained?.();
+    },
+
+    /** Periodic: a socket whose buffer passed the limit is closed with 4008, never skipped. */
+    sweep(sockets: Iterable<Sock>) {
+      for (const ws of sockets) if (!ws.getUserData().closed && ws.getBufferedAmount() > opts.maxBuffered) tooSlow(ws);
+    },
+  };
+}
+
+export type Delivery = ReturnType<typeof createDelivery>;
+export { ALL };

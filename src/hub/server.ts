@@ -1,0 +1,377 @@
+import uWS from 'uWebSockets.js';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics/index.ts';
+import type { Authenticator } from '../auth/jwt.ts';
+import type { ConnectionLimiter } from '../auth/limits.ts';
+import type { CommitteeDirectory } from '../db/committees.ts';
+import type { Routes, HttpReply } from '../http/routes.ts';
+import { bearer } from '../http/routes.ts';
+import { type Delivery, type Session, type Sock, CursorError } from './delivery.ts';
+import { ClientFrame } from '../events/schema.ts';
+import { type Claims, claimTopics, mayUse, parseTopic } from '../events/topics.ts';
+import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
+import { CloseCode, ErrorCode, errorMessage } from '../errors.ts';
+
+type Ws = uWS.WebSocket<Session> & Sock;
+
+const STATUS: Record<number, string> = {
+  200: '200 OK', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found',
+  405: '405 Method Not Allowed', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable',
+};
+
+const BAD_FRAMES_BEFORE_CLOSE = 10;
+const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
+
+export type StaticFiles = (path: string) => { body: Buffer; contentType: string } | undefined;
+
+/**
+ * The uWebSockets.js boundary: HTTP routes, the WebSocket upgrade (authentication happens
+ * here, before any socket exists), client frames, and the socket lifecycle.
+ */
+export function createHubServer(deps: {
+  config: Config;
+  log: Logger;
+  metrics: Metrics;
+  auth: Authenticator;
+  limiter: ConnectionLimiter;
+  committees: CommitteeDirectory;
+  routes: Routes;
+  delivery: (app: uWS.TemplatedApp) => Delivery;
+  position: () => Position | undefined;
+  staticFiles?: StaticFiles;
+}) {
+  const { config, log, metrics, auth, limiter, committees, routes } = deps;
+  const app = uWS.App();
+  const delivery = deps.delivery(app);
+  const sockets = new Set<Ws>();
+  let listenSocket: uWS.us_listen_socket | undefined;
+  let accepting = true;
+  let nextId = 1;
+
+  // ---- HTTP ---------------------------------------------------------------------------
+
+  const write = (res: uWS.HttpResponse, reply: HttpReply) => {
+    res.cork(() => {
+      res
+        .writeStatus(STATUS[reply.status] ?? `${reply.status} Status`)
+        .writeHeader('Content-Type', reply.contentType ?? 'application/json')
+        .writeHeader('Cache-Control', 'no-store')
+        .end(reply.body);
+    });
+  };
+
+  /** Async handlers: headers are copied first; the response is written only if still open. */
+  const handle = (
+    method: 'get',
+    pattern: string,
+    fn: (read: { header: (h: string) => string; param: (i: number) => string; query: (k: string) => string | undefined }) => Promise<HttpReply> | HttpReply,
+  ) => {
+    app[method](pattern, (res, req) => {
+      const headers = new Map<string, string>();
+      req.forEach((k, v) => headers.set(k, v));
+      const params = [req.getParameter(0) ?? '', req.getParameter(1) ?? ''];
+      const query = new URLSearchParams(req.getQuery() ?? '');
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+      });
+      Promise.resolve()
+        .then(() => fn({ header: (h) => headers.get(h) ?? '', param: (i) => params[i] ?? '', query: (k) => query.get(k) ?? undefined }))
+        .then(
+          (reply) => {
+            if (!aborted) write(res, reply);
+          },
+          (err: unknown) => {
+            log.error({ err: errorMessage(err), path: pattern }, 'request failed');
+            if (!aborted) write(res, { status: 500, body: JSON.stringify({ error: 'internal' }) });
+          },
+        );
+    });
+  };
+
+  const tokenOf = (r: { header: (h: string) => string; query: (k: string) => string | undefined }) =>
+    bearer(r.header('authorization')) ?? r.query('token');
+
+  handle('get', '/health', () => routes.health());
+  handle('get', '/ready', () => routes.ready());
+  handle('get', '/metrics', () => routes.metrics());
+  handle('get', '/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
+  handle('get', '/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
+  handle('get', '/*', (r) => {
+    void r;
+    return { status: 404, body: JSON.stringify({ error: 'not_found' }) };
+  });
+  if (deps.staticFiles) {
+    const files = deps.staticFiles;
+    for (const path of ['/', '/app.js', '/app.css']) {
+      app.get(path, (res) => {
+        const f = files(path);
+        res.cork(() => {
+          if (!f) res.writeStatus('404 Not Found').end('not built: run npm run build:web');
+          else res.writeHeader('Content-Type', f.contentType).end(f.body);
+        });
+      });
+    }
+  }
+
+  // ---- WebSocket ----------------------------------------------------------------------
+
+  const frame = (ws: Ws, body: Record<string, unknown>) => delivery.send(ws, JSON.stringify(body), String(body.type));
+
+  const clientError = (ws: Ws, code: ErrorCode, message: string) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    metrics.frameErrors.inc({ code });
+    frame(ws, { type: 'error', code, message });
+    if (++s.badFrames >= BAD_FRAMES_BEFORE_CLOSE && !s.closed) {
+      log.info({ sub: s.claims.sub, remote: s.remote }, 'closing misbehaving client (1008)');
+      ws.end(CloseCode.policy, 'repeated bad frames');
+    }
+  };
+
+  const checkTopics = async (ws: Ws, topics: string[]): Promise<string[] | undefined> => {
+    const s = ws.getUserData();
+    const unique = [...new Set(topics)];
+    const parsed = unique.map((t) => [t, parseTopic(t)] as const);
+    const bad = parsed.find(([, p]) => !p);
+    if (bad) {
+      clientError(ws, ErrorCode.badTopic, `not a topic: ${String(bad[0]).slice(0, 64)}`);
+      return undefined;
+    }
+    await committees.ensure(parsed.flatMap(([, p]) => (p?.kind === 'committee' ? [p.id] : [])));
+    if (s.closed) return undefined;
+    const forbidden = parsed.find(([, p]) => p && !mayUse(s.claims, p, committees.electionOf));
+    if (forbidden) {
+      clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${forbidden[0]}`);
+      return undefined;
+    }
+    const after = new Set([...s.topics, ...unique]).size;
+    if (after > config.MAX_TOPICS_PER_CONNECTION) {
+      clientError(ws, ErrorCode.tooManyTopics, `at most ${config.MAX_TOPICS_PER_CONNECTION} topics per connection`);
+      return undefined;
+    }
+    return unique;
+  };
+
+  const onSubscribe = async (ws: Ws, topics: string[], sinceText: string | undefined) => {
+    const since = sinceText === undefined ? undefined : decodeCursor(sinceText);
+    if (sinceText !== undefined && since === undefined) return clientError(ws, ErrorCode.badCursor, 'not a cursor');
+    const ok = await checkTopics(ws, topics);
+    if (!ok) return;
+    try {
+      const r = await delivery.subscribe(ws, ok, since);
+      if (!r || ws.getUserData().closed) return;
+      if (r.resync) frame(ws, { type: 'resync', topics: ok });
+      frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(r.cursor) });
+    } catch (err) {
+      if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
+      throw err;
+    }
+  };
+
+  const onMessage = (ws: Ws, text: string) => {
+    const s = ws.getUserData();
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch {
+      return clientError(ws, ErrorCode.badJson, 'frame is not JSON');
+    }
+    const parsed = ClientFrame.safeParse(raw);
+    if (!parsed.success) {
+      const type = (raw as { type?: unknown } | null)?.type;
+      if (typeof type !== 'string' || !KNOWN_TYPES.has(type)) return clientError(ws, ErrorCode.unknownType, 'type must be ping, subscribe or unsubscribe');
+      return clientError(ws, ErrorCode.badFrame, parsed.error.issues.map((i) => `${i.path.join('.') || 'frame'}: ${i.message}`).join('; ').slice(0, 300));
+    }
+    const f = parsed.data;
+    if (f.type === 'ping') {
+      frame(ws, { type: 'pong' });
+      return;
+    }
+    // Subscription changes run one at a time per socket, in arrival order.
+    s.ops = s.ops
+      .then(async () => {
+        if (s.closed) return;
+        if (f.type === 'subscribe') await onSubscribe(ws, f.topics, f.since);
+        else {
+          const topics = [...new Set(f.topics)];
+          delivery.unsubscribe(ws, topics);
+          frame(ws, { type: 'unsubscribed', topics });
+        }
+      })
+      .catch((err: unknown) => {
+        log.error({ err: errorMessage(err), sub: s.claims.sub }, 'subscription change failed');
+        clientError(ws, ErrorCode.internal, 'subscription failed; retry');
+      });
+  };
+
+  const refuse = (res: uWS.HttpResponse, status: number, reason: string) => {
+    res.cork(() => {
+      res.writeStatus(STATUS[status] ?? `${status}`).writeHeader('Content-Type', 'application/json').end(JSON.stringify({ error: reason }));
+    });
+  };
+
+  app.ws<Session>('/ws', {
+    compression: uWS.DISABLED,
+    maxPayloadLength: config.MAX_PAYLOAD_BYTES,
+    idleTimeout: 120,
+    sendPingsAutomatically: true,
+    // uWS silently skips a subscriber over maxBackpressure: keep that far above our own
+    // limit, which the sweep enforces by closing with 4008 (the client then resumes).
+    maxBackpressure: Math.max(64 * 1024 * 1024, config.MAX_BACKPRESSURE_BYTES * 16),
+
+    upgrade: (res, req, context) => {
+      const key = req.getHeader('sec-websocket-key');
+      const protocols = req.getHeader('sec-websocket-protocol');
+      const extensions = req.getHeader('sec-websocket-extensions');
+      const origin = req.getHeader('origin');
+      const authorization = req.getHeader('authorization');
+      const query = new URLSearchParams(req.getQuery() ?? '');
+      const remote = Buffer.from(res.getRemoteAddressAsText()).toString();
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+      });
+      void (async () => {
+        const fail = (status: number, reason: string, sub?: string) => {
+          metrics.authFailures.inc({ reason });
+          log.info({ event: 'ws_refused', status, reason, sub, remote }, 'websocket refused');
+          if (!aborted) refuse(res, status, reason);
+        };
+        if (!accepting) return fail(503, 'shutting_down');
+        if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin)) return fail(403, 'origin');
+        const offered = protocols.split(',').map((p) => p.trim()).filter(Boolean);
+        const viaProtocol = offered.find((p) => p.startsWith('bearer.'));
+        const token = query.get('token') ?? bearer(authorization) ?? viaProtocol?.slice('bearer.'.length);
+        const result = await auth.verify(token ?? undefined);
+        if (!result.ok) return fail(401, result.reason);
+        const claims: Claims = result.claims;
+        if (!(await limiter.acquire(claims.sub))) return fail(429, 'too_many_connections', claims.sub);
+        await committees.ensure(claims.committees);
+        if (aborted || !accepting || !deps.position()) {
+          limiter.release(claims.sub);
+          if (!aborted) refuse(res, 503, 'not_ready');
+          return;
+        }
+        const session: Session & { autoSubscribe: boolean } = {
+          id: nextId++,
+          claims,
+          remote,
+          topics: new Set(),
+          cover: new Set(),
+          closed: false,
+          ops: Promise.resolve(),
+          drained: undefined,
+          badFrames: 0,
+          windowStart: 0,
+          windowCount: 0,
+          expiry: undefined,
+          autoSubscribe: query.get('subscribe') !== 'none',
+        };
+        res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
+      })().catch((err: unknown) => {
+        log.error({ err: errorMessage(err) }, 'upgrade failed');
+        if (!aborted) refuse(res, 500, 'internal');
+      });
+    },
+
+    open: (ws) => {
+      const w = ws as Ws;
+      const s = w.getUserData() as Session & { autoSubscribe: boolean };
+      sockets.add(w);
+      metrics.connections.inc();
+      metrics.connectionsOpened.inc();
+      metrics.connectionsByRole.inc({ role: s.claims.role ?? 'none' });
+      log.info({ event: 'ws_open', sub: s.claims.sub, role: s.claims.role, remote: s.remote }, 'websocket opened');
+      if (s.claims.exp !== undefined) {
+        const ms = s.claims.exp * 1000 - Date.now();
+        if (ms < 2 ** 31 - 1) {
+          s.expiry = setTimeout(() => {
+            if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
+          }, Math.max(0, ms));
+        }
+      }
+      if (s.autoSubscribe) {
+        for (const t of claimTopics(s.claims)) s.topics.add(t);
+        delivery.applyCover(w);
+      }
+      const cursor = deps.position();
+      frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+    },
+
+    message: (ws, message, isBinary) => {
+      const w = ws as Ws;
+      const s = w.getUserData();
+      const now = Date.now();
+      if (now - s.windowStart >= 1000) {
+        s.windowStart = now;
+        s.windowCount = 0;
+      }
+      if (++s.windowCount > config.MAX_MESSAGES_PER_SECOND) return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
+      if (isBinary) return clientError(w, ErrorCode.badFrame, 'frames must be JSON text');
+      try {
+        onMessage(w, Buffer.from(message).toString('utf8'));
+      } catch (err) {
+        log.error({ err: errorMessage(err) }, 'frame handling failed');
+        clientError(w, ErrorCode.internal, 'internal error');
+      }
+    },
+
+    drain: (ws) => delivery.drained(ws as Ws),
+
+    close: (ws, code) => {
+      const w = ws as Ws;
+      const s = w.getUserData();
+      s.closed = true;
+      sockets.delete(w);
+      clearTimeout(s.expiry);
+      s.drained?.();
+      limiter.release(s.claims.sub);
+      metrics.connections.dec();
+      metrics.connectionsClosed.inc({ code: String(code) });
+      metrics.connectionsByRole.dec({ role: s.claims.role ?? 'none' });
+      log.info({ event: 'ws_close', sub: s.claims.sub, role: s.claims.role, remote: s.remote, code }, 'websocket closed');
+    },
+  });
+
+  const sweep = setInterval(() => delivery.sweep(sockets), 50);
+
+  return {
+    delivery,
+    listen: (host: string, port: number) =>
+      new Promise<number>((resolve, reject) => {
+        app.listen(host, port, (token) => {
+          if (!token) return reject(new Error(`cannot listen on ${host}:${port}`));
+          listenSocket = token;
+          resolve(uWS.us_socket_local_port(token));
+        });
+      }),
+    connections: () => sockets.size,
+    topicCounts(): Record<string, number> {
+      const counts: Record<string, number> = {};
+      for (const ws of sockets) for (const t of ws.getUserData().topics) counts[t] = (counts[t] ?? 0) + 1;
+      return counts;
+    },
+    /** Stops accepting upgrades and closes the listen socket. */
+    stopAccepting() {
+      accepting = false;
+      if (listenSocket) uWS.us_listen_socket_close(listenSocket);
+      listenSocket = undefined;
+    },
+    /** Closes every socket with `code` ("going away, reconnect and resume"). */
+    async closeAll(code: number, reason: string, timeoutMs: number) {
+      for (const ws of [...sockets]) {
+        const s = ws.getUserData();
+        if (!s.closed) ws.end(code, reason);
+      }
+      const deadline = Date.now() + timeoutMs;
+      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      clearInterval(sweep);
+      // Older builds lack App.close(); the listen socket is already closed either way.
+      (app as unknown as { close?: () => void }).close?.();
+    },
+  };
+}
+
+export type HubServer = ReturnType<typeof createHubServer>;

@@ -1,0 +1,232 @@
+import { Redis } from 'ioredis';
+import type { Config } from './config/index.ts';
+import { type Logger, createLogger, redactUrl } from './log.ts';
+import { createMetrics, type Metrics } from './metrics/index.ts';
+import { createPool } from './db/pool.ts';
+import { startListener, type Listener } from './db/listener.ts';
+import { startReader, type Reader } from './db/reader.ts';
+import { computeSnapshot } from './db/snapshot.ts';
+import { createCommitteeDirectory } from './db/committees.ts';
+import { type Position, decodeCursor, encodeCursor } from './db/cursor.ts';
+import { backlog, prune, prunedPosition } from './db/outbox.ts';
+import { createAuthenticator } from './auth/jwt.ts';
+import { createLocalLimiter } from './auth/limits.ts';
+import { createDashboardCache, createDashboardNotifier } from './cache/dashboard.ts';
+import { createRoutes } from './http/routes.ts';
+import { createDelivery } from './hub/delivery.ts';
+import { createRing } from './hub/ring.ts';
+import { createHubServer, type StaticFiles } from './hub/server.ts';
+import { eventTopics } from './events/topics.ts';
+import { CloseCode, errorMessage } from './errors.ts';
+
+export type Hub = {
+  readonly port: number;
+  readonly url: string;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** Everything the reader has published so far ends at this cursor. */
+  cursor(): string | undefined;
+  stop(): Promise<void>;
+};
+
+export type HubDeps = { log?: Logger; staticFiles?: StaticFiles; pruneEveryMs?: number };
+
+/**
+ * Starts one hub: composes the boundaries and returns a handle whose `stop` releases them
+ * in reverse order of start-up (fail readiness, stop accepting, close sockets with 1001,
+ * stop the listener and reader, quit Redis, end the pool).
+ */
+export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub> {
+  if (!config.DATABASE_URL) throw new Error('DATABASE_URL is required');
+  const log = deps.log ?? createLogger(config.LOG_LEVEL);
+  const metrics = createMetrics();
+  const releasers: Array<[string, () => Promise<void> | void]> = [];
+  const release = async () => {
+    for (const [name, fn] of releasers.reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        log.warn({ step: name, err: errorMessage(err) }, 'shutdown step failed');
+      }
+    }
+    releasers.length = 0;
+  };
+
+  try {
+    const pool = createPool(config.DATABASE_URL, log);
+    releasers.push(['pool', () => pool.end()]);
+
+    let redis: Redis | undefined;
+    if (config.REDIS_URL) {
+      const r = new Redis(config.REDIS_URL, {
+        maxRetriesPerRequest: 1,
+        enableOfflineQueue: false,
+        connectTimeout: 2000,
+        retryStrategy: (times) => Math.min(2000, 100 * times),
+      });
+      let up = false;
+      r.on('ready', () => {
+        up = true;
+        log.info({ redis: redactUrl(config.REDIS_URL ?? '') }, 'redis connected');
+      });
+      r.on('error', (err: Error) => {
+        if (up) log.warn({ err: err.message }, 'redis unavailable: dashboard cache bypassed');
+        up = false;
+      });
+      redis = r;
+      releasers.push(['redis', async () => void (await r.quit().catch(() => r.disconnect()))]);
+    }
+
+    const auth = await createAuthenticator(config);
+    const committees = createCommitteeDirectory(pool, log);
+    const limiter = createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
+    releasers.push(['limiter', () => limiter.stop()]);
+    const cache = createDashboardCache({
+      compute: (id) => computeSnapshot(pool, id),
+      redis,
+      extraKeys: config.DASHBOARD_CACHE_KEYS,
+      metrics,
+      log,
+    });
+
+    let reader: Reader | undefined;
+    let listener: Listener | undefined;
+    let ready = false;
+    const ring = createRing(config.REPLAY_BUFFER_EVENTS);
+    const position = (): Position | undefined => reader?.position();
+
+    const routes = createRoutes({
+      auth,
+      cache,
+      metrics,
+      electionOf: committees.electionOf,
+      log,
+      health: {
+        ready: () => {
+          if (!ready) return { ok: false, reason: 'shutting down' };
+          if (!listener?.connected()) return { ok: false, reason: `database listener disconnected${listener?.lastError() ? `: ${listener.lastError()}` : ''}` };
+          if (!position()) return { ok: false, reason: 'outbox reader not started' };
+          return { ok: true };
+        },
+        admin: async () => {
+          const p = position();
+          let lagMs: number | null = null;
+          if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
+          const dbUp = listener?.connected() ?? false;
+          const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
+          return {
+            status: dbUp && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
+            connections: server.connections(),
+            topics: server.topicCounts(),
+            database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
+            redis: redisInfo,
+          };
+        },
+      },
+    });
+
+    const server = createHubServer({
+      config,
+      log,
+      metrics,
+      auth,
+      limiter,
+      committees,
+      routes,
+      position,
+      ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
+      delivery: (app) =>
+        createDelivery({
+          publisher: app,
+          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false) },
+          pool,
+          ring,
+          electionOf: committees.electionOf,
+          maxBuffered: config.MAX_BACKPRESSURE_BYTES,
+          metrics,
+          log,
+        }),
+    });
+    const notifier = createDashboardNotifier({
+      cache,
+      debounceMs: config.DASHBOARD_DEBOUNCE,
+      log,
+      waitForCursor: async (c) => {
+        const p = decodeCursor(c);
+        if (p && reader) await reader.waitFor(p, 5000);
+      },
+      publish: (electionId, frame) =>
+        server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update'),
+    });
+    releasers.push(['dashboard updates', () => notifier.stop()]);
+
+    reader = startReader({
+      pool,
+      log,
+      onStarted: (p) => ring.init(p),
+      onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
+      onEvents: (events) => {
+        server.delivery.publish(events);
+        const elections = new Set<number>();
+        for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
+        if (elections.size > 0) {
+          cache.invalidate(elections);
+          notifier.changed(elections);
+        }
+      },
+    });
+    const r = reader;
+    releasers.push(['reader', () => r.stop()]);
+
+    listener = startListener({
+      connectionString: config.DATABASE_URL,
+      log,
+      onWake: () => r.wake(),
+      onState: (up) => metrics.listenerConnected.set(up ? 1 : 0),
+    });
+    const l = listener;
+    releasers.push(['listener', () => l.stop()]);
+
+    // Housekeeping: prune past retention (and learn how far pruning reached), sample backlog.
+    const housekeeping = async () => {
+      try {
+        while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
+        server.delivery.setPruned(await prunedPosition(pool));
+        const p = position();
+        if (p) {
+          const b = await backlog(pool, p);
+          metrics.outboxBacklog.set(b.count);
+          metrics.outboxOldestAge.set(b.oldestAgeSeconds);
+        }
+      } catch (err) {
+        log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
+      }
+    };
+    void housekeeping();
+    const hk = setInterval(() => void housekeeping(), deps.pruneEveryMs ?? 30_000);
+    releasers.push(['housekeeping', () => clearInterval(hk)]);
+
+    releasers.push(['sockets', () => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', 2000)]);
+    const port = await server.listen(config.HOST, config.PORT);
+    releasers.push(['listen socket', () => server.stopAccepting()]);
+    ready = true;
+    releasers.push(['readiness', () => void (ready = false)]);
+    log.info({ port, host: config.HOST }, 'hub listening');
+
+    let stopping: Promise<void> | undefined;
+    return {
+      port,
+      url: `http://${config.HOST === '0.0.0.0' ? '127.0.0.1' : config.HOST}:${port}`,
+      metrics,
+      log,
+      cursor: () => {
+        const p = position();
+        return p ? encodeCursor(p) : undefined;
+      },
+      stop: () => (stopping ??= release()),
+    };
+  } catch (err) {
+    await release();
+    throw err;
+  }
+}

@@ -160,10 +160,15 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     });
     releasers.push(['dashboard updates', () => notifier.stop()]);
 
+    let started: () => void = () => undefined;
+    const readerStarted = new Promise<void>((resolve) => (started = resolve));
     reader = startReader({
       pool,
       log,
-      onStarted: (p) => ring.init(p),
+      onStarted: (p) => {
+        ring.init(p);
+        started();
+      },
       onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
       onEvents: (events) => {
         server.delivery.publish(events);
@@ -207,6 +212,10 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push(['housekeeping', () => clearInterval(hk)]);
 
     releasers.push(['sockets', () => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', 2000)]);
+    // Upgrades need a cursor; give the database a moment, but serve /health and /ready anyway.
+    let startTimer: NodeJS.Timeout | undefined;
+    await Promise.race([readerStarted, new Promise((r) => (startTimer = setTimeout(r, 5000)))]);
+    clearTimeout(startTimer);
     const port = await server.listen(config.HOST, config.PORT);
     releasers.push(['listen socket', () => server.stopAccepting()]);
     ready = true;

@@ -20,8 +20,9 @@ export type HubEvent = {
   readonly committedAtMs: number;
 };
 
-const COLUMNS = `txid::text AS txid, id::text AS id, kind, action, topic, election_id, committee_id,
-  row_id, data::text AS data, (extract(epoch FROM committed_at) * 1000)::float8 AS committed_ms`;
+// Selected as text; queries order by the table's columns (`ob.txid, ob.id`), never these aliases.
+const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id, ob.committee_id,
+  ob.row_id, ob.data::text AS data, (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
 type RawRow = Record<string, unknown>;
 
@@ -76,9 +77,9 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number): Pr
             EXISTS (SELECT 1 FROM hub.outbox h WHERE h.txid >= s.x) AS held,
             o.*
      FROM s LEFT JOIN LATERAL (
-       SELECT ${COLUMNS} FROM hub.outbox
-       WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < s.x
-       ORDER BY txid, id LIMIT $3) o ON true`,
+       SELECT ${COLUMNS} FROM hub.outbox ob
+       WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
+       ORDER BY ob.txid, ob.id LIMIT $3) o ON true`,
     [after.txid.toString(), after.id.toString(), limit],
   );
   const first = res.rows[0] as RawRow | undefined;
@@ -91,10 +92,10 @@ export type TopicFilter = { all: boolean; elections: number[]; committees: numbe
 /** Rows in (after, upTo] on the given topics, for replaying to one socket. */
 export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
   const res = await db.query(
-    `SELECT ${COLUMNS} FROM hub.outbox
-     WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)
-       AND ($5 OR election_id = ANY($6::bigint[]) OR committee_id = ANY($7::bigint[]) OR topic = ANY($8::text[]))
-     ORDER BY txid, id LIMIT $9`,
+    `SELECT ${COLUMNS} FROM hub.outbox ob
+     WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND (ob.txid, ob.id) <= ($3::text::xid8, $4::bigint)
+       AND ($5 OR ob.election_id = ANY($6::bigint[]) OR ob.committee_id = ANY($7::bigint[]) OR ob.topic = ANY($8::text[]))
+     ORDER BY ob.txid, ob.id LIMIT $9`,
     [after.txid.toString(), after.id.toString(), upTo.txid.toString(), upTo.id.toString(), f.all, f.elections, f.committees, f.topics, limit],
   );
   return res.rows as RawRow[];

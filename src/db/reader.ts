@@ -62,6 +62,7 @@ export function startReader(opts: ReaderOptions): Reader {
       opts.onStarted(pos);
     }
     const r = await readAfter(pool, pos, batchSize);
+    log.debug({ n: r.rows.length, from: String(pos.txid) + '.' + String(pos.id), horizon: String(r.horizon), held: r.held }, 'outbox read');
     const events: HubEvent[] = [];
     for (const raw of r.rows) {
       const e = decodeRow(raw);

@@ -214,7 +214,9 @@ export function createHubServer(deps: {
 
   app.ws<Session>('/ws', {
     compression: uWS.DISABLED,
-    maxPayloadLength: config.MAX_PAYLOAD_BYTES,
+    // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
+    // it gets a higher hard cap and the contract's limit is enforced below with a 1009 close.
+    maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),
     idleTimeout: 120,
     sendPingsAutomatically: true,
     // uWS silently skips a subscriber over maxBackpressure: keep that far above our own
@@ -309,6 +311,10 @@ export function createHubServer(deps: {
         s.windowCount = 0;
       }
       if (++s.windowCount > config.MAX_MESSAGES_PER_SECOND) return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
+      if (message.byteLength > config.MAX_PAYLOAD_BYTES) {
+        metrics.frameErrors.inc({ code: 'too_big' });
+        return w.end(CloseCode.tooBig, `frame over ${config.MAX_PAYLOAD_BYTES} bytes`);
+      }
       if (isBinary) return clientError(w, ErrorCode.badFrame, 'frames must be JSON text');
       try {
         onMessage(w, Buffer.from(message).toString('utf8'));

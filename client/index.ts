@@ -1,0 +1,558 @@
+/**
+ * election-hub client SDK: a typed, resuming WebSocket client for browsers and Node.
+ *
+ * - Built on the standard WebSocket API (inject `ws` in Node 20, which has no global WebSocket).
+ * - Authenticates with the subprotocol `bearer.<jwt>`, so tokens never appear in URLs, proxy
+ *   access logs or browser history. `token` may be a function: it is called before every
+ *   connection attempt (return a cached token while it is still valid).
+ * - Resumes after every disconnect: each reconnect uses `?subscribe=none` and sends
+ *   `subscribe {topics, since: <last cursor>}`, so the application sees every event once, in
+ *   cursor order (events at or before the last cursor are dropped at the seams).
+ * - Jittered exponential backoff, heartbeat (`ping` every 20 s; a connection that stays silent
+ *   for 10 s after a ping is treated as dead), and `close()` that leaves no timers behind.
+ *
+ * Only types are imported from the protocol schemas: the bundle does not contain zod. Pass
+ * `validate: (f) => ServerFrame.parse(f)` to validate frames at runtime if you want to.
+ */
+import type { z } from 'zod';
+import type {
+  AppEvent,
+  ConnectionSuccess as ConnectionSuccessSchema,
+  DashboardSnapshot,
+  DashboardUpdate,
+  ErrorFrame as ErrorFrameSchema,
+  Pong as PongSchema,
+  Resync as ResyncSchema,
+  RowEvent,
+  Subscribed as SubscribedSchema,
+  Unsubscribed as UnsubscribedSchema,
+} from '../src/events/schema.ts';
+
+export type { AppEvent, DashboardSnapshot, DashboardUpdate, RowEvent };
+export type ConnectionSuccess = z.infer<typeof ConnectionSuccessSchema>;
+export type Subscribed = z.infer<typeof SubscribedSchema>;
+export type Unsubscribed = z.infer<typeof UnsubscribedSchema>;
+export type Resync = z.infer<typeof ResyncSchema>;
+export type Pong = z.infer<typeof PongSchema>;
+export type ErrorFrame = z.infer<typeof ErrorFrameSchema>;
+
+/** An event that carries a cursor: a captured row change or an application event. */
+export type HubEvent = RowEvent | AppEvent;
+
+/** Server frames by `type`. Any other type is an application event (`AppEvent`). */
+export type FrameMap = {
+  connection_success: ConnectionSuccess;
+  subscribed: Subscribed;
+  unsubscribed: Unsubscribed;
+  resync: Resync;
+  pong: Pong;
+  error: ErrorFrame;
+  dashboard_update: DashboardUpdate;
+  guarantee_update: RowEvent & { type: 'guarantee_update' };
+  attendance_update: RowEvent & { type: 'attendance_update' };
+  voting_update: RowEvent & { type: 'voting_update' };
+};
+
+export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** Why the state changed (the close that caused a reconnect, a transport error). */
+export type StateDetail = { code?: number; reason?: string; error?: unknown; retryInMs?: number };
+
+/** The part of the standard WebSocket API the client uses (`globalThis.WebSocket` and `ws` both fit). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: 'open', listener: (ev: unknown) => void): void;
+  addEventListener(type: 'message', listener: (ev: { data: unknown }) => void): void;
+  addEventListener(type: 'close', listener: (ev: { code: number; reason: string }) => void): void;
+  addEventListener(type: 'error', listener: (ev: unknown) => void): void;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+type Source = string | (() => string | Promise<string>);
+
+export type HubClientOptions = {
+  /** `ws(s)://host/ws`, or a function called before every connection attempt. */
+  url: Source;
+  /** The JWT, or a function called before every connection attempt (e.g. to refresh it). */
+  token: Source;
+  /**
+   * Topics to subscribe. Omitted: the server subscribes what the token's claims name, and
+   * the client records them from `connection_success` for later resumes.
+   */
+  topics?: string[];
+  /** Start after this cursor (replaying everything since) instead of from now. */
+  since?: string;
+  /** WebSocket implementation; default `globalThis.WebSocket` (in Node 20: `import WebSocket from 'ws'`). */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect delay: full jitter in [0, min(maxMs, initialMs * 2^attempt)]. Default 250 ms → 10 s. */
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** `ping` every `intervalMs` (20 s); no frame within `timeoutMs` (10 s) after it = dead connection. */
+  heartbeat?: { intervalMs?: number; timeoutMs?: number };
+  /** A connection attempt that has not received `connection_success` by then is abandoned. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Optional runtime validation of every parsed frame (e.g. `ServerFrame.parse`); throw to drop it. */
+  validate?: (frame: unknown) => unknown;
+};
+
+type Unsubscribe = () => void;
+
+export type HubClient = {
+  /** Frames of one type; for event types only events past the client's cursor (deduplicated). */
+  on<K extends keyof FrameMap>(type: K, handler: (frame: FrameMap[K]) => void): Unsubscribe;
+  on(type: string, handler: (frame: AppEvent) => void): Unsubscribe;
+  /** Every row and application event, once each, in cursor order. */
+  onEvent(handler: (event: HubEvent) => void): Unsubscribe;
+  onState(handler: (state: ClientState, detail: StateDetail) => void): Unsubscribe;
+  state(): ClientState;
+  /** The cursor of the last event delivered (or the position the server confirmed); the resume point. */
+  cursor(): string | undefined;
+  /** The topics the client keeps subscribed (and resubscribes after every reconnect). */
+  topics(): string[];
+  /**
+   * Adds topics. Without `since` they are live from now; with `since` the server replays
+   * from there, but the client keeps one strictly increasing event sequence, so events at or
+   * before `cursor()` are not delivered again (for full history, create a client with `since`).
+   */
+  subscribe(topics: string[], since?: string): void;
+  unsubscribe(topics: string[]): void;
+  /** Stops reconnecting, closes the socket and clears every timer; resolves once closed. */
+  close(): Promise<void>;
+};
+
+const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
+const CURSOR = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/;
+
+const compareDigits = (a: string, b: string): number => {
+  const x = a.replace(/^0+(?=.)/, '');
+  const y = b.replace(/^0+(?=.)/, '');
+  if (x.length !== y.length) return x.length < y.length ? -1 : 1;
+  // Same length, digits 0-9 then a-z: ASCII order is numeric order in base 36.
+  return x === y ? 0 : x < y ? -1 : 1;
+};
+
+/**
+ * Orders two hub cursors (`<txid base36>.<id base36>`) as the (txid, id) pair: negative,
+ * zero or positive like a sort comparator. Exact for any length (no floating point, no BigInt).
+ * Throws a TypeError for a string that is not a cursor.
+ */
+export function compareCursors(a: string, b: string): -1 | 0 | 1 {
+  const ma = CURSOR.exec(a.toLowerCase());
+  const mb = CURSOR.exec(b.toLowerCase());
+  if (!ma || !mb) throw new TypeError(`not a hub cursor: ${JSON.stringify(ma ? b : a)}`);
+  const c = compareDigits(ma[1] ?? '', mb[1] ?? '') || compareDigits(ma[2] ?? '', mb[2] ?? '');
+  return c < 0 ? -1 : c > 0 ? 1 : 0;
+}
+
+const resolve = async (s: Source): Promise<string> => (typeof s === 'function' ? await s() : s);
+
+/** Calls a listener; an exception is reported asynchronously (like EventTarget) and does not stop dispatch. */
+const safely = <A extends unknown[]>(fn: (...args: A) => void, ...args: A) => {
+  try {
+    fn(...args);
+  } catch (err) {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
+};
+
+/**
+ * Creates a client and starts connecting. See the module comment for the resume rules.
+ *
+ * ```ts
+ * const client = createHubClient({ url: 'wss://hub.example/ws', token: getToken, topics: ['election:1'] });
+ * client.onEvent((e) => console.log(e.type, e.cursor));
+ * ```
+ */
+export function createHubClient(opts: HubClientOptions): HubClient {
+  const Impl = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (!Impl) throw new TypeError('no WebSocket implementation: pass opts.WebSocket (in Node 20: `import WebSocket from "ws"`)');
+  const initialMs = opts.backoff?.initialMs ?? 250;
+  const maxMs = opts.backoff?.maxMs ?? 10_000;
+  const pingEvery = opts.heartbeat?.intervalMs ?? 20_000;
+  const pongWithin = opts.heartbeat?.timeoutMs ?? 10_000;
+  const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+
+  let state: ClientState = 'connecting';
+  let lastCursor: string | undefined = opts.since;
+  const topics = new Set<string>(opts.topics ?? []);
+  /** Until the server told us (auto-subscribe), the first connection lets it pick the topics. */
+  let topicsKnown = opts.topics !== undefined;
+  let closing = false;
+  let attempt = 0;
+  let sock: WebSocketLike | undefined;
+  /** Drop events until `unsubscribed` (re-subscribing auto-subscribed topics with `since`). */
+  let discardUntilUnsubscribed = false;
+
+  let reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  let connectTimer: ReturnType<typeof setTimeout> | undefined;
+  let pingTimer: ReturnType<typeof setInterval> | undefined;
+  let deadTimer: ReturnType<typeof setTimeout> | undefined;
+  let closed: Promise<void> | undefined;
+  let closedResolve: (() => void) | undefined;
+
+  const typed = new Map<string, Set<(f: never) => void>>();
+  const eventHandlers = new Set<(e: HubEvent) => void>();
+  const stateHandlers = new Set<(s: ClientState, d: StateDetail) => void>();
+
+  const setState = (next: ClientState, detail: StateDetail = {}) => {
+    if (state === 'closed') return;
+    if (state === next && next !== 'reconnecting') return;
+    state = next;
+    for (const h of [...stateHandlers]) safely(h, next, detail);
+  };
+
+  const emit = (type: string, frame: unknown) => {
+    const hs = typed.get(type);
+    if (hs) for (const h of [...hs]) safely(h as (f: unknown) => void, frame);
+  };
+
+  const send = (frame: Record<string, unknown>) => {
+    if (sock && sock.readyState === 1) sock.send(JSON.stringify(frame));
+  };
+
+  const clearConnectionTimers = () => {
+    clearTimeout(connectTimer);
+    clearInterval(pingTimer);
+    clearTimeout(deadTimer);
+    connectTimer = pingTimer = deadTimer = undefined;
+  };
+
+  /** Forgets the current socket (its late events are ignored) and closes it. */
+  const abandon = (code: number, reason: string) => {
+    const s = sock;
+    sock = undefined;
+    clearConnectionTimers();
+    if (s && s.readyState < 2) {
+      try {
+        s.close(code, reason);
+      } catch {
+        // already closing
+      }
+    }
+  };
+
+  const scheduleReconnect = (detail: StateDetail, delayMs?: number) => {
+    if (closing) return;
+    const cap = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+    const delay = delayMs ?? Math.round(Math.random() * cap);
+    attempt++;
+    setState('reconnecting', { ...detail, retryInMs: delay });
+    clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(() => {
+      reconnectTimer = undefined;
+      void connect();
+    }, delay);
+  };
+
+  /** Sends the subscription for everything the client holds, resuming after its cursor. */
+  const resume = () => {
+    if (topics.size === 0) return;
+    send({ type: 'subscribe', topics: [...topics], ...(lastCursor !== undefined ? { since: lastCursor } : {}) });
+  };
+
+  const advance = (cursor: string | undefined) => {
+    if (!cursor || !CURSOR.test(cursor)) return;
+    if (lastCursor === undefined || compareCursors(cursor, lastCursor) > 0) lastCursor = cursor;
+  };
+
+  const onFrame = (frame: { type: string; cursor?: unknown; [k: string]: unknown }) => {
+    switch (frame.type) {
+      case 'connection_success': {
+        clearTimeout(connectTimer);
+        connectTimer = undefined;
+        attempt = 0;
+        const cs = frame as unknown as ConnectionSuccess;
+        if (!topicsKnown) {
+          topicsKnown = true;
+          for (const t of cs.topics) topics.add(t);
+          if (lastCursor === undefined) advance(cs.cursor);
+          else if (cs.topics.length > 0) {
+            // Auto-subscribed live from now, but asked to start at `since`: take them off and
+            // subscribe again with `since`, ignoring the live events in between.
+            discardUntilUnsubscribed = true;
+            send({ type: 'unsubscribe', topics: cs.topics });
+            resume();
+          }
+        } else {
+          resume();
+        }
+        startHeartbeat();
+        setState('open');
+        break;
+      }
+      case 'subscribed':
+        advance((frame as unknown as Subscribed).cursor);
+        break;
+      case 'unsubscribed':
+        discardUntilUnsubscribed = false;
+        break;
+      case 'error': {
+        const e = frame as unknown as ErrorFrame;
+        // A resume cursor this hub does not know (another database, a reset outbox): start over.
+        if (e.code === 'bad_cursor' && lastCursor !== undefined && topics.size > 0) {
+          lastCursor = undefined;
+          emit('resync', { type: 'resync', topics: [...topics] } satisfies Resync);
+          send({ type: 'subscribe', topics: [...topics] });
+        }
+        break;
+      }
+    }
+    if (CONTROL.has(frame.type)) {
+      emit(frame.type, frame);
+      return;
+    }
+    if (typeof frame.cursor !== 'string' || discardUntilUnsubscribed) return;
+    if (lastCursor !== undefined && CURSOR.test(frame.cursor) && compareCursors(frame.cursor, lastCursor) <= 0) return; // seen
+    advance(frame.cursor);
+    const event = frame as unknown as HubEvent;
+    for (const h of [...eventHandlers]) safely(h, event);
+    emit(frame.type, frame);
+  };
+
+  const startHeartbeat = () => {
+    clearInterval(pingTimer);
+    pingTimer = setInterval(() => {
+      send({ type: 'ping' });
+      if (deadTimer === undefined) {
+        deadTimer = setTimeout(() => {
+          deadTimer = undefined;
+          abandon(4000, 'heartbeat timeout');
+          scheduleReconnect({ reason: 'heartbeat timeout' });
+        }, pongWithin);
+      }
+    }, pingEvery);
+  };
+
+  const connect = async () => {
+    if (closing) return;
+    let url: string;
+    let token: string;
+    try {
+      [url, token] = await Promise.all([resolve(opts.url), resolve(opts.token)]);
+    } catch (error) {
+      scheduleReconnect({ error });
+      return;
+    }
+    if (closing) return;
+    const u = new URL(url);
+    if (topicsKnown || lastCursor !== undefined) {
+      if (topicsKnown) u.searchParams.set('subscribe', 'none');
+    }
+    let s: WebSocketLike;
+    try {
+      s = new Impl(u.toString(), [`bearer.${token}`]);
+    } catch (error) {
+      scheduleReconnect({ error });
+      return;
+    }
+    sock = s;
+    discardUntilUnsubscribed = false;
+    connectTimer = setTimeout(() => {
+      if (sock !== s) return;
+      abandon(4000, 'connect timeout');
+      scheduleReconnect({ reason: 'connect timeout' });
+    }, connectTimeoutMs);
+
+    let lastError: unknown;
+    s.addEventListener('error', (ev) => {
+      lastError = (ev as { error?: unknown; message?: unknown }).error ?? (ev as { message?: unknown }).message ?? ev;
+    });
+    s.addEventListener('message', (ev) => {
+      if (sock !== s || typeof ev.data !== 'string') return;
+      clearTimeout(deadTimer);
+      deadTimer = undefined;
+      let frame: unknown;
+      try {
+        frame = JSON.parse(ev.data);
+        if (opts.validate) frame = opts.validate(frame) ?? frame;
+      } catch {
+        return;
+      }
+      if (frame && typeof frame === 'object' && typeof (frame as { type?: unknown }).type === 'string') {
+        onFrame(frame as { type: string });
+      }
+    });
+    s.addEventListener('close', (ev) => {
+      if (closing && (sock === s || sock === undefined)) {
+        sock = undefined;
+        clearConnectionTimers();
+        closedResolve?.();
+        return;
+      }
+      if (sock !== s) return; // abandoned: its replacement is already scheduled
+      sock = undefined;
+      clearConnectionTimers();
+      const detail: StateDetail = { code: ev.code, reason: ev.reason, ...(lastError !== undefined ? { error: lastError } : {}) };
+      if (ev.code === 4001) {
+        // Token expired: a token function is asked for a fresh one; a fixed token cannot recover.
+        if (typeof opts.token === 'function') scheduleReconnect(detail, 0);
+        else shutdown(detail);
+      } else if (ev.code === 1008 || ev.code === 1009) {
+        // The server thinks this client is misbehaving: never hot-loop.
+        scheduleReconnect(detail, Math.round(maxMs / 2 + (Math.random() * maxMs) / 2));
+      } else {
+        scheduleReconnect(detail);
+      }
+    });
+  };
+
+  const shutdown = (detail: StateDetail = {}): Promise<void> => {
+    if (closed) return closed;
+    closing = true;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = undefined;
+    clearConnectionTimers();
+    const s = sock;
+    closed = new Promise<void>((res) => {
+      closedResolve = res;
+    });
+    if (s && s.readyState < 3) {
+      sock = s;
+      try {
+        s.close(1000, 'client closed');
+      } catch {
+        closedResolve?.();
+      }
+      // A peer that never answers the close handshake must not keep close() pending forever.
+      const guard = setTimeout(() => closedResolve?.(), 3000);
+      void closed.then(() => clearTimeout(guard));
+    } else {
+      sock = undefined;
+      closedResolve?.();
+    }
+    setState('closed', detail);
+    return closed;
+  };
+
+  void connect();
+
+  return {
+    on(type: string, handler: (frame: never) => void): Unsubscribe {
+      let hs = typed.get(type);
+      if (!hs) typed.set(type, (hs = new Set()));
+      hs.add(handler);
+      return () => void hs.delete(handler);
+    },
+    onEvent(handler) {
+      eventHandlers.add(handler);
+      return () => void eventHandlers.delete(handler);
+    },
+    onState(handler) {
+      stateHandlers.add(handler);
+      return () => void stateHandlers.delete(handler);
+    },
+    state: () => state,
+    cursor: () => lastCursor,
+    topics: () => [...topics],
+    subscribe(list, since) {
+      if (list.length === 0) return;
+      for (const t of list) topics.add(t);
+      if (since !== undefined && lastCursor === undefined) lastCursor = since;
+      if (state === 'open') send({ type: 'subscribe', topics: list, ...(since !== undefined ? { since } : {}) });
+    },
+    unsubscribe(list) {
+      if (list.length === 0) return;
+      for (const t of list) topics.delete(t);
+      if (state === 'open') send({ type: 'unsubscribe', topics: list });
+    },
+    close: () => shutdown(),
+  } as HubClient;
+}
+
+// ---- dashboards ---------------------------------------------------------------------------
+
+export type DashboardOptions = Omit<HubClientOptions, 'topics' | 'since'> & {
+  electionId: number;
+  /** `http(s)://host` of the hub; default derived from `url` (ws→http, wss→https, without `/ws`). */
+  httpUrl?: Source;
+  /** fetch implementation; default `globalThis.fetch`. */
+  fetch?: typeof globalThis.fetch;
+};
+
+export type DashboardSubscription = {
+  /** The underlying client (state, cursor, typed frames). */
+  client: HubClient;
+  /** The current totals: the snapshot, then every newer `dashboard_update`. */
+  snapshot(): DashboardSnapshot;
+  onSnapshot(handler: (snapshot: DashboardSnapshot) => void): Unsubscribe;
+  /** Row and application events after the snapshot, once each, in cursor order (a feed). */
+  onEvent(handler: (event: HubEvent) => void): Unsubscribe;
+  close(): Promise<void>;
+};
+
+/** `GET /dashboard/{id}` with the token as Bearer; throws with `status` on a non-2xx answer. */
+export async function fetchDashboard(opts: { httpUrl: string; electionId: number; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
+  const f = opts.fetch ?? globalThis.fetch;
+  const res = await f(`${opts.httpUrl.replace(/\/+$/, '')}/dashboard/${opts.electionId}`, { headers: { authorization: `Bearer ${opts.token}` } });
+  if (!res.ok) throw Object.assign(new Error(`GET /dashboard/${opts.electionId}: HTTP ${res.status}`), { status: res.status });
+  const body = (await res.json()) as DashboardSnapshot;
+  if (typeof body?.cursor !== 'string' || typeof body.totals !== 'object' || !Array.isArray(body.committees)) {
+    throw new Error(`GET /dashboard/${opts.electionId}: not a dashboard snapshot`);
+  }
+  return body;
+}
+
+const httpOf = (wsUrl: string) => {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = u.pathname.replace(/\/ws\/?$/, '') || '/';
+  u.search = '';
+  return u.toString().replace(/\/+$/, '');
+};
+
+/**
+ * Fetches an election's dashboard snapshot, then follows it live: subscribes `election:{id}`
+ * since the snapshot's cursor (so the feed holds exactly the events after the snapshot) and
+ * replaces the totals with every newer `dashboard_update` (totals are never computed from
+ * row events). On `resync` (the client was away longer than the hub keeps events) the
+ * snapshot is fetched again; events missed while away are not replayed to the feed.
+ */
+export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<DashboardSubscription> {
+  const { electionId } = opts;
+  const httpUrl = async () => (opts.httpUrl !== undefined ? resolve(opts.httpUrl) : httpOf(await resolve(opts.url)));
+  const load = async () => fetchDashboard({ httpUrl: await httpUrl(), electionId, token: await resolve(opts.token), ...(opts.fetch ? { fetch: opts.fetch } : {}) });
+
+  let current = await load();
+  const snapshotHandlers = new Set<(s: DashboardSnapshot) => void>();
+  const replace = (next: DashboardSnapshot) => {
+    if (next.election_id !== electionId || compareCursors(next.cursor, current.cursor) < 0) return;
+    current = { election_id: next.election_id, cursor: next.cursor, totals: next.totals, committees: next.committees };
+    for (const h of [...snapshotHandlers]) safely(h, current);
+  };
+
+  const client = createHubClient({ ...opts, topics: [`election:${electionId}`], since: current.cursor });
+  client.on('dashboard_update', replace);
+
+  let refetch: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
+  const reload = (attempt: number) => {
+    clearTimeout(refetch);
+    refetch = undefined;
+    load().then(replace, () => {
+      if (stopped) return;
+      const cap = Math.min(opts.backoff?.maxMs ?? 10_000, (opts.backoff?.initialMs ?? 250) * 2 ** Math.min(attempt, 30));
+      refetch = setTimeout(() => reload(attempt + 1), Math.round(Math.random() * cap));
+    });
+  };
+  client.on('resync', () => {
+    if (!stopped) reload(0);
+  });
+
+  return {
+    client,
+    snapshot: () => current,
+    onSnapshot(handler) {
+      snapshotHandlers.add(handler);
+      return () => void snapshotHandlers.delete(handler);
+    },
+    onEvent: (handler) => client.onEvent(handler),
+    async close() {
+      stopped = true;
+      clearTimeout(refetch);
+      await client.close();
+    },
+  };
+}

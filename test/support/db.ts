@@ -1,0 +1,50 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { inject } from 'vitest';
+import { migrate } from '../../src/db/migrate.ts';
+
+export type TestDatabase = { url: string; pool: pg.Pool; drop(): Promise<void> };
+
+/** A fresh database with `sql/` applied, for one test file. `drop` removes it. */
+export async function createTestDatabase(prefix = 'hub_test'): Promise<TestDatabase> {
+  const admin = inject('databaseUrl');
+  const name = `${prefix}_${randomBytes(5).toString('hex')}`;
+  const client = new pg.Client({ connectionString: admin });
+  await client.connect();
+  await client.query(`CREATE DATABASE ${name}`);
+  await client.end();
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  await migrate(url.toString());
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 8 });
+  pool.on('error', () => undefined); // tests terminate backends on purpose
+  return {
+    url: url.toString(),
+    pool,
+    async drop() {
+      await pool.end();
+      const c = new pg.Client({ connectionString: admin });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await c.end();
+    },
+  };
+}
+
+/** Seeds `elections` elections with `committees` committees each; returns their ids. */
+export async function seed(pool: pg.Pool, elections = 2, committees = 2): Promise<{ elections: number[]; committees: Map<number, number[]> }> {
+  const ids: number[] = [];
+  const byElection = new Map<number, number[]>();
+  for (let e = 0; e < elections; e++) {
+    const r = await pool.query<{ id: number }>(`INSERT INTO elections (name) VALUES ($1) RETURNING id`, [`Election ${e + 1}`]);
+    const id = Number(r.rows[0]?.id);
+    ids.push(id);
+    const cs: number[] = [];
+    for (let c = 0; c < committees; c++) {
+      const rc = await pool.query<{ id: number }>(`INSERT INTO committees (election_id, name) VALUES ($1, $2) RETURNING id`, [id, `Committee ${e + 1}.${c + 1}`]);
+      cs.push(Number(rc.rows[0]?.id));
+    }
+    byElection.set(id, cs);
+  }
+  return { elections: ids, committees: byElection };
+}

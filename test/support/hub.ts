@@ -1,0 +1,122 @@
+import { Writable } from 'node:stream';
+import WebSocket from 'ws';
+import { type Env, parseConfig } from '../../src/config/index.ts';
+import { type Hub, type HubDeps, startHub } from '../../src/main.ts';
+import { createLogger } from '../../src/log.ts';
+import { type TokenRequest, signToken } from '../../src/auth/jwt.ts';
+
+export const SECRET = 'test-secret-0123456789abcdef-0123456789';
+
+/** Every log line of every hub started by tests in this process (checked for tokens). */
+export const capturedLogs: string[] = [];
+
+/** Starts a hub on port 0 (127.0.0.1) against `databaseUrl`, logs captured in memory. */
+export async function startTestHub(databaseUrl: string, env: Env = {}, deps: HubDeps = {}): Promise<Hub> {
+  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env });
+  if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      capturedLogs.push(chunk.toString());
+      cb();
+    },
+  });
+  return startHub(parsed.config, { log: createLogger(parsed.config.LOG_LEVEL, sink), pruneEveryMs: 1000, ...deps });
+}
+
+export const token = (req: TokenRequest, secret = SECRET) => signToken(secret, req);
+
+export async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export type Frame = { type: string; cursor?: string; [k: string]: unknown };
+
+export type TestClient = {
+  ws: WebSocket;
+  frames: Frame[];
+  /** Frames that carry an outbox cursor (row and application events). */
+  events(): Frame[];
+  send(frame: unknown): void;
+  next(pred: (f: Frame) => boolean, timeoutMs?: number): Promise<Frame>;
+  closed: Promise<{ code: number; reason: string }>;
+  close(): Promise<void>;
+};
+
+const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
+
+/** Opens a WebSocket to the hub; resolves once it is open (rejects with the HTTP status if refused). */
+export function connect(
+  hub: { port: number },
+  opts: { token?: string; query?: string; headers?: Record<string, string>; protocols?: string[] } = {},
+): Promise<TestClient> {
+  const q = new URLSearchParams(opts.query ?? '');
+  if (opts.token) q.set('token', opts.token);
+  const qs = q.toString();
+  const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${qs ? `?${qs}` : ''}`, opts.protocols ?? [], { headers: opts.headers ?? {} });
+  const frames: Frame[] = [];
+  const watchers = new Set<() => void>();
+  ws.on('message', (data) => {
+    frames.push(JSON.parse(data.toString()) as Frame);
+    for (const w of watchers) w();
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => {
+    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+  });
+  return new Promise((resolve, reject) => {
+    ws.once('unexpected-response', (_req, res) => {
+      reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode }));
+      ws.terminate();
+    });
+    ws.once('error', reject);
+    ws.once('open', () => {
+      const client: TestClient = {
+        ws,
+        frames,
+        events: () => frames.filter((f) => !CONTROL.has(f.type)),
+        send: (f) => ws.send(typeof f === 'string' ? f : JSON.stringify(f)),
+        next(pred, timeoutMs = 10_000) {
+          const seen = frames.length;
+          void seen;
+          return new Promise((res, rej) => {
+            let index = 0;
+            const check = () => {
+              for (; index < frames.length; index++) {
+                const f = frames[index] as Frame;
+                if (pred(f)) {
+                  watchers.delete(check);
+                  clearTimeout(timer);
+                  index++;
+                  res(f);
+                  return;
+                }
+              }
+            };
+            const timer = setTimeout(() => {
+              watchers.delete(check);
+              rej(new Error(`no matching frame within ${timeoutMs} ms; got ${frames.map((f) => f.type).join(',')}`));
+            }, timeoutMs);
+            watchers.add(check);
+            check();
+          });
+        },
+        closed,
+        async close() {
+          if (ws.readyState === WebSocket.CLOSED) return;
+          ws.close();
+          await closed;
+        },
+      };
+      resolve(client);
+    });
+  });
+}
+
+/** Waits until a client has received `n` events (row or app events). */
+export async function eventsReceived(c: TestClient, n: number, timeoutMs = 15_000): Promise<Frame[]> {
+  await waitUntil(() => c.events().length >= n, timeoutMs, `${n} events (have ${c.events().length})`);
+  return c.events();
+}

@@ -174,6 +174,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   const pingEvery = opts.heartbeat?.intervalMs ?? 20_000;
   const pongWithin = opts.heartbeat?.timeoutMs ?? 10_000;
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+  if (opts.since !== undefined && !CURSOR.test(opts.since)) throw new TypeError(`not a hub cursor: ${JSON.stringify(opts.since)}`);
 
   let state: ClientState = 'connecting';
   let lastCursor: string | undefined = opts.since;
@@ -185,6 +186,8 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   let sock: WebSocketLike | undefined;
   /** Drop events until `unsubscribed` (re-subscribing auto-subscribed topics with `since`). */
   let discardUntilUnsubscribed = false;
+  /** Topics unsubscribed before the server named the auto-subscribed ones. */
+  const droppedEarly = new Set<string>();
 
   let reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   let connectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -267,13 +270,21 @@ export function createHubClient(opts: HubClientOptions): HubClient {
         const cs = frame as unknown as ConnectionSuccess;
         if (!topicsKnown) {
           topicsKnown = true;
-          for (const t of cs.topics) topics.add(t);
-          if (lastCursor === undefined) advance(cs.cursor);
-          else if (cs.topics.length > 0) {
+          const extra = [...topics].filter((t) => !cs.topics.includes(t));
+          const unwanted = cs.topics.filter((t) => droppedEarly.has(t));
+          for (const t of cs.topics) if (!droppedEarly.has(t)) topics.add(t);
+          droppedEarly.clear();
+          if (lastCursor === undefined) {
+            advance(cs.cursor);
+            if (unwanted.length > 0) send({ type: 'unsubscribe', topics: unwanted });
+            if (extra.length > 0) send({ type: 'subscribe', topics: extra });
+          } else if (cs.topics.length > 0) {
             // Auto-subscribed live from now, but asked to start at `since`: take them off and
             // subscribe again with `since`, ignoring the live events in between.
             discardUntilUnsubscribed = true;
             send({ type: 'unsubscribe', topics: cs.topics });
+            resume();
+          } else {
             resume();
           }
         } else {
@@ -338,9 +349,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
     }
     if (closing) return;
     const u = new URL(url);
-    if (topicsKnown || lastCursor !== undefined) {
-      if (topicsKnown) u.searchParams.set('subscribe', 'none');
-    }
+    if (topicsKnown) u.searchParams.set('subscribe', 'none');
     let s: WebSocketLike;
     try {
       s = new Impl(u.toString(), [`bearer.${token}`]);
@@ -361,7 +370,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       lastError = (ev as { error?: unknown; message?: unknown }).error ?? (ev as { message?: unknown }).message ?? ev;
     });
     s.addEventListener('message', (ev) => {
-      if (sock !== s || typeof ev.data !== 'string') return;
+      if (sock !== s || closing || typeof ev.data !== 'string') return;
       clearTimeout(deadTimer);
       deadTimer = undefined;
       let frame: unknown;
@@ -448,7 +457,9 @@ export function createHubClient(opts: HubClientOptions): HubClient {
     cursor: () => lastCursor,
     topics: () => [...topics],
     subscribe(list, since) {
+      if (since !== undefined && !CURSOR.test(since)) throw new TypeError(`not a hub cursor: ${JSON.stringify(since)}`);
       if (list.length === 0) return;
+      for (const t of list) droppedEarly.delete(t);
       for (const t of list) topics.add(t);
       if (since !== undefined && lastCursor === undefined) lastCursor = since;
       if (state === 'open') send({ type: 'subscribe', topics: list, ...(since !== undefined ? { since } : {}) });
@@ -456,6 +467,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
     unsubscribe(list) {
       if (list.length === 0) return;
       for (const t of list) topics.delete(t);
+      if (!topicsKnown) for (const t of list) droppedEarly.add(t);
       if (state === 'open') send({ type: 'unsubscribe', topics: list });
     },
     close: () => shutdown(),

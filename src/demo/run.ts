@@ -1,6 +1,242 @@
-import type { Env } from '../config/index.ts';
-/** Placeholder until the demo lands (issue 5). */
-export async function runDemo(_env: Env): Promise<number> {
-  console.error('demo: not built yet');
-  return 1;
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { type Env, formatConfigErrors, parseConfig } from '../config/index.ts';
+import { migrate } from '../db/migrate.ts';
+import { signToken } from '../auth/jwt.ts';
+import { createLogger } from '../log.ts';
+import { errorMessage } from '../errors.ts';
+import type { StaticFiles } from '../hub/server.ts';
+import { buildWeb, staticFilesFrom } from '../http/static.ts';
+import { startEmbeddedPostgres } from './embedded-postgres.ts';
+import { seedDemo, startSimulator } from './simulator.ts';
+
+const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const DATABASE = 'election_hub_demo';
+const ADMIN_TOKEN_TTL = '24h';
+
+export type DemoElection = { id: number; name: string; committees: Array<{ id: number; name: string }> };
+
+type Releaser = [name: string, release: () => Promise<void> | void];
+
+/**
+ * `npm run demo`: embedded PostgreSQL (data kept under `.data/`, or `DEMO_DATA_DIR`), the
+ * reference schema, demo elections, the simulator and a hub with the in-process cache serving
+ * the dashboard page. Prints the page's URL and an admin token, then runs until SIGINT/SIGTERM,
+ * when it stops everything in reverse order and resolves 0 (1 when start-up failed, 2 for a bad
+ * configuration). `DATABASE_URL`, `REDIS_URL` and asymmetric key settings from the environment
+ * are ignored: the demo brings its own database and signs its own tokens.
+ */
+export async function runDemo(env: Env): Promise<number> {
+  const secret = env.JWT_SECRET || randomBytes(32).toString('base64url');
+  const checked = parseConfig({
+    ...env,
+    DATABASE_URL: undefined, // the embedded server's, once it runs
+    REDIS_URL: undefined,
+    JWT_PUBLIC_KEY: undefined,
+    JWKS_URL: undefined,
+    JWT_SECRET: secret,
+    // A demo with a printed admin token listens on loopback unless told otherwise.
+    HOST: env.HOST || '127.0.0.1',
+    LOG_LEVEL: env.LOG_LEVEL || 'warn',
+  });
+  if (!checked.ok) {
+    console.error(formatConfigErrors(checked.errors));
+    return 2;
+  }
+  const say = (line = '') => process.stdout.write(`${line}\n`);
+  const note = (line: string) => process.stdout.write(`  ${line}\n`);
+  const quiet = (env.DEMO_VERBOSE ?? '') === '';
+
+  // Signals: the first stops everything (also during start-up), a second forces the exit.
+  let signalled: NodeJS.Signals | undefined;
+  let onSignal: (sig: NodeJS.Signals) => void = () => undefined;
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
+    onSignal = (sig) => {
+      if (signalled) {
+        process.stderr.write(`\n${sig} again: exiting without cleaning up\n`);
+        process.exit(130);
+      }
+      signalled = sig;
+      resolve(sig);
+    };
+  });
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const releasers: Releaser[] = [];
+  const stopAll = async (): Promise<boolean> => {
+    let clean = true;
+    for (const [name, release] of releasers.reverse()) {
+      try {
+        await release();
+        note(`stopped ${name}`);
+      } catch (err) {
+        clean = false;
+        process.stderr.write(`demo: stopping ${name} failed: ${errorMessage(err)}\n`);
+      }
+    }
+    releasers.length = 0;
+    return clean;
+  };
+  // A stop that hangs must not keep the terminal: after the timeout the process exits anyway.
+  const shutdown = async (): Promise<number> => {
+    say(`\n${signalled ?? 'stop'}: shutting down`);
+    const timer = setTimeout(() => {
+      process.stderr.write(`demo: shutdown took longer than ${checked.config.SHUTDOWN_TIMEOUT} ms; exiting\n`);
+      process.exit(1);
+    }, checked.config.SHUTDOWN_TIMEOUT + 20_000);
+    timer.unref();
+    try {
+      return (await stopAll()) ? 0 : 1;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  try {
+    say('election-hub demo');
+
+    // 1. The page (built now if web/dist is missing or older than its sources).
+    const web = buildWeb();
+    note(web.built ? `dashboard page built (${web.reason})` : `dashboard page: ${web.reason}`);
+
+    // 2. PostgreSQL, kept between runs.
+    const dataDir = path.resolve(env.DEMO_DATA_DIR || path.join(REPO_ROOT, '.data'));
+    await prepareParent(dataDir);
+    const clusterDir = path.join(dataDir, 'postgres');
+    note(`starting PostgreSQL (data in ${clusterDir})…`);
+    const server = await startEmbeddedPostgres({ dataDir: clusterDir, log: quiet ? undefined : (m) => note(`postgres: ${m}`) });
+    releasers.push(['PostgreSQL', () => server.stop()]);
+    if (signalled) return await shutdown();
+
+    const databaseUrl = await ensureDatabase(server.url, DATABASE);
+    const migrated = await migrate(databaseUrl);
+    note(migrated.applied.length ? `schema: applied ${migrated.applied.join(', ')}` : 'schema: up to date');
+
+    // 3. Elections and the simulator writing to them.
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
+    pool.on('error', (err) => process.stderr.write(`demo: idle database connection failed: ${err.message}\n`));
+    releasers.push(['simulator pool', () => pool.end()]);
+    const electionIds = await seedDemo(pool);
+    const elections = await describeElections(pool, electionIds);
+    const rate = Number(env.DEMO_RATE ?? '') || 5;
+    const simulator = startSimulator({ pool, electionIds, ratePerSecond: rate, log: quiet ? undefined : note });
+    releasers.push(['simulator', () => simulator.stop()]);
+    if (signalled) return await shutdown();
+
+    // 4. The hub, serving the page with the demo's election names built in.
+    const config = Object.freeze({ ...checked.config, DATABASE_URL: databaseUrl });
+    const { startHub } = await import('../main.ts');
+    const log = createLogger(config.LOG_LEVEL);
+    const hub = await startHub(config, { log, staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections) }).catch((err: unknown) => {
+      const busy = /cannot listen/.test(errorMessage(err)) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
+      throw new Error(`the hub did not start${busy}: ${errorMessage(err)}`, { cause: err });
+    });
+    releasers.push(['hub', () => hub.stop()]);
+
+    const token = await signToken(secret, {
+      sub: 'demo-admin',
+      role: 'admin',
+      ttl: ADMIN_TOKEN_TTL,
+      ...(config.JWT_ISSUER ? { issuer: config.JWT_ISSUER } : {}),
+      ...(config.JWT_AUDIENCE ? { audience: config.JWT_AUDIENCE } : {}),
+    });
+    const base = `http://${config.HOST === '0.0.0.0' ? '127.0.0.1' : config.HOST}:${hub.port}`;
+
+    say();
+    say('elections:');
+    for (const e of elections) say(`  election ${e.id}: ${e.name} (${e.committees.length} committees)`);
+    say(`simulator: about ${rate} writes/s in bursts, now and then a bulk insert`);
+    say(`hub: ${base} (in-process cache; ${env.JWT_SECRET ? 'JWT_SECRET from the environment' : 'JWT_SECRET generated for this run'})`);
+    say();
+    say(`dashboard: ${base}/#token=${token}`);
+    say(`admin token: ${token}`);
+    say(`try: curl -H "Authorization: Bearer $TOKEN" ${base}/dashboard/${elections[0]?.id ?? 1}`);
+    say();
+    say('Ctrl-C stops the demo; the data stays for the next run.');
+
+    await signal;
+    return await shutdown();
+  } catch (err) {
+    process.stderr.write(`demo: ${errorMessage(err)}\n`);
+    const cause = (err as { cause?: unknown }).cause;
+    if (cause !== undefined) process.stderr.write(`  cause: ${errorMessage(cause)}\n`);
+    await stopAll();
+    return 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/**
+ * The cluster directory is handed to the `postgres` account when running as root; that account
+ * must be able to pass through the directory above it (`.data/` in the repository).
+ */
+async function prepareParent(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  if (os.userInfo().uid !== 0) return;
+  const st = await fs.stat(dir);
+  if ((st.mode & 0o001) === 0) await fs.chmod(dir, (st.mode & 0o7777) | 0o011);
+}
+
+/** Creates the demo database on first use; returns its URL. */
+async function ensureDatabase(serverUrl: string, name: string): Promise<string> {
+  const client = new pg.Client({ connectionString: serverUrl });
+  client.on('error', () => undefined); // a failed query below says what went wrong
+  await client.connect();
+  try {
+    const exists = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
+    if (exists.rowCount === 0) {
+      await client.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`).catch((err: unknown) => {
+        // Two demos starting on one data directory: the other one created it first.
+        if ((err as { code?: string }).code !== '42P04') throw err;
+      });
+    }
+  } finally {
+    await client.end();
+  }
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function describeElections(pool: pg.Pool, ids: number[]): Promise<DemoElection[]> {
+  const rows = await pool.query<{ id: string; name: string; committee_id: string | null; committee_name: string | null }>(
+    `SELECT e.id, e.name, c.id AS committee_id, c.name AS committee_name
+       FROM elections e LEFT JOIN committees c ON c.election_id = e.id
+      WHERE e.id = ANY($1::bigint[])
+      ORDER BY e.id, c.id`,
+    [ids],
+  );
+  const byId = new Map<number, DemoElection>();
+  for (const r of rows.rows) {
+    const id = Number(r.id);
+    let e = byId.get(id);
+    if (!e) byId.set(id, (e = { id, name: r.name, committees: [] }));
+    if (r.committee_id !== null) e.committees.push({ id: Number(r.committee_id), name: r.committee_name ?? `Committee ${r.committee_id}` });
+  }
+  return [...byId.values()];
+}
+
+/**
+ * The page learns election and committee names from a JSON block in index.html; a real
+ * deployment has no such block and the page shows ids. `<` is escaped so no name can end the script.
+ */
+function withDirectory(files: StaticFiles, elections: DemoElection[]): StaticFiles {
+  const json = JSON.stringify({ elections }).replace(/</g, '\\u003c');
+  const block = `<script id="hub-directory" type="application/json">${json}</script>\n  </head>`;
+  let page: { body: Buffer; contentType: string } | undefined;
+  return (urlPath) => {
+    if (urlPath !== '/') return files(urlPath);
+    if (page) return page;
+    const f = files('/');
+    if (!f) return undefined;
+    page = { body: Buffer.from(f.body.toString('utf8').replace('</head>', block)), contentType: f.contentType };
+    return page;
+  };
 }

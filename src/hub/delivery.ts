@@ -90,6 +90,7 @@ export function createDelivery(opts: {
   const drain = async (ws: Sock): Promise<boolean> => {
     const s = ws.getUserData();
     if (s.closed || ws.getBufferedAmount() < opts.maxBuffered / 2) return !s.closed;
+    // Wait for uWS's drain callback (it fires as the buffer shrinks), up to 10 s.
     const ok = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), 10_000);
       s.drained = () => {
@@ -141,7 +142,7 @@ export function createDelivery(opts: {
    * the ring covers the rest; the ring's tail is sent and the socket subscribed in one
    * synchronous step, so no live event falls between replay and subscription.
    */
-  const catchUp = async (ws: Sock, parts: Part[]): Promise<Position | undefined> => {
+  const catchUp = async (ws: Sock, parts: Part[], onLive: (cursor: Position) => void): Promise<Position | undefined> => {
     for (;;) {
       const s = ws.getUserData();
       if (s.closed) return undefined;
@@ -149,11 +150,25 @@ export function createDelivery(opts: {
       const head = reader.position();
       if (!head) throw new CursorError('the hub is not reading the outbox yet');
       if (ring.covers(lo)) {
+        // From memory. The socket is not subscribed yet, so pausing for backpressure loses
+        // nothing; only the final stretch (tail + subscribe) must be one synchronous step.
+        let paused: Position | undefined;
         for (const e of ring.after(lo)) {
-          if (wanted(e, parts) && !send(ws, e.frame, e.type)) return undefined;
+          if (!wanted(e, parts)) continue;
+          if (!send(ws, e.frame, e.type)) return undefined;
+          if (ws.getBufferedAmount() >= opts.maxBuffered / 2) {
+            paused = e.pos;
+            break;
+          }
         }
-        applyCover(ws);
-        return head;
+        if (paused === undefined) {
+          applyCover(ws);
+          onLive(head);
+          return head;
+        }
+        for (const p of parts) if (compare(p.from, paused) < 0) p.from = paused;
+        if (!(await drain(ws))) return undefined;
+        continue;
       }
       const rows = await readRange(opts.pool, lo, head, filterOf(parts), PAGE);
       let last: Position | undefined;
@@ -210,19 +225,26 @@ export function createDelivery(opts: {
      * events after it are replayed first, in order, together with whatever the socket's
      * other topics receive meanwhile (they are paused, and resumed from where they were).
      */
-    async subscribe(ws: Sock, topics: string[], since: Position | undefined): Promise<{ cursor: Position; resync: boolean } | undefined> {
+    async subscribe(
+      ws: Sock,
+      topics: string[],
+      since: Position | undefined,
+      /** Called synchronously as the socket goes live: the `subscribed` frame marks the seam. */
+      onLive: (cursor: Position, resync: boolean) => void,
+    ): Promise<void> {
       const s = ws.getUserData();
       const head = reader.position();
       if (!head) throw new CursorError('the hub is not reading the outbox yet');
       if (since === undefined || compare(since, pruned) < 0) {
         for (const t of topics) s.topics.add(t);
         applyCover(ws);
-        return { cursor: head, resync: since !== undefined };
+        onLive(head, since !== undefined);
+        return;
       }
       if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {
         throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
       }
-      if (s.closed) return undefined;
+      if (s.closed) return;
       const p0 = reader.position() ?? head;
       const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
       pause(ws);
@@ -230,8 +252,7 @@ export function createDelivery(opts: {
       const parts: Part[] = [{ topics: new Set(topics), from: since }];
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
-        const cursor = await catchUp(ws, parts);
-        return cursor ? { cursor, resync: false } : undefined;
+        await catchUp(ws, parts, (cursor) => onLive(cursor, false));
       } finally {
         // On failure the socket goes back to live delivery of what it has.
         if (!s.closed && s.cover.size === 0) applyCover(ws);

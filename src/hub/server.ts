@@ -160,10 +160,10 @@ export function createHubServer(deps: {
     const ok = await checkTopics(ws, topics);
     if (!ok) return;
     try {
-      const r = await delivery.subscribe(ws, ok, since);
-      if (!r || ws.getUserData().closed) return;
-      if (r.resync) frame(ws, { type: 'resync', topics: ok });
-      frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(r.cursor) });
+      await delivery.subscribe(ws, ok, since, (cursor, resync) => {
+        if (resync) frame(ws, { type: 'resync', topics: ok });
+        frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(cursor) });
+      });
     } catch (err) {
       if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
       throw err;

@@ -73,6 +73,7 @@ export function connect(
     });
     ws.once('error', reject);
     ws.once('open', () => {
+      ws.on('error', () => undefined); // resets after a server-side close surface through `closed`
       const client: TestClient = {
         ws,
         frames,
@@ -97,7 +98,8 @@ export function connect(
             };
             const timer = setTimeout(() => {
               watchers.delete(check);
-              rej(new Error(`no matching frame within ${timeoutMs} ms; got ${frames.map((f) => f.type).join(',')}`));
+              const tail = frames.slice(-5).map((f) => f.type).join(',');
+              rej(new Error(`no matching frame within ${timeoutMs} ms; ${frames.length} frames, last: ${tail}`));
             }, timeoutMs);
             watchers.add(check);
             check();

@@ -32,6 +32,12 @@ class RecordingWebSocket extends WebSocket {
   constructor(url: string, protocols?: string | string[]) {
     super(url, protocols);
     sockets.push(this);
+    if (process.env.DBG) {
+      const t0 = Date.now();
+      this.on('close', (code, reason) => console.log('DBG ws close', Date.now() - t0, code, reason.toString(), this.sent));
+      this.on('error', (err) => console.log('DBG ws error', Date.now() - t0, err));
+      this.on('message', (d) => console.log('DBG ws msg', Date.now() - t0, d.toString().slice(0, 200)));
+    }
   }
   override send(data: string): void {
     this.sent.push(data);
@@ -239,7 +245,7 @@ describe('client SDK against a real hub', () => {
     });
     await waitUntil(() => states.some(([s, d]) => s === 'reconnecting' && d.code === 4001), 5_000, '4001').catch((err) => {
       console.log('DBG states', JSON.stringify(states), calls);
-      console.log('DBG logs', capturedLogs.filter((l) => l.includes('viewer-exp')).join(''));
+      console.log('DBG logs', capturedLogs.slice(-30).join(''));
       throw err;
     });
     await waitUntil(() => client.state() === 'open', 10_000, 'reopened');

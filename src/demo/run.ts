@@ -173,9 +173,9 @@ export async function runDemo(env: Env): Promise<number> {
     await signal;
     return await shutdown();
   } catch (err) {
-    process.stderr.write(`demo: ${errorMessage(err)}\n`);
     const cause = (err as { cause?: unknown }).cause;
-    if (cause !== undefined) process.stderr.write(`  cause: ${errorMessage(cause)}\n`);
+    const why = cause === undefined || errorMessage(err).includes(errorMessage(cause)) ? '' : `\n  cause: ${errorMessage(cause)}`;
+    process.stderr.write(`demo: ${errorMessage(err)}${why}\n`);
     await stopAll();
     return 1;
   } finally {
@@ -251,7 +251,8 @@ async function ensureDatabase(serverUrl: string, name: string): Promise<string> 
   return url.toString();
 }
 
-async function describeElections(pool: pg.Pool, ids: number[]): Promise<DemoElection[]> {
+/** The demo elections with their committees, in id order (printed, and given to the page). */
+export async function describeElections(pool: pg.Pool, ids: number[]): Promise<DemoElection[]> {
   const rows = await pool.query<{ id: string; name: string; committee_id: string | null; committee_name: string | null }>(
     `SELECT e.id, e.name, c.id AS committee_id, c.name AS committee_name
        FROM elections e LEFT JOIN committees c ON c.election_id = e.id
@@ -273,7 +274,7 @@ async function describeElections(pool: pg.Pool, ids: number[]): Promise<DemoElec
  * The page learns election and committee names from a JSON block in index.html; a real
  * deployment has no such block and the page shows ids. `<` is escaped so no name can end the script.
  */
-function withDirectory(files: StaticFiles, elections: DemoElection[]): StaticFiles {
+export function withDirectory(files: StaticFiles, elections: DemoElection[]): StaticFiles {
   const json = JSON.stringify({ elections }).replace(/</g, '\\u003c');
   const block = `<script id="hub-directory" type="application/json">${json}</script>\n  </head>`;
   let page: { body: Buffer; contentType: string } | undefined;

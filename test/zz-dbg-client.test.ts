@@ -1,18 +1,24 @@
 import { it } from 'vitest';
+import net from 'node:net';
 import { createTestDatabase, seed } from './support/db.ts';
-import { connect, startTestHub, token, capturedLogs } from './support/hub.ts';
+import { startTestHub, token } from './support/hub.ts';
 
-for (const mode of ['protocol', 'query', 'protocol2']) it('dbg ' + mode, async () => {
+it('dbg raw', async () => {
   const db = await createTestDatabase('dbg');
   const s = await seed(db.pool, 1, 2);
   const hub = await startTestHub(db.url);
-  const jwt = await token({ sub: 'viewer-exp', elections: s.elections, ttl: '1h' });
-  const c = await connect(hub, mode.startsWith('protocol') ? { protocols: [`bearer.${jwt}`], query: 'subscribe=none' } : { token: jwt, query: 'subscribe=none' });
-  await c.next((f) => f.type === 'connection_success');
-  c.send({ type: 'subscribe', topics: [`election:${s.elections[0]}`] });
-  const r = await Promise.race([c.closed, c.next((f) => f.type === 'subscribed', 2000)]);
-  console.log('DBG', mode, JSON.stringify(r), c.frames.map((f) => f.type));
-  await c.close();
+  for (const sub of ['viewer-exp', 'abcdefghij']) {
+    const jwt = await token({ sub, ttl: '1h' });
+    const sock = net.connect(hub.port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    sock.on('data', (d) => chunks.push(d));
+    await new Promise((r) => sock.on('connect', r));
+    sock.write(`GET /ws?subscribe=none&token=${jwt} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    const r = await new Promise((res) => { sock.on('close', () => res('closed')); setTimeout(() => res('open'), 500); });
+    const all = Buffer.concat(chunks);
+    console.log('DBG', sub, r, JSON.stringify(all.toString('latin1')), all.length);
+    sock.destroy();
+  }
   await hub.stop();
   await db.drop();
 });

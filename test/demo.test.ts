@@ -1,0 +1,310 @@
+// `npm run demo` end to end (a child process, as CI runs it), and the dashboard page in a real
+// browser against an in-process hub that is restarted under it.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type Browser, type Page, chromium } from 'playwright-core';
+import WebSocket from 'ws';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Hub } from '../src/main.ts';
+import { buildWeb, staticFilesFrom } from '../src/http/static.ts';
+import { type DemoElection, describeElections, withDirectory } from '../src/demo/run.ts';
+import { type Simulator, seedDemo, startSimulator } from '../src/demo/simulator.ts';
+import type { StaticFiles } from '../src/hub/server.ts';
+import { type TestDatabase, createTestDatabase } from './support/db.ts';
+import { startTestHub, token as signTestToken, waitUntil } from './support/hub.ts';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const ROW_TYPES = new Set(['guarantee_update', 'attendance_update', 'voting_update']);
+const FIELDS = ['guarantees', 'attendance', 'votes'] as const;
+
+type Counts = { guarantees: number; attendance: number; votes: number };
+type Snapshot = { election_id: number; cursor: string; totals: Counts; committees: Array<Counts & { committee_id: number }> };
+
+/** Pids of live processes whose command line mentions `needle` (Linux /proc). */
+async function processesMentioning(needle: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => ''); // ended meanwhile
+    if (cmdline.split('\0').join(' ').includes(needle)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+async function getJson<T>(url: string, token?: string): Promise<{ status: number; body: T }> {
+  const res = await fetch(url, token ? { headers: { authorization: `Bearer ${token}` } } : {});
+  return { status: res.status, body: (await res.json().catch(() => undefined)) as T };
+}
+
+// ---- (a) the demo command ------------------------------------------------------------------
+
+describe('npm run demo', () => {
+  let dataDir: string;
+  let child: ChildProcess | undefined;
+  let output = '';
+
+  beforeAll(async () => {
+    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'election-hub-demo-test-'));
+  });
+
+  afterAll(async () => {
+    // Only after a failure is anything still running: end it, and PostgreSQL with it.
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child?.once('exit', r));
+    }
+    const pidFile = path.join(dataDir, 'postgres', 'postmaster.pid');
+    if (existsSync(pidFile)) {
+      const pid = Number.parseInt(readFileSync(pidFile, 'utf8').split('\n')[0] ?? '', 10);
+      if (pid > 0 && (await processesMentioning(dataDir)).includes(pid)) process.kill(pid, 'SIGQUIT');
+      await waitUntil(async () => (await processesMentioning(dataDir)).length === 0, 10_000, 'leftover postgres to exit').catch(() => undefined);
+    }
+    await fs.rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('starts everything on embedded PostgreSQL, streams changes and stops cleanly on SIGTERM', async () => {
+    // As CI would: the repository root, the bin script, PORT=0; DATABASE_URL/REDIS_URL from the
+    // environment (if any) must be ignored.
+    child = spawn(process.execPath, ['bin/election-hub.mjs', 'demo'], {
+      cwd: ROOT,
+      env: { ...process.env, PORT: '0', DEMO_DATA_DIR: dataDir, JWT_SECRET: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const proc = child;
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      proc.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    proc.stdout?.on('data', (b: Buffer) => (output += b.toString()));
+    proc.stderr?.on('data', (b: Buffer) => (output += b.toString()));
+
+    // initdb on a fresh directory takes a few seconds; the printed URL means the hub listens.
+    await waitUntil(() => /^admin token: \S+$/m.test(output) || proc.exitCode !== null, 120_000, 'the demo to print its URL and token');
+    expect(proc.exitCode, output).toBeNull();
+    const dashboard = /^dashboard: (http:\/\/127\.0\.0\.1:(\d+)\/#token=(\S+))$/m.exec(output);
+    const admin = /^admin token: (\S+)$/m.exec(output)?.[1];
+    expect(dashboard, output).not.toBeNull();
+    const port = Number(dashboard?.[2]);
+    const base = `http://127.0.0.1:${port}`;
+    expect(port).toBeGreaterThan(0);
+    expect(dashboard?.[3]).toBe(admin);
+    expect(output).toMatch(/^ {2}election \d+: National Assembly 2026: First District \(6 committees\)$/m);
+    expect(output).not.toMatch(/JWT_SECRET from the environment/);
+
+    await waitUntil(async () => (await fetch(`${base}/ready`)).status === 200, 15_000, '/ready to answer 200');
+
+    // The page is served, with the demo's election names built in.
+    const page = await fetch(`${base}/`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('National Assembly 2026: First District');
+    expect((await fetch(`${base}/app.js`)).status).toBe(200);
+
+    // The admin token is real: the snapshot and the admin health answer with it.
+    const firstElection = Number(/^ {2}election (\d+):/m.exec(output)?.[1]);
+    const snap = await getJson<Snapshot>(`${base}/dashboard/${firstElection}`, admin);
+    expect(snap.status).toBe(200);
+    expect(snap.body.committees).toHaveLength(6);
+    expect((await getJson<{ redis: { configured: boolean } }>(`${base}/admin/health`, admin)).body.redis.configured).toBe(false);
+
+    // Row events from the simulator stream to an admin socket.
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, [`bearer.${admin}`]);
+    const rows: Array<{ type: string; election_id: number }> = [];
+    ws.on('message', (data) => {
+      const frame = JSON.parse(data.toString()) as { type: string; election_id: number };
+      if (ROW_TYPES.has(frame.type)) rows.push(frame);
+    });
+    try {
+      await waitUntil(() => rows.length >= 3, 15_000, 'row events from the simulator');
+    } finally {
+      ws.close();
+    }
+
+    proc.kill('SIGTERM');
+    const exit = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 15_000))]);
+    expect(exit, output).toEqual({ code: 0, signal: null });
+    expect(output).toMatch(/stopped hub[\s\S]*stopped simulator[\s\S]*stopped PostgreSQL/);
+    expect(await processesMentioning(dataDir)).toEqual([]);
+    // The cluster stays for the next run.
+    expect(existsSync(path.join(dataDir, 'postgres', 'PG_VERSION'))).toBe(true);
+  }, 180_000);
+});
+
+// ---- (b) the dashboard page in Chromium ----------------------------------------------------
+
+const CHROMIUM = '/usr/bin/chromium';
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium && !process.env.CI) {
+  console.warn(`[demo.test] skipping the browser test: ${CHROMIUM} is missing (apt-get install -y chromium)`);
+}
+
+type PageCounts = {
+  selected: number;
+  totals: Counts;
+  committees: Array<Counts & { committee_id: number }>;
+  tabs: Array<{ election_id: number; totals: Counts }>;
+  feed: string[];
+};
+
+/** What the page shows, read from the data-value attributes of its counters. */
+function readPage(page: Page): Promise<PageCounts> {
+  return page.evaluate(() => {
+    const fields = ['guarantees', 'attendance', 'votes'] as const;
+    const counts = (root: ParentNode, attr: string) => {
+      const out = { guarantees: NaN, attendance: NaN, votes: NaN };
+      for (const f of fields) out[f] = Number(root.querySelector<HTMLElement>(`[${attr}="${f}"]`)?.dataset.value ?? NaN);
+      return out;
+    };
+    const selected = document.querySelector<HTMLElement>('[data-election][aria-selected="true"]');
+    return {
+      selected: Number(selected?.dataset.election),
+      totals: counts(document, 'data-total'),
+      committees: [...document.querySelectorAll<HTMLElement>('[data-committee]')].map((card) => ({
+        committee_id: Number(card.dataset.committee),
+        ...counts(card, 'data-count'),
+      })),
+      tabs: [...document.querySelectorAll<HTMLElement>('[data-election]')].map((tab) => ({
+        election_id: Number(tab.dataset.election),
+        totals: counts(tab, 'data-count'),
+      })),
+      feed: [...document.querySelectorAll<HTMLElement>('#feed [data-cursor]')].map((li) => li.dataset.cursor ?? ''),
+    };
+  });
+}
+
+describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', () => {
+  let db: TestDatabase;
+  let hub: Hub | undefined;
+  let simulator: Simulator | undefined;
+  let browser: Browser | undefined;
+  let elections: DemoElection[];
+  let files: StaticFiles;
+  let viewer: string;
+
+  beforeAll(async () => {
+    if (!haveChromium) throw new Error(`CI is set but ${CHROMIUM} is missing: apt-get install -y chromium`);
+    buildWeb();
+    db = await createTestDatabase('hub_demo_page');
+    const ids = await seedDemo(db.pool);
+    elections = await describeElections(db.pool, ids);
+    files = withDirectory(staticFilesFrom(undefined, { build: false }), elections);
+    viewer = await signTestToken({ sub: 'page-viewer', elections: ids, ttl: '1h' });
+    hub = await startTestHub(db.url, {}, { staticFiles: files });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await simulator?.stop();
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  const snapshotOf = async (id: number): Promise<Snapshot> => {
+    const r = await getJson<Snapshot>(`${hub?.url}/dashboard/${id}`, viewer);
+    expect(r.status).toBe(200);
+    return r.body;
+  };
+
+  /** Every counter on the page equals `GET /dashboard/{id}` (the selected one in full, the rest's totals). */
+  const pageMatchesSnapshots = async (page: Page): Promise<string | undefined> => {
+    const shown = await readPage(page);
+    for (const tab of shown.tabs) {
+      const snap = await snapshotOf(tab.election_id);
+      if (JSON.stringify(tab.totals) !== JSON.stringify(snap.totals)) return `election ${tab.election_id}: page ${JSON.stringify(tab.totals)} vs ${JSON.stringify(snap.totals)}`;
+      if (tab.election_id !== shown.selected) continue;
+      if (JSON.stringify(shown.totals) !== JSON.stringify(snap.totals)) return `headline: page ${JSON.stringify(shown.totals)} vs ${JSON.stringify(snap.totals)}`;
+      const want = [...snap.committees].sort((a, b) => a.committee_id - b.committee_id).map((c) => ({ committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes }));
+      const have = [...shown.committees].sort((a, b) => a.committee_id - b.committee_id);
+      if (JSON.stringify(have) !== JSON.stringify(want)) return `committees: page ${JSON.stringify(have)} vs ${JSON.stringify(want)}`;
+    }
+    return undefined;
+  };
+
+  const waitForMatch = async (page: Page, what: string, timeoutMs = 10_000) => {
+    let last: string | undefined = 'not compared yet';
+    await waitUntil(
+      async () => (last = await pageMatchesSnapshots(page)) === undefined,
+      timeoutMs,
+      `${what} (${last})`,
+    ).catch((err: unknown) => {
+      throw new Error(`${(err as Error).message}; last difference: ${last}`);
+    });
+  };
+
+  it('shows live counters equal to /dashboard, keeps them through a hub restart, and loses no counts', async () => {
+    const page = await browser!.newPage({ viewport: { width: 1440, height: 1000 } });
+    const problems: string[] = [];
+    page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') problems.push(`console: ${msg.text()}`);
+    });
+    const first = elections[0]!;
+
+    // Some history before the page opens, then quiet: the page must show exactly the snapshot.
+    simulator = startSimulator({ pool: db.pool, electionIds: elections.map((e) => e.id), ratePerSecond: 40 });
+    await new Promise((r) => setTimeout(r, 1500));
+    await simulator.stop();
+
+    await page.goto(`${hub!.url}/#token=${viewer}`);
+    await page.waitForSelector('#link[data-state="connected"]', { timeout: 15_000 });
+    expect(await page.textContent('#election-name')).toBe(first.name);
+    expect(page.url()).not.toContain(viewer); // the token leaves the address bar once read
+    await waitForMatch(page, 'the page to match the snapshots while nothing is written');
+    const quiet = await readPage(page);
+    expect(quiet.committees).toHaveLength(first.committees.length);
+    expect(quiet.tabs.map((t) => t.election_id)).toEqual(elections.map((e) => e.id));
+
+    // Writes move the counters (dashboard_update frames) and fill the feed (row events).
+    simulator = startSimulator({ pool: db.pool, electionIds: elections.map((e) => e.id), ratePerSecond: 20 });
+    await page.waitForFunction(
+      (before) => Number(document.querySelector<HTMLElement>('[data-election][aria-selected="true"]')?.dataset.election) > 0 &&
+        ['guarantees', 'attendance', 'votes'].some((f) => document.querySelector<HTMLElement>(`[data-total="${f}"]`)?.dataset.value !== String(before[f as keyof typeof before])),
+      quiet.totals,
+      { timeout: 15_000 },
+    );
+    await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length >= 3, undefined, { timeout: 15_000 });
+    await new Promise((r) => setTimeout(r, 1200)); // a few flashes in flight make a livelier picture
+    await fs.mkdir(path.join(ROOT, 'artifacts'), { recursive: true });
+    await page.screenshot({ path: path.join(ROOT, 'artifacts', 'dashboard.png') });
+
+    // The election selector switches the committees and the headline.
+    const second = elections[1]!;
+    await page.click(`[data-election="${second.id}"]`);
+    expect(await page.textContent('#election-name')).toBe(second.name);
+    expect(await page.locator('[data-committee]').count()).toBe(second.committees.length);
+    await page.click(`[data-election="${first.id}"]`);
+
+    // A real fault: the hub goes away (sockets closed with 1001) and comes back on the same
+    // port while the simulator keeps writing.
+    const port = hub!.port;
+    await hub!.stop();
+    hub = undefined;
+    await page.waitForSelector('#link[data-state="reconnecting"]', { timeout: 10_000 });
+    await new Promise((r) => setTimeout(r, 1500)); // writes the page cannot see yet
+    hub = await startTestHub(db.url, { PORT: String(port) }, { staticFiles: files });
+    expect(hub.port).toBe(port);
+    await page.waitForFunction(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(-3).includes('resynced'), undefined, {
+      timeout: 20_000,
+    });
+    const states = await page.evaluate(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states);
+    expect(states.slice(states.indexOf('reconnecting'))).toContain('resynced');
+
+    // Keep writing a little on the new hub, then stop: every count must be there.
+    await new Promise((r) => setTimeout(r, 2000));
+    await simulator.stop();
+    simulator = undefined;
+    await waitForMatch(page, 'the page to catch up after the restart');
+    const after = await readPage(page);
+    expect(new Set(after.feed).size).toBe(after.feed.length); // no event shown twice
+    expect(FIELDS.some((f) => after.totals[f] !== quiet.totals[f])).toBe(true);
+    expect(problems).toEqual([]);
+    await page.close();
+  }, 120_000);
+});

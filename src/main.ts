@@ -10,7 +10,10 @@ import { createCommitteeDirectory } from './db/committees.ts';
 import { type Position, decodeCursor, encodeCursor } from './db/cursor.ts';
 import { backlog, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
-import { createLocalLimiter } from './auth/limits.ts';
+import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
+import { type Presence, startPresence } from './cluster/presence.ts';
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import { createDashboardCache, createDashboardNotifier } from './cache/dashboard.ts';
 import { createRoutes } from './http/routes.ts';
 import { createDelivery } from './hub/delivery.ts';
@@ -79,14 +82,19 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
 
     const auth = await createAuthenticator(config);
     const committees = createCommitteeDirectory(pool, log);
-    const limiter = createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
-    releasers.push(['limiter', () => limiter.stop()]);
+    const nodeId = config.NODE_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    const limiter: ConnectionLimiter = redis
+      ? createRedisLimiter({ redis, max: config.MAX_CONNECTIONS_PER_SUB, nodeId, leaseTtlMs: config.CONNECTION_LEASE_TTL, log, prefix: config.REDIS_PREFIX })
+      : createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
+    releasers.push(['connection leases', () => limiter.stop()]);
+    let presence: Presence | undefined;
     const cache = createDashboardCache({
       compute: (id) => computeSnapshot(pool, id),
       redis,
       extraKeys: config.DASHBOARD_CACHE_KEYS,
       metrics,
       log,
+      prefix: config.REDIS_PREFIX,
     });
 
     let reader: Reader | undefined;
@@ -114,12 +122,19 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
           const dbUp = listener?.connected() ?? false;
           const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
+          const nodes = presence ? await presence.nodes().catch(() => []) : [];
           return {
             status: dbUp && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
             connections: server.connections(),
             topics: server.topicCounts(),
             database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
             redis: redisInfo,
+            node: nodeId,
+            cluster: {
+              nodes: nodes.length || 1,
+              connections: nodes.length ? nodes.reduce((n, x) => n + x.connections, 0) : server.connections(),
+              members: nodes.length ? nodes : [{ id: nodeId, connections: server.connections(), age_ms: 0, self: true }],
+            },
           };
         },
       },
@@ -175,7 +190,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         const elections = new Set<number>();
         for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
         if (elections.size > 0) {
-          cache.invalidate(elections);
+          cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
           notifier.changed(elections);
         }
       },
@@ -211,6 +226,11 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     const hk = setInterval(() => void housekeeping(), deps.pruneEveryMs ?? 30_000);
     releasers.push(['housekeeping', () => clearInterval(hk)]);
 
+    if (redis) {
+      const p = startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX });
+      presence = p;
+      releasers.push(['presence', () => p.stop()]);
+    }
     releasers.push(['sockets', () => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', 2000)]);
     // Upgrades need a cursor; give the database a moment, but serve /health and /ready anyway.
     let startTimer: NodeJS.Timeout | undefined;

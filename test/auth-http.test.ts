@@ -3,7 +3,7 @@ import { SignJWT, importPKCS8 } from 'jose';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
+import { SECRET, connect, eventsReceived, redisPrefix, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 
 let db: TestDatabase;
@@ -166,7 +166,7 @@ describe('HTTP routes', () => {
     expect(updates).toBeLessThan(60); // 1000 writes over a few seconds, at most one per 250 ms
     expect(await redis.get(`${prefix}:dashboard:${e1}`)).toBeNull();
     expect(await redis.get(`${prefix}:summary:${e1}`)).toBeNull();
-    const cached = JSON.parse((await redis.get(`hub:dashboard:${e1}`)) ?? '{}') as { totals?: { guarantees: number } };
+    const cached = JSON.parse((await redis.get(`${redisPrefix(db.url)}dashboard:${e1}`)) ?? '{}') as { totals?: { guarantees: number } };
     const count = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM guarantees WHERE election_id = $1`, [e1]);
     expect(cached.totals?.guarantees).toBe(Number(count.rows[0]?.n));
     await c.close();

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import pg from 'pg';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import {
   type ClientState,
   type HubClient,
@@ -16,7 +16,7 @@ import {
 import { compare, encodeCursor } from '../src/db/cursor.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { capturedLogs, startTestHub, token, waitUntil } from './support/hub.ts';
+import { startTestHub, token, waitUntil } from './support/hub.ts';
 
 let db: TestDatabase;
 let e1: number;
@@ -32,12 +32,7 @@ class RecordingWebSocket extends WebSocket {
   constructor(url: string, protocols?: string | string[]) {
     super(url, protocols);
     sockets.push(this);
-    if (process.env.DBG) {
-      const t0 = Date.now();
-      this.on('close', (code, reason) => console.log('DBG ws close', Date.now() - t0, code, reason.toString(), this.sent));
-      this.on('error', (err) => console.log('DBG ws error', Date.now() - t0, err));
-      this.on('message', (d) => console.log('DBG ws msg', Date.now() - t0, d.toString().slice(0, 200)));
-    }
+
   }
   override send(data: string): void {
     this.sent.push(data);
@@ -45,6 +40,13 @@ class RecordingWebSocket extends WebSocket {
   }
 }
 const WS: WebSocketConstructor = RecordingWebSocket;
+
+/** The one socket currently open. */
+const liveSocket = (): RecordingWebSocket => {
+  const open = sockets.filter((s) => s.readyState === WebSocket.OPEN);
+  expect(open.length).toBe(1);
+  return open[0] as RecordingWebSocket;
+};
 
 const startHub = async () => {
   const h = await startTestHub(db.url);
@@ -105,12 +107,13 @@ describe('client SDK against a real hub', () => {
     const guarantees: Array<{ action: string; committee: number | null; cursor: string }> = [];
     client.on('guarantee_update', (f) => guarantees.push({ action: f.action, committee: f.committee_id, cursor: f.cursor }));
     await waitUntil(() => client.state() === 'open', 10_000, 'open');
-    expect(states.map(([s]) => s)).toEqual(['open']);
+    expect(states[0]?.[0]).toBe('open');
     expect(client.topics().sort()).toEqual([`election:${e1}`, 'user:viewer-a']);
     expect(client.cursor()).toMatch(/^[0-9a-z]+\.[0-9a-z]+$/);
     // The token travelled as a subprotocol, not in the URL.
-    expect(sockets[0]?.url).not.toContain(jwt);
-    expect(sockets[0]?.protocol).toBe(`bearer.${jwt}`);
+    const live = liveSocket();
+    expect(live.url).not.toContain(jwt);
+    expect(live.protocol).toBe(`bearer.${jwt}`);
 
     const id = await insertGuarantee(db.pool, c2);
     await waitUntil(() => events.length >= 1, 10_000, 'event');
@@ -123,7 +126,7 @@ describe('client SDK against a real hub', () => {
     // The heartbeat is answered: pong arrives for a ping.
     const pongs: unknown[] = [];
     client.on('pong', (p) => pongs.push(p));
-    sockets[0]?.send(JSON.stringify({ type: 'ping' }));
+    liveSocket().send(JSON.stringify({ type: 'ping' }));
     await waitUntil(() => pongs.length === 1, 5000, 'pong');
   });
 
@@ -149,24 +152,18 @@ describe('client SDK against a real hub', () => {
     await writer;
     expect(writing).toBe(false);
 
-    await waitUntil(() => createdIds(events).length >= inserted.length, 5_000, `${inserted.length} events (have ${events.length})`).catch((err) => {
-      const got = new Set(createdIds(events));
-      console.log('DBG missing', inserted.filter((i) => !got.has(i)), 'inserted', inserted.join(','));
-      console.log('DBG events', events.map((e) => `${(e as {id:unknown}).id}@${e.cursor}`).join(' '));
-      console.log('DBG sockets', sockets.map((s) => `${s.url} ${s.readyState} ${s.sent.join('|')}`).join('\n'));
-      console.log('DBG states', JSON.stringify(states));
-      throw err;
-    });
+    await waitUntil(() => createdIds(events).length >= inserted.length, 20_000, `${inserted.length} events (have ${events.length})`);
     expect(createdIds(events)).toEqual(inserted);
     expectStrictlyIncreasing(events);
     expect(states.some(([s, d]) => s === 'reconnecting' && d.code === 1001)).toBe(true);
     expect(client.state()).toBe('open');
-    expect(client.cursor()).toBe(events.at(-1)?.cursor);
+    // The resume point is the last event or a later position the hub confirmed (`subscribed`).
+    expect(compareCursors(client.cursor() ?? '0.0', events.at(-1)?.cursor ?? '0.0')).toBeGreaterThanOrEqual(0);
     // Every reconnect resumed: subscribe=none and `since` = the last cursor.
-    const later = sockets.slice(1).filter((s) => s.readyState === WebSocket.OPEN);
-    expect(later.length).toBe(1);
-    expect(later[0]?.url).toContain('subscribe=none');
-    const resume = JSON.parse(later[0]?.sent[0] ?? '{}') as { type?: string; since?: string; topics?: string[] };
+    const live = liveSocket();
+    expect(live).not.toBe(sockets[0]);
+    expect(live.url).toContain('subscribe=none');
+    const resume = JSON.parse(live.sent[0] ?? '{}') as { type?: string; since?: string; topics?: string[] };
     expect(resume).toMatchObject({ type: 'subscribe', topics: [`election:${e1}`] });
     expect(typeof resume.since).toBe('string');
   });
@@ -212,7 +209,7 @@ describe('client SDK against a real hub', () => {
     const { client, states } = open({ url: wsUrl(hub), token: jwt, heartbeat: { intervalMs: 20, timeoutMs: 1000 } });
     await waitUntil(() => client.state() === 'open', 10_000, 'open');
     await new Promise((r) => setTimeout(r, 100));
-    const socket = sockets[0] as RecordingWebSocket;
+    const socket = liveSocket();
     expect(socket.sent.filter((f) => f.includes('"ping"')).length).toBeGreaterThan(1);
 
     await client.close();
@@ -237,19 +234,25 @@ describe('client SDK against a real hub', () => {
 
   it('a token that expires (4001) is replaced through the token callback', async () => {
     const hub = await startHub();
-    let calls = 0;
+    let expired = false;
+    let fresh = 0;
     const { client, events, states } = open({
       url: wsUrl(hub),
-      token: async () => token({ sub: 'viewer-exp', elections: [e1], ttl: ++calls === 1 ? '1s' : '1h' }),
+      // Short-lived tokens until the hub has closed a connection with 4001, then long-lived ones.
+      token: async () => (expired ? (fresh++, token({ sub: 'viewer-exp', elections: [e1], ttl: '1h' })) : token({ sub: 'viewer-exp', elections: [e1], ttl: '1s' })),
       topics: [`election:${e1}`],
     });
-    await waitUntil(() => states.some(([s, d]) => s === 'reconnecting' && d.code === 4001), 5_000, '4001').catch((err) => {
-      console.log('DBG states', JSON.stringify(states), calls);
-      console.log('DBG logs', capturedLogs.slice(-30).join(''));
-      throw err;
+    client.onState((s, d) => {
+      if (d.code === 4001) {
+        expect(s).toBe('reconnecting');
+        expect(d.retryInMs).toBe(0);
+        expired = true;
+      }
     });
+    await waitUntil(() => expired, 10_000, '4001');
     await waitUntil(() => client.state() === 'open', 10_000, 'reopened');
-    expect(calls).toBe(2);
+    expect(fresh).toBeGreaterThanOrEqual(1);
+    expect(states.filter(([, d]) => d.code === 4001).length).toBe(1);
     const id = await insertGuarantee(db.pool);
     await waitUntil(() => createdIds(events).includes(id), 10_000, 'event after refresh');
   });
@@ -278,6 +281,131 @@ describe('client SDK against a real hub', () => {
     expect(compareCursors(dash.snapshot().cursor, first)).toBeGreaterThan(0);
     const perCommittee = dash.snapshot().committees.reduce((n, c) => n + c.guarantees, 0);
     expect(perCommittee).toBe(expected);
+  });
+});
+
+describe('resync', () => {
+  it('snapshotAndSubscribe re-fetches the snapshot when the hub pruned past the resume cursor', async () => {
+    let hub = await startHub();
+    const jwt = await token({ sub: 'dash-resync', elections: [e1] });
+    let reachable = true;
+    const dash = await snapshotAndSubscribe({
+      url: () => (reachable ? wsUrl(hub) : 'ws://127.0.0.1:9/ws'),
+      httpUrl: () => hub.url,
+      token: jwt,
+      electionId: e1,
+      WebSocket: WS,
+      backoff: { initialMs: 20, maxMs: 200 },
+    });
+    clients.push(dash);
+    const resyncs: unknown[] = [];
+    dash.client.on('resync', (r) => resyncs.push(r));
+    await waitUntil(() => dash.client.state() === 'open', 10_000, 'open');
+    const before = dash.snapshot();
+
+    // Away while rows are written, and the outbox is pruned (retention 1 ms) before it comes back.
+    reachable = false;
+    await hub.stop();
+    for (let i = 0; i < 5; i++) await insertGuarantee(db.pool);
+    hub = await startTestHub(db.url, { OUTBOX_RETENTION: '1ms' });
+    hubs.push(hub);
+    await waitUntil(async () => Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM hub.outbox')).rows[0]?.n) === 0, 10_000, 'pruned');
+    await new Promise((r) => setTimeout(r, 300)); // the hub records how far it pruned after deleting
+    reachable = true;
+
+    const expected = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);
+    await waitUntil(() => resyncs.length === 1, 10_000, 'resync');
+    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    expect(compareCursors(dash.snapshot().cursor, before.cursor)).toBe(1);
+    expect(dash.client.state()).toBe('open');
+  });
+});
+
+describe('against a scripted server', () => {
+  let server: WebSocketServer | undefined;
+  afterEach(async () => {
+    await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    server = undefined;
+  });
+  const listen = async (onConnection: (ws: WebSocket) => void) => {
+    const s = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (p) => [...p][0] ?? false });
+    s.on('connection', onConnection);
+    await new Promise((r) => s.on('listening', r));
+    server = s;
+    return `ws://127.0.0.1:${(s.address() as { port: number }).port}/ws`;
+  };
+  const hello = (ws: WebSocket) => ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: ['user:s'], cursor: '1.0' }));
+
+  it('a connection that stops answering is declared dead by the heartbeat and replaced', async () => {
+    let connections = 0;
+    const url = await listen((ws) => {
+      connections++;
+      hello(ws); // and never a pong
+    });
+    const { client, states } = open({ url, token: 't', heartbeat: { intervalMs: 50, timeoutMs: 100 }, backoff: { initialMs: 10, maxMs: 10 } });
+    await waitUntil(() => connections >= 2, 5000, 'second connection');
+    expect(states.some(([s, d]) => s === 'reconnecting' && d.reason === 'heartbeat timeout')).toBe(true);
+    await client.close();
+  });
+
+  it('1008 and 1009 are not retried in a hot loop; a flapping connection backs off', async () => {
+    const opened: number[] = [];
+    const url = await listen((ws) => {
+      opened.push(Date.now());
+      hello(ws);
+      ws.close(opened.length === 1 ? 1008 : 1001, 'bye');
+    });
+    const { client, states } = open({ url, token: 't', backoff: { initialMs: 50, maxMs: 400 } });
+    await waitUntil(() => opened.length >= 4, 10_000, 'four connections');
+    await client.close();
+    const retries = states.filter(([s]) => s === 'reconnecting').map(([, d]) => d);
+    expect(retries[0]?.code).toBe(1008);
+    expect(retries[0]?.retryInMs).toBeGreaterThanOrEqual(200);
+    // Accepted-then-dropped connections do not reset the backoff: the cap keeps growing.
+    expect(opened.length).toBeLessThan(10);
+  });
+
+  it('the auto-subscribed topics are resumed with subscribe=none and since after a drop', async () => {
+    const received: Array<{ url: string; frames: unknown[] }> = [];
+    const url = await listen((ws) => {
+      const conn = { url: '', frames: [] as unknown[] };
+      received.push(conn);
+      ws.on('message', (d) => conn.frames.push(JSON.parse(d.toString())));
+      if (received.length === 1) {
+        hello(ws);
+        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 1, cursor: '2.1', committed_at: new Date().toISOString() }));
+        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 1, cursor: '2.1', committed_at: new Date().toISOString() })); // duplicate
+        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 2, cursor: '2.2', committed_at: new Date().toISOString() }));
+        setTimeout(() => ws.close(1001, 'restart'), 50);
+      } else {
+        ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: [], cursor: '3.0' }));
+        // A replay overlapping what was delivered: only what is new gets through.
+        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 2, cursor: '2.2', committed_at: new Date().toISOString() }));
+        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 3, cursor: '2.3', committed_at: new Date().toISOString() }));
+        ws.send(JSON.stringify({ type: 'subscribed', topics: ['user:s'], cursor: '3.0' }));
+      }
+    });
+    const seenUrls: string[] = [];
+    const { client, events } = open({ url: () => (seenUrls.push(url), url), token: 't' });
+    await waitUntil(() => events.length >= 3, 5000, 'events');
+    await waitUntil(() => received.length === 2 && received[1]?.frames.length === 1, 5000, 'resume frame');
+    expect(events.map((e) => (e as { data: unknown }).data)).toEqual([1, 2, 3]);
+    expect(received[1]?.frames[0]).toEqual({ type: 'subscribe', topics: ['user:s'], since: '2.2' });
+    expect(sockets[0]?.url).not.toContain('subscribe=none');
+    expect(sockets[1]?.url).toContain('subscribe=none');
+    expect(seenUrls.length).toBe(2);
+    await waitUntil(() => client.cursor() === '3.0', 5000, 'cursor from subscribed');
+  });
+});
+
+describe('browser bundle', () => {
+  it('bundles with esbuild for the browser from the client alone (no zod, no node: modules)', async () => {
+    const { build } = await import('esbuild');
+    const r = await build({ entryPoints: ['client/index.ts'], bundle: true, write: false, platform: 'browser', format: 'esm', target: 'es2020', metafile: true, minify: true, logLevel: 'silent' });
+    expect(Object.keys(r.metafile.inputs)).toEqual(['client/index.ts']);
+    const text = r.outputFiles[0]?.text ?? '';
+    expect(text).not.toMatch(/from\s*["']node:|require\(/);
+    expect(text.length).toBeLessThan(20_000);
   });
 });
 

@@ -7,6 +7,7 @@ type Election = { id: number; name: string; committeeNames: Map<number, string>;
 
 const FIELDS = ['guarantees', 'attendance', 'votes'] as const;
 type Field = (typeof FIELDS)[number];
+const LABEL: Record<Field, string> = { guarantees: 'Guarantees', attendance: 'Attendance', votes: 'Votes' };
 const FEED_SIZE = 50;
 const TOKEN_KEY = 'election-hub.token';
 
@@ -122,7 +123,7 @@ function drawElectionTabs(): void {
           h(
             'span',
             { class: 'election-counts' },
-            ...FIELDS.map((f) => h('span', { class: `mini mini-${f}`, title: f }, h('i', { class: `key key-${f}` }), h('b', { 'data-count': f }, '–'))),
+            ...FIELDS.map((f) => h('span', { class: `mini mini-${f}`, title: LABEL[f] }, h('i', { class: `key key-${f}` }), h('b', { 'data-count': f }, '–'))),
           ),
         );
         tab.addEventListener('click', () => select(id));
@@ -151,7 +152,7 @@ function committeeCard(e: Election, c: CommitteeCounts): HTMLElement {
       'dl',
       {},
       ...FIELDS.map((f) =>
-        h('div', { class: `cell cell-${f}`, 'data-delta-host': '' }, h('dt', {}, f), h('dd', { 'data-count': f, 'data-value': '' }, '')),
+        h('div', { class: `cell cell-${f}`, 'data-delta-host': '' }, h('dt', {}, LABEL[f]), h('dd', { 'data-count': f, 'data-value': '' }, '')),
       ),
     ),
     h('div', { class: 'bar', title: 'attendance of guaranteed voters' }, h('span', { class: 'bar-fill' })),
@@ -171,6 +172,12 @@ function drawSelected(animate: boolean): void {
     if (el) setCount(el, snap.totals[f], animate);
   }
   $('turnout').textContent = turnout(snap.totals);
+  const prov = $('provenance');
+  prov.replaceChildren(
+    `Totals from GET /dashboard/${e.id}, replaced by every live update · cursor `,
+    h('code', {}, snap.cursor),
+    ` · updated ${clock.format(new Date())}`,
+  );
 
   const grid = $('committees');
   const ids = [...snap.committees].sort((a, b) => a.committee_id - b.committee_id);
@@ -194,7 +201,7 @@ function drawSelected(animate: boolean): void {
 
 function turnout(t: Counts): string {
   if (t.guarantees === 0) return 'voters checked in';
-  return `${Math.round((t.attendance / t.guarantees) * 100)}% of guarantees checked in`;
+  return `${Math.round((t.attendance / t.guarantees) * 100)}% of guarantees`;
 }
 
 function describe(ev: RowEvent): { kind: Field; title: string; detail: string } {

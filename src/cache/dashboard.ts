@@ -3,14 +3,16 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { DashboardSnapshot } from '../events/schema.ts';
 import { errorMessage } from '../errors.ts';
+import { randomBytes } from 'node:crypto';
+import { type Position, compare, decodeCursor } from '../db/cursor.ts';
 
 export type DashboardCache = {
   /** The snapshot as JSON (serialized once), or null for an unknown election. */
   get(electionId: number): Promise<string | null>;
-  /** Computes afresh (single-flight), stores it and returns it. */
+  /** A snapshot at least as new as every change seen so far (computed once across nodes). */
   refresh(electionId: number): Promise<string | null>;
-  /** Marks elections changed: drops cached snapshots and the application's own keys. */
-  invalidate(electionIds: Iterable<number>): void;
+  /** Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted. */
+  invalidate(electionIds: Iterable<number>, seen: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
 };
@@ -23,79 +25,131 @@ export type DashboardCacheOptions = {
   metrics: Pick<Metrics, 'cacheRequests' | 'dashboardComputations'>;
   log: Logger;
   ttlSeconds?: number;
+  /** How long a node waits for another node's computation before computing itself. */
+  lockWaitMs?: number;
+  /** Namespace of every Redis key (REDIS_PREFIX). */
+  prefix?: string;
 };
 
-const KEY = (id: number) => `hub:dashboard:${id}`;
+const NONE = '__none__'; // "no such election", returned as null, never stored
+
+const cursorOf = (json: string): Position | undefined => {
+  const m = /"cursor":"([^"]+)"/.exec(json);
+  return m?.[1] ? decodeCursor(m[1]) : undefined;
+};
 
 /**
  * Snapshot cache: Redis when configured (shared by all nodes), in-process otherwise.
- * Redis trouble degrades to computing from PostgreSQL; it never fails a request.
- * A generation per election keeps a computation that started before a change from
- * storing its older result over the invalidation.
+ * Freshness is decided by cursor, not by deleting keys: a snapshot is good for an election
+ * when its cursor is at or past the last change this node has seen there. So nodes never
+ * delete each other's fresh results, and with a short Redis lock one node computes per
+ * burst while the others wait for its result. Redis trouble degrades to computing from
+ * PostgreSQL; it never fails a request.
  */
 export function createDashboardCache(opts: DashboardCacheOptions): DashboardCache {
   const { redis, metrics, log } = opts;
   const ttl = opts.ttlSeconds ?? 3600;
+  const lockWaitMs = opts.lockWaitMs ?? 3000;
   const local = new Map<number, string>();
-  const generation = new Map<number, number>();
-  const inflight = new Map<string, Promise<string | null>>();
+  const lastChange = new Map<number, Position>();
+  const inflight = new Map<number, Promise<string | null>>();
+  const token = randomBytes(8).toString('hex');
+  const prefix = opts.prefix ?? 'hub:';
+  const KEY = (id: number) => `${prefix}dashboard:${id}`;
+  const LOCK = (id: number) => `${prefix}dashboard:lock:${id}`;
 
   const redisUp = () => redis !== undefined && redis.status === 'ready';
-
-  const store = async (id: number, json: string) => {
-    if (!redis) {
-      local.set(id, json);
-      return;
-    }
-    if (!redisUp()) return;
-    await redis.set(KEY(id), json, 'EX', ttl).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'dashboard cache write failed'));
+  const warn = (what: string) => (err: unknown) => {
+    log.warn({ err: errorMessage(err) }, what);
+    return undefined;
   };
 
-  const compute = (id: number): Promise<string | null> => {
-    const gen = generation.get(id) ?? 0;
-    const key = `${id}:${gen}`;
-    const running = inflight.get(key);
-    if (running) return running;
-    const p = (async () => {
-      metrics.dashboardComputations.inc();
-      const snap = await opts.compute(id);
-      if (!snap) return null;
-      const json = JSON.stringify(snap);
-      if ((generation.get(id) ?? 0) === gen) await store(id, json);
-      return json;
-    })().finally(() => inflight.delete(key));
-    inflight.set(key, p);
-    return p;
-  };
-
-  const cached = async (id: number): Promise<string | undefined> => {
+  const read = async (id: number): Promise<string | undefined> => {
     if (!redis) return local.get(id);
     if (!redisUp()) return undefined;
-    try {
-      return (await redis.get(KEY(id))) ?? undefined;
-    } catch (err) {
-      log.warn({ err: errorMessage(err) }, 'dashboard cache read failed');
-      return undefined;
+    return ((await redis.get(KEY(id)).catch(warn('dashboard cache read failed'))) ?? undefined) || undefined;
+  };
+  const write = async (id: number, json: string) => {
+    if (!redis) local.set(id, json);
+    else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
+  };
+  const fresh = (id: number, json: string | undefined): json is string => {
+    if (json === undefined) return false;
+    const c = cursorOf(json);
+    const need = lastChange.get(id);
+    return c !== undefined && (need === undefined || compare(c, need) >= 0);
+  };
+
+  const computeAndStore = async (id: number): Promise<string> => {
+    metrics.dashboardComputations.inc();
+    const snap = await opts.compute(id);
+    if (!snap) return NONE; // not cached: the election may be created any moment
+    const json = JSON.stringify(snap);
+    await write(id, json);
+    return json;
+  };
+
+  /** One computation per burst: locally single-flight, across nodes a short Redis lock. */
+  const obtain = async (id: number): Promise<string> => {
+    if (!redis || !redisUp()) return computeAndStore(id);
+    const deadline = Date.now() + lockWaitMs;
+    while (Date.now() < deadline) {
+      const got = await redis.set(LOCK(id), token, 'PX', lockWaitMs, 'NX').catch(warn('dashboard lock failed'));
+      if (got === 'OK') {
+        try {
+          return await computeAndStore(id);
+        } finally {
+          // Release only our own lock.
+          await redis
+            .eval(`if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`, 1, LOCK(id), token)
+            .catch(warn('dashboard unlock failed'));
+        }
+      }
+      if (!redisUp()) break;
+      await new Promise((r) => setTimeout(r, 15));
+      const other = await read(id);
+      if (fresh(id, other)) return other;
     }
+    return computeAndStore(id);
+  };
+
+  const refresh = (id: number): Promise<string | null> => {
+    const running = inflight.get(id);
+    const p = (running ?? Promise.resolve(undefined)).then(async (prev) => {
+      // A computation that began before the latest change may be stale: check, then redo.
+      if (prev !== undefined && prev !== null && fresh(id, prev)) return prev;
+      const cached = await read(id);
+      if (fresh(id, cached)) return cached;
+      const json = await obtain(id);
+      return json === NONE ? null : json;
+    });
+    const tracked = p.finally(() => {
+      if (inflight.get(id) === tracked) inflight.delete(id);
+    });
+    inflight.set(id, tracked);
+    return tracked;
   };
 
   return {
     async get(id) {
-      const hit = await cached(id);
-      metrics.cacheRequests.inc({ result: hit === undefined ? 'miss' : 'hit' });
-      return hit ?? compute(id);
+      const hit = await read(id);
+      if (fresh(id, hit)) {
+        metrics.cacheRequests.inc({ result: 'hit' });
+        return hit;
+      }
+      metrics.cacheRequests.inc({ result: 'miss' });
+      return refresh(id);
     },
-    refresh: compute,
-    invalidate(ids) {
+    refresh,
+    invalidate(ids, seen) {
       const keys: string[] = [];
       for (const id of ids) {
-        generation.set(id, (generation.get(id) ?? 0) + 1);
+        const prev = lastChange.get(id);
+        if (!prev || compare(seen, prev) > 0) lastChange.set(id, seen);
         local.delete(id);
-        keys.push(KEY(id), ...opts.extraKeys.map((t) => t.replaceAll('{election_id}', String(id))));
+        keys.push(...opts.extraKeys.map((t) => t.replaceAll('{election_id}', String(id))));
       }
-      if (keys.length > 0 && redisUp() && redis) {
-        redis.del(...keys).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'dashboard cache invalidation failed'));
-      }
+      if (keys.length > 0 && redisUp() && redis) redis.del(...keys).catch(warn('deleting application cache keys failed'));
     },
     degraded: () => redis !== undefined && !redisUp(),
   };

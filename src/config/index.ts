@@ -82,6 +82,10 @@ const envSchema = z
     REPLAY_BUFFER_EVENTS: int(0, 10_000_000).default(20_000),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
+    REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
+    NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),
+    CONNECTION_LEASE_TTL: duration('CONNECTION_LEASE_TTL').default(30_000),
+    PRESENCE_INTERVAL: duration('PRESENCE_INTERVAL').default(5_000),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .superRefine((env, ctx) => {

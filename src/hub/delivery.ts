@@ -6,6 +6,7 @@ import { type HubEvent, type TopicFilter, decodeRow, readRange } from '../db/out
 import { type Claims, type ElectionOf, ALL, coverOf, matches, parseTopic } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import type { Ring } from './ring.ts';
+import type { Lease } from '../auth/limits.ts';
 
 /** Per-socket state, kept in the uWebSockets.js user data. */
 export type Session = {
@@ -24,6 +25,8 @@ export type Session = {
   windowStart: number;
   windowCount: number;
   expiry: NodeJS.Timeout | undefined;
+  /** This socket's share of its sub's connection allowance; released on close. */
+  lease: Lease;
 };
 
 /** What the delivery code needs of a uWS socket. */

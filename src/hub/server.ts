@@ -249,10 +249,11 @@ export function createHubServer(deps: {
         const result = await auth.verify(token ?? undefined);
         if (!result.ok) return fail(401, result.reason);
         const claims: Claims = result.claims;
-        if (!(await limiter.acquire(claims.sub))) return fail(429, 'too_many_connections', claims.sub);
+        const lease = await limiter.acquire(claims.sub);
+        if (!lease) return fail(429, 'too_many_connections', claims.sub);
         await committees.ensure(claims.committees);
         if (aborted || !accepting || !deps.position()) {
-          limiter.release(claims.sub);
+          lease.release();
           if (!aborted) refuse(res, 503, 'not_ready');
           return;
         }
@@ -269,6 +270,7 @@ export function createHubServer(deps: {
           windowStart: 0,
           windowCount: 0,
           expiry: undefined,
+          lease,
           autoSubscribe: query.get('subscribe') !== 'none',
         };
         res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
@@ -333,7 +335,7 @@ export function createHubServer(deps: {
       sockets.delete(w);
       clearTimeout(s.expiry);
       s.drained?.();
-      limiter.release(s.claims.sub);
+      s.lease.release();
       metrics.connections.dec();
       metrics.connectionsClosed.inc({ code: String(code) });
       metrics.connectionsByRole.dec({ role: s.claims.role ?? 'none' });

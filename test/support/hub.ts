@@ -12,7 +12,9 @@ export const capturedLogs: string[] = [];
 
 /** Starts a hub on port 0 (127.0.0.1) against `databaseUrl`, logs captured in memory. */
 export async function startTestHub(databaseUrl: string, env: Env = {}, deps: HubDeps = {}): Promise<Hub> {
-  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env });
+  // Test files share one Redis: each database gets its own key namespace.
+  const prefix = `hub:${new URL(databaseUrl).pathname.slice(1)}:`;
+  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', REDIS_PREFIX: prefix, ...env });
   if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -22,6 +24,9 @@ export async function startTestHub(databaseUrl: string, env: Env = {}, deps: Hub
   });
   return startHub(parsed.config, { log: createLogger(parsed.config.LOG_LEVEL, sink), pruneEveryMs: 1000, ...deps });
 }
+
+/** The Redis key namespace startTestHub gives hubs of this database. */
+export const redisPrefix = (databaseUrl: string) => `hub:${new URL(databaseUrl).pathname.slice(1)}:`;
 
 export const token = (req: TokenRequest, secret = SECRET) => signToken(secret, req);
 

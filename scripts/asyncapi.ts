@@ -1,0 +1,196 @@
+/**
+ * Generates docs/asyncapi.json (AsyncAPI 3.0) from the protocol's zod schemas in
+ * src/events/schema.ts, so the document cannot drift from what the hub validates and sends.
+ *
+ *   node bin/run-ts.mjs scripts/asyncapi.ts           writes docs/asyncapi.json
+ *   node bin/run-ts.mjs scripts/asyncapi.ts --check   exits 1 if the committed file is stale
+ */
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { AppEvent, ClientFrame, ControlFrame, RowEvent, RowEventType } from '../src/events/schema.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const ASYNCAPI_PATH = resolve(ROOT, 'docs/asyncapi.json');
+
+type Json = Record<string, unknown>;
+
+/** What each message means (the schemas carry the shapes; this carries the behaviour). */
+const SUMMARY: Record<string, string> = {
+  ping: 'Heartbeat; answered with `pong`.',
+  subscribe:
+    'Adds topics. With `since`, every event on those topics after that cursor is replayed first, in order, then live ones follow; `subscribed` marks the seam.',
+  unsubscribe: 'Removes topics; answered with `unsubscribed`.',
+  connection_success: 'First frame on every connection: the token subject, the auto-subscribed topics (none with `?subscribe=none`) and the current cursor.',
+  subscribed: 'Answer to `subscribe`, sent after any replayed events; live events follow. `cursor` is a position the client may resume from.',
+  unsubscribed: 'Answer to `unsubscribe`.',
+  resync: '`since` is older than the outbox keeps: the topics are subscribed live, events in between are lost; take a fresh snapshot (GET /dashboard/{id}).',
+  pong: 'Answer to `ping`.',
+  error: 'A bad frame (bad_json, bad_frame, unknown_type, forbidden_topic, bad_topic, too_many_topics, bad_cursor, rate_limited, internal). The connection stays open unless the client keeps misbehaving (then 1008).',
+  dashboard_update:
+    "An election's full totals with a cursor consistent with them, coalesced (at most one per election per DASHBOARD_DEBOUNCE), published only after every event up to its cursor was delivered: replace the totals, then apply later events.",
+  guarantee_update: 'A captured change of a `guarantees` row.',
+  attendance_update: 'A captured change of an `attendance` row.',
+  voting_update: 'A captured change of a `votes` row.',
+  app_event: 'An application event from `hub.publish(topic, type, payload)`; `type` is the application\'s own. Delivered in the same global order as row events.',
+};
+
+/** JSON Schema (draft-07, the AsyncAPI default schema format) of a zod schema, without `$schema`. */
+function schemaOf(schema: z.ZodType, io: 'input' | 'output'): Json {
+  const json = z.toJSONSchema(schema, { target: 'draft-07', io, unrepresentable: 'any' }) as Json;
+  delete json.$schema;
+  return json;
+}
+
+const literalType = (schema: z.ZodObject): string => {
+  const t = schema.shape.type;
+  if (!(t instanceof z.ZodLiteral) || typeof t.value !== 'string') throw new Error('a protocol frame must have a literal `type`');
+  return t.value;
+};
+
+/** The AsyncAPI document, from the hub's point of view (it receives client frames and sends the rest). */
+export function generateAsyncApi(): Json {
+  const pkg = JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; description?: string };
+  const messages: Record<string, Json> = {};
+  const add = (name: string, title: string, payload: Json) => {
+    messages[name] = { name, title, summary: SUMMARY[name] ?? title, contentType: 'application/json', payload };
+  };
+
+  const clientNames: string[] = [];
+  for (const frame of ClientFrame.options) {
+    const type = literalType(frame);
+    clientNames.push(type);
+    add(type, `${type} (client → hub)`, schemaOf(frame, 'input'));
+  }
+  const serverNames: string[] = [];
+  for (const frame of ControlFrame.options) {
+    const type = literalType(frame);
+    serverNames.push(type);
+    add(type, `${type} (hub → client)`, schemaOf(frame, 'output'));
+  }
+  for (const type of RowEventType.options) {
+    serverNames.push(type);
+    add(type, `${type} (hub → client)`, schemaOf(RowEvent.extend({ type: z.literal(type) }), 'output'));
+  }
+  serverNames.push('app_event');
+  add('app_event', 'application event (hub → client)', schemaOf(AppEvent, 'output'));
+
+  const ref = (name: string) => ({ $ref: `#/channels/ws/messages/${name}` });
+  const replyTo: Record<string, string> = { ping: 'pong', subscribe: 'subscribed', unsubscribe: 'unsubscribed' };
+  const operations: Record<string, Json> = {};
+  for (const name of clientNames) {
+    const reply = replyTo[name];
+    operations[`receive_${name}`] = {
+      action: 'receive',
+      channel: { $ref: '#/channels/ws' },
+      summary: SUMMARY[name],
+      messages: [ref(name)],
+      ...(reply ? { reply: { channel: { $ref: '#/channels/ws' }, messages: reply === 'subscribed' ? [ref('subscribed'), ref('resync'), ref('error')] : [ref(reply)] } } : {}),
+    };
+  }
+  operations.send_frames = {
+    action: 'send',
+    channel: { $ref: '#/channels/ws' },
+    summary: 'Everything the hub sends: control frames, dashboard updates and events (per connection, in one global cursor order, each at most once).',
+    messages: serverNames.filter((n) => !['pong', 'subscribed', 'unsubscribed'].includes(n)).map(ref),
+  };
+
+  return {
+    asyncapi: '3.0.0',
+    info: {
+      title: pkg.name,
+      version: pkg.version,
+      description: [
+        pkg.description ?? '',
+        '',
+        'Generated from src/events/schema.ts by scripts/asyncapi.ts; do not edit by hand.',
+        '',
+        'Close codes: 1001 hub shutting down (reconnect and resume with the last cursor), 4008 too slow (reconnect and resume),',
+        '4001 token expired (get a new token, reconnect), 1008 repeated bad frames, 1009 frame over MAX_PAYLOAD_BYTES.',
+        'The upgrade is refused with 401 (missing/invalid/expired token), 403 (Origin not allowed) or 429 (too many connections for this sub).',
+        'Cursors are opaque strings; a client resumes with `subscribe {topics, since: <last cursor>}` on a connection opened with `?subscribe=none`.',
+      ].join('\n'),
+    },
+    defaultContentType: 'application/json',
+    servers: {
+      hub: {
+        host: 'localhost:8080',
+        protocol: 'ws',
+        description: 'An election-hub node (wss behind TLS termination).',
+        security: [
+          { $ref: '#/components/securitySchemes/queryToken' },
+          { $ref: '#/components/securitySchemes/bearer' },
+          { $ref: '#/components/securitySchemes/subprotocol' },
+        ],
+      },
+    },
+    channels: {
+      ws: {
+        address: '/ws',
+        title: 'WebSocket',
+        description:
+          'Topics: election:* (admin), election:{id}, committee:{id}, user:{sub}. An event of committee C in election E is on committee:C, election:E and election:*; a connection gets it once. On open the hub subscribes what the token claims name unless `?subscribe=none`.',
+        messages: Object.fromEntries(Object.keys(messages).map((n) => [n, { $ref: `#/components/messages/${n}` }])),
+        bindings: {
+          ws: {
+            method: 'GET',
+            query: {
+              type: 'object',
+              properties: {
+                token: { type: 'string', description: 'The JWT (one of three ways to pass it).' },
+                subscribe: { type: 'string', enum: ['none'], description: 'Do not auto-subscribe the claimed topics (resuming clients).' },
+              },
+            },
+            bindingVersion: '0.1.0',
+          },
+        },
+      },
+    },
+    operations,
+    components: {
+      messages,
+      securitySchemes: {
+        queryToken: { type: 'httpApiKey', name: 'token', in: 'query', description: 'JWT in `?token=` (HS256, RS256, ES256 or EdDSA as configured). Claims: sub, role, elections, committees.' },
+        bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: '`Authorization: Bearer <jwt>` on the upgrade request (not available to browsers).' },
+        subprotocol: {
+          type: 'httpApiKey',
+          name: 'Sec-WebSocket-Protocol',
+          in: 'header',
+          description: 'Subprotocol `bearer.<jwt>`; the hub selects that subprotocol. Keeps the token out of URLs and access logs (used by the client SDK).',
+        },
+      },
+    },
+  };
+}
+
+/** The file's exact text (stable key order, 2-space indent, trailing newline). */
+export function renderAsyncApi(): string {
+  return `${JSON.stringify(generateAsyncApi(), null, 2)}\n`;
+}
+
+function main(argv: string[]): number {
+  const text = renderAsyncApi();
+  if (argv.includes('--check')) {
+    let current = '';
+    try {
+      current = readFileSync(ASYNCAPI_PATH, 'utf8');
+    } catch {
+      // missing counts as stale
+    }
+    if (current !== text) {
+      process.stderr.write('docs/asyncapi.json is stale: run `node bin/run-ts.mjs scripts/asyncapi.ts`\n');
+      return 1;
+    }
+    process.stdout.write('docs/asyncapi.json is up to date\n');
+    return 0;
+  }
+  mkdirSync(dirname(ASYNCAPI_PATH), { recursive: true });
+  writeFileSync(ASYNCAPI_PATH, text);
+  process.stdout.write(`wrote ${ASYNCAPI_PATH}\n`);
+  return 0;
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  process.exitCode = main(process.argv.slice(2));
+}

@@ -324,6 +324,8 @@ describe('resync', () => {
 describe('against a scripted server', () => {
   let server: WebSocketServer | undefined;
   afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()));
+    for (const c of server?.clients ?? []) c.terminate();
     await new Promise((r) => (server ? server.close(r) : r(undefined)));
     server = undefined;
   });
@@ -395,6 +397,7 @@ describe('against a scripted server', () => {
     expect(sockets[1]?.url).toContain('subscribe=none');
     expect(seenUrls.length).toBe(2);
     await waitUntil(() => client.cursor() === '3.0', 5000, 'cursor from subscribed');
+    await client.close();
   });
 });
 

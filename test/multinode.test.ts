@@ -159,6 +159,12 @@ describe('several hubs on one database and one Redis', () => {
     const before = await computations(hubs);
     await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 300)`, [e1, c1]);
     const n = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1])).rows[0]?.n);
+    // As soon as every node has seen the burst, all of them want a fresh snapshot at once.
+    for (const c of cs) await waitUntil(() => c.events().length > 0, 10_000, 'the burst on every node');
+    const concurrent = await Promise.all(
+      hubs.flatMap((h, i) => [0, 1, 2].map(() => fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewers[i]}` } }).then((r) => r.json() as Promise<{ totals: { attendance: number } }>))),
+    );
+    for (const snap of concurrent) expect(snap.totals.attendance).toBe(n);
     for (const c of cs) {
       await waitUntil(() => c.frames.some((f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === n), 10_000, 'dashboard_update on every node');
     }

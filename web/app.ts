@@ -294,6 +294,10 @@ const dashboardHandle = { states: [] as LinkState[] };
 (window as unknown as { hubDashboard: typeof dashboardHandle }).hubDashboard = dashboardHandle;
 
 function askForToken(message?: string): void {
+  const badge = $('link');
+  badge.dataset.state = 'offline';
+  badge.title = message ?? 'no token';
+  badge.querySelector('.badge-text')!.textContent = 'Signed out';
   $('app').hidden = true;
   $('empty').hidden = true;
   $('signin').hidden = false;
@@ -327,7 +331,6 @@ function start(token: string): void {
     onState: drawState,
     onFatal(message) {
       sessionStorage.removeItem(TOKEN_KEY);
-      drawState('reconnecting', message);
       askForToken(message);
     },
     onElection(id) {

@@ -353,7 +353,6 @@ function start(token: string): void {
       if (ev.election_id === selected) drawFeedSoon();
     },
   });
-  window.addEventListener('pagehide', () => live.close());
 
   if (first !== undefined) select(first);
   else {

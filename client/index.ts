@@ -180,6 +180,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   const pongWithin = opts.heartbeat?.timeoutMs ?? 10_000;
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
   if (opts.since !== undefined && !CURSOR.test(opts.since)) throw new TypeError(`not a hub cursor: ${JSON.stringify(opts.since)}`);
+  if (typeof opts.url === 'string') new URL(opts.url); // throws a TypeError for a malformed URL now, not on every retry
 
   let state: ClientState = 'connecting';
   let lastCursor: string | undefined = opts.since;
@@ -305,6 +306,9 @@ export function createHubClient(opts: HubClientOptions): HubClient {
             resume();
           }
         } else {
+          // The first connection starts at the hub's position when it connected, so a connection
+          // lost before its `subscribed` does not turn that moment into a gap.
+          if (lastCursor === undefined) advance(cs.cursor);
           resume();
         }
         startHeartbeat();
@@ -356,21 +360,15 @@ export function createHubClient(opts: HubClientOptions): HubClient {
 
   const connect = async () => {
     if (closing) return;
-    let url: string;
-    let token: string;
-    try {
-      [url, token] = await Promise.all([resolve(opts.url), resolve(opts.token)]);
-    } catch (error) {
-      scheduleReconnect({ error });
-      return;
-    }
-    if (closing) return;
-    const u = new URL(url);
-    if (topicsKnown) u.searchParams.set('subscribe', 'none');
     let s: WebSocketLike;
     try {
+      const [url, token] = await Promise.all([resolve(opts.url), resolve(opts.token)]);
+      if (closing) return;
+      const u = new URL(url);
+      if (topicsKnown) u.searchParams.set('subscribe', 'none');
       s = new Impl(u.toString(), [`bearer.${token}`]);
     } catch (error) {
+      // A token or URL callback that failed, or a URL/token the WebSocket constructor refused.
       scheduleReconnect({ error });
       return;
     }
@@ -415,8 +413,9 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       settleBackoff();
       const detail: StateDetail = { code: ev.code, reason: ev.reason, ...(lastError !== undefined ? { error: lastError } : {}) };
       if (ev.code === 4001) {
-        // Token expired: a token function is asked for a fresh one; a fixed token cannot recover.
-        if (typeof opts.token === 'function') scheduleReconnect(detail, 0);
+        // Token expired: a token function is asked for a fresh one (at once the first time, then
+        // with backoff, should it keep handing out stale tokens); a fixed token cannot recover.
+        if (typeof opts.token === 'function') scheduleReconnect(detail, attempt === 0 ? 0 : undefined);
         else shutdown(detail);
       } else if (ev.code === 1008 || ev.code === 1009) {
         // The server thinks this client is misbehaving: never hot-loop.

@@ -230,7 +230,7 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     return undefined;
   };
 
-  const waitForMatch = async (page: Page, what: string, timeoutMs = 10_000) => {
+  const waitForMatch = async (page: Page, what: string, timeoutMs = 20_000) => {
     let last: string | undefined = 'not compared yet';
     await waitUntil(
       async () => (last = await pageMatchesSnapshots(page)) === undefined,
@@ -308,6 +308,32 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     const after = await readPage(page);
     expect(new Set(after.feed).size).toBe(after.feed.length); // no event shown twice
     expect(FIELDS.some((f) => after.totals[f] !== quiet.totals[f])).toBe(true);
+
+    // Harder: changes made only while no hub runs. The new hub's reader starts at the outbox
+    // head, so no dashboard_update ever covers them; the page's snapshot after reconnecting must.
+    await hub.stop();
+    hub = undefined;
+    await page.waitForSelector('#link[data-state="reconnecting"]', { timeout: 10_000 });
+    const committee = first.committees[0]!.id;
+    for (let i = 0; i < 7; i++) {
+      await db.pool.query('INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)', [first.id, committee, `Gap Voter ${i}`]);
+    }
+    const reconnects = (await page.evaluate(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states)).length;
+    hub = await startTestHub(db.url, { PORT: String(port) }, { staticFiles: files });
+    await page.waitForFunction(
+      (n) => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(n).includes('resynced'),
+      reconnects,
+      { timeout: 20_000 },
+    );
+    await waitForMatch(page, 'the page to count the changes made while no hub ran');
+    const gap = await readPage(page);
+    expect(gap.totals.attendance).toBe(after.totals.attendance + 7);
+    expect(gap.committees.find((c) => c.committee_id === committee)?.attendance).toBe(
+      (after.committees.find((c) => c.committee_id === committee)?.attendance ?? NaN) + 7,
+    );
+    await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length > 0 && /Gap Voter 6/.test(document.querySelector('#feed')?.textContent ?? ''), undefined, {
+      timeout: 10_000,
+    }); // the feed got the missed rows too (the SDK resumed from its cursor)
     expect(problems).toEqual([]);
     await page.close();
   }, 120_000);

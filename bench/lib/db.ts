@@ -1,0 +1,75 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { migrate } from '../../src/db/migrate.ts';
+
+export type BenchDatabase = { url: string; name: string; drop(): Promise<void> };
+
+/** A fresh database with the hub's `sql/` applied; `drop` removes it (even with sessions left). */
+export async function createBenchDatabase(adminUrl: string): Promise<BenchDatabase> {
+  const name = `hub_bench_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(adminUrl);
+  u.pathname = `/${name}`;
+  const url = u.toString();
+  let dropped = false;
+  const drop = async () => {
+    if (dropped) return;
+    dropped = true;
+    const c = new pg.Client({ connectionString: adminUrl });
+    await c.connect();
+    try {
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    } finally {
+      await c.end();
+    }
+  };
+  try {
+    await migrate(url);
+  } catch (err) {
+    await drop();
+    throw err;
+  }
+  return { url, name, drop };
+}
+
+/** Committee `k` (1-based) of election `e` has id (e-1)*perElection + k. */
+export const committeeId = (election: number, k: number, perElection: number) => (election - 1) * perElection + k;
+
+/** Elections 1..elections, each with `perElection` committees, ids as `committeeId` says. */
+export async function seed(url: string, elections: number, perElection: number): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query(`INSERT INTO elections (id, name) SELECT g, 'Election ' || g FROM generate_series(1, $1::int) g`, [elections]);
+    await c.query(
+      `INSERT INTO committees (id, election_id, name)
+       SELECT (e - 1) * $2::int + k, e, 'Committee ' || e || '.' || k FROM generate_series(1, $1::int) e, generate_series(1, $2::int) k`,
+      [elections, perElection],
+    );
+    // The NOTIFY baseline's probes are written here: a write transaction like the hub's probes, not captured.
+    await c.query('CREATE TABLE bench_notify_probe (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stamp text NOT NULL)');
+    await c.query('ANALYZE');
+  } finally {
+    await c.end();
+  }
+}
+
+export async function serverVersion(url: string): Promise<string> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const r = await c.query<{ v: string }>(`SELECT current_setting('server_version') AS v`);
+    const s = await c.query<{ name: string; setting: string }>(
+      `SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')`,
+    );
+    return `PostgreSQL ${r.rows[0]?.v ?? '?'} (${s.rows.map((x) => `${x.name}=${x.setting}`).join(', ')})`;
+  } finally {
+    await c.end();
+  }
+}

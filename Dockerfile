@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# election-hub: the hub runs its TypeScript through tsx (a runtime dependency), so there is no
-# build stage; the only heavy step is installing production dependencies.
+# election-hub: the hub runs its TypeScript through tsx (a runtime dependency); the only build
+# step is bundling the dashboard page (web/ + client/ → web/dist) with esbuild.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 
@@ -10,6 +10,18 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund \
  && npm cache clean --force
+
+# ---- web: bundle the dashboard page (needs the dev dependency esbuild) ----
+FROM ${NODE_IMAGE} AS web
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY bin/ ./bin/
+COPY scripts/ ./scripts/
+COPY src/ ./src/
+COPY client/ ./client/
+COPY web/ ./web/
+RUN node bin/run-ts.mjs scripts/build-web.ts
 
 # ---- runtime ----
 FROM ${NODE_IMAGE} AS runtime
@@ -21,6 +33,8 @@ COPY package.json ./
 COPY bin/ ./bin/
 COPY sql/ ./sql/
 COPY src/ ./src/
+COPY client/ ./client/
+COPY --from=web /app/web/ ./web/
 
 # The official image ships an unprivileged `node` user (uid 1000).
 USER node

@@ -208,7 +208,9 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push(['listener', () => l.stop()]);
 
     // Housekeeping: prune past retention (and learn how far pruning reached), sample backlog.
+    let housekeepingStopped = false;
     const housekeeping = async () => {
+      if (housekeepingStopped) return;
       try {
         while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
         server.delivery.setPruned(await prunedPosition(pool));
@@ -219,12 +221,18 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           metrics.outboxOldestAge.set(b.oldestAgeSeconds);
         }
       } catch (err) {
-        log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
+        if (!housekeepingStopped) log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
       }
     };
     void housekeeping();
     const hk = setInterval(() => void housekeeping(), deps.pruneEveryMs ?? 30_000);
-    releasers.push(['housekeeping', () => clearInterval(hk)]);
+    releasers.push([
+      'housekeeping',
+      () => {
+        housekeepingStopped = true;
+        clearInterval(hk);
+      },
+    ]);
 
     if (redis) {
       const p = startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX });

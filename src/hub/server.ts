@@ -296,12 +296,23 @@ export function createHubServer(deps: {
           }, Math.max(0, ms));
         }
       }
-      if (s.autoSubscribe) {
-        for (const t of claimTopics(s.claims)) s.topics.add(t);
-        delivery.applyCover(w);
-      }
-      const cursor = deps.position();
-      frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+      // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
+      // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
+      // belongs to the WebSocket; what open() writes there (a send) can make it close the new
+      // socket (1006). So nothing touches the socket until cork() has returned; subscription
+      // frames queue behind this (s.ops), so connection_success always comes first.
+      s.ops = new Promise<void>((resolve) =>
+        setImmediate(() => {
+          resolve();
+          if (s.closed) return;
+          if (s.autoSubscribe) {
+            for (const t of claimTopics(s.claims)) s.topics.add(t);
+            delivery.applyCover(w);
+          }
+          const cursor = deps.position();
+          frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+        }),
+      );
     },
 
     message: (ws, message, isBinary) => {

@@ -7,7 +7,9 @@
  *   connection attempt (return a cached token while it is still valid).
  * - Resumes after every disconnect: each reconnect uses `?subscribe=none` and sends
  *   `subscribe {topics, since: <last cursor>}`, so the application sees every event once, in
- *   cursor order (events at or before the last cursor are dropped at the seams).
+ *   cursor order (events at or before the last cursor are dropped at the seams). Without
+ *   `since`, the client starts at the hub's position when it first connected.
+ * - State `open` means `connection_success` arrived (the resume replay may still be running).
  * - Jittered exponential backoff, heartbeat (`ping` every 20 s; a connection that stays silent
  *   for 10 s after a ping is treated as dead), and `close()` that leaves no timers behind.
  *
@@ -139,7 +141,8 @@ const compareDigits = (a: string, b: string): number => {
 
 /**
  * Orders two hub cursors (`<txid base36>.<id base36>`) as the (txid, id) pair: negative,
- * zero or positive like a sort comparator. Exact for any length (no floating point, no BigInt).
+ * zero or positive like a sort comparator. Exact for every cursor the hub issues (64-bit txid and
+ * id), without floating point or BigInt.
  * Throws a TypeError for a string that is not a cursor.
  */
 export function compareCursors(a: string, b: string): -1 | 0 | 1 {

@@ -225,6 +225,31 @@ describe('lossless, ordered delivery', () => {
   }, 30_000);
 });
 
+describe('pruning by another node', () => {
+  it('a resume below what another node pruned answers resync, never a silent gap', async () => {
+    const old = await startTestHub(db.url);
+    const first = await connect(old, { token: admin });
+    const cs = await first.next((f) => f.type === 'connection_success');
+    await first.close();
+    await old.stop();
+    await insert(db.pool, 5);
+    // B learns how far pruning went only every 30 s (the production default)…
+    const b = await startTestHub(db.url, {}, { pruneEveryMs: 30_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    // …while node A prunes everything in between.
+    const a = await startTestHub(db.url, { OUTBOX_RETENTION: '1ms' });
+    await waitUntil(async () => Number((await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM hub.outbox')).rows[0]?.n) === 0, 10_000, 'pruned');
+    const again = await connect(b, { token: admin, query: 'subscribe=none' });
+    await again.next((f) => f.type === 'connection_success');
+    again.send({ type: 'subscribe', topics: ['election:*'], since: cs.cursor });
+    await again.next((f) => f.type === 'subscribed');
+    expect(again.frames.map((f) => f.type)).toContain('resync');
+    await again.close();
+    await a.stop();
+    await b.stop();
+  });
+});
+
 describe('snapshot + since = the database', () => {
   it('under concurrent writers (with a long transaction), snapshot totals plus the events after its cursor equal the final counts', async () => {
     const hub = await startTestHub(db.url);

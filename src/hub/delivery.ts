@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
-import { type HubEvent, type TopicFilter, decodeRow, readRange } from '../db/outbox.ts';
+import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, ALL, coverOf, matches, parseTopic } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import type { Ring } from './ring.ts';
@@ -145,7 +145,7 @@ export function createDelivery(opts: {
    * the ring covers the rest; the ring's tail is sent and the socket subscribed in one
    * synchronous step, so no live event falls between replay and subscription.
    */
-  const catchUp = async (ws: Sock, parts: Part[], onLive: (cursor: Position) => void): Promise<Position | undefined> => {
+  const catchUp = async (ws: Sock, parts: Part[], onLive: (cursor: Position, resync: boolean) => void): Promise<Position | undefined> => {
     for (;;) {
       const s = ws.getUserData();
       if (s.closed) return undefined;
@@ -166,7 +166,7 @@ export function createDelivery(opts: {
         }
         if (paused === undefined) {
           applyCover(ws);
-          onLive(head);
+          onLive(head, false);
           return head;
         }
         for (const p of parts) if (compare(p.from, paused) < 0) p.from = paused;
@@ -174,6 +174,17 @@ export function createDelivery(opts: {
         continue;
       }
       const rows = await readRange(opts.pool, lo, head, filterOf(parts), PAGE);
+      // Any node may have pruned meanwhile (it records how far atomically with the delete):
+      // read the mark after the page, and if it passed where this replay stands, the page
+      // may be incomplete: the client must take a fresh snapshot instead.
+      const mark = await prunedPosition(opts.pool);
+      if (compare(mark, pruned) > 0) pruned = mark;
+      if (parts.some((p) => compare(p.from, mark) < 0)) {
+        if (ws.getUserData().closed) return undefined;
+        applyCover(ws);
+        onLive(head, true);
+        return head;
+      }
       let last: Position | undefined;
       for (const raw of rows) {
         const e = decodeRow(raw);
@@ -255,7 +266,7 @@ export function createDelivery(opts: {
       const parts: Part[] = [{ topics: new Set(topics), from: since }];
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
-        await catchUp(ws, parts, (cursor) => onLive(cursor, false));
+        await catchUp(ws, parts, onLive);
       } finally {
         // On failure the socket goes back to live delivery of what it has.
         if (!s.closed && s.cover.size === 0) applyCover(ws);

@@ -540,8 +540,9 @@ const httpOf = (wsUrl: string) => {
  * Fetches an election's dashboard snapshot, then follows it live: subscribes `election:{id}`
  * since the snapshot's cursor (so the feed holds exactly the events after the snapshot) and
  * replaces the totals with every newer `dashboard_update` (totals are never computed from
- * row events). On `resync` (the client was away longer than the hub keeps events) the
- * snapshot is fetched again; events missed while away are not replayed to the feed.
+ * row events). After every reconnect, and on `resync` (the client was away longer than the
+ * hub keeps events), the snapshot is fetched again; after a `resync` the events missed while
+ * away are not replayed to the feed.
  */
 export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<DashboardSubscription> {
   const { electionId } = opts;
@@ -572,6 +573,12 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
   };
   client.on('resync', () => {
     if (!stopped) reload(0);
+  });
+  // After a reconnect the replayed events change the numbers, but no dashboard_update follows
+  // them unless something new is written: take a fresh snapshot each time the client resumes.
+  let subscriptions = 0;
+  client.on('subscribed', () => {
+    if (++subscriptions > 1 && !stopped) reload(0);
   });
 
   return {

@@ -283,6 +283,22 @@ describe('client SDK against a real hub', () => {
     const perCommittee = dash.snapshot().committees.reduce((n, c) => n + c.guarantees, 0);
     expect(perCommittee).toBe(expected);
   });
+
+  it('snapshotAndSubscribe: totals are right after a hub restart even when nothing is written afterwards', async () => {
+    let hub = await startHub();
+    let url = wsUrl(hub);
+    const jwt = await token({ sub: 'dash-restart', elections: [e1] });
+    const dash = await snapshotAndSubscribe({ url: () => url, token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
+    clients.push(dash);
+    await waitUntil(() => dash.client.state() === 'open', 10_000, 'open');
+    await hub.stop();
+    // Written while no hub runs; after the restart nothing else is written.
+    for (let i = 0; i < 5; i++) await insertGuarantee(db.pool);
+    const expected = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);
+    hub = await startHub();
+    url = wsUrl(hub);
+    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 15_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+  });
 });
 
 describe('resync', () => {

@@ -143,10 +143,13 @@ describe('Dockerfile', () => {
   const lines = dockerfile.split('\n').filter((l) => !l.trimStart().startsWith('#'));
   const instructions = lines.join('\n').replace(/\\\n/g, ' ');
 
-  it('builds from node:20-bookworm-slim in two stages with production deps only', () => {
+  it('builds from node:20-bookworm-slim: production deps, a page-bundling stage, a runtime stage', () => {
     expect(dockerfile).toMatch(/ARG NODE_IMAGE=node:20-bookworm-slim/);
-    expect(instructions.match(/^FROM /gm)?.length).toBe(2);
+    expect(instructions.match(/^FROM .* AS (\S+)$/gm)?.map((l) => l.split(' AS ')[1])).toEqual(['deps', 'web', 'runtime']);
     expect(instructions).toMatch(/npm ci --omit=dev/);
+    // The runtime image gets the bundled page, not the dev dependencies that built it.
+    expect(instructions).toMatch(/RUN node bin\/run-ts\.mjs scripts\/build-web\.ts/);
+    expect(instructions).toMatch(/COPY --from=web \/app\/web\/ \.\/web\//);
   });
 
   it('copies what `serve` needs and nothing from the build context it does not', () => {
@@ -155,7 +158,7 @@ describe('Dockerfile', () => {
     const ignored = read('.dockerignore').split('\n').map((l) => l.trim());
     expect(ignored).toContain('node_modules');
     expect(ignored).toContain('.git');
-    for (const needed of ['package.json', 'package-lock.json', 'bin', 'src', 'sql']) {
+    for (const needed of ['package.json', 'package-lock.json', 'bin', 'src', 'sql', 'client', 'web', 'scripts']) {
       expect(ignored).not.toContain(needed);
     }
   });

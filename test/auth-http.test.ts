@@ -3,7 +3,7 @@ import { SignJWT, importPKCS8 } from 'jose';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, connect, eventsReceived, redisPrefix, startTestHub, token, waitUntil } from './support/hub.ts';
+import { SECRET, connect, eventsReceived, redisPrefix, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 
 let db: TestDatabase;
@@ -32,15 +32,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const status = async (opts: Parameters<typeof connect>[1]) => {
-  try {
-    const c = await connect(hub, opts);
-    await c.close();
-    return 101;
-  } catch (err) {
-    return (err as { status?: number }).status ?? -1;
-  }
-};
+const status = (opts: Parameters<typeof connect>[1]) => upgradeStatus(hub, opts);
 
 const get = async (path: string, bearer?: string) => {
   const res = await fetch(`${hub.url}${path}`, { headers: bearer ? { authorization: `Bearer ${bearer}` } : {} });

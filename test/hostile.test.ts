@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { capturedLogs, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
+import { capturedLogs, connect, eventsReceived, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 import { findFreePort } from '../src/demo/embedded-postgres.ts';
 import type { Hub } from '../src/main.ts';
 
@@ -24,15 +24,6 @@ beforeAll(async () => {
 });
 afterAll(async () => db?.drop());
 
-const upgradeStatus = async (hub: Hub, opts: Parameters<typeof connect>[1]) => {
-  try {
-    const c = await connect(hub, opts);
-    await c.close();
-    return 101;
-  } catch (err) {
-    return (err as { status?: number }).status ?? -1;
-  }
-};
 
 const pem = (k: KeyObject) => k.export({ type: 'spki', format: 'pem' }).toString();
 const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');

@@ -127,3 +127,14 @@ export async function eventsReceived(c: TestClient, n: number, timeoutMs = 15_00
   await waitUntil(() => c.events().length >= n, timeoutMs, `${n} events (have ${c.events().length})`);
   return c.events();
 }
+
+/** The HTTP status of a WebSocket upgrade attempt (101 when it opened; the socket is closed again). */
+export async function upgradeStatus(hub: { port: number }, opts: Parameters<typeof connect>[1]): Promise<number> {
+  try {
+    const c = await connect(hub, opts);
+    await c.close();
+    return 101;
+  } catch (err) {
+    return (err as { status?: number }).status ?? -1;
+  }
+}

@@ -67,6 +67,8 @@ export function createDelivery(opts: {
 }) {
   const { publisher, reader, ring, metrics } = opts;
   let pruned: Position = { txid: 0n, id: 0n };
+  // Set by every publish; the sweep only walks the sockets when something was sent since.
+  let sentSinceSweep = false;
 
   const tooSlow = (ws: Sock) => {
     const s = ws.getUserData();
@@ -203,6 +205,7 @@ export function createDelivery(opts: {
   return {
     /** Live fan-out: each event serialized once, published on its topics by uWS. */
     publish(events: HubEvent[]) {
+      sentSinceSweep = true;
       const now = Date.now();
       for (const e of events) {
         let receivers = 0;
@@ -219,6 +222,7 @@ export function createDelivery(opts: {
 
     /** A frame that is not an outbox event (dashboard updates): live subscribers only. */
     publishFrame(topics: readonly string[], frame: string, type: string) {
+      sentSinceSweep = true;
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
@@ -284,9 +288,20 @@ export function createDelivery(opts: {
       ws.getUserData().drained?.();
     },
 
-    /** Periodic: a socket whose buffer passed the limit is closed with 4008, never skipped. */
+    /**
+     * Periodic: a socket whose buffer passed the limit is closed with 4008, never skipped.
+     * Buffers only grow when something is sent, so an idle hub does not walk its sockets;
+     * a socket still over the limit keeps the sweep armed until it drains or is closed.
+     */
     sweep(sockets: Iterable<Sock>) {
-      for (const ws of sockets) if (!ws.getUserData().closed && ws.getBufferedAmount() > opts.maxBuffered) tooSlow(ws);
+      if (!sentSinceSweep) return;
+      sentSinceSweep = false;
+      for (const ws of sockets) {
+        if (ws.getUserData().closed) continue;
+        const buffered = ws.getBufferedAmount();
+        if (buffered > opts.maxBuffered) tooSlow(ws);
+        else if (buffered > 0) sentSinceSweep = true;
+      }
     },
   };
 }

@@ -62,12 +62,11 @@ export function createHubServer(deps: {
   };
 
   /** Async handlers: headers are copied first; the response is written only if still open. */
-  const handle = (
-    method: 'get',
+  const get = (
     pattern: string,
     fn: (read: { header: (h: string) => string; param: (i: number) => string; query: (k: string) => string | undefined }) => Promise<HttpReply> | HttpReply,
   ) => {
-    app[method](pattern, (res, req) => {
+    app.get(pattern, (res, req) => {
       const headers = new Map<string, string>();
       req.forEach((k, v) => headers.set(k, v));
       const params = [req.getParameter(0) ?? '', req.getParameter(1) ?? ''];
@@ -93,15 +92,12 @@ export function createHubServer(deps: {
   const tokenOf = (r: { header: (h: string) => string; query: (k: string) => string | undefined }) =>
     bearer(r.header('authorization')) ?? r.query('token');
 
-  handle('get', '/health', () => routes.health());
-  handle('get', '/ready', () => routes.ready());
-  handle('get', '/metrics', () => routes.metrics());
-  handle('get', '/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
-  handle('get', '/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
-  handle('get', '/*', (r) => {
-    void r;
-    return { status: 404, body: JSON.stringify({ error: 'not_found' }) };
-  });
+  get('/health', () => routes.health());
+  get('/ready', () => routes.ready());
+  get('/metrics', () => routes.metrics());
+  get('/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
+  get('/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
+  get('/*', () => ({ status: 404, body: JSON.stringify({ error: 'not_found' }) }));
   if (deps.staticFiles) {
     const files = deps.staticFiles;
     for (const path of ['/', '/app.js', '/app.css']) {

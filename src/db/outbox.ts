@@ -71,8 +71,10 @@ export type ReadResult = {
  * transactions still in flight, so a late-committing transaction is never skipped.
  */
 export async function readAfter(db: pg.Pool, after: Position, limit: number): Promise<ReadResult> {
-  const res = await db.query(
-    `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+  // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
+  const res = await db.query({
+    name: 'hub_read_after',
+    text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
      SELECT s.x::text AS horizon,
             EXISTS (SELECT 1 FROM hub.outbox h WHERE h.txid >= s.x) AS held,
             o.*
@@ -80,8 +82,8 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number): Pr
        SELECT ${COLUMNS} FROM hub.outbox ob
        WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
        ORDER BY ob.txid, ob.id LIMIT $3) o ON true`,
-    [after.txid.toString(), after.id.toString(), limit],
-  );
+    values: [after.txid.toString(), after.id.toString(), limit],
+  });
   const first = res.rows[0] as RawRow | undefined;
   const horizon = BigInt(String(first?.horizon ?? '0'));
   return { rows: first?.txid == null ? [] : (res.rows as RawRow[]), horizon, held: first?.held === true };
@@ -91,13 +93,14 @@ export type TopicFilter = { all: boolean; elections: number[]; committees: numbe
 
 /** Rows in (after, upTo] on the given topics, for replaying to one socket. */
 export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
-  const res = await db.query(
-    `SELECT ${COLUMNS} FROM hub.outbox ob
+  const res = await db.query({
+    name: 'hub_read_range',
+    text: `SELECT ${COLUMNS} FROM hub.outbox ob
      WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND (ob.txid, ob.id) <= ($3::text::xid8, $4::bigint)
        AND ($5 OR ob.election_id = ANY($6::bigint[]) OR ob.committee_id = ANY($7::bigint[]) OR ob.topic = ANY($8::text[]))
      ORDER BY ob.txid, ob.id LIMIT $9`,
-    [after.txid.toString(), after.id.toString(), upTo.txid.toString(), upTo.id.toString(), f.all, f.elections, f.committees, f.topics, limit],
-  );
+    values: [after.txid.toString(), after.id.toString(), upTo.txid.toString(), upTo.id.toString(), f.all, f.elections, f.committees, f.topics, limit],
+  });
   return res.rows as RawRow[];
 }
 

@@ -279,3 +279,18 @@ describe('logs', () => {
     expect(all).not.toMatch(/eyJ[A-Za-z0-9_-]{8,}\.eyJ/);
   });
 });
+
+describe('node capacity', () => {
+  it('past MAX_CONNECTIONS the upgrade is refused with 503 (another node can take it), and a slot frees on close', async () => {
+    const hub = await startTestHub(db.url, { MAX_CONNECTIONS: '3' });
+    try {
+      const cs = await Promise.all([1, 2, 3].map(async (i) => connect(hub, { token: await token({ sub: `cap-${i}`, elections: [e1] }) })));
+      expect(await upgradeStatus(hub, { token: await token({ sub: 'cap-4', elections: [e1] }) })).toBe(503);
+      await cs[0]?.close();
+      await waitUntil(async () => (await upgradeStatus(hub, { token: await token({ sub: 'cap-5', elections: [e1] }) })) === 101, 5000, 'a free slot');
+      await Promise.all(cs.map((c) => c.close()));
+    } finally {
+      await hub.stop();
+    }
+  });
+});

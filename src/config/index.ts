@@ -77,6 +77,7 @@ const envSchema = z
     MAX_PAYLOAD_BYTES: int(64, 16 * 1024 * 1024).default(16384),
     MAX_BACKPRESSURE_BYTES: int(1024, 1024 * 1024 * 1024).default(1048576),
     MAX_TOPICS_PER_CONNECTION: int(1, 100_000).default(200),
+    MAX_CONNECTIONS: int(1, 10_000_000).optional(),
     MAX_MESSAGES_PER_SECOND: int(1, 1_000_000).default(50),
     OUTBOX_RETENTION: duration('OUTBOX_RETENTION').default(24 * 3_600_000),
     REPLAY_BUFFER_EVENTS: int(0, 10_000_000).default(20_000),

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import uWS from 'uWebSockets.js';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
@@ -26,6 +27,22 @@ const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
 export type StaticFiles = (path: string) => { body: Buffer; contentType: string } | undefined;
 
 /**
+ * Sockets this node accepts: MAX_CONNECTIONS, else the open-file limit less headroom for the
+ * database, Redis and the listen socket. At the fd limit uWS cannot accept and spins; refusing
+ * with 503 lets the load balancer send the client to another node.
+ */
+export function connectionCap(configured: number | undefined): number {
+  if (configured !== undefined) return configured;
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m?.[1]) return Math.max(100, Number(m[1]) - 256);
+  } catch {
+    // Not Linux: no known limit to stay under.
+  }
+  return Number.MAX_SAFE_INTEGER;
+}
+
+/**
  * The uWebSockets.js boundary: HTTP routes, the WebSocket upgrade (authentication happens
  * here, before any socket exists), client frames, and the socket lifecycle.
  */
@@ -48,6 +65,8 @@ export function createHubServer(deps: {
   let listenSocket: uWS.us_listen_socket | undefined;
   let accepting = true;
   let nextId = 1;
+  const maxSockets = connectionCap(config.MAX_CONNECTIONS);
+  let upgrading = 0;
 
   // ---- HTTP ---------------------------------------------------------------------------
 
@@ -231,6 +250,7 @@ export function createHubServer(deps: {
       res.onAborted(() => {
         aborted = true;
       });
+      upgrading++;
       void (async () => {
         const fail = (status: number, reason: string, sub?: string) => {
           metrics.authFailures.inc({ reason });
@@ -238,6 +258,7 @@ export function createHubServer(deps: {
           if (!aborted) refuse(res, status, reason);
         };
         if (!accepting) return fail(503, 'shutting_down');
+        if (sockets.size + upgrading > maxSockets) return fail(503, 'node_full');
         if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin)) return fail(403, 'origin');
         const offered = protocols.split(',').map((p) => p.trim()).filter(Boolean);
         const viaProtocol = offered.find((p) => p.startsWith('bearer.'));
@@ -273,7 +294,7 @@ export function createHubServer(deps: {
       })().catch((err: unknown) => {
         log.error({ err: errorMessage(err) }, 'upgrade failed');
         if (!aborted) refuse(res, 500, 'internal');
-      });
+      }).finally(() => upgrading--);
     },
 
     open: (ws) => {

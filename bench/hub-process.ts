@@ -30,6 +30,7 @@ const api = {
     gc?.();
     return { exposed: gc !== undefined };
   },
+  memory: () => process.memoryUsage(),
   stop,
 };
 export type HubProcessApi = typeof api;

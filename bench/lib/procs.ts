@@ -55,6 +55,22 @@ export async function spawnTs<A extends Api>(name: string, file: string, opts: S
   }
 }
 
+/**
+ * The open-file limit a process really got. Raising the hard limit needs CAP_SYS_RESOURCE,
+ * which a container may withhold even from root; then `ulimit -n` above stays at the old limit.
+ */
+export function fdLimitOf(pid: number): number {
+  try {
+    const line = readFileSync(`/proc/${pid}/limits`, 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    const soft = line?.trim().split(/\s+/)[3];
+    return soft === 'unlimited' ? Number.POSITIVE_INFINITY : Number(soft);
+  } catch {
+    return Number.NaN;
+  }
+}
+
 export function tail(file: string, lines = 20): string {
   try {
     return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');

@@ -36,8 +36,8 @@ const app = uWS.App()
 const frameOf = (id: number, size: number) => {
   const head =
     `{"type":"guarantee_update","action":"created","election_id":1,"committee_id":1,"id":${id},` +
-    `"data":{"id":${id},"status":"pledged","updated_at":"2026-01-01T00:00:00.000000+00:00","voter_name":"T${wallNow().toFixed(3)}",` +
-    `"election_id":1,"committee_id":1},"cursor":"bare.${id}","committed_at":"${new Date().toISOString()}","pad":"`;
+    `"data":{"id":${id},"status":"pledged","voter_name":"T${wallNow().toFixed(3)}","election_id":1,"committee_id":1},` +
+    `"cursor":"bare.${id}","committed_at":"${new Date().toISOString()}","pad":"`;
   const tail = '"}';
   return head + 'x'.repeat(Math.max(0, size - head.length - tail.length)) + tail;
 };
@@ -53,6 +53,7 @@ const api = {
     }
     return { published: id };
   },
+  memory: () => process.memoryUsage(),
   gc() {
     const gc = (globalThis as { gc?: () => void }).gc;
     gc?.();

@@ -119,8 +119,12 @@ const api = {
     return { opened, failed: a.count - opened, failures, t0, t1: wallNow(), signMs };
   },
 
+  /** Zeroes the counters; connections already closed are forgotten (loss counts from here). */
   reset(a: { sampleEvery: number }) {
     sink.reset(a.sampleEvery);
+    sink.closed = 0;
+    sink.closeCodes = {};
+    conns = conns.filter(({ c }) => !c.closed);
     for (const { c } of conns) c.events = 0;
     notifyLatencies = [];
   },

@@ -68,8 +68,9 @@ describe('npm run demo', () => {
   });
 
   it('starts everything on embedded PostgreSQL, streams changes and stops cleanly on SIGTERM', async () => {
-    // As CI would: the repository root, the bin script, PORT=0; DATABASE_URL/REDIS_URL from the
-    // environment (if any) must be ignored.
+    // As CI would: the repository root, the command `npm run demo` runs (`node
+    // bin/election-hub.mjs demo`, spawned directly so SIGTERM reaches it without npm's signal
+    // re-raising in between), PORT=0; DATABASE_URL/REDIS_URL from the environment must be ignored.
     child = spawn(process.execPath, ['bin/election-hub.mjs', 'demo'], {
       cwd: ROOT,
       env: { ...process.env, PORT: '0', DEMO_DATA_DIR: dataDir, JWT_SECRET: '' },

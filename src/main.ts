@@ -162,6 +162,9 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           log,
         }),
     });
+    // Runs after the reader and the dashboard updates have stopped publishing into the app.
+    releasers.push(['http server', () => server.close()]);
+
     const notifier = createDashboardNotifier({
       cache,
       debounceMs: config.DASHBOARD_DEBOUNCE,

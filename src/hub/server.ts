@@ -403,6 +403,9 @@ export function createHubServer(deps: {
       }
       const deadline = Date.now() + timeoutMs;
       while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    },
+    /** Last: after the reader has stopped publishing into the app. */
+    close() {
       clearInterval(sweep);
       // Older builds lack App.close(); the listen socket is already closed either way.
       (app as unknown as { close?: () => void }).close?.();

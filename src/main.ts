@@ -7,7 +7,7 @@ import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
 import { computeSnapshot } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, decodeCursor, encodeCursor } from './db/cursor.ts';
+import { type Position, encodeCursor } from './db/cursor.ts';
 import { backlog, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
@@ -169,9 +169,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       cache,
       debounceMs: config.DASHBOARD_DEBOUNCE,
       log,
-      waitForCursor: async (c) => {
-        const p = decodeCursor(c);
-        if (p && reader) await reader.waitFor(p, 5000);
+      waitForCursor: async (p) => {
+        if (reader) await reader.waitFor(p, 5000);
       },
       publish: (electionId, frame) =>
         server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update'),

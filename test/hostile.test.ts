@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { capturedLogs, connect, eventsReceived, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 import { findFreePort } from '../src/demo/embedded-postgres.ts';
-import type { Hub } from '../src/main.ts';
 
 let db: TestDatabase;
 let e1: number;

@@ -12,6 +12,7 @@ import { jwtVerify, type JWTPayload } from 'jose';
 import pg from 'pg';
 import { Server } from 'socket.io';
 import { notify, serve } from '../lib/rpc.ts';
+import { eventOf, pollOutbox } from './outbox-poll.ts';
 
 type Claims = JWTPayload & { elections?: number[] };
 
@@ -39,62 +40,17 @@ io.on('connection', (socket) => {
   for (const e of claims.elections ?? []) void socket.join(`election:${e}`);
 });
 
-const TYPES: Record<string, string> = { guarantee: 'guarantee_update', attendance: 'attendance_update', vote: 'voting_update' };
-type Row = { id: string; kind: string; action: string; election_id: number; committee_id: number; row_id: unknown; data: unknown; committed_at: Date };
-
-let lastId = '0';
-let polling = false;
-let again = false;
-async function poll() {
-  if (polling) {
-    again = true;
-    return;
-  }
-  polling = true;
-  try {
-    do {
-      again = false;
-      const { rows } = await pool.query<Row>(
-        `SELECT id::text, kind, action, election_id::int, committee_id::int, row_id, data, committed_at
-         FROM hub.outbox WHERE id > $1 ORDER BY id LIMIT 1000`,
-        [lastId],
-      );
-      for (const row of rows) {
-        lastId = row.id;
-        const type = TYPES[row.kind] ?? row.kind;
-        io.to(`election:${row.election_id}`).emit(type, {
-          type,
-          action: row.action,
-          election_id: row.election_id,
-          committee_id: row.committee_id,
-          id: row.row_id,
-          data: row.data,
-          cursor: row.id,
-          committed_at: row.committed_at,
-        });
-      }
-      if (rows.length === 1000) again = true;
-    } while (again);
-  } catch (err) {
-    console.error('poll failed', err);
-  } finally {
-    polling = false;
-  }
-}
-
-const start = await pool.query<{ id: string }>('SELECT coalesce(max(id), 0)::text AS id FROM hub.outbox');
-lastId = start.rows[0]?.id ?? '0';
-const listener = new pg.Client({ connectionString: process.env.DATABASE_URL });
-await listener.connect();
-listener.on('notification', () => void poll());
-await listener.query('LISTEN hub_outbox');
+const listener = await pollOutbox(pool, process.env.DATABASE_URL, (row) => {
+  const event = eventOf(row);
+  io.to(`election:${row.election_id}`).emit(event.type, event);
+});
 
 httpServer.listen(0, '127.0.0.1', () => {
   serve({
     async stop() {
       io.disconnectSockets(true);
       await new Promise<void>((r) => io.close(() => r()));
-      await listener.end();
+      await listener.stop();
       await pool.end();
       pubClient.disconnect();
       subClient.disconnect();

@@ -10,6 +10,7 @@ import { jwtVerify, type JWTPayload } from 'jose';
 import pg from 'pg';
 import { WebSocket, WebSocketServer } from 'ws';
 import { notify, serve } from '../lib/rpc.ts';
+import { type Row, eventOf, pollOutbox } from './outbox-poll.ts';
 
 const secret = new TextEncoder().encode(process.env.JWT_SECRET ?? '');
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 });
@@ -40,68 +41,20 @@ wss.on('connection', (ws: WebSocket, _request: IncomingMessage, claims: Claims) 
   ws.send(JSON.stringify({ type: 'connection_success', sub: claims.sub }));
 });
 
-const TYPES: Record<string, string> = { guarantee: 'guarantee_update', attendance: 'attendance_update', vote: 'voting_update' };
-
-type Row = { id: string; kind: string; action: string; election_id: number; committee_id: number; row_id: unknown; data: unknown; committed_at: Date };
-
 function broadcast(row: Row) {
-  const event = {
-    type: TYPES[row.kind] ?? row.kind,
-    action: row.action,
-    election_id: row.election_id,
-    committee_id: row.committee_id,
-    id: row.row_id,
-    data: row.data,
-    cursor: row.id,
-    committed_at: row.committed_at,
-  };
+  const event = eventOf(row);
   for (const [ws, subscribed] of elections) {
     if (ws.readyState === WebSocket.OPEN && subscribed.has(row.election_id)) ws.send(JSON.stringify(event));
   }
 }
 
-let lastId = '0';
-let polling = false;
-let again = false;
-async function poll() {
-  if (polling) {
-    again = true;
-    return;
-  }
-  polling = true;
-  try {
-    do {
-      again = false;
-      const { rows } = await pool.query<Row>(
-        `SELECT id::text, kind, action, election_id::int, committee_id::int, row_id, data, committed_at
-         FROM hub.outbox WHERE id > $1 ORDER BY id LIMIT 1000`,
-        [lastId],
-      );
-      for (const row of rows) {
-        lastId = row.id;
-        broadcast(row);
-      }
-      if (rows.length === 1000) again = true;
-    } while (again);
-  } catch (err) {
-    console.error('poll failed', err);
-  } finally {
-    polling = false;
-  }
-}
-
-const start = await pool.query<{ id: string }>('SELECT coalesce(max(id), 0)::text AS id FROM hub.outbox');
-lastId = start.rows[0]?.id ?? '0';
-const listener = new pg.Client({ connectionString: process.env.DATABASE_URL });
-await listener.connect();
-listener.on('notification', () => void poll());
-await listener.query('LISTEN hub_outbox');
+const listener = await pollOutbox(pool, process.env.DATABASE_URL, broadcast);
 
 server.listen(0, '127.0.0.1', () => {
   serve({
     async stop() {
       for (const ws of wss.clients) ws.terminate();
-      await listener.end();
+      await listener.stop();
       await pool.end();
       server.close();
       setImmediate(() => process.exit(0));

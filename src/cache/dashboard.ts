@@ -169,7 +169,7 @@ export type DashboardNotifier = {
 export function createDashboardNotifier(opts: {
   cache: DashboardCache;
   debounceMs: number;
-  waitForCursor: (cursor: string) => Promise<void>;
+  waitForCursor: (cursor: Position) => Promise<void>;
   publish: (electionId: number, frame: string) => void;
   log: Logger;
 }): DashboardNotifier {
@@ -183,8 +183,8 @@ export function createDashboardNotifier(opts: {
     try {
       const json = await opts.cache.refresh(id);
       if (!json || stopped) return;
-      const cursor = (JSON.parse(json) as { cursor: string }).cursor;
-      await opts.waitForCursor(cursor);
+      const cursor = cursorOf(json);
+      if (cursor) await opts.waitForCursor(cursor);
       if (!stopped) opts.publish(id, `{"type":"dashboard_update",${json.slice(1)}`);
     } catch (err) {
       opts.log.warn({ electionId: id, err: errorMessage(err) }, 'dashboard update failed');

@@ -3,7 +3,7 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
 import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange } from '../db/outbox.ts';
-import { type Claims, type ElectionOf, ALL, coverOf, matches, parseTopic } from '../events/topics.ts';
+import { type Claims, type ElectionOf, coverOf, matches, parseTopic } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import type { Ring } from './ring.ts';
 import type { Lease } from '../auth/limits.ts';
@@ -27,6 +27,8 @@ export type Session = {
   expiry: NodeJS.Timeout | undefined;
   /** This socket's share of its sub's connection allowance; released on close. */
   lease: Lease;
+  /** Subscribe the claims' topics on open (false with `?subscribe=none`). */
+  readonly autoSubscribe: boolean;
 };
 
 /** What the delivery code needs of a uWS socket. */
@@ -307,4 +309,3 @@ export function createDelivery(opts: {
 }
 
 export type Delivery = ReturnType<typeof createDelivery>;
-export { ALL };

@@ -274,7 +274,7 @@ export function createHubServer(deps: {
           if (!aborted) refuse(res, 503, 'not_ready');
           return;
         }
-        const session: Session & { autoSubscribe: boolean } = {
+        const session: Session = {
           id: nextId++,
           claims,
           remote,
@@ -299,7 +299,7 @@ export function createHubServer(deps: {
 
     open: (ws) => {
       const w = ws as Ws;
-      const s = w.getUserData() as Session & { autoSubscribe: boolean };
+      const s = w.getUserData();
       sockets.add(w);
       metrics.connections.inc();
       metrics.connectionsOpened.inc();

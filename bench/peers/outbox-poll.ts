@@ -1,0 +1,65 @@
+/*
+ * The peers' database side, shared by the ws and socket.io hubs: LISTEN on the hub's channel
+ * and, on every notification, read the outbox rows after the last id seen, the way a team
+ * would first write it (ordered by id, not by the hub's commit-safe (txid, id) horizon).
+ */
+import pg from 'pg';
+
+export const TYPES: Record<string, string> = { guarantee: 'guarantee_update', attendance: 'attendance_update', vote: 'voting_update' };
+
+export type Row = { id: string; kind: string; action: string; election_id: number; committee_id: number; row_id: unknown; data: unknown; committed_at: Date };
+
+/** The event a peer sends for a row (the hub's frame shape). */
+export function eventOf(row: Row) {
+  return {
+    type: TYPES[row.kind] ?? row.kind,
+    action: row.action,
+    election_id: row.election_id,
+    committee_id: row.committee_id,
+    id: row.row_id,
+    data: row.data,
+    cursor: row.id,
+    committed_at: row.committed_at,
+  };
+}
+
+/** Starts at the newest outbox row; calls `onRow` for each new one. `stop` ends the listener. */
+export async function pollOutbox(pool: pg.Pool, connectionString: string | undefined, onRow: (row: Row) => void): Promise<{ stop(): Promise<void> }> {
+  let lastId = '0';
+  let polling = false;
+  let again = false;
+  async function poll() {
+    if (polling) {
+      again = true;
+      return;
+    }
+    polling = true;
+    try {
+      do {
+        again = false;
+        const { rows } = await pool.query<Row>(
+          `SELECT id::text, kind, action, election_id::int, committee_id::int, row_id, data, committed_at
+           FROM hub.outbox WHERE id > $1 ORDER BY id LIMIT 1000`,
+          [lastId],
+        );
+        for (const row of rows) {
+          lastId = row.id;
+          onRow(row);
+        }
+        if (rows.length === 1000) again = true;
+      } while (again);
+    } catch (err) {
+      console.error('poll failed', err);
+    } finally {
+      polling = false;
+    }
+  }
+
+  const start = await pool.query<{ id: string }>('SELECT coalesce(max(id), 0)::text AS id FROM hub.outbox');
+  lastId = start.rows[0]?.id ?? '0';
+  const listener = new pg.Client({ connectionString });
+  await listener.connect();
+  listener.on('notification', () => void poll());
+  await listener.query('LISTEN hub_outbox');
+  return { stop: () => listener.end() };
+}

@@ -38,8 +38,11 @@ export async function pollOutbox(pool: pg.Pool, connectionString: string | undef
       do {
         again = false;
         const { rows } = await pool.query<Row>(
-          `SELECT id::text, kind, action, election_id::int, committee_id::int, row_id, data, committed_at
-           FROM hub.outbox WHERE id > $1 ORDER BY id LIMIT 1000`,
+          // ORDER BY the table's bigint column: a bare `id` would bind to the text alias and
+          // sort a page as strings ("1000" < "999"), re-sending or skipping rows.
+          `SELECT o.id::text AS id, o.kind, o.action, o.election_id::int AS election_id, o.committee_id::int AS committee_id,
+                  o.row_id, o.data, o.committed_at
+           FROM hub.outbox o WHERE o.id > $1::bigint ORDER BY o.id LIMIT 1000`,
           [lastId],
         );
         for (const row of rows) {

@@ -116,7 +116,8 @@ describe('ids of 2^53 and above travel exactly', () => {
         const text = c.raw.find((r) => r.includes('"guarantee_update"')) as string;
         // Safe integers would be numbers; these are exact decimal strings, the row key is its jsonb text.
         expect(text).toContain(`"election_id":"${BIG_E}","committee_id":"${BIG_C}","id":${BIG_ROW}`);
-        expect(text).toContain(`"id":${BIG_ROW},"status":"pledged"`);
+        expect(text).toContain(`"data":{"id": ${BIG_ROW},`);
+        expect(text).toContain(`"committee_id": ${BIG_C}}`);
         expect(RowEvent.safeParse(JSON.parse(text)).success).toBe(true);
         expect(c.raw.find((r) => r.includes('"note"'))).toContain(`"topic":"committee:${BIG_C}"`);
       }
@@ -281,7 +282,7 @@ describe('rights follow the database, at the time of the row', () => {
         for (const [c, want] of expected) {
           if (want.length === 0) continue;
           await eventsReceived(c, want.length);
-          const sub = (c.frames.find((f) => f.type === 'connection_success') as { sub: string }).sub;
+          const sub = String(c.frames.find((f) => f.type === 'connection_success')?.sub);
           expect({ sub, got: names(c.events()) }).toEqual({ sub, got: want });
         }
       };
@@ -355,7 +356,12 @@ describe('rights follow the database, at the time of the row', () => {
 describe('bounded committee lookups, claims first', () => {
   it('the directory caps known and absent entries and batches lookups', async () => {
     let queries = 0;
-    const counting = { query: (...args: Parameters<typeof db.pool.query>) => (queries++, db.pool.query(...(args as [string]))) } as unknown as typeof db.pool;
+    const counting = {
+      query: (text: string, values: unknown[]) => {
+        queries++;
+        return db.pool.query(text, values);
+      },
+    } as unknown as typeof db.pool;
     const dir = createCommitteeDirectory(counting, createLogger('silent'), { maxEntries: 100, ttlMs: 60_000 });
     const random = () => String(1_000_000_000 + Math.floor(Math.random() * 1e12));
     // 2 400 unknown ids asked for by 24 concurrent subscribers: remembered at most 100, in few queries.

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { encodeCursor } from '../src/db/cursor.ts';
+import { compare, decodeCursor, encodeCursor } from '../src/db/cursor.ts';
 import { RowEvent } from '../src/events/schema.ts';
 import { createCommitteeDirectory } from '../src/db/committees.ts';
 import { createLogger } from '../src/log.ts';
@@ -31,18 +31,12 @@ const horizon = async () => {
 
 /** Waits until the hub has read past everything written so far. */
 const settled = async (hub: Hub) => {
-  const target = await horizon();
+  const target = decodeCursor(await horizon());
+  if (!target) throw new Error('no horizon');
   await waitUntil(() => {
-    const c = hub.cursor();
-    return c !== undefined && compareCursor(c, target) >= 0;
+    const c = decodeCursor(hub.cursor());
+    return c !== undefined && compare(c, target) >= 0;
   }, 10_000, 'hub past the writes');
-};
-const compareCursor = (a: string, b: string) => {
-  const [at = '', ai = ''] = a.split('.');
-  const [bt = '', bi = ''] = b.split('.');
-  const n = (s: string) => [...s].reduce((acc, ch) => acc * 36n + BigInt(parseInt(ch, 36)), 0n);
-  if (n(at) !== n(bt)) return n(at) < n(bt) ? -1 : 1;
-  return n(ai) === n(bi) ? 0 : n(ai) < n(bi) ? -1 : 1;
 };
 
 /** A connection that also keeps every frame's raw text (precision checks need the text). */
@@ -351,6 +345,93 @@ describe('rights follow the database, at the time of the row', () => {
       await hub.stop();
     }
   });
+});
+
+describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () => {
+  it('random rows of one committee under two elections: every socket gets exactly the rows the rule admits, in order', async () => {
+    const ea = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-A') RETURNING id`)).rows[0]?.id);
+    const eb = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-B') RETURNING id`)).rows[0]?.id);
+    const cm = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'p-m') RETURNING id`, [ea])).rows[0]?.id);
+    const cx = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'p-x') RETURNING id`, [ea])).rows[0]?.id);
+    type Persona = { sub: string; role?: string; elections: number[]; committees: number[]; topics: string[] };
+    const personas: Persona[] = [
+      { sub: 'p1', elections: [ea], committees: [], topics: [`committee:${cm}`] },
+      { sub: 'p2', elections: [ea], committees: [], topics: [`election:${ea}`, `committee:${cm}`] },
+      { sub: 'p3', elections: [], committees: [cm], topics: [`committee:${cm}`] },
+      { sub: 'p4', elections: [ea], committees: [cm], topics: [`election:${ea}`, `committee:${cm}`] },
+      { sub: 'p5', elections: [eb], committees: [cm], topics: [`election:${eb}`, `committee:${cm}`] },
+      { sub: 'p6', elections: [ea, eb], committees: [], topics: [`committee:${cm}`, `committee:${cx}`] },
+      { sub: 'p7', elections: [eb], committees: [], topics: [`election:${eb}`] },
+      { sub: 'p8', role: 'admin', elections: [], committees: [], topics: [`committee:${cm}`, `election:${ea}`] },
+    ];
+    for (const p of personas) p.topics.push(`user:${p.sub}`);
+    const tokenOf = (p: Persona) => token({ sub: p.sub, ...(p.role ? { role: p.role } : {}), elections: p.elections, committees: p.committees });
+    // The contract's statement, written out independently of the hub's code.
+    const admits = (p: Persona, r: { election_id: string | null; committee_id: string | null; topic: string | null }) => {
+      if (r.topic?.startsWith('user:')) return p.topics.includes(r.topic);
+      if (r.election_id !== null && p.topics.includes(`election:${r.election_id}`)) return true;
+      if (r.committee_id === null || !p.topics.includes(`committee:${r.committee_id}`)) return false;
+      return p.role === 'admin' || p.committees.map(String).includes(r.committee_id) || (r.election_id !== null && p.elections.map(String).includes(r.election_id));
+    };
+
+    let hub = await startTestHub(db.url);
+    const live: TestClient[] = [];
+    try {
+      for (const p of personas) {
+        const c = await open(hub, await tokenOf(p), 'subscribe=none');
+        expect(await ask(c, { type: 'subscribe', topics: p.topics })).toMatchObject({ type: 'subscribed' });
+        live.push(c);
+      }
+      const since = await horizon();
+      let seed = 20_251_201;
+      // An LCG's low bits cycle: use its high bits.
+      const rand = (n: number) => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31), Math.floor(seed / 2 ** 15) % n);
+      for (let t = 0; t < 25; t++) {
+        const rows = Array.from({ length: 1 + rand(5) }, () => [rand(2) ? ea : eb, rand(4) ? cm : cx] as const);
+        const values = rows.map((_, i) => `($${2 * i + 1}::bigint, $${2 * i + 2}::bigint, 'w${t}')`).join(', ');
+        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ${values}`, rows.flat());
+        if (rand(5) === 0) await db.pool.query(`SELECT hub.publish('committee:${cm}', 'note', '{}')`);
+        if (rand(7) === 0) await db.pool.query(`SELECT hub.publish('election:${eb}', 'note', '{}')`);
+      }
+      for (const p of personas) await db.pool.query(`SELECT hub.publish('user:${p.sub}', 'end', '{}')`);
+      await settled(hub);
+      const outbox = (
+        await db.pool.query<{ t: string; i: string; election_id: string | null; committee_id: string | null; topic: string | null }>(
+          `SELECT txid::text AS t, id::text AS i, election_id::text AS election_id, committee_id::text AS committee_id, topic
+           FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, 0) ORDER BY txid, id`,
+          [String(decodeCursor(since)?.txid)],
+        )
+      ).rows;
+      const expected = personas.map((p) => outbox.filter((r) => admits(p, r)).map((r) => encodeCursor({ txid: BigInt(r.t), id: BigInt(r.i) })));
+      // The mix the rule is about: rows of cm under both elections, and some that p1 may not see.
+      expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(eb)).length).toBeGreaterThan(3);
+      expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(ea)).length).toBeGreaterThan(3);
+      const cursors = (frames: Frame[]) => frames.filter((f) => f.cursor && !['subscribed', 'connection_success', 'dashboard_update'].includes(f.type)).map((f) => String(f.cursor));
+      for (const [k, c] of live.entries()) {
+        await waitUntil(() => c.frames.some((f) => f.type === 'end'), 15_000, `${personas[k]?.sub} to get its end marker`);
+        expect({ sub: personas[k]?.sub, got: cursors(c.frames) }).toEqual({ sub: personas[k]?.sub, got: expected[k] });
+      }
+      for (const round of ['ring', 'postgres']) {
+        if (round === 'postgres') {
+          await Promise.all(live.map((c) => c.close()));
+          live.length = 0;
+          await hub.stop();
+          hub = await startTestHub(db.url);
+        }
+        for (const [k, p] of personas.entries()) {
+          const c = await open(hub, await tokenOf(p), 'subscribe=none');
+          c.send({ type: 'subscribe', topics: p.topics, since });
+          const answer = await c.next((f) => f.type === 'subscribed' || f.type === 'error');
+          expect(answer.type).toBe('subscribed');
+          expect({ round, sub: p.sub, got: cursors(c.frames.slice(0, c.frames.indexOf(answer))) }).toEqual({ round, sub: p.sub, got: expected[k] });
+          await c.close();
+        }
+      }
+    } finally {
+      await Promise.all(live.map((c) => c.close()));
+      await hub.stop();
+    }
+  }, 90_000);
 });
 
 describe('bounded committee lookups, claims first', () => {

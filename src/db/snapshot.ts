@@ -61,8 +61,11 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       if (!field) continue;
       const measure = w.kind === 'vote' ? 'coalesce(sum(count), 0)' : 'count(*)';
       const res = await client.query<{ c: string | null; n: string }>(
-        `SELECT hub.to_bigint(${escapeIdentifier(w.committee_column)}::text)::text AS c, (${measure})::text AS n FROM ${w.tbl}
-         WHERE ${escapeIdentifier(w.election_column)} = $1 GROUP BY 1`,
+        // Committee ids as canonical text, converted per group (not per row); groups that
+        // spell one id differently (a text column) add up in `at`.
+        `SELECT hub.to_bigint(g.c::text)::text AS c, g.n FROM (
+           SELECT ${escapeIdentifier(w.committee_column)} AS c, (${measure})::text AS n FROM ${w.tbl}
+           WHERE ${escapeIdentifier(w.election_column)} = $1 GROUP BY 1) g`,
         [electionId],
       );
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);

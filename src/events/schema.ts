@@ -24,14 +24,26 @@ export const Cursor = z.string().max(40).describe('Opaque position in the global
 // ---- client -> server -------------------------------------------------------------------
 
 export const PingFrame = z.object({ type: z.literal('ping') });
+/** Checked against the topic grammar by the hub, which answers `bad_topic` for anything else. */
+const RequestedTopic = z
+  .string()
+  .max(220)
+  .describe('election:*, election:{id}, committee:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)');
+
 export const SubscribeFrame = z.object({
   type: z.literal('subscribe'),
-  topics: z.array(z.string().max(220)).min(1).max(1000),
+  topics: z
+    .array(RequestedTopic)
+    .min(1)
+    .max(1000)
+    .describe(
+      'committee:{id} delivers rows of that committee whose own election the token may see (or all of them with a committees claim for it), whatever election the committee had when subscribed',
+    ),
   since: Cursor.optional(),
 });
 export const UnsubscribeFrame = z.object({
   type: z.literal('unsubscribe'),
-  topics: z.array(z.string().max(220)).min(1).max(1000),
+  topics: z.array(RequestedTopic).min(1).max(1000),
 });
 export const ClientFrame = z.discriminatedUnion('type', [PingFrame, SubscribeFrame, UnsubscribeFrame]);
 export type ClientFrame = z.infer<typeof ClientFrame>;

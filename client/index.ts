@@ -498,7 +498,8 @@ export function createHubClient(opts: HubClientOptions): HubClient {
 // ---- dashboards ---------------------------------------------------------------------------
 
 export type DashboardOptions = Omit<HubClientOptions, 'topics' | 'since'> & {
-  electionId: number;
+  /** A number, or a decimal string (ids of 2^53 and above only travel exactly as strings). */
+  electionId: number | string;
   /** `http(s)://host` of the hub; default derived from `url` (ws→http, wss→https, without `/ws`). */
   httpUrl?: Source;
   /** fetch implementation; default `globalThis.fetch`. */
@@ -517,7 +518,7 @@ export type DashboardSubscription = {
 };
 
 /** `GET /dashboard/{id}` with the token as Bearer; throws with `status` on a non-2xx answer. */
-export async function fetchDashboard(opts: { httpUrl: string; electionId: number; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
+export async function fetchDashboard(opts: { httpUrl: string; electionId: number | string; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
   const f = opts.fetch ?? globalThis.fetch;
   const res = await f(`${opts.httpUrl.replace(/\/+$/, '')}/dashboard/${opts.electionId}`, { headers: { authorization: `Bearer ${opts.token}` } });
   if (!res.ok) throw Object.assign(new Error(`GET /dashboard/${opts.electionId}: HTTP ${res.status}`), { status: res.status });
@@ -552,7 +553,8 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
   let current = await load();
   const snapshotHandlers = new Set<(s: DashboardSnapshot) => void>();
   const replace = (next: DashboardSnapshot) => {
-    if (next.election_id !== electionId || compareCursors(next.cursor, current.cursor) < 0) return;
+    // Frames write ids below 2^53 as numbers, larger ones as strings: compare their text.
+    if (String(next.election_id) !== String(electionId) || compareCursors(next.cursor, current.cursor) < 0) return;
     current = { election_id: next.election_id, cursor: next.cursor, totals: next.totals, committees: next.committees };
     for (const h of [...snapshotHandlers]) safely(h, current);
   };

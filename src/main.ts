@@ -19,7 +19,7 @@ import { createRoutes } from './http/routes.ts';
 import { createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
-import { eventTopics } from './events/topics.ts';
+import { type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 
 export type Hub = {
@@ -107,7 +107,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       auth,
       cache,
       metrics,
-      electionOf: committees.electionOf,
+      electionOf: committees.cached,
       log,
       health: {
         ready: () => {
@@ -129,6 +129,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
             topics: server.topicCounts(),
             database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
             redis: redisInfo,
+            committee_directory: committees.stats(),
             node: nodeId,
             cluster: {
               nodes: nodes.length || 1,
@@ -156,7 +157,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false) },
           pool,
           ring,
-          electionOf: committees.electionOf,
+          electionOf: committees.cached,
           maxBuffered: config.MAX_BACKPRESSURE_BYTES,
           metrics,
           log,
@@ -189,7 +190,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
       onEvents: (events) => {
         server.delivery.publish(events);
-        const elections = new Set<number>();
+        const elections = new Set<Id>();
         for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
         if (elections.size > 0) {
           cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);

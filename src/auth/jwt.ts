@@ -1,10 +1,27 @@
 import { SignJWT, createRemoteJWKSet, errors, importSPKI, jwtVerify, type JWTVerifyGetKey, type KeyObject } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/index.ts';
-import type { Claims } from '../events/topics.ts';
+import { type Claims, parseId } from '../events/topics.ts';
 import { parseDuration } from '../config/index.ts';
 
-const Id = z.union([z.number().int().positive(), z.string().regex(/^[0-9]{1,15}$/).transform(Number)]);
+/**
+ * An id claim: a positive number that is a safe integer (a larger JSON number has already
+ * been rounded by the time anyone reads it: refused, never taken for its neighbour), or a
+ * decimal string up to the bigint range (leading zeros dropped). Held as the canonical text.
+ */
+const Id = z.union([
+  z
+    .number()
+    .int()
+    .positive()
+    .refine(Number.isSafeInteger, 'ids of 2^53 and above must be strings')
+    .transform(String),
+  z
+    .string()
+    .regex(/^[0-9]{1,40}$/)
+    .transform((s) => parseId(s.replace(/^0+(?=.)/, '')))
+    .refine((id): id is string => id !== undefined && id !== '0', 'not a bigint id'),
+]);
 
 /** Claims are outside input: validated, and never wider than what they name. */
 const ClaimsSchema = z.object({
@@ -87,7 +104,16 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
   };
 }
 
-export type TokenRequest = { sub: string; role?: string; elections?: number[]; committees?: number[]; ttl?: string; issuer?: string; audience?: string };
+export type TokenRequest = {
+  sub: string;
+  role?: string;
+  /** Ids: numbers (safe integers) or decimal strings (any bigint). */
+  elections?: Array<number | string>;
+  committees?: Array<number | string>;
+  ttl?: string;
+  issuer?: string;
+  audience?: string;
+};
 
 /** Signs an HS256 token (the `token` command; tests). */
 export async function signToken(secret: string, req: TokenRequest): Promise<string> {

@@ -2,23 +2,24 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { DashboardSnapshot } from '../events/schema.ts';
+import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 import { randomBytes } from 'node:crypto';
 import { type Position, compare, decodeCursor } from '../db/cursor.ts';
 
 export type DashboardCache = {
   /** The snapshot as JSON (serialized once), or null for an unknown election. */
-  get(electionId: number): Promise<string | null>;
+  get(electionId: Id): Promise<string | null>;
   /** A snapshot at least as new as every change seen so far (computed once across nodes). */
-  refresh(electionId: number): Promise<string | null>;
+  refresh(electionId: Id): Promise<string | null>;
   /** Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted. */
-  invalidate(electionIds: Iterable<number>, seen: Position): void;
+  invalidate(electionIds: Iterable<Id>, seen: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
 };
 
 export type DashboardCacheOptions = {
-  compute: (electionId: number) => Promise<DashboardSnapshot | null>;
+  compute: (electionId: Id) => Promise<DashboardSnapshot | null>;
   redis: Redis | undefined;
   /** Extra key templates to delete on change, e.g. `dashboard:{election_id}`. */
   extraKeys: readonly string[];
@@ -50,13 +51,13 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
   const { redis, metrics, log } = opts;
   const ttl = opts.ttlSeconds ?? 3600;
   const lockWaitMs = opts.lockWaitMs ?? 3000;
-  const local = new Map<number, string>();
-  const lastChange = new Map<number, Position>();
-  const inflight = new Map<number, Promise<string | null>>();
+  const local = new Map<Id, string>();
+  const lastChange = new Map<Id, Position>();
+  const inflight = new Map<Id, Promise<string | null>>();
   const token = randomBytes(8).toString('hex');
   const prefix = opts.prefix ?? 'hub:';
-  const KEY = (id: number) => `${prefix}dashboard:${id}`;
-  const LOCK = (id: number) => `${prefix}dashboard:lock:${id}`;
+  const KEY = (id: Id) => `${prefix}dashboard:${id}`;
+  const LOCK = (id: Id) => `${prefix}dashboard:lock:${id}`;
 
   const redisUp = () => redis !== undefined && redis.status === 'ready';
   const warn = (what: string) => (err: unknown) => {
@@ -64,23 +65,23 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return undefined;
   };
 
-  const read = async (id: number): Promise<string | undefined> => {
+  const read = async (id: Id): Promise<string | undefined> => {
     if (!redis) return local.get(id);
     if (!redisUp()) return undefined;
     return ((await redis.get(KEY(id)).catch(warn('dashboard cache read failed'))) ?? undefined) || undefined;
   };
-  const write = async (id: number, json: string) => {
+  const write = async (id: Id, json: string) => {
     if (!redis) local.set(id, json);
     else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
-  const fresh = (id: number, json: string | undefined): json is string => {
+  const fresh = (id: Id, json: string | undefined): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
     const need = lastChange.get(id);
     return c !== undefined && (need === undefined || compare(c, need) >= 0);
   };
 
-  const computeAndStore = async (id: number): Promise<string> => {
+  const computeAndStore = async (id: Id): Promise<string> => {
     metrics.dashboardComputations.inc();
     const snap = await opts.compute(id);
     if (!snap) return NONE; // not cached: the election may be created any moment
@@ -90,7 +91,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
   };
 
   /** One computation per burst: locally single-flight, across nodes a short Redis lock. */
-  const obtain = async (id: number): Promise<string> => {
+  const obtain = async (id: Id): Promise<string> => {
     if (!redis || !redisUp()) return computeAndStore(id);
     const deadline = Date.now() + lockWaitMs;
     while (Date.now() < deadline) {
@@ -113,7 +114,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return computeAndStore(id);
   };
 
-  const refresh = (id: number): Promise<string | null> => {
+  const refresh = (id: Id): Promise<string | null> => {
     const running = inflight.get(id);
     const p = (running ?? Promise.resolve(undefined)).then(async (prev) => {
       // A computation that began before the latest change may be stale: check, then redo.
@@ -157,7 +158,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
 
 export type DashboardNotifier = {
   /** Elections whose data changed; a `dashboard_update` follows, coalesced per election. */
-  changed(electionIds: Iterable<number>): void;
+  changed(electionIds: Iterable<Id>): void;
   stop(): void;
 };
 
@@ -170,14 +171,14 @@ export function createDashboardNotifier(opts: {
   cache: DashboardCache;
   debounceMs: number;
   waitForCursor: (cursor: Position) => Promise<void>;
-  publish: (electionId: number, frame: string) => void;
+  publish: (electionId: Id, frame: string) => void;
   log: Logger;
 }): DashboardNotifier {
-  const timers = new Map<number, NodeJS.Timeout>();
-  const lastSent = new Map<number, number>();
+  const timers = new Map<Id, NodeJS.Timeout>();
+  const lastSent = new Map<Id, number>();
   let stopped = false;
 
-  const fire = async (id: number) => {
+  const fire = async (id: Id) => {
     timers.delete(id);
     lastSent.set(id, Date.now());
     try {

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
-import { eventTopics } from '../events/topics.ts';
+import { type Id, jsonId, routeTopics } from '../events/topics.ts';
 import { type Position, encodeCursor } from './cursor.ts';
 
 /** An outbox event, decoded once and serialized once. */
@@ -10,10 +10,10 @@ export type HubEvent = {
   readonly kind: string;
   readonly action: string;
   readonly type: string;
-  readonly electionId: number | null;
-  readonly committeeId: number | null;
+  readonly electionId: Id | null;
+  readonly committeeId: Id | null;
   readonly topic: string | null;
-  /** Topics it is published on (committee:C, election:E, election:* or one user topic). */
+  /** uWS topics it is published on (c:E:C, election:E, election:* or one user topic; see events/topics.ts). */
   readonly topics: readonly string[];
   /** The JSON frame sent to every socket. */
   readonly frame: string;
@@ -21,10 +21,19 @@ export type HubEvent = {
 };
 
 // Selected as text; queries order by the table's columns (`ob.txid, ob.id`), never these aliases.
-const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id, ob.committee_id,
-  ob.row_id, ob.data::text AS data, (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
+// Ids and jsonb stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
+const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id::text AS election_id,
+  ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
+  (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
 type RawRow = Record<string, unknown>;
+
+/** The position of any selected row, decodable or not (replays and the reader advance row by row). */
+export function rowPosition(raw: RawRow): Position | undefined {
+  const { txid, id } = raw;
+  if (typeof txid !== 'string' || typeof id !== 'string' || !/^\d{1,20}$/.test(txid) || !/^\d{1,20}$/.test(id)) return undefined;
+  return { txid: BigInt(txid), id: BigInt(id) };
+}
 
 /** Turns a selected row into an event; undefined (and counted by the caller) if malformed. */
 export function decodeRow(raw: RawRow): HubEvent | undefined {
@@ -38,21 +47,25 @@ export function decodeRow(raw: RawRow): HubEvent | undefined {
   const data = r.data ?? 'null';
   const app = r.kind === 'app';
   const type = app ? r.action : eventTypeOf(r.kind);
-  // Built by concatenation so a large row's jsonb text is not parsed and re-serialized.
+  // bigint::text is canonical (no leading zeros): these are the ids topics name.
+  const electionId: Id | null = r.election_id;
+  const committeeId: Id | null = r.committee_id;
+  // Built by concatenation so a row's jsonb text (its key and data) is never parsed and
+  // re-serialized: large rows cost no JSON work, and bigints keep every digit.
   const frame = app
     ? `{"type":${JSON.stringify(type)},"topic":${JSON.stringify(r.topic)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`
-    : `{"type":"${type}","action":${JSON.stringify(r.action)},"election_id":${r.election_id},"committee_id":${r.committee_id},` +
-      `"id":${JSON.stringify(r.row_id ?? null)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`;
+    : `{"type":"${type}","action":${JSON.stringify(r.action)},"election_id":${jsonId(electionId)},"committee_id":${jsonId(committeeId)},` +
+      `"id":${r.row_id ?? 'null'},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`;
   return {
     pos,
     cursor,
     kind: r.kind,
     action: app ? 'published' : r.action,
     type,
-    electionId: r.election_id,
-    committeeId: r.committee_id,
+    electionId,
+    committeeId,
     topic: r.topic,
-    topics: eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: r.topic }),
+    topics: routeTopics({ electionId, committeeId, topic: r.topic }),
     frame,
     committedAtMs: committedMs,
   };
@@ -91,9 +104,12 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number): Pr
   return { rows: first?.txid == null ? [] : (res.rows as RawRow[]), horizon, held: first?.held === true };
 }
 
-export type TopicFilter = { all: boolean; elections: number[]; committees: number[]; topics: string[] };
+export type TopicFilter = { all: boolean; elections: Id[]; committees: Id[]; topics: string[] };
 
-/** Rows in (after, upTo] on the given topics, for replaying to one socket. */
+/**
+ * Rows in (after, upTo] that may be on the given topics, for replaying to one socket: a
+ * superset (a committee's rows from any election); the caller applies the delivery rule.
+ */
 export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
   const res = await db.query({
     name: 'hub_read_range',

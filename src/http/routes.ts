@@ -2,7 +2,7 @@ import type { Authenticator } from '../auth/jwt.ts';
 import type { DashboardCache } from '../cache/dashboard.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Logger } from '../log.ts';
-import { type ElectionOf, isAdmin, mayUse } from '../events/topics.ts';
+import { type ElectionOf, isAdmin, mayUse, parseId } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 
 export type HttpReply = { status: number; body: string; contentType?: string };
@@ -59,8 +59,9 @@ export function createRoutes(deps: {
     async dashboard(idText: string, token: string | undefined): Promise<HttpReply> {
       const r = await authorize(token);
       if (!r.ok) return json(401, { error: 'unauthorized', reason: r.reason });
-      if (!/^[0-9]{1,15}$/.test(idText)) return json(404, { error: 'not_found', reason: 'no such election' });
-      const id = Number(idText);
+      // One spelling, as for topics: /dashboard/007 names no election.
+      const id = parseId(idText);
+      if (id === undefined) return json(404, { error: 'not_found', reason: 'no such election' });
       if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf)) return json(403, { error: 'forbidden', reason: `token may not read election:${id}` });
       try {
         const snapshot = await deps.cache.get(id);

@@ -2,8 +2,8 @@ import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
-import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange } from '../db/outbox.ts';
-import { type Claims, type ElectionOf, coverOf, matches, parseTopic } from '../events/topics.ts';
+import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import type { Ring } from './ring.ts';
 import type { Lease } from '../auth/limits.ts';
@@ -15,7 +15,7 @@ export type Session = {
   readonly remote: string;
   /** Topics the client asked for (and may use). */
   readonly topics: Set<string>;
-  /** uWS topics actually subscribed: a cover of `topics` in which no two nest. */
+  /** uWS topics actually subscribed: a cover of `topics` in which no two overlap (events/topics.ts). */
   cover: Set<string>;
   closed: boolean;
   /** subscribe/unsubscribe run one at a time, in arrival order. */
@@ -62,6 +62,7 @@ export function createDelivery(opts: {
   reader: PositionSource;
   pool: pg.Pool;
   ring: Ring;
+  /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
   maxBuffered: number;
   metrics: Pick<Metrics, 'messagesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
@@ -110,10 +111,48 @@ export function createDelivery(opts: {
     return ok && !s.closed;
   };
 
+  /*
+   * Committees that live sockets requested: the election key ('' none, UNKNOWN before any
+   * row) their rows come from on this node, following the published rows in order, and the
+   * live sockets that requested them (paused and closed sockets are not in it). Its size is
+   * bounded by the live sockets' topics.
+   */
+  const followed = new Map<Id, { at: string; sockets: Set<Sock> }>();
+  const following = new WeakMap<Session, Set<Id>>();
+
+  const follow = (ws: Sock, id: Id) => {
+    let f = followed.get(id);
+    if (!f) {
+      const e = opts.electionOf(id);
+      followed.set(id, (f = { at: e === undefined || e === null ? UNKNOWN : e, sockets: new Set() }));
+    }
+    f.sockets.add(ws);
+  };
+  const unfollow = (ws: Sock, id: Id) => {
+    const f = followed.get(id);
+    if (!f) return;
+    f.sockets.delete(ws);
+    if (f.sockets.size === 0) followed.delete(id);
+  };
+  const unfollowAll = (ws: Sock) => {
+    const s = ws.getUserData();
+    for (const id of following.get(s) ?? []) unfollow(ws, id);
+    following.delete(s);
+  };
+
   const applyCover = (ws: Sock) => {
     const s = ws.getUserData();
     if (s.closed) return;
-    const next = coverOf(s.topics, opts.electionOf);
+    const want = new Set<Id>();
+    for (const t of s.topics) {
+      const p = parseTopic(t);
+      if (p?.kind === 'committee') want.add(p.id);
+    }
+    const had = following.get(s) ?? new Set<Id>();
+    for (const id of had) if (!want.has(id)) unfollow(ws, id);
+    for (const id of want) if (!had.has(id)) follow(ws, id);
+    following.set(s, want);
+    const next = coverOf(s.claims, s.topics, (id) => followed.get(id)?.at ?? UNKNOWN);
     for (const t of s.cover) if (!next.has(t)) ws.unsubscribe(t);
     for (const t of next) if (!s.cover.has(t)) ws.subscribe(t);
     s.cover = next;
@@ -124,6 +163,29 @@ export function createDelivery(opts: {
     if (s.closed) return;
     for (const t of s.cover) ws.unsubscribe(t);
     s.cover = new Set();
+    unfollowAll(ws);
+  };
+
+  /**
+   * Before a row of committee C from election key `at` is published: if C's rows came from
+   * another election so far, move the sockets that requested C to where the rule lets them
+   * receive it (synchronously, so the row itself already goes to the new set).
+   */
+  const retarget = (committee: Id, at: string) => {
+    const f = followed.get(committee);
+    if (!f || f.at === at) return;
+    const old = committeeIn(f.at, committee);
+    f.at = at;
+    for (const ws of f.sockets) {
+      const s = ws.getUserData();
+      if (s.closed) continue;
+      const next = committeeCover(s.claims, s.topics, committee, at);
+      if (s.cover.delete(old)) ws.unsubscribe(old);
+      if (next !== undefined && !s.cover.has(next)) {
+        ws.subscribe(next);
+        s.cover.add(next);
+      }
+    }
   };
 
   const filterOf = (parts: Part[]): TopicFilter => {
@@ -141,7 +203,8 @@ export function createDelivery(opts: {
     return f;
   };
 
-  const wanted = (e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && matches(e.topics, p.topics));
+  /** Replays follow the same rule as live delivery, with each row's own election. */
+  const wanted = (claims: Claims, e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
 
   /**
    * Replays `parts` (each: topics and the position after which the socket lacks their
@@ -161,7 +224,7 @@ export function createDelivery(opts: {
         // nothing; only the final stretch (tail + subscribe) must be one synchronous step.
         let paused: Position | undefined;
         for (const e of ring.after(lo)) {
-          if (!wanted(e, parts)) continue;
+          if (!wanted(s.claims, e, parts)) continue;
           if (!send(ws, e.frame, e.type)) return undefined;
           if (ws.getBufferedAmount() >= opts.maxBuffered / 2) {
             paused = e.pos;
@@ -189,17 +252,20 @@ export function createDelivery(opts: {
         onLive(head, true);
         return head;
       }
+      // The replay advances row by row, decodable or not: a page of malformed rows must not
+      // make it jump to the head past the good rows that follow them.
       let last: Position | undefined;
       for (const raw of rows) {
+        last = rowPosition(raw) ?? last;
         const e = decodeRow(raw);
         if (!e) continue;
-        last = e.pos;
-        if (wanted(e, parts)) {
+        if (wanted(s.claims, e, parts)) {
           if (!send(ws, e.frame, e.type)) return undefined;
           if (!(await drain(ws))) return undefined;
         }
       }
-      const reached = rows.length < PAGE ? head : (last ?? head);
+      if (rows.length >= PAGE && last === undefined) throw new Error('outbox page without row positions');
+      const reached = rows.length < PAGE || last === undefined ? head : last;
       for (const p of parts) if (compare(p.from, reached) < 0) p.from = reached;
     }
   };
@@ -210,6 +276,7 @@ export function createDelivery(opts: {
       sentSinceSweep = true;
       const now = Date.now();
       for (const e of events) {
+        if (e.committeeId !== null && !(e.topic?.startsWith('user:') ?? false)) retarget(e.committeeId, e.electionId ?? '');
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
@@ -283,6 +350,11 @@ export function createDelivery(opts: {
       const s = ws.getUserData();
       for (const t of topics) s.topics.delete(t);
       applyCover(ws);
+    },
+
+    /** Called from the uWS close handler: the socket leaves the committee index. */
+    closed(ws: Sock) {
+      unfollowAll(ws);
     },
 
     /** Called from the uWS drain handler. */

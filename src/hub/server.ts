@@ -10,7 +10,7 @@ import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';
 import { type Delivery, type Session, type Sock, CursorError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
-import { type Claims, claimTopics, mayUse, parseTopic } from '../events/topics.ts';
+import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
 import { CloseCode, ErrorCode, errorMessage } from '../errors.ts';
 
@@ -145,6 +145,7 @@ export function createHubServer(deps: {
     }
   };
 
+  /** Well-formed (one spelling per topic), allowed, within the topic limit; claims before any lookup. */
   const checkTopics = async (ws: Ws, topics: string[]): Promise<string[] | undefined> => {
     const s = ws.getUserData();
     const unique = [...new Set(topics)];
@@ -154,17 +155,31 @@ export function createHubServer(deps: {
       clientError(ws, ErrorCode.badTopic, `not a topic: ${String(bad[0]).slice(0, 64)}`);
       return undefined;
     }
-    await committees.ensure(parsed.flatMap(([, p]) => (p?.kind === 'committee' ? [p.id] : [])));
-    if (s.closed) return undefined;
-    const forbidden = parsed.find(([, p]) => p && !mayUse(s.claims, p, committees.electionOf));
-    if (forbidden) {
-      clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${forbidden[0]}`);
-      return undefined;
+    const lookups: Array<[string, Id]> = [];
+    for (const [t, p] of parsed) {
+      if (!p) continue;
+      const v = admitByClaims(s.claims, p);
+      if (v === false) {
+        clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${t}`);
+        return undefined;
+      }
+      if (v === 'lookup' && p.kind === 'committee') lookups.push([t, p.id]);
     }
     const after = new Set([...s.topics, ...unique]).size;
     if (after > config.MAX_TOPICS_PER_CONNECTION) {
       clientError(ws, ErrorCode.tooManyTopics, `at most ${config.MAX_TOPICS_PER_CONNECTION} topics per connection`);
       return undefined;
+    }
+    if (lookups.length > 0) {
+      // Only committees reached through an election claim: their election, as the committees
+      // table said at most the directory's TTL ago (delivery then follows each row's election).
+      const elections = await committees.electionsOf(lookups.map(([, id]) => id));
+      if (s.closed) return undefined;
+      const forbidden = lookups.find(([, id]) => !holdsElection(s.claims, elections.get(id)));
+      if (forbidden) {
+        clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${forbidden[0]}`);
+        return undefined;
+      }
     }
     return unique;
   };
@@ -211,6 +226,8 @@ export function createHubServer(deps: {
         if (f.type === 'subscribe') await onSubscribe(ws, f.topics, f.since);
         else {
           const topics = [...new Set(f.topics)];
+          const bad = topics.find((t) => !parseTopic(t));
+          if (bad !== undefined) return clientError(ws, ErrorCode.badTopic, `not a topic: ${bad.slice(0, 64)}`);
           delivery.unsubscribe(ws, topics);
           frame(ws, { type: 'unsubscribed', topics });
         }
@@ -268,7 +285,6 @@ export function createHubServer(deps: {
         const claims: Claims = result.claims;
         const lease = await limiter.acquire(claims.sub);
         if (!lease) return fail(429, 'too_many_connections', claims.sub);
-        await committees.ensure(claims.committees);
         if (aborted || !accepting || !deps.position()) {
           lease.release();
           if (!aborted) refuse(res, 503, 'not_ready');
@@ -361,6 +377,7 @@ export function createHubServer(deps: {
       const s = w.getUserData();
       s.closed = true;
       sockets.delete(w);
+      delivery.closed(w);
       clearTimeout(s.expiry);
       s.drained?.();
       s.lease.release();

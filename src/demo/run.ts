@@ -120,7 +120,7 @@ export async function runDemo(env: Env): Promise<number> {
     if (signalled) return await shutdown();
 
     const databaseUrl = await ensureDatabase(server.url, DATABASE);
-    const migrated = await migrate(databaseUrl);
+    const migrated = await migrate(databaseUrl, { referenceSchema: true });
     note(migrated.applied.length ? `schema: applied ${migrated.applied.join(', ')}` : 'schema: up to date');
 
     // 3. Elections and the simulator writing to them.

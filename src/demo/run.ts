@@ -142,7 +142,10 @@ export async function runDemo(env: Env): Promise<number> {
     const { startHub } = await import('../main.ts');
     const log = createLogger(config.LOG_LEVEL);
     const hub = await startHub(config, { log, staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections) }).catch((err: unknown) => {
-      const busy = /cannot listen/.test(errorMessage(err)) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
+      const msg = errorMessage(err);
+      const busy = /cannot listen .* for metrics/.test(msg)
+        ? ` (is port ${config.METRICS_PORT} taken? set METRICS_PORT=...)`
+        : /cannot listen/.test(msg) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
       throw new Error(`the hub did not start${busy}: ${errorMessage(err)}`, { cause: err });
     });
     releasers.push(['hub', () => hub.stop()]);
@@ -165,6 +168,7 @@ export async function runDemo(env: Env): Promise<number> {
     say(`dashboard: ${base}/#token=${token}`);
     say(`admin token: ${token}`);
     say(`snapshot: curl -H "Authorization: Bearer <admin token>" ${base}/dashboard/${elections[0]?.id ?? 1}`);
+    say(`metrics: ${hub.metricsUrl}/metrics (Prometheus; METRICS_PORT to change)`);
     say();
     say('Ctrl-C stops the demo; the data stays for the next run.');
 

@@ -113,7 +113,7 @@ export function createHubServer(deps: {
 
   get('/health', () => routes.health());
   get('/ready', () => routes.ready());
-  get('/metrics', () => routes.metrics());
+  // No /metrics here: it has its own listener (METRICS_PORT, src/metrics/server.ts); this port answers 404.
   get('/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
   get('/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
   get('/*', () => ({ status: 404, body: JSON.stringify({ error: 'not_found' }) }));

@@ -10,8 +10,7 @@ import { migrate } from '../db/migrate.ts';
 import { signToken } from '../auth/jwt.ts';
 import { createLogger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
-import type { StaticFiles } from '../hub/server.ts';
-import { buildWeb, staticFilesFrom } from '../http/static.ts';
+import { type StaticFile, type StaticFiles, buildWeb, staticFile, staticFilesFrom } from '../http/static.ts';
 import { startEmbeddedPostgres } from './embedded-postgres.ts';
 import { seedDemo, startSimulator } from './simulator.ts';
 
@@ -254,17 +253,18 @@ export async function describeElections(pool: pg.Pool, ids: number[]): Promise<D
 /**
  * The page learns election and committee names from a JSON block in index.html; a real
  * deployment has no such block and the page shows ids. `<` is escaped so no name can end the script.
+ * The changed page gets its own hash (ETag) and compressed copies, made once.
  */
 export function withDirectory(files: StaticFiles, elections: DemoElection[]): StaticFiles {
   const json = JSON.stringify({ elections }).replace(/</g, '\\u003c');
   const block = `<script id="hub-directory" type="application/json">${json}</script>\n  </head>`;
-  let page: { body: Buffer; contentType: string } | undefined;
+  let page: StaticFile | undefined;
   return (urlPath) => {
     if (urlPath !== '/') return files(urlPath);
     if (page) return page;
     const f = files('/');
     if (!f) return undefined;
-    page = { body: Buffer.from(f.body.toString('utf8').replace('</head>', block)), contentType: f.contentType };
+    page = staticFile(Buffer.from(f.identity.toString('utf8').replace('</head>', block)), f.contentType);
     return page;
   };
 }

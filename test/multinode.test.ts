@@ -32,7 +32,9 @@ const computations = async (hs: Hub[]) => {
   for (const h of hs) {
     // One series per reason: add them up.
     const text = await (await fetch(`${h.metricsUrl}/metrics`)).text();
-    for (const m of text.matchAll(/^hub_dashboard_computations_total\{[^}]*\} (\d+)/gm)) n += Number(m[1]);
+    const series = [...text.matchAll(/^hub_dashboard_computations_total\{[^}]*\} (\d+)/gm)];
+    if (series.length === 0) throw new Error('no hub_dashboard_computations_total series in the scrape');
+    for (const m of series) n += Number(m[1]);
   }
   return n;
 };

@@ -149,6 +149,11 @@ describe('election-hub CLI commands', () => {
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/DATABASE_URL: required/);
     expect(missing.stderr).toMatch(/one key source is required/);
+    // Metrics have their own listener: on the public port they would be public.
+    const same = run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), PORT: '9000', METRICS_PORT: '9000' });
+    expect(same.status).toBe(2);
+    expect(same.stderr).toMatch(/METRICS_PORT: must differ from PORT \(9000\)/);
+    expect(run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), METRICS_PORT: '70000' }).stderr).toMatch(/METRICS_PORT/);
   });
 
   it('token prints an HS256 token with the requested claims', () => {

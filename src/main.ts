@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import type { Config } from './config/index.ts';
 import { type Logger, createLogger, redactUrl } from './log.ts';
 import { createMetrics, type Metrics } from './metrics/index.ts';
+import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
 import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
@@ -25,6 +26,10 @@ import { CloseCode, errorMessage } from './errors.ts';
 export type Hub = {
   readonly port: number;
   readonly url: string;
+  /** The Prometheus listener (METRICS_PORT; the real port when that is 0), apart from `port`. */
+  readonly metricsPort: number;
+  /** `http://host:metricsPort`; scrape `${metricsUrl}/metrics`. */
+  readonly metricsUrl: string;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** Everything the reader has published so far ends at this cursor. */
@@ -56,6 +61,10 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
   };
 
   try {
+    // First up, last down: metrics stay scrapable through start-up and shutdown.
+    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.METRICS_HOST, port: config.METRICS_PORT, log });
+    releasers.push(['metrics listener', () => metricsServer.close()]);
+
     const pool = createPool(config.DATABASE_URL, log);
     releasers.push(['pool', () => pool.end()]);
 
@@ -251,12 +260,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push(['listen socket', () => server.stopAccepting()]);
     ready = true;
     releasers.push(['readiness', () => void (ready = false)]);
-    log.info({ port, host: config.HOST }, 'hub listening');
+    log.info({ port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST }, 'hub listening');
 
+    // A URL for this machine: wildcard binds are reached on loopback; IPv6 literals need brackets.
+    const local = (host: string) => (host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host);
     let stopping: Promise<void> | undefined;
     return {
       port,
-      url: `http://${config.HOST === '0.0.0.0' ? '127.0.0.1' : config.HOST}:${port}`,
+      url: `http://${local(config.HOST)}:${port}`,
+      metricsPort: metricsServer.port,
+      metricsUrl: `http://${local(config.METRICS_HOST)}:${metricsServer.port}`,
       metrics,
       log,
       cursor: () => {

@@ -82,7 +82,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
   };
 
   const computeAndStore = async (id: Id): Promise<string> => {
-    metrics.dashboardComputations.inc();
+    metrics.dashboardComputations.inc({ reason: lastChange.has(id) ? 'change' : 'first_use' });
     const snap = await opts.compute(id);
     if (!snap) return NONE; // not cached: the election may be created any moment
     const json = JSON.stringify(snap);

@@ -55,6 +55,9 @@ const envSchema = z
     REDIS_URL: url(['redis:', 'rediss:']).optional(),
     PORT: int(0, 65535).default(8080),
     HOST: z.string().min(1).default('0.0.0.0'),
+    // Prometheus listener: loopback by default; never the public port (which answers 404 for /metrics).
+    METRICS_PORT: int(0, 65535).default(9464),
+    METRICS_HOST: z.string().min(1).default('127.0.0.1'),
     JWT_SECRET: z
       .string()
       .refine((s) => Buffer.byteLength(s) >= 32, 'must be at least 32 bytes')
@@ -96,6 +99,9 @@ const envSchema = z
     }
     if (sources > 1) {
       ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWKS_URL (algorithms are pinned to one key kind)' });
+    }
+    if (env.METRICS_PORT !== 0 && env.METRICS_PORT === env.PORT) {
+      ctx.addIssue({ code: 'custom', path: ['METRICS_PORT'], message: `must differ from PORT (${env.PORT}): metrics have their own listener` });
     }
     if (env.JWT_PUBLIC_KEY && !['rsa', 'ec', 'ed25519'].includes(env.JWT_PUBLIC_KEY.type)) {
       ctx.addIssue({ code: 'custom', path: ['JWT_PUBLIC_KEY'], message: `unsupported key type ${env.JWT_PUBLIC_KEY.type} (RSA, EC P-256 or Ed25519)` });

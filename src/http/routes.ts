@@ -52,10 +52,6 @@ export function createRoutes(deps: {
       return json(200, await deps.health.admin());
     },
 
-    async metrics(): Promise<HttpReply> {
-      return { status: 200, body: await metrics.registry.metrics(), contentType: metrics.registry.contentType };
-    },
-
     async dashboard(idText: string, token: string | undefined): Promise<HttpReply> {
       const r = await authorize(token);
       if (!r.ok) return json(401, { error: 'unauthorized', reason: r.reason });

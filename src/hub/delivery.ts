@@ -65,7 +65,7 @@ export function createDelivery(opts: {
   /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
   maxBuffered: number;
-  metrics: Pick<Metrics, 'messagesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
+  metrics: Pick<Metrics, 'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
   log: Logger;
 }) {
   const { publisher, reader, ring, metrics } = opts;
@@ -82,11 +82,19 @@ export function createDelivery(opts: {
     ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
   };
 
+  /** Frame type as a metric label: an application event's type is the application's own text. */
+  const typeLabel = (type: string, app: boolean) => (app ? 'app_event' : type);
+  /** Counts `receivers` deliveries of one frame: its bytes times receivers, computed once per frame. */
+  const sent = (type: string, frame: string, receivers: number) => {
+    metrics.messagesSent.inc({ type }, receivers);
+    metrics.bytesSent.inc({ type }, Buffer.byteLength(frame) * receivers);
+  };
+
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
-  const send = (ws: Sock, frame: string, type: string): boolean => {
+  const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
     ws.send(frame, false);
-    metrics.messagesSent.inc({ type });
+    sent(typeLabel(type, app), frame, 1);
     if (ws.getBufferedAmount() > opts.maxBuffered) {
       tooSlow(ws);
       return false;
@@ -225,7 +233,7 @@ export function createDelivery(opts: {
         let paused: Position | undefined;
         for (const e of ring.after(lo)) {
           if (!wanted(s.claims, e, parts)) continue;
-          if (!send(ws, e.frame, e.type)) return undefined;
+          if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;
           if (ws.getBufferedAmount() >= opts.maxBuffered / 2) {
             paused = e.pos;
             break;
@@ -260,7 +268,7 @@ export function createDelivery(opts: {
         const e = decodeRow(raw);
         if (!e) continue;
         if (wanted(s.claims, e, parts)) {
-          if (!send(ws, e.frame, e.type)) return undefined;
+          if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;
           if (!(await drain(ws))) return undefined;
         }
       }
@@ -284,7 +292,7 @@ export function createDelivery(opts: {
         }
         ring.push(e);
         metrics.events.inc({ kind: e.kind, action: e.action });
-        if (receivers > 0) metrics.messagesSent.inc({ type: e.type }, receivers);
+        if (receivers > 0) sent(typeLabel(e.type, e.kind === 'app'), e.frame, receivers);
         metrics.deliveryLag.observe(Math.max(0, now - e.committedAtMs) / 1000);
       }
     },
@@ -297,7 +305,7 @@ export function createDelivery(opts: {
         receivers += publisher.numSubscribers(t);
         publisher.publish(t, frame, false);
       }
-      if (receivers > 0) metrics.messagesSent.inc({ type }, receivers);
+      if (receivers > 0) sent(type, frame, receivers);
     },
 
     send,

@@ -8,6 +8,7 @@ import type { ConnectionLimiter } from '../auth/limits.ts';
 import type { CommitteeDirectory } from '../db/committees.ts';
 import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';
+import { type StaticFiles, staticReply } from '../http/static.ts';
 import { type Delivery, type Session, type Sock, CursorError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
 import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
@@ -24,7 +25,7 @@ const STATUS: Record<number, string> = {
 const BAD_FRAMES_BEFORE_CLOSE = 10;
 const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
 
-export type StaticFiles = (path: string) => { body: Buffer; contentType: string } | undefined;
+export type { StaticFiles } from '../http/static.ts';
 
 /**
  * Sockets this node accepts: MAX_CONNECTIONS, else the open-file limit less headroom for the
@@ -113,18 +114,31 @@ export function createHubServer(deps: {
 
   get('/health', () => routes.health());
   get('/ready', () => routes.ready());
-  get('/metrics', () => routes.metrics());
+  // No /metrics here: it has its own listener (METRICS_PORT, src/metrics/server.ts); this port answers 404.
   get('/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
   get('/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
   get('/*', () => ({ status: 404, body: JSON.stringify({ error: 'not_found' }) }));
   if (deps.staticFiles) {
     const files = deps.staticFiles;
     for (const path of ['/', '/app.js', '/app.css']) {
-      app.get(path, (res) => {
+      app.get(path, (res, req) => {
         const f = files(path);
+        const reply = f
+          ? staticReply(f, {
+              acceptEncoding: req.getHeader('accept-encoding'),
+              ifNoneMatch: req.getHeader('if-none-match'),
+              version: new URLSearchParams(req.getQuery() ?? '').get('v') ?? undefined,
+            })
+          : undefined;
         res.cork(() => {
-          if (!f) res.writeStatus('404 Not Found').end('not built: run npm run build:web');
-          else res.writeHeader('Content-Type', f.contentType).end(f.body);
+          if (!reply) {
+            res.writeStatus('404 Not Found').end('not built: run npm run build:web');
+            return;
+          }
+          res.writeStatus(reply.status === 304 ? '304 Not Modified' : '200 OK');
+          for (const [k, v] of reply.headers) res.writeHeader(k, v);
+          if (reply.body) res.end(reply.body);
+          else res.endWithoutBody();
         });
       });
     }

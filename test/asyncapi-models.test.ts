@@ -28,8 +28,8 @@ const MODELS = [
 /** A guarantee_update frame as the hub serializes it for every socket. */
 const guaranteeFrame = () => {
   const e = decodeRow({
-    txid: '812', id: '9001', kind: 'guarantee', action: 'created', topic: null, election_id: 1, committee_id: 7,
-    row_id: 42, data: '{"id":42,"election_id":1,"committee_id":7,"voter_name":"A. Voter","status":"pledged"}', committed_ms: 1_700_000_000_000,
+    txid: '812', id: '9001', kind: 'guarantee', action: 'created', topic: null, election_id: '1', committee_id: '7',
+    row_id: '42', data: '{"id":42,"election_id":1,"committee_id":7,"voter_name":"A. Voter","status":"pledged"}', committed_ms: 1_700_000_000_000,
   });
   if (!e) throw new Error('decodeRow refused the sample row');
   return e.frame;
@@ -58,12 +58,12 @@ describe('docs/asyncapi.json for client code generators', () => {
     expect(names.filter((n) => /anonymous/i.test(n))).toEqual([]);
     expect(names).toEqual(expect.arrayContaining(MODELS));
     const model = (name: string) => models.find((m) => m.modelName === name)?.result ?? '';
-    for (const field of ["'type': 'guarantee_update'", "'action': RowAction", "'election_id': number | null", "'committee_id': number | null", "'committed_at': string"]) {
+    for (const field of ["'type': 'guarantee_update'", "'action': RowAction", "'election_id': number | string | null", "'committee_id': number | string | null", "'committed_at': string"]) {
       expect(model('GuaranteeUpdate')).toContain(field);
     }
     expect(model('DashboardUpdate')).toContain("'totals': Counts");
     expect(model('DashboardUpdate')).toContain("'committees': CommitteeCounts[]");
-    expect(model('CommitteeCounts')).toContain("'committee_id': number");
+    expect(model('CommitteeCounts')).toContain("'committee_id': number | string");
     expect(model('SubscribeFrame')).not.toMatch(/additionalProperties/);
 
     // The generated files compile, and a frame exactly as the hub sends it has their type.

@@ -109,8 +109,18 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     let reader: Reader | undefined;
     let listener: Listener | undefined;
     let ready = false;
-    const ring = createRing(config.REPLAY_BUFFER_EVENTS);
+    const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
     const position = (): Position | undefined => reader?.position();
+    const memoryReport = () => {
+      const m = server.delivery.memory();
+      const p = process.memoryUsage();
+      return {
+        ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
+        buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
+        heap_used_bytes: p.heapUsed,
+        rss_bytes: p.rss,
+      };
+    };
 
     const routes = createRoutes({
       auth,
@@ -139,6 +149,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
             database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
             redis: redisInfo,
             committee_directory: committees.stats(),
+            memory: memoryReport(),
             node: nodeId,
             cluster: {
               nodes: nodes.length || 1,
@@ -160,14 +171,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       routes,
       position,
       ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
-      delivery: (app) =>
+      delivery: (app, sockets) =>
         createDelivery({
           publisher: app,
+          sockets,
           reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false) },
           pool,
           ring,
           electionOf: committees.cached,
           maxBuffered: config.MAX_BACKPRESSURE_BYTES,
+          maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
           metrics,
           log,
         }),

@@ -84,6 +84,10 @@ const envSchema = z
     MAX_MESSAGES_PER_SECOND: int(1, 1_000_000).default(50),
     OUTBOX_RETENTION: duration('OUTBOX_RETENTION').default(24 * 3_600_000),
     REPLAY_BUFFER_EVENTS: int(0, 10_000_000).default(20_000),
+    // Memory budgets (bytes): the replay ring's frames, and what all sockets together may have
+    // buffered before the most-buffered ones are closed with 4008.
+    REPLAY_BUFFER_BYTES: int(0, 2 ** 40).default(64 * 1024 * 1024),
+    MAX_TOTAL_BUFFERED_BYTES: int(65_536, 2 ** 40).default(256 * 1024 * 1024),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),

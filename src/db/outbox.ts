@@ -77,14 +77,29 @@ export type ReadResult = {
   horizon: bigint;
   /** Committed rows exist at or above the horizon, held back by an older open transaction. */
   held: boolean;
+  /** More rows follow below the horizon: the page stopped at its row limit or byte budget. */
+  more: boolean;
 };
+
+/**
+ * Bytes of a row's `data` as the hub will hold it: jsonb's own size when stored uncompressed
+ * (about its text length, and free to read), else the length of its text (a compressed value
+ * can be a hundredth of that, so its stored size says nothing).
+ */
+const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coalesce(pg_column_size(ob.data), 0)
+  ELSE octet_length(ob.data::text) END`;
 
 /**
  * Reads the next rows after `after` in (txid, id) order, only below the horizon of
  * transactions still in flight, so a late-committing transaction is never skipped.
+ * A page holds at most `limit` rows and stops before the row that would take it past
+ * `maxBytes` of data (a first row larger than that still comes, alone): the hub holds each
+ * page twice (the row text and its frame), so its memory is bounded by bytes, not rows.
  */
-export async function readAfter(db: pg.Pool, after: Position, limit: number): Promise<ReadResult> {
+export async function readAfter(db: pg.Pool, after: Position, limit: number, maxBytes = Number.MAX_SAFE_INTEGER): Promise<ReadResult> {
   // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
+  // The innermost query takes the next `limit` rows by the primary key; the running sum of
+  // their sizes cuts the page (data stays a TOAST pointer until a row is kept and selected).
   const res = await db.query({
     name: 'hub_read_after',
     text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
@@ -94,14 +109,22 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number): Pr
             coalesce((SELECT max(h.txid) FROM hub.outbox h) >= s.x, false) AS held,
             o.*
      FROM s LEFT JOIN LATERAL (
-       SELECT ${COLUMNS} FROM hub.outbox ob
-       WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
-       ORDER BY ob.txid, ob.id LIMIT $3) o ON true`,
-    values: [after.txid.toString(), after.id.toString(), limit],
+       SELECT ${COLUMNS}, ob.fetched::int AS fetched FROM (
+         SELECT l.*, sum(l.bytes) OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) - l.bytes AS before, count(*) OVER () AS fetched
+         FROM (
+           SELECT ob.*, ${DATA_BYTES} AS bytes FROM hub.outbox ob
+           WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
+           ORDER BY ob.txid, ob.id LIMIT $3) l
+       ) ob
+       WHERE ob.before < $4
+       ORDER BY ob.txid, ob.id) o ON true`,
+    values: [after.txid.toString(), after.id.toString(), limit, maxBytes],
   });
   const first = res.rows[0] as RawRow | undefined;
   const horizon = BigInt(String(first?.horizon ?? '0'));
-  return { rows: first?.txid == null ? [] : (res.rows as RawRow[]), horizon, held: first?.held === true };
+  const rows = first?.txid == null ? [] : (res.rows as RawRow[]);
+  const fetched = Number(first?.fetched ?? 0);
+  return { rows, horizon, held: first?.held === true, more: fetched >= limit || rows.length < fetched };
 }
 
 export type TopicFilter = { all: boolean; elections: Id[]; committees: Id[]; topics: string[] };

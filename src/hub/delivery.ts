@@ -1,11 +1,11 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
-import type { Metrics } from '../metrics/index.ts';
+import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
 import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
-import type { Ring } from './ring.ts';
+import { type Ring, frameBytes } from './ring.ts';
 import type { Lease } from '../auth/limits.ts';
 
 /** Per-socket state, kept in the uWebSockets.js user data. */
@@ -57,6 +57,13 @@ type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
 
+/**
+ * uWS's App.publish sends a message of at least this size (its cork buffer) to every
+ * subscriber at once, so buffers grow during the call; smaller ones are queued once in the
+ * topic tree and copied to the subscribers when the event loop turns (uWS src/App.h, publish).
+ */
+const DIRECT_SEND_BYTES = 16 * 1024;
+
 export function createDelivery(opts: {
   publisher: Publisher;
   reader: PositionSource;
@@ -64,39 +71,102 @@ export function createDelivery(opts: {
   ring: Ring;
   /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
+  /** The open sockets (walked by the buffer checks, never per event). */
+  sockets: ReadonlySet<Sock>;
+  /** MAX_BACKPRESSURE_BYTES: one socket's buffer limit. */
   maxBuffered: number;
-  metrics: Pick<Metrics, 'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
+  /** MAX_TOTAL_BUFFERED_BYTES: all sockets' buffers together. */
+  maxTotalBuffered: number;
+  metrics: Pick<
+    Metrics,
+    'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses' | 'replayBufferBytes' | 'replayBufferEvents' | 'bufferedBytes'
+  >;
   log: Logger;
 }) {
-  const { publisher, reader, ring, metrics } = opts;
+  const { publisher, reader, ring, metrics, sockets } = opts;
   let pruned: Position = { txid: 0n, id: 0n };
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
+  // Published since the last buffer check: frame bytes (what one socket can have gained) and
+  // frame bytes times receivers (what all of them can have gained together).
+  let framesSinceCheck = 0;
+  let fannedSinceCheck = 0;
 
-  const tooSlow = (ws: Sock) => {
+  const tooSlow = (ws: Sock, cause: SlowCloseCause) => {
     const s = ws.getUserData();
     if (s.closed) return;
-    metrics.slowReaderCloses.inc();
-    opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount() }, 'closing slow reader (4008)');
+    metrics.slowReaderCloses.inc({ cause });
+    opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount(), cause }, 'closing slow reader (4008)');
     s.closed = true; // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
   };
 
   /** Frame type as a metric label: an application event's type is the application's own text. */
   const typeLabel = (type: string, app: boolean) => (app ? 'app_event' : type);
-  /** Counts `receivers` deliveries of one frame: its bytes times receivers, computed once per frame. */
-  const sent = (type: string, frame: string, receivers: number) => {
+
+  /**
+   * One walk over the sockets: any socket over its own limit is closed with 4008; then, while
+   * all buffers together pass the global budget, the most buffered sockets are closed first
+   * (a client closed with 4008 resumes from its cursor: nothing is skipped). Returns what stays
+   * buffered. A closed socket's buffer is freed by uWS once flushed, or at its close timeout.
+   */
+  const check = (): number => {
+    framesSinceCheck = 0;
+    fannedSinceCheck = 0;
+    let total = 0;
+    const buffered: Array<{ ws: Sock; bytes: number }> = [];
+    for (const ws of sockets) {
+      if (ws.getUserData().closed) continue;
+      const bytes = ws.getBufferedAmount();
+      if (bytes === 0) continue;
+      if (bytes > opts.maxBuffered) {
+        tooSlow(ws, 'socket_limit');
+        continue;
+      }
+      total += bytes;
+      buffered.push({ ws, bytes });
+    }
+    if (total > opts.maxTotalBuffered) {
+      buffered.sort((a, b) => b.bytes - a.bytes);
+      for (const b of buffered) {
+        if (total <= opts.maxTotalBuffered) break;
+        tooSlow(b.ws, 'global_budget');
+        total -= b.bytes;
+      }
+    }
+    metrics.bufferedBytes.set(total);
+    return total;
+  };
+
+  /**
+   * Whether enough was published since the last check for a socket to have passed its limit,
+   * or all of them the global budget. The second bound grows with the number of sockets, so a
+   * walk costs a fixed fraction of the fan-out it follows, however many sockets there are.
+   */
+  const dueForCheck = () =>
+    framesSinceCheck >= opts.maxBuffered || fannedSinceCheck >= Math.max(opts.maxTotalBuffered / 16, sockets.size * 4096);
+
+  /**
+   * Counts `receivers` deliveries of one frame of `bytes` (computed once per frame), and
+   * checks the buffers once enough went out since the last check.
+   */
+  const sent = (type: string, bytes: number, receivers: number) => {
     metrics.messagesSent.inc({ type }, receivers);
-    metrics.bytesSent.inc({ type }, Buffer.byteLength(frame) * receivers);
+    metrics.bytesSent.inc({ type }, bytes * receivers);
+    framesSinceCheck += bytes;
+    fannedSinceCheck += bytes * receivers;
+    if (bytes >= DIRECT_SEND_BYTES && dueForCheck()) check();
   };
 
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
   const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
     ws.send(frame, false);
-    sent(typeLabel(type, app), frame, 1);
+    const label = typeLabel(type, app);
+    metrics.messagesSent.inc({ type: label });
+    metrics.bytesSent.inc({ type: label }, frameBytes(frame));
     if (ws.getBufferedAmount() > opts.maxBuffered) {
-      tooSlow(ws);
+      tooSlow(ws, 'socket_limit');
       return false;
     }
     return true;
@@ -115,7 +185,7 @@ export function createDelivery(opts: {
       };
     });
     s.drained = undefined;
-    if (!ok) tooSlow(ws);
+    if (!ok) tooSlow(ws, 'socket_limit');
     return ok && !s.closed;
   };
 
@@ -279,33 +349,45 @@ export function createDelivery(opts: {
   };
 
   return {
-    /** Live fan-out: each event serialized once, published on its topics by uWS. */
+    /**
+     * Live fan-out: each event serialized once, published on its topics by uWS. The buffer
+     * limits are checked while a batch goes out, not only by the periodic sweep: before it
+     * (what earlier small frames left in the buffers) and after any large frame once enough
+     * was published since the last check.
+     */
     publish(events: HubEvent[]) {
       sentSinceSweep = true;
+      if (dueForCheck()) check();
       const now = Date.now();
       for (const e of events) {
         if (e.committeeId !== null && !(e.topic?.startsWith('user:') ?? false)) retarget(e.committeeId, e.electionId ?? '');
+        const bytes = frameBytes(e.frame);
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
           publisher.publish(t, e.frame, false);
         }
-        ring.push(e);
+        ring.push(e, bytes);
         metrics.events.inc({ kind: e.kind, action: e.action });
-        if (receivers > 0) sent(typeLabel(e.type, e.kind === 'app'), e.frame, receivers);
+        if (receivers > 0) sent(typeLabel(e.type, e.kind === 'app'), bytes, receivers);
         metrics.deliveryLag.observe(Math.max(0, now - e.committedAtMs) / 1000);
       }
+      const held = ring.size();
+      metrics.replayBufferBytes.set(held.bytes);
+      metrics.replayBufferEvents.set(held.events);
     },
 
     /** A frame that is not an outbox event (dashboard updates): live subscribers only. */
     publishFrame(topics: readonly string[], frame: string, type: string) {
       sentSinceSweep = true;
+      if (dueForCheck()) check();
+      const bytes = frameBytes(frame);
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
         publisher.publish(t, frame, false);
       }
-      if (receivers > 0) sent(type, frame, receivers);
+      if (receivers > 0) sent(type, bytes, receivers);
     },
 
     send,
@@ -371,19 +453,21 @@ export function createDelivery(opts: {
     },
 
     /**
-     * Periodic: a socket whose buffer passed the limit is closed with 4008, never skipped.
-     * Buffers only grow when something is sent, so an idle hub does not walk its sockets;
-     * a socket still over the limit keeps the sweep armed until it drains or is closed.
+     * Periodic: sockets over their limit or the global budget are closed with 4008, never
+     * skipped. Buffers only grow when something is sent, so an idle hub does not walk its
+     * sockets; a socket still buffering keeps the sweep armed until it drains or is closed.
      */
-    sweep(sockets: Iterable<Sock>) {
+    sweep() {
       if (!sentSinceSweep) return;
       sentSinceSweep = false;
-      for (const ws of sockets) {
-        if (ws.getUserData().closed) continue;
-        const buffered = ws.getBufferedAmount();
-        if (buffered > opts.maxBuffered) tooSlow(ws);
-        else if (buffered > 0) sentSinceSweep = true;
-      }
+      if (check() > 0) sentSinceSweep = true;
+    },
+
+    /** Memory figures for /admin/health: the ring's contents and what sockets buffer now. */
+    memory() {
+      let buffered = 0;
+      for (const ws of sockets) if (!ws.getUserData().closed) buffered += ws.getBufferedAmount();
+      return { ring: ring.size(), buffered };
     },
   };
 }

@@ -55,14 +55,14 @@ export function createHubServer(deps: {
   limiter: ConnectionLimiter;
   committees: CommitteeDirectory;
   routes: Routes;
-  delivery: (app: uWS.TemplatedApp) => Delivery;
+  delivery: (app: uWS.TemplatedApp, sockets: ReadonlySet<Sock>) => Delivery;
   position: () => Position | undefined;
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
   const app = uWS.App();
-  const delivery = deps.delivery(app);
   const sockets = new Set<Ws>();
+  const delivery = deps.delivery(app, sockets);
   let listenSocket: uWS.us_listen_socket | undefined;
   let accepting = true;
   let nextId = 1;
@@ -402,7 +402,7 @@ export function createHubServer(deps: {
     },
   });
 
-  const sweep = setInterval(() => delivery.sweep(sockets), 50);
+  const sweep = setInterval(() => delivery.sweep(), 50);
 
   return {
     delivery,

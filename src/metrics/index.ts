@@ -37,6 +37,8 @@ export const LABEL_VALUES = {
    * TRUNCATE or a gap), `verify` (a periodic check of the incremental totals against the database).
    */
   computation: ['first_use', 'change', 'resync', 'verify', OTHER],
+  /** Why a socket was closed with 4008 (SLOW_CLOSE_CAUSES). */
+  slowCloseCause: ['socket_limit', 'global_budget'],
 } as const;
 
 /** Maps each label value outside its known set to `other` (never throws: metrics must not fail a request). */
@@ -127,11 +129,27 @@ export function createMetrics() {
       help: 'Dashboard totals found different from the database when verified (each one corrected)',
       registers: r,
     }),
-    slowReaderCloses: new Counter({ name: 'hub_slow_reader_closes_total', help: 'Sockets closed with 4008 for falling behind', registers: r }),
+    slowReaderCloses: boundedCounter(
+      registry,
+      'hub_slow_reader_closes_total',
+      'Sockets closed with 4008 for falling behind: over MAX_BACKPRESSURE_BYTES (socket_limit) or the most buffered while all sockets passed MAX_TOTAL_BUFFERED_BYTES (global_budget)',
+      { cause: v.slowCloseCause },
+    ),
+    replayBufferBytes: new Gauge({ name: 'hub_replay_buffer_bytes', help: 'Bytes of the frames held in the replay ring (REPLAY_BUFFER_BYTES caps it)', registers: r }),
+    replayBufferEvents: new Gauge({ name: 'hub_replay_buffer_events', help: 'Events held in the replay ring (REPLAY_BUFFER_EVENTS caps it)', registers: r }),
+    bufferedBytes: new Gauge({
+      name: 'hub_socket_buffered_bytes',
+      help: 'Bytes buffered for all sockets of this node at the last check (MAX_TOTAL_BUFFERED_BYTES caps it)',
+      registers: r,
+    }),
     outboxBacklog: new Gauge({ name: 'hub_outbox_backlog_events', help: 'Outbox rows committed but not yet read by this node (sampled, capped at 100000)', registers: r }),
     outboxOldestAge: new Gauge({ name: 'hub_outbox_oldest_pending_age_seconds', help: 'Age of the oldest outbox row not yet read by this node (sampled)', registers: r }),
     frameErrors: boundedCounter(registry, 'hub_client_errors_total', 'Client frames answered with an error, by code', { code: v.errorCode }),
   };
 }
+
+/** Why a socket was closed with 4008. */
+export const SLOW_CLOSE_CAUSES = ['socket_limit', 'global_budget'] as const;
+export type SlowCloseCause = (typeof SLOW_CLOSE_CAUSES)[number];
 
 export type Metrics = ReturnType<typeof createMetrics>;

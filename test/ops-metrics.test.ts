@@ -173,7 +173,7 @@ describe('metrics listener and label values (CONTRACT section 7)', () => {
       'hub_messages_sent_total{type="dashboard_update"}',
       'hub_bytes_sent_total{type="voting_update"}',
       'hub_connections_closed_total{code="4008"}',
-      'hub_slow_reader_closes_total',
+      ...LABEL_VALUES.slowCloseCause.map((v) => `hub_slow_reader_closes_total{cause="${v}"}`),
     ];
     expect(expected.filter((s) => series.get(s) !== 0)).toEqual([]);
   });

@@ -20,6 +20,7 @@ export const CloseCode = {
   tooBig: 1009,
   tokenExpired: 4001,
   tooSlow: 4008,
+  resumeFailed: 4009,
 } as const;
 
 /** Wraps an unknown throwable so the original is kept as `cause`. */

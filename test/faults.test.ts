@@ -13,7 +13,8 @@ import { armExpiry } from '../src/hub/server.ts';
 import { readiness } from '../src/http/routes.ts';
 import { createMetrics } from '../src/metrics/index.ts';
 import { createLogger } from '../src/log.ts';
-import { CloseCode } from '../src/errors.ts';
+import { readFileSync } from 'node:fs';
+import { CLOSE_CODE_MEANINGS, CloseCode } from '../src/errors.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, connect, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
@@ -131,6 +132,16 @@ describe('a resume whose PostgreSQL read fails', () => {
     expect(events.map((e) => e.cursor)).toEqual(expected);
     expect(states.some(([s, d]) => s === 'reconnecting' && d.code === 4009)).toBe(true);
   }, 90_000);
+});
+
+it('every close code is documented in README.md and docs/asyncapi.json', () => {
+  const readme = readFileSync('README.md', 'utf8');
+  const asyncapi = readFileSync('docs/asyncapi.json', 'utf8');
+  for (const code of Object.values(CloseCode)) {
+    expect(CLOSE_CODE_MEANINGS[code], String(code)).toBeTruthy();
+    expect(readme.match(/^Close codes:[^]*?\n\n/m)?.[0] ?? '', String(code)).toContain(String(code));
+    expect(asyncapi, String(code)).toContain(`${code} ${CLOSE_CODE_MEANINGS[code]}`);
+  }
 });
 
 describe('delivery: a replay that cannot be completed', () => {

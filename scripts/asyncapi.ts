@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { Action, AppEvent, ClientFrame, CommitteeCounts, ControlFrame, Counts, RowEvent, RowEventType } from '../src/events/schema.ts';
+import { CLOSE_CODE_MEANINGS } from '../src/errors.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const ASYNCAPI_PATH = resolve(ROOT, 'docs/asyncapi.json');
@@ -147,9 +148,9 @@ export function generateAsyncApi(): Json {
         '',
         'Generated from src/events/schema.ts by scripts/asyncapi.ts; do not edit by hand.',
         '',
-        'Close codes: 1001 hub shutting down (reconnect and resume with the last cursor), 4008 too slow (reconnect and resume),',
-        '4001 token expired (get a new token, reconnect), 1008 repeated bad frames, 1009 frame over MAX_PAYLOAD_BYTES.',
-        'The upgrade is refused with 401 (missing/invalid/expired token), 403 (Origin not allowed) or 429 (too many connections for this sub).',
+        `Close codes: ${Object.entries(CLOSE_CODE_MEANINGS).map(([code, meaning]) => `${code} ${meaning}`).join('; ')}.`,
+        'A replay that cannot be completed closes with 4009 instead of going live over a gap. An error answer to a resume (other than bad_cursor) also means: reconnect and resume (the SDK does).',
+        'The upgrade is refused with 401 (missing/invalid/expired token, or a token without exp), 403 (Origin not allowed) or 429 (too many connections for this sub).',
         'Cursors are opaque strings; a client resumes with `subscribe {topics, since: <last cursor>}` on a connection opened with `?subscribe=none`.',
       ].join('\n'),
     },

@@ -16,7 +16,7 @@ import { type Presence, startPresence } from './cluster/presence.ts';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { createDashboardCache, createDashboardNotifier } from './cache/dashboard.ts';
-import { createRoutes } from './http/routes.ts';
+import { createRoutes, readiness } from './http/routes.ts';
 import { createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
@@ -129,24 +129,38 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       electionOf: committees.cached,
       log,
       health: {
-        ready: () => {
-          if (!ready) return { ok: false, reason: 'shutting down' };
-          if (!listener?.connected()) return { ok: false, reason: `database listener disconnected${listener?.lastError() ? `: ${listener.lastError()}` : ''}` };
-          if (!position()) return { ok: false, reason: 'outbox reader not started' };
-          return { ok: true };
-        },
+        ready: () =>
+          readiness({
+            shuttingDown: !ready,
+            listenerConnected: listener?.connected() ?? false,
+            started: position() !== undefined,
+            readerFailure: reader?.failure(),
+            now: Date.now(),
+          }),
         admin: async () => {
           const p = position();
           let lagMs: number | null = null;
           if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
           const dbUp = listener?.connected() ?? false;
+          const failure = reader?.failure();
+          const r = readiness({ shuttingDown: !ready, listenerConnected: dbUp, started: p !== undefined, readerFailure: failure, now: Date.now() });
           const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
           const nodes = presence ? await presence.nodes().catch(() => []) : [];
           return {
-            status: dbUp && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
+            status: r.ok && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
+            ready: r.ok ? true : r.reason,
             connections: server.connections(),
             topics: server.topicCounts(),
-            database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
+            database: {
+              connected: dbUp,
+              cursor: p ? encodeCursor(p) : null,
+              lag_ms: lagMs,
+              // Error texts stay here, behind the admin token: they name databases and hosts.
+              listener_error: listener?.lastError() ?? null,
+              reader: failure
+                ? { failing: true, failed_reads: failure.count, failing_for_ms: Date.now() - failure.since, error: failure.error }
+                : { failing: false, failed_reads: 0, failing_for_ms: 0, error: null },
+            },
             redis: redisInfo,
             committee_directory: committees.stats(),
             memory: memoryReport(),
@@ -175,7 +189,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         createDelivery({
           publisher: app,
           sockets,
-          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false) },
+          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
           pool,
           ring,
           electionOf: committees.cached,

@@ -151,7 +151,7 @@ function fakeHub(opts: { maxBuffered: number; maxTotalBuffered: number }) {
   ring.init({ txid: 100n, id: 0n });
   const delivery = createDelivery({
     publisher,
-    reader: { position: () => ({ txid: 100n, id: 0n }), waitFor: async () => true },
+    reader: { position: () => ({ txid: 100n, id: 0n }), waitFor: async () => true, failing: () => false },
     pool: {} as pg.Pool,
     ring,
     electionOf: () => '1',

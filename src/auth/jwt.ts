@@ -29,7 +29,7 @@ const ClaimsSchema = z.object({
   role: z.string().max(64).optional(),
   elections: z.array(Id).max(10_000).optional(),
   committees: z.array(Id).max(10_000).optional(),
-  exp: z.number().optional(),
+  exp: z.number(),
 });
 
 export type AuthResult = { ok: true; claims: Claims } | { ok: false; reason: string };
@@ -57,7 +57,7 @@ function reasonOf(err: unknown): string {
 /**
  * Verifies tokens against the one configured key source, with algorithms pinned to that
  * key's kind: an HS256 token is refused when a public key is configured (algorithm
- * confusion), `none` is never accepted.
+ * confusion), `none` is never accepted. A token must carry `exp` (reason `missing_exp`).
  */
 export async function createAuthenticator(config: Config): Promise<Authenticator> {
   let key: Uint8Array | KeyObject | CryptoKey | JWTVerifyGetKey;
@@ -90,6 +90,9 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
       try {
         const { payload } =
           typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+        // A token without exp would be valid forever, and so would its socket: refused.
+        // (jose has already checked that an exp present is a number and not past.)
+        if (payload.exp === undefined) return { ok: false, reason: 'missing_exp' };
         const parsed = ClaimsSchema.safeParse(payload);
         if (!parsed.success) return { ok: false, reason: 'bad_claims' };
         const c = parsed.data;

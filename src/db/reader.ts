@@ -11,8 +11,12 @@ export type Reader = {
   wake(): void;
   /** Resolves true once the reader has reached `p`, false after `timeoutMs`. */
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
+  /** The current run of failed reads (since: epoch ms of its first), or undefined after a success. */
+  failure(): ReaderFailure | undefined;
   stop(): Promise<void>;
 };
+
+export type ReaderFailure = { readonly since: number; readonly count: number; readonly error: string };
 
 export type ReaderOptions = {
   pool: pg.Pool;
@@ -49,6 +53,7 @@ export function startReader(opts: ReaderOptions): Reader {
   let again = false;
   let stopped = false;
   let failures = 0;
+  let failure: ReaderFailure | undefined;
   let heldDelay = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let heldTimer: NodeJS.Timeout | undefined;
@@ -122,8 +127,10 @@ export function startReader(opts: ReaderOptions): Reader {
         }
       } while (again && !stopped);
       failures = 0;
+      failure = undefined;
     } catch (err) {
       failures++;
+      failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
       const delay = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
       log.warn({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'outbox read failed');
       clearTimeout(retryTimer);
@@ -149,6 +156,7 @@ export function startReader(opts: ReaderOptions): Reader {
   return {
     position: () => pos,
     wake,
+    failure: () => failure,
     waitFor(p, timeoutMs) {
       if (pos && compare(pos, p) >= 0) return Promise.resolve(true);
       return new Promise((resolve) => {

@@ -4,7 +4,7 @@ import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
 import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
-import { CloseCode } from '../errors.ts';
+import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
 import type { Lease } from '../auth/limits.ts';
 
@@ -49,9 +49,14 @@ export type Publisher = {
 export type PositionSource = {
   position(): Position | undefined;
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
+  /** True while the reader's latest attempt to read the outbox failed. */
+  failing(): boolean;
 };
 
+/** The client's cursor is not one this hub can resume from (answered with `bad_cursor`). */
 export class CursorError extends Error {}
+/** The hub cannot serve this request now (answered with `unavailable`). */
+export class UnavailableError extends Error {}
 
 type Part = { topics: Set<string>; from: Position };
 
@@ -91,6 +96,21 @@ export function createDelivery(opts: {
   // frame bytes times receivers (what all of them can have gained together).
   let framesSinceCheck = 0;
   let fannedSinceCheck = 0;
+
+  /**
+   * A replay that cannot be completed (a failed read, a hub not reading yet) must not go
+   * live: the socket would miss what the replay did not send, silently and for good. It is
+   * closed with 4009 instead and the client resumes from its last cursor on a new connection.
+   * The socket is paused (subscribed to nothing) while replaying, so nothing after the gap
+   * has reached it.
+   */
+  const resumeFailed = (ws: Sock, err: unknown) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    opts.log.warn({ sub: s.claims.sub, err: errorMessage(err) }, 'resume failed: closing with 4009');
+    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    ws.end(CloseCode.resumeFailed, 'resume failed: reconnect and resume');
+  };
 
   const tooSlow = (ws: Sock, cause: SlowCloseCause) => {
     const s = ws.getUserData();
@@ -296,7 +316,7 @@ export function createDelivery(opts: {
       if (s.closed) return undefined;
       const lo = parts.reduce((m, p) => (compare(p.from, m) < 0 ? p.from : m), parts[0]?.from ?? { txid: 0n, id: 0n });
       const head = reader.position();
-      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (!head) throw new UnavailableError('the hub is not reading the outbox yet');
       if (ring.covers(lo)) {
         // From memory. The socket is not subscribed yet, so pausing for backpressure loses
         // nothing; only the final stretch (tail + subscribe) must be one synchronous step.
@@ -392,6 +412,7 @@ export function createDelivery(opts: {
 
     send,
     applyCover,
+    resumeFailed,
 
     setPruned(p: Position) {
       pruned = p;
@@ -401,6 +422,8 @@ export function createDelivery(opts: {
      * Adds topics to a socket. Without `since` they are live from now. With `since`,
      * events after it are replayed first, in order, together with whatever the socket's
      * other topics receive meanwhile (they are paused, and resumed from where they were).
+     * A replay that cannot be completed closes the socket with 4009 (see `resumeFailed`);
+     * it never goes live over a gap. Throws CursorError for a cursor this hub cannot know.
      */
     async subscribe(
       ws: Sock,
@@ -411,7 +434,10 @@ export function createDelivery(opts: {
     ): Promise<void> {
       const s = ws.getUserData();
       const head = reader.position();
-      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (!head) {
+        if (since !== undefined) return resumeFailed(ws, new UnavailableError('the hub is not reading the outbox yet'));
+        throw new UnavailableError('the hub is not reading the outbox yet');
+      }
       if (since === undefined || compare(since, pruned) < 0) {
         for (const t of topics) s.topics.add(t);
         applyCover(ws);
@@ -419,6 +445,8 @@ export function createDelivery(opts: {
         return;
       }
       if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {
+        // Only a reader that reads and still does not reach it makes the cursor foreign.
+        if (reader.failing()) return resumeFailed(ws, new UnavailableError('the outbox reader is failing'));
         throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
       }
       if (s.closed) return;
@@ -430,9 +458,9 @@ export function createDelivery(opts: {
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
         await catchUp(ws, parts, onLive);
-      } finally {
-        // On failure the socket goes back to live delivery of what it has.
-        if (!s.closed && s.cover.size === 0) applyCover(ws);
+      } catch (err) {
+        // Not back to live delivery: the events this replay did not send would be lost.
+        resumeFailed(ws, err);
       }
     },
 

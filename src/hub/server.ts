@@ -9,7 +9,7 @@ import type { CommitteeDirectory } from '../db/committees.ts';
 import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';
 import { type StaticFiles, staticReply } from '../http/static.ts';
-import { type Delivery, type Session, type Sock, CursorError } from './delivery.ts';
+import { type Delivery, type Session, type Sock, CursorError, UnavailableError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
 import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
@@ -41,6 +41,36 @@ export function connectionCap(configured: number | undefined): number {
     // Not Linux: no known limit to stay under.
   }
   return Number.MAX_SAFE_INTEGER;
+}
+
+/** setTimeout's largest delay (2^31 - 1 ms, ~24.8 days); a longer one fires at once (Node: after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Calls `fire` at `atMs` (epoch ms), however far away: a delay past setTimeout's range is
+ * waited out in chunks, each re-arming the next. `s.expiry` always holds the pending chunk,
+ * so `clearTimeout(s.expiry)` cancels it.
+ */
+export function armExpiry(s: { expiry: NodeJS.Timeout | undefined }, atMs: number, fire: () => void): void {
+  const ms = atMs - Date.now();
+  if (ms > MAX_TIMER_MS) {
+    s.expiry = setTimeout(() => armExpiry(s, atMs, fire), MAX_TIMER_MS);
+  } else {
+    s.expiry = setTimeout(fire, Math.max(0, ms));
+  }
+}
+
+/**
+ * What a connection auto-subscribes: the claims' topics, at most `cap` of them. Past the cap
+ * it keeps `user:{sub}` and the first others in claim order (elections, then committees);
+ * `dropped` says how many were left out (the client is told with `too_many_topics`).
+ */
+export function autoTopics(claims: Claims, cap: number): { topics: string[]; dropped: number } {
+  const all = [...new Set(claimTopics(claims))];
+  if (all.length <= cap) return { topics: all, dropped: 0 };
+  const own = `user:${claims.sub}`;
+  const topics = [...all.filter((t) => t !== own).slice(0, cap - 1), own];
+  return { topics, dropped: all.length - topics.length };
 }
 
 /**
@@ -201,15 +231,19 @@ export function createHubServer(deps: {
   const onSubscribe = async (ws: Ws, topics: string[], sinceText: string | undefined) => {
     const since = sinceText === undefined ? undefined : decodeCursor(sinceText);
     if (sinceText !== undefined && since === undefined) return clientError(ws, ErrorCode.badCursor, 'not a cursor');
-    const ok = await checkTopics(ws, topics);
-    if (!ok) return;
     try {
+      const ok = await checkTopics(ws, topics);
+      if (!ok) return;
       await delivery.subscribe(ws, ok, since, (cursor, resync) => {
         if (resync) frame(ws, { type: 'resync', topics: ok });
         frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(cursor) });
       });
     } catch (err) {
       if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
+      // A resume the hub could not serve (e.g. the committee lookup failed): close with
+      // 4009 so that every client, not only the SDK, reconnects and resumes.
+      if (since !== undefined) return delivery.resumeFailed(ws, err);
+      if (err instanceof UnavailableError) return clientError(ws, ErrorCode.unavailable, err.message);
       throw err;
     }
   };
@@ -335,13 +369,11 @@ export function createHubServer(deps: {
       metrics.connectionsOpened.inc();
       metrics.connectionsByRole.inc({ role: s.claims.role ?? 'none' });
       log.info({ event: 'ws_open', sub: s.claims.sub, role: s.claims.role, remote: s.remote }, 'websocket opened');
+      // Every accepted token has an exp (auth refuses one without).
       if (s.claims.exp !== undefined) {
-        const ms = s.claims.exp * 1000 - Date.now();
-        if (ms < 2 ** 31 - 1) {
-          s.expiry = setTimeout(() => {
-            if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
-          }, Math.max(0, ms));
-        }
+        armExpiry(s, s.claims.exp * 1000, () => {
+          if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
+        });
       }
       // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
       // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
@@ -352,12 +384,24 @@ export function createHubServer(deps: {
         setImmediate(() => {
           resolve();
           if (s.closed) return;
+          let dropped = 0;
           if (s.autoSubscribe) {
-            for (const t of claimTopics(s.claims)) s.topics.add(t);
+            const auto = autoTopics(s.claims, config.MAX_TOPICS_PER_CONNECTION);
+            dropped = auto.dropped;
+            for (const t of auto.topics) s.topics.add(t);
             delivery.applyCover(w);
           }
           const cursor = deps.position();
           frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+          if (dropped > 0) {
+            // Not the client's fault: no bad-frame strike, but the client must know.
+            metrics.frameErrors.inc({ code: ErrorCode.tooManyTopics });
+            frame(w, {
+              type: 'error',
+              code: ErrorCode.tooManyTopics,
+              message: `the token names ${s.topics.size + dropped} topics; subscribed ${s.topics.size} (at most ${config.MAX_TOPICS_PER_CONNECTION} per connection)`,
+            });
+          }
         }),
       );
     },

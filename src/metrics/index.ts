@@ -25,7 +25,7 @@ export const LABEL_VALUES = {
   code: [...new Set(['1000', '1001', '1005', '1006', '1008', '1009', '1011', ...Object.values(CloseCode).map(String)]), OTHER],
   /** Why an upgrade or an HTTP request was refused (src/auth/jwt.ts reasons and the upgrade's own). */
   reason: [
-    'missing', 'malformed', 'bad_claims', 'expired', 'not_yet_valid', 'bad_audience', 'bad_issuer', 'bad_algorithm',
+    'missing', 'missing_exp', 'malformed', 'bad_claims', 'expired', 'not_yet_valid', 'bad_audience', 'bad_issuer', 'bad_algorithm',
     'bad_signature', 'unknown_key', 'jwks_unavailable', 'origin', 'too_many_connections', 'node_full', 'shutting_down', OTHER,
   ],
   /** Client error codes (src/errors.ts), oversize frames and malformed outbox rows. */

@@ -98,7 +98,7 @@ describe('a resume whose PostgreSQL read fails', () => {
     expect(outcome).toEqual({ closed: CloseCode.resumeFailed, reason: 'resume failed: reconnect and resume' });
     // Nothing after the gap ever reached that socket.
     expect(c.events()).toEqual([]);
-    expect(await (await fetch(`${hub.url}/metrics`)).text()).toMatch(/hub_connections_closed_total\{code="4009"\} 1/);
+    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/hub_connections_closed_total\{code="4009"\} 1/);
   }, 60_000);
 
   it('an SDK client resumes through the outage and ends with every event (3 005 of 3 005), in order', async () => {
@@ -305,7 +305,7 @@ describe('token policy', () => {
     expect(await upgradeStatus(hub, { token: noExp })).toBe(401);
     expect((await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(401);
     expect((await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(401);
-    expect(await (await fetch(`${hub.url}/metrics`)).text()).toMatch(/hub_auth_failures_total\{reason="missing_exp"\} 3/);
+    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/hub_auth_failures_total\{reason="missing_exp"\} 3/);
     // The same claims with an exp are fine.
     const withExp = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setSubject('forever').setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode(SECRET));
     expect(await upgradeStatus(hub, { token: withExp })).toBe(101);

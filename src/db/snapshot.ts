@@ -66,11 +66,14 @@ export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);
     }
 
-    // Undo what committed at or above the horizon: those events follow the cursor.
+    // Undo what committed at or above the horizon: those events follow the cursor. Only this
+    // election's rows (an update may have moved a row out of it: those are checked below), so a
+    // wide statement above the horizon does not cost every computation all of its rows.
     const late = await client.query<{ kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null }>(
       `SELECT kind, action, data, old FROM hub.outbox
-       WHERE txid >= $1::text::xid8 AND kind IN ('guarantee', 'attendance', 'vote') ORDER BY txid, id`,
-      [x],
+       WHERE txid >= $1::text::xid8 AND kind IN ('guarantee', 'attendance', 'vote')
+         AND (election_id = $2 OR action = 'updated') ORDER BY txid, id`,
+      [x, electionId],
     );
     for (const e of late.rows) {
       const w = byKind.get(e.kind);

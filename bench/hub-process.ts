@@ -37,4 +37,4 @@ export type HubProcessApi = typeof api;
 
 process.on('SIGTERM', () => void stop());
 serve(api, () => void stop());
-notify('ready', { port: hub.port, pid: process.pid });
+notify('ready', { port: hub.port, metricsPort: hub.metricsPort, pid: process.pid });

@@ -127,6 +127,8 @@ const dbUrl = () => {
 type Server = {
   kind: TargetKind;
   port: number;
+  /** Where /metrics is: the hub's own metrics listener, the peers' one port. */
+  metricsPort: number;
   pid: number;
   target: Target;
   stop(): Promise<void>;
@@ -147,10 +149,10 @@ async function startServer(kind: TargetKind): Promise<Server> {
     const { child, ready } = await spawnTs<HubProcessApi>('hub', 'bench/hub-process.ts', {
       ...base,
       // The hub as deployed: default limits, info logging (to a file), single node (no Redis).
-      env: { DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', REDIS_URL: '' },
+      env: { DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_URL: '' },
       nodeArgs: ['--expose-gc', ...(flags.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [])],
     });
-    const { port, pid } = ready as { port: number; pid: number };
+    const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
     // Upgrades need the listener connected and the reader started: wait for /ready.
     const deadline = Date.now() + 15_000;
     while ((await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.status, () => 0)) !== 200) {
@@ -160,6 +162,7 @@ async function startServer(kind: TargetKind): Promise<Server> {
     return {
       kind,
       port,
+      metricsPort,
       pid,
       target: { kind, host: '127.0.0.1', port },
       stop: async () => {
@@ -183,6 +186,7 @@ async function startServer(kind: TargetKind): Promise<Server> {
   return {
     kind,
     port,
+    metricsPort: port,
     pid,
     target: { kind, host: '127.0.0.1', port },
     stop: async () => {
@@ -614,11 +618,11 @@ async function memory(includeRate: boolean) {
         // 2 000 stays open, and the figure is the growth from the next n, from collected heaps.
         const warmN = Math.min(wantN, 2000);
         await server.gc();
-        const rss0 = await metricValue(server.port, 'process_resident_memory_bytes');
+        const rss0 = await metricValue(server.metricsPort, 'process_resident_memory_bytes');
         const warm = await connectAll(server.target, warmN, dashboardsOf(1), 0, 64);
         const warmOpen = (await settle(warm)).open;
         await server.gc();
-        const before = await metricValue(server.port, 'process_resident_memory_bytes');
+        const before = await metricValue(server.metricsPort, 'process_resident_memory_bytes');
         const heapBefore = await server.memory();
         const cpu0 = cpuSeconds(server.pid);
         const connect = await connectAll(server.target, n, dashboardsOf(1), 0, 64);
@@ -629,7 +633,7 @@ async function memory(includeRate: boolean) {
         await sleep(sizes.idleCpuSeconds * 1000);
         const idleCpu = (cpuSeconds(server.pid) - c0) / sizes.idleCpuSeconds;
         await server.gc();
-        const after = await metricValue(server.port, 'process_resident_memory_bytes');
+        const after = await metricValue(server.metricsPort, 'process_resident_memory_bytes');
         const heapAfter = await server.memory();
         const perConn = (after - before) / Math.max(1, open);
         const coldPerConn = (after - rss0) / Math.max(1, open + warmOpen);

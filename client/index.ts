@@ -9,6 +9,10 @@
  *   `subscribe {topics, since: <last cursor>}`, so the application sees every event once, in
  *   cursor order (events at or before the last cursor are dropped at the seams). Without
  *   `since`, the client starts at the hub's position when it first connected.
+ * - A resume that fails is retried, never skipped: close 4009 (the hub could not complete the
+ *   replay) and any `error` answer to a `subscribe` with `since` (except `bad_cursor`, see
+ *   below) make the client drop that connection and reconnect, with backoff, from its last
+ *   cursor; nothing that socket sends after the error is delivered.
  * - State `open` means `connection_success` arrived (the resume replay may still be running).
  * - Jittered exponential backoff, heartbeat (`ping` every 20 s; a connection that stays silent
  *   for 10 s after a ping is treated as dead), and `close()` that leaves no timers behind.
@@ -199,6 +203,11 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   let discardUntilUnsubscribed = false;
   /** Topics unsubscribed before the server named the auto-subscribed ones. */
   const droppedEarly = new Set<string>();
+  /**
+   * The `subscribe` frames sent on this connection and not yet answered by `subscribed`, in
+   * order (true: with `since`). The hub answers them one at a time, in order.
+   */
+  let unanswered: boolean[] = [];
 
   let reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   let connectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -224,7 +233,10 @@ export function createHubClient(opts: HubClientOptions): HubClient {
   };
 
   const send = (frame: Record<string, unknown>) => {
-    if (sock && sock.readyState === 1) sock.send(JSON.stringify(frame));
+    if (sock && sock.readyState === 1) {
+      sock.send(JSON.stringify(frame));
+      if (frame.type === 'subscribe') unanswered.push(frame.since !== undefined);
+    }
   };
 
   const clearConnectionTimers = () => {
@@ -319,6 +331,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
         break;
       }
       case 'subscribed':
+        unanswered.shift();
         advance((frame as unknown as Subscribed).cursor);
         break;
       case 'unsubscribed':
@@ -326,11 +339,22 @@ export function createHubClient(opts: HubClientOptions): HubClient {
         break;
       case 'error': {
         const e = frame as unknown as ErrorFrame;
-        // A resume cursor this hub does not know (another database, a reset outbox): start over.
+        const resuming = unanswered.includes(true);
         if (e.code === 'bad_cursor' && lastCursor !== undefined && topics.size > 0) {
+          // A resume cursor this hub does not know (another database, a reset outbox): start over.
+          unanswered.shift();
           lastCursor = undefined;
           emit('resync', { type: 'resync', topics: [...topics] } satisfies Resync);
           send({ type: 'subscribe', topics: [...topics] });
+        } else if (resuming) {
+          // Whatever the error (the hub failed, or answered a frame sent alongside), a resume
+          // is pending: this connection may go live without the replay, so it is dropped
+          // and the client resumes from its cursor on a new one. (An error that answered some
+          // other frame costs one reconnect, never an event.)
+          emit('error', frame);
+          abandon(4000, 'resume failed');
+          scheduleReconnect({ reason: `resume failed: ${e.code}` });
+          return;
         }
         break;
       }
@@ -378,6 +402,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
     sock = s;
     openedAt = 0;
     discardUntilUnsubscribed = false;
+    unanswered = [];
     connectTimer = setTimeout(() => {
       if (sock !== s) return;
       abandon(4000, 'connect timeout');
@@ -420,6 +445,9 @@ export function createHubClient(opts: HubClientOptions): HubClient {
         // with backoff, should it keep handing out stale tokens); a fixed token cannot recover.
         if (typeof opts.token === 'function') scheduleReconnect(detail, attempt === 0 ? 0 : undefined);
         else shutdown(detail);
+      } else if (ev.code === 4009) {
+        // The hub could not complete the replay: reconnect (with backoff) and resume again.
+        scheduleReconnect(detail);
       } else if (ev.code === 1008 || ev.code === 1009) {
         // The server thinks this client is misbehaving: never hot-loop.
         scheduleReconnect(detail, Math.round(maxMs / 2 + (Math.random() * maxMs) / 2));
@@ -498,7 +526,8 @@ export function createHubClient(opts: HubClientOptions): HubClient {
 // ---- dashboards ---------------------------------------------------------------------------
 
 export type DashboardOptions = Omit<HubClientOptions, 'topics' | 'since'> & {
-  electionId: number;
+  /** A number, or a decimal string (ids of 2^53 and above only travel exactly as strings). */
+  electionId: number | string;
   /** `http(s)://host` of the hub; default derived from `url` (ws→http, wss→https, without `/ws`). */
   httpUrl?: Source;
   /** fetch implementation; default `globalThis.fetch`. */
@@ -517,7 +546,7 @@ export type DashboardSubscription = {
 };
 
 /** `GET /dashboard/{id}` with the token as Bearer; throws with `status` on a non-2xx answer. */
-export async function fetchDashboard(opts: { httpUrl: string; electionId: number; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
+export async function fetchDashboard(opts: { httpUrl: string; electionId: number | string; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
   const f = opts.fetch ?? globalThis.fetch;
   const res = await f(`${opts.httpUrl.replace(/\/+$/, '')}/dashboard/${opts.electionId}`, { headers: { authorization: `Bearer ${opts.token}` } });
   if (!res.ok) throw Object.assign(new Error(`GET /dashboard/${opts.electionId}: HTTP ${res.status}`), { status: res.status });
@@ -552,7 +581,8 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
   let current = await load();
   const snapshotHandlers = new Set<(s: DashboardSnapshot) => void>();
   const replace = (next: DashboardSnapshot) => {
-    if (next.election_id !== electionId || compareCursors(next.cursor, current.cursor) < 0) return;
+    // Frames write ids below 2^53 as numbers, larger ones as strings: compare their text.
+    if (String(next.election_id) !== String(electionId) || compareCursors(next.cursor, current.cursor) < 0) return;
     current = { election_id: next.election_id, cursor: next.cursor, totals: next.totals, committees: next.committees };
     for (const h of [...snapshotHandlers]) safely(h, current);
   };

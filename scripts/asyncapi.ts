@@ -9,7 +9,8 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { AppEvent, ClientFrame, ControlFrame, RowEvent, RowEventType } from '../src/events/schema.ts';
+import { Action, AppEvent, ClientFrame, CommitteeCounts, ControlFrame, Counts, RowEvent, RowEventType } from '../src/events/schema.ts';
+import { CLOSE_CODE_MEANINGS } from '../src/errors.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const ASYNCAPI_PATH = resolve(ROOT, 'docs/asyncapi.json');
@@ -36,45 +37,86 @@ const SUMMARY: Record<string, string> = {
   app_event: 'An application event from `hub.publish(topic, type, payload)`; `type` is the application\'s own. Delivered in the same global order as row events.',
 };
 
-/** JSON Schema (draft-07, the AsyncAPI default schema format) of a zod schema, without `$schema`. */
-function schemaOf(schema: z.ZodType, io: 'input' | 'output'): Json {
-  const json = z.toJSONSchema(schema, { target: 'draft-07', io, unrepresentable: 'any' }) as Json;
-  delete json.$schema;
-  return json;
-}
-
 const literalType = (schema: z.ZodObject): string => {
   const t = schema.shape.type;
   if (!(t instanceof z.ZodLiteral) || typeof t.value !== 'string') throw new Error('a protocol frame must have a literal `type`');
   return t.value;
 };
 
+/** `guarantee_update` -> `GuaranteeUpdate`: the model name code generators (modelina) use. */
+const pascal = (s: string) => s.replace(/(^|_)([a-z0-9])/g, (_m, _u: string, c: string) => c.toUpperCase());
+
+/**
+ * Schema (model) names: client frames `<Type>Frame` (`SubscribeFrame`), server frames `<Type>`
+ * (`GuaranteeUpdate`), except `error`, whose model would shadow the language's own `Error`.
+ */
+const clientSchemaName = (type: string) => `${pascal(type)}Frame`;
+const serverSchemaName = (type: string) => (type === 'error' ? 'ErrorFrame' : pascal(type));
+
+/**
+ * JSON Schemas (draft-07, the AsyncAPI default schema format) of named zod schemas, as
+ * `components.schemas`: every payload and every nested object or enum gets its own named schema
+ * with a `title`, and payloads refer to shared parts with `$ref`, so generated models
+ * (modelina: TypeScript, Python, ...) are named and reused instead of `AnonymousSchema_51`.
+ */
+function componentSchemas(named: Array<[string, z.ZodType]>, io: 'input' | 'output'): Record<string, Json> {
+  const registry = z.registry<{ id: string }>();
+  for (const [id, schema] of named) registry.add(schema, { id });
+  const out = z.toJSONSchema(registry, {
+    target: 'draft-07',
+    io,
+    unrepresentable: 'any',
+    uri: (id) => `#/components/schemas/${id}`,
+  }) as { schemas: Record<string, Json> };
+  const schemas: Record<string, Json> = {};
+  for (const [id, schema] of Object.entries(out.schemas)) {
+    delete schema.$schema;
+    delete schema.$id;
+    schemas[id] = { title: id, ...schema };
+  }
+  return schemas;
+}
+
 /** The AsyncAPI document, from the hub's point of view (it receives client frames and sends the rest). */
 export function generateAsyncApi(): Json {
   const pkg = JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; description?: string };
   const messages: Record<string, Json> = {};
-  const add = (name: string, title: string, payload: Json) => {
-    messages[name] = { name, title, summary: SUMMARY[name] ?? title, contentType: 'application/json', payload };
+  const add = (name: string, title: string, schema: string) => {
+    messages[name] = { name, title, summary: SUMMARY[name] ?? title, contentType: 'application/json', payload: { $ref: `#/components/schemas/${schema}` } };
   };
 
   const clientNames: string[] = [];
+  const clientSchemas: Array<[string, z.ZodType]> = [];
   for (const frame of ClientFrame.options) {
     const type = literalType(frame);
     clientNames.push(type);
-    add(type, `${type} (client → hub)`, schemaOf(frame, 'input'));
+    const id = clientSchemaName(type);
+    // The hub ignores unknown keys; documented closed so generated models carry no catch-all field.
+    clientSchemas.push([id, frame.strict()]);
+    add(type, `${type} (client → hub)`, id);
   }
   const serverNames: string[] = [];
+  // Shared parts first: payloads refer to them by name.
+  const serverSchemas: Array<[string, z.ZodType]> = [
+    ['RowAction', Action],
+    ['Counts', Counts],
+    ['CommitteeCounts', CommitteeCounts],
+  ];
   for (const frame of ControlFrame.options) {
     const type = literalType(frame);
     serverNames.push(type);
-    add(type, `${type} (hub → client)`, schemaOf(frame, 'output'));
+    serverSchemas.push([serverSchemaName(type), frame]);
+    add(type, `${type} (hub → client)`, serverSchemaName(type));
   }
   for (const type of RowEventType.options) {
     serverNames.push(type);
-    add(type, `${type} (hub → client)`, schemaOf(RowEvent.extend({ type: z.literal(type) }), 'output'));
+    serverSchemas.push([serverSchemaName(type), RowEvent.extend({ type: z.literal(type) })]);
+    add(type, `${type} (hub → client)`, serverSchemaName(type));
   }
   serverNames.push('app_event');
-  add('app_event', 'application event (hub → client)', schemaOf(AppEvent, 'output'));
+  serverSchemas.push(['AppEvent', AppEvent]);
+  add('app_event', 'application event (hub → client)', 'AppEvent');
+  const schemas = { ...componentSchemas(clientSchemas, 'input'), ...componentSchemas(serverSchemas, 'output') };
 
   const ref = (name: string) => ({ $ref: `#/channels/ws/messages/${name}` });
   const replyTo: Record<string, string> = { ping: 'pong', subscribe: 'subscribed', unsubscribe: 'unsubscribed' };
@@ -106,9 +148,9 @@ export function generateAsyncApi(): Json {
         '',
         'Generated from src/events/schema.ts by scripts/asyncapi.ts; do not edit by hand.',
         '',
-        'Close codes: 1001 hub shutting down (reconnect and resume with the last cursor), 4008 too slow (reconnect and resume),',
-        '4001 token expired (get a new token, reconnect), 1008 repeated bad frames, 1009 frame over MAX_PAYLOAD_BYTES.',
-        'The upgrade is refused with 401 (missing/invalid/expired token), 403 (Origin not allowed) or 429 (too many connections for this sub).',
+        `Close codes: ${Object.entries(CLOSE_CODE_MEANINGS).map(([code, meaning]) => `${code} ${meaning}`).join('; ')}.`,
+        'A replay that cannot be completed closes with 4009 instead of going live over a gap. An error answer to a resume (other than bad_cursor) also means: reconnect and resume (the SDK does).',
+        'The upgrade is refused with 401 (missing/invalid/expired token, or a token without exp), 403 (Origin not allowed) or 429 (too many connections for this sub).',
         'Cursors are opaque strings; a client resumes with `subscribe {topics, since: <last cursor>}` on a connection opened with `?subscribe=none`.',
       ].join('\n'),
     },
@@ -149,6 +191,7 @@ export function generateAsyncApi(): Json {
     },
     operations,
     components: {
+      schemas,
       messages,
       securitySchemes: {
         queryToken: { type: 'httpApiKey', name: 'token', in: 'query', description: 'JWT in `?token=` (HS256, RS256, ES256 or EdDSA as configured). Claims: sub, role, elections, committees.' },

@@ -6,7 +6,8 @@ import { createLogger, redactUrl } from './log.ts';
 import { errorMessage } from './errors.ts';
 
 const USAGE = `usage: election-hub <command>
-  migrate                      apply sql/ to DATABASE_URL (idempotent)
+  migrate [--reference-schema] apply the hub schema to DATABASE_URL (idempotent); with
+                               --reference-schema also the demo's tables and their watches
   serve                        run the hub against DATABASE_URL (and REDIS_URL when set)
   token --sub S [--role R] [--elections 1,2] [--committees 7] [--ttl 1h]
                                print an HS256 token signed with JWT_SECRET
@@ -45,13 +46,14 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
   try {
     switch (command) {
       case 'migrate': {
+        const { values } = parseArgs({ args: rest, options: { 'reference-schema': { type: 'boolean' } }, strict: true });
         const checked = parseConfig({ ...env, JWT_SECRET: env.JWT_SECRET ?? 'x'.repeat(32) }, { database: true });
         if (!checked.ok) {
           console.error(formatConfigErrors(checked.errors.filter((e) => e.startsWith('DATABASE_URL'))));
           return 2;
         }
         const url = checked.config.DATABASE_URL as string;
-        const r = await migrate(url);
+        const r = await migrate(url, { referenceSchema: values['reference-schema'] === true });
         console.log(r.applied.length ? `applied ${r.applied.join(', ')} to ${redactUrl(url)}` : `nothing to apply: ${redactUrl(url)} is up to date`);
         return 0;
       }

@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import type { Config } from './config/index.ts';
 import { type Logger, createLogger, redactUrl } from './log.ts';
 import { createMetrics, type Metrics } from './metrics/index.ts';
+import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
 import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
@@ -15,16 +16,20 @@ import { type Presence, startPresence } from './cluster/presence.ts';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { createDashboardCache, createDashboardNotifier, createInterest } from './cache/dashboard.ts';
-import { createRoutes } from './http/routes.ts';
+import { createRoutes, readiness } from './http/routes.ts';
 import { type Publisher, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
-import { ALL, eventTopics } from './events/topics.ts';
+import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 
 export type Hub = {
   readonly port: number;
   readonly url: string;
+  /** The Prometheus listener (METRICS_PORT; the real port when that is 0), apart from `port`. */
+  readonly metricsPort: number;
+  /** `http://host:metricsPort`; scrape `${metricsUrl}/metrics`. */
+  readonly metricsUrl: string;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** Everything the reader has published so far ends at this cursor. */
@@ -66,6 +71,10 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
   };
 
   try {
+    // First up, last down: metrics stay scrapable through start-up and shutdown.
+    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.METRICS_HOST, port: config.METRICS_PORT, log });
+    releasers.push(['metrics listener', () => metricsServer.close()]);
+
     const pool = createPool(config.DATABASE_URL, log);
     releasers.push(['pool', () => pool.end()]);
     const dashboardPool = createPool(config.DATABASE_URL, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
@@ -115,35 +124,61 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     let reader: Reader | undefined;
     let listener: Listener | undefined;
     let ready = false;
-    const ring = createRing(config.REPLAY_BUFFER_EVENTS);
+    const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
     const position = (): Position | undefined => reader?.position();
+    const memoryReport = () => {
+      const m = server.delivery.memory();
+      const p = process.memoryUsage();
+      return {
+        ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
+        buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
+        heap_used_bytes: p.heapUsed,
+        rss_bytes: p.rss,
+      };
+    };
 
     const routes = createRoutes({
       auth,
       cache,
       metrics,
-      electionOf: committees.electionOf,
+      electionOf: committees.cached,
       log,
       health: {
-        ready: () => {
-          if (!ready) return { ok: false, reason: 'shutting down' };
-          if (!listener?.connected()) return { ok: false, reason: `database listener disconnected${listener?.lastError() ? `: ${listener.lastError()}` : ''}` };
-          if (!position()) return { ok: false, reason: 'outbox reader not started' };
-          return { ok: true };
-        },
+        ready: () =>
+          readiness({
+            shuttingDown: !ready,
+            listenerConnected: listener?.connected() ?? false,
+            started: position() !== undefined,
+            readerFailure: reader?.failure(),
+            now: Date.now(),
+          }),
         admin: async () => {
           const p = position();
           let lagMs: number | null = null;
           if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
           const dbUp = listener?.connected() ?? false;
+          const failure = reader?.failure();
+          const r = readiness({ shuttingDown: !ready, listenerConnected: dbUp, started: p !== undefined, readerFailure: failure, now: Date.now() });
           const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
           const nodes = presence ? await presence.nodes().catch(() => []) : [];
           return {
-            status: dbUp && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
+            status: r.ok && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
+            ready: r.ok ? true : r.reason,
             connections: server.connections(),
             topics: server.topicCounts(),
-            database: { connected: dbUp, cursor: p ? encodeCursor(p) : null, lag_ms: lagMs },
+            database: {
+              connected: dbUp,
+              cursor: p ? encodeCursor(p) : null,
+              lag_ms: lagMs,
+              // Error texts stay here, behind the admin token: they name databases and hosts.
+              listener_error: listener?.lastError() ?? null,
+              reader: failure
+                ? { failing: true, failed_reads: failure.count, failing_for_ms: Date.now() - failure.since, error: failure.error }
+                : { failing: false, failed_reads: 0, failing_for_ms: 0, error: null },
+            },
             redis: redisInfo,
+            committee_directory: committees.stats(),
+            memory: memoryReport(),
             node: nodeId,
             cluster: {
               nodes: nodes.length || 1,
@@ -166,14 +201,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       routes,
       position,
       ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
-      delivery: (app) =>
+      delivery: (app, sockets) =>
         createDelivery({
           publisher: (publisher = app),
-          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false) },
+          sockets,
+          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
           pool,
           ring,
-          electionOf: committees.electionOf,
+          electionOf: committees.cached,
           maxBuffered: config.MAX_BACKPRESSURE_BYTES,
+          maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
           metrics,
           log,
         }),
@@ -210,7 +247,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
       onEvents: (events) => {
         server.delivery.publish(events);
-        const elections = new Set<number>();
+        const elections = new Set<Id>();
         for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
         if (elections.size > 0) {
           cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
@@ -273,12 +310,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push(['listen socket', () => server.stopAccepting()]);
     ready = true;
     releasers.push(['readiness', () => void (ready = false)]);
-    log.info({ port, host: config.HOST }, 'hub listening');
+    log.info({ port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST }, 'hub listening');
 
+    // A URL for this machine: wildcard binds are reached on loopback; IPv6 literals need brackets.
+    const local = (host: string) => (host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host);
     let stopping: Promise<void> | undefined;
     return {
       port,
-      url: `http://${config.HOST === '0.0.0.0' ? '127.0.0.1' : config.HOST}:${port}`,
+      url: `http://${local(config.HOST)}:${port}`,
+      metricsPort: metricsServer.port,
+      metricsUrl: `http://${local(config.METRICS_HOST)}:${metricsServer.port}`,
       metrics,
       log,
       cursor: () => {

@@ -3,12 +3,24 @@ import { describe, expect, it } from 'vitest';
 import { ASYNCAPI_PATH, generateAsyncApi, renderAsyncApi } from '../scripts/asyncapi.ts';
 import { ClientFrame, ControlFrame, RowEventType } from '../src/events/schema.ts';
 
+type Schema = { title?: string; type?: string; properties?: Record<string, { const?: unknown; enum?: unknown[] }> };
 type Doc = {
   asyncapi: string;
   channels: Record<string, { address: string; messages: Record<string, { $ref: string }> }>;
   operations: Record<string, { action: string; messages: Array<{ $ref: string }>; reply?: { messages: Array<{ $ref: string }> } }>;
-  components: { messages: Record<string, { payload?: { type?: string; properties?: Record<string, { const?: unknown; enum?: unknown[] }> } }>; securitySchemes: Record<string, { type: string; in?: string; name?: string }> };
+  components: {
+    schemas: Record<string, Schema>;
+    messages: Record<string, { payload?: { $ref?: string } }>;
+    securitySchemes: Record<string, { type: string; in?: string; name?: string }>;
+  };
   servers: Record<string, { security: Array<{ $ref: string }> }>;
+};
+
+/** A message's payload schema: every payload is a named schema under components.schemas. */
+const payloadOf = (doc: Doc, message: string): Schema | undefined => {
+  const ref = doc.components.messages[message]?.payload?.$ref ?? '';
+  expect(ref, message).toMatch(/^#\/components\/schemas\/[A-Z][A-Za-z]+$/);
+  return doc.components.schemas[ref.split('/').at(-1) ?? ''];
 };
 
 describe('docs/asyncapi.json', () => {
@@ -22,11 +34,14 @@ describe('docs/asyncapi.json', () => {
     expect(doc.channels.ws?.address).toBe('/ws');
     const messages = Object.entries(doc.components.messages);
     expect(messages.length).toBeGreaterThan(0);
-    for (const [name, m] of messages) {
-      expect(m.payload, name).toBeTypeOf('object');
-      expect(m.payload?.type, name).toBe('object');
-      expect(m.payload?.properties?.type, name).toBeDefined();
+    for (const [name] of messages) {
+      const payload = payloadOf(doc, name);
+      expect(payload, name).toBeTypeOf('object');
+      expect(payload?.type, name).toBe('object');
+      expect(payload?.properties?.type, name).toBeDefined();
     }
+    // Every schema is named (code generators name their models after it).
+    for (const [id, schema] of Object.entries(doc.components.schemas)) expect(schema.title, id).toBe(id);
   });
 
   it('describes every frame type of the protocol, in both directions', () => {
@@ -37,7 +52,7 @@ describe('docs/asyncapi.json', () => {
     expect(names.sort()).toEqual([...client, ...control, ...RowEventType.options, 'app_event'].sort());
     // Each message's `type` is pinned to its name (application events excepted: their type is free).
     for (const name of names.filter((n) => n !== 'app_event')) {
-      expect(doc.components.messages[name]?.payload?.properties?.type?.const, name).toBe(name);
+      expect(payloadOf(doc, name)?.properties?.type?.const, name).toBe(name);
     }
     // The channel lists every message; every operation's message is one of the channel's.
     expect(Object.keys(doc.channels.ws?.messages ?? {}).sort()).toEqual([...names].sort());

@@ -56,7 +56,7 @@ describe('WebSocket authentication happens before the upgrade', () => {
     const rs = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'RS256' }).setSubject('x').setAudience('dashboards').setExpirationTime('1h')
       .sign(await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), 'RS256'));
     expect(await status({ token: rs })).toBe(401);
-    const metrics = await (await fetch(`${hub.url}/metrics`)).text();
+    const metrics = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
     for (const reason of ['missing', 'bad_signature', 'expired', 'bad_audience', 'malformed', 'bad_algorithm']) {
       expect(metrics).toMatch(new RegExp(`hub_auth_failures_total\\{reason="${reason}"\\} [1-9]`));
     }
@@ -101,7 +101,7 @@ describe('HTTP routes', () => {
   });
 
   it('/metrics counts connections as sockets open and close', async () => {
-    const gauge = async () => Number(/^hub_connections (\d+)/m.exec(await (await fetch(`${hub.url}/metrics`)).text())?.[1]);
+    const gauge = async () => Number(/^hub_connections (\d+)/m.exec(await (await fetch(`${hub.metricsUrl}/metrics`)).text())?.[1]);
     const t = await token({ sub: 'counted', elections: [e1], audience: 'dashboards' });
     const base = await gauge();
     const cs = await Promise.all([1, 2, 3].map(() => connect(hub, { token: t })));

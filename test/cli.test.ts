@@ -1,7 +1,14 @@
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeJwt } from 'jose';
 import { createTestDatabase, type TestDatabase } from './support/db.ts';
+import { migrate } from '../src/db/migrate.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
 
 let db: TestDatabase;
 const run = (args: string[], env: Record<string, string | undefined>) =>
@@ -28,7 +35,7 @@ const schemaFingerprint = async () =>
 
 describe('election-hub CLI', () => {
   it('migrate is idempotent: a second run changes nothing', async () => {
-    // createTestDatabase already migrated once; run the command twice more.
+    // createTestDatabase already migrated once (with the reference schema); run the command twice more.
     const before = await schemaFingerprint();
     const first = run(['migrate'], { DATABASE_URL: db.url });
     expect(first.status).toBe(0);
@@ -38,15 +45,101 @@ describe('election-hub CLI', () => {
     expect(await schemaFingerprint()).toBe(before);
   });
 
-  it('migrate applies everything to an empty database', async () => {
-    await db.pool.query('DROP SCHEMA hub CASCADE; DROP TABLE votes, attendance, guarantees, committees, elections');
-    const r = run(['migrate'], { DATABASE_URL: db.url });
+  it('migrate --reference-schema is idempotent too', async () => {
+    const before = await schemaFingerprint();
+    const r = run(['migrate', '--reference-schema'], { DATABASE_URL: db.url });
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/applied 001_reference_schema\.sql, 002_hub_outbox\.sql, 003_watch_reference\.sql/);
-    const watched = await db.pool.query<{ kind: string }>('SELECT kind FROM hub.watched ORDER BY kind');
-    expect(watched.rows.map((r) => r.kind)).toEqual(['attendance', 'guarantee', 'vote']);
+    expect(r.stdout).toMatch(/nothing to apply/);
+    expect(await schemaFingerprint()).toBe(before);
+  });
+});
+
+// CONTRACT section 1: `migrate` applies only the hub schema; the reference schema is the demo's and the tests'.
+describe('election-hub migrate on a production database', () => {
+  const dbs: TestDatabase[] = [];
+  const fresh = async () => {
+    const d = await createTestDatabase('hub_cli_prod', { schema: 'none' });
+    dbs.push(d);
+    return d;
+  };
+  afterAll(async () => {
+    for (const d of dbs) await d.drop();
+  });
+  const publicTables = async (d: TestDatabase) =>
+    (await d.pool.query<{ t: string }>(`SELECT table_name t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`)).rows.map((r) => r.t);
+  const triggersOn = async (d: TestDatabase, table: string) =>
+    (await d.pool.query<{ t: string }>(`SELECT tgname t FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal ORDER BY 1`, [table])).rows.map((r) => r.t);
+  const applied = (stdout: string) => /^applied (.*) to /m.exec(stdout)?.[1]?.split(', ') ?? [];
+
+  it('on an empty database creates the hub schema and no application table', async () => {
+    const d = await fresh();
+    const r = run(['migrate'], { DATABASE_URL: d.url });
+    expect(r.status, r.stderr).toBe(0);
+    expect(applied(r.stdout)).toContain('002_hub_outbox.sql');
+    expect(applied(r.stdout).filter((f) => /reference/.test(f))).toEqual([]);
+    expect(await publicTables(d)).toEqual([]);
+    expect((await d.pool.query('SELECT 1 FROM hub.watched')).rowCount).toBe(0);
+    expect((await d.pool.query(`SELECT to_regproc('hub.watch') IS NOT NULL AS ok`)).rows[0]).toEqual({ ok: true });
   });
 
+  it('installs no trigger on an existing table called guarantees (nor attendance, votes)', async () => {
+    const d = await fresh();
+    // The application's own tables, which merely share the reference names.
+    await d.pool.query(`CREATE TABLE guarantees (id bigint PRIMARY KEY, election_id bigint, committee_id bigint, pledge text);
+      CREATE TABLE votes (id bigint PRIMARY KEY, election_id bigint, committee_id bigint, n int)`);
+    const r = run(['migrate'], { DATABASE_URL: d.url });
+    expect(r.status, r.stderr).toBe(0);
+    expect(await triggersOn(d, 'guarantees')).toEqual([]);
+    expect(await triggersOn(d, 'votes')).toEqual([]);
+    expect(await publicTables(d)).toEqual(['guarantees', 'votes']);
+    await d.pool.query(`INSERT INTO guarantees VALUES (1, 1, 1, 'x')`);
+    expect((await d.pool.query('SELECT 1 FROM hub.outbox')).rowCount).toBe(0);
+
+    // Asked for explicitly, the reference schema does watch them.
+    const ref = run(['migrate', '--reference-schema'], { DATABASE_URL: d.url });
+    expect(ref.status, ref.stderr).toBe(0);
+    expect(applied(ref.stdout)).toEqual(['001_reference_schema.sql', '003_watch_reference.sql']);
+    expect(await triggersOn(d, 'guarantees')).toEqual(['hub_capture_delete', 'hub_capture_insert', 'hub_capture_update']);
+  });
+
+  it('--reference-schema on an empty database creates the reference tables, watched, after the hub schema', async () => {
+    const d = await fresh();
+    const r = run(['migrate', '--reference-schema'], { DATABASE_URL: d.url });
+    expect(r.status, r.stderr).toBe(0);
+    const files = applied(r.stdout);
+    expect(files.slice(-2)).toEqual(['001_reference_schema.sql', '003_watch_reference.sql']);
+    expect(files.indexOf('002_hub_outbox.sql')).toBe(0);
+    expect(await publicTables(d)).toEqual(['attendance', 'committees', 'elections', 'guarantees', 'votes']);
+    const watched = await d.pool.query<{ kind: string }>('SELECT kind FROM hub.watched ORDER BY kind');
+    expect(watched.rows.map((w) => w.kind)).toEqual(['attendance', 'guarantee', 'vote']);
+  });
+
+  it('keeps an installation migrated before the split working: nothing re-applied, nothing refused', async () => {
+    const d = await fresh();
+    // The old layout: every file in one folder, applied in name order (001 reference, 002 hub, 003 watches).
+    const flat = mkdtempSync(path.join(tmpdir(), 'hub-sql-flat-'));
+    try {
+      for (const f of ['reference/001_reference_schema.sql', '002_hub_outbox.sql', 'reference/003_watch_reference.sql']) {
+        copyFileSync(path.join(root, 'sql', f), path.join(flat, path.basename(f)));
+      }
+      expect((await migrate(d.url, { dir: flat })).applied).toEqual(['001_reference_schema.sql', '002_hub_outbox.sql', '003_watch_reference.sql']);
+    } finally {
+      rmSync(flat, { recursive: true, force: true });
+    }
+    const before = await triggersOn(d, 'guarantees');
+    expect(before).toHaveLength(3);
+    for (const args of [['migrate'], ['migrate', '--reference-schema']]) {
+      const r = run(args, { DATABASE_URL: d.url });
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      // Hub migrations added since may apply; the recorded reference files are never re-run.
+      expect(applied(r.stdout).filter((f) => ['001_reference_schema.sql', '002_hub_outbox.sql', '003_watch_reference.sql'].includes(f))).toEqual([]);
+    }
+    expect(await triggersOn(d, 'guarantees')).toEqual(before);
+    expect(await publicTables(d)).toEqual(['attendance', 'committees', 'elections', 'guarantees', 'votes']);
+  });
+});
+
+describe('election-hub CLI commands', () => {
   it('bad configuration exits 2 before listening, listing every offending variable', () => {
     const r = run(['serve'], { DATABASE_URL: 'mysql://nope', JWT_SECRET: 'short', PORT: 'eighty', MAX_PAYLOAD_BYTES: '-1', LOG_LEVEL: 'loud' });
     expect(r.status).toBe(2);
@@ -56,6 +149,11 @@ describe('election-hub CLI', () => {
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/DATABASE_URL: required/);
     expect(missing.stderr).toMatch(/one key source is required/);
+    // Metrics have their own listener: on the public port they would be public.
+    const same = run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), PORT: '9000', METRICS_PORT: '9000' });
+    expect(same.status).toBe(2);
+    expect(same.stderr).toMatch(/METRICS_PORT: must differ from PORT \(9000\)/);
+    expect(run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), METRICS_PORT: '70000' }).stderr).toMatch(/METRICS_PORT/);
   });
 
   it('token prints an HS256 token with the requested claims', () => {

@@ -104,7 +104,7 @@ describe('client SDK against a real hub', () => {
     const hub = await startHub();
     const jwt = await token({ sub: 'viewer-a', elections: [e1] });
     const { client, events, states } = open({ url: wsUrl(hub), token: async () => jwt });
-    const guarantees: Array<{ action: string; committee: number | null; cursor: string }> = [];
+    const guarantees: Array<{ action: string; committee: number | string | null; cursor: string }> = [];
     client.on('guarantee_update', (f) => guarantees.push({ action: f.action, committee: f.committee_id, cursor: f.cursor }));
     await waitUntil(() => client.state() === 'open', 10_000, 'open');
     expect(states[0]?.[0]).toBe('open');

@@ -70,10 +70,11 @@ describe('npm run demo', () => {
   it('starts everything on embedded PostgreSQL, streams changes and stops cleanly on SIGTERM', async () => {
     // As CI would: the repository root, the command `npm run demo` runs (`node
     // bin/election-hub.mjs demo`, spawned directly so SIGTERM reaches it without npm's signal
-    // re-raising in between), PORT=0; DATABASE_URL/REDIS_URL from the environment must be ignored.
+    // re-raising in between), PORT=0 and METRICS_PORT=0; DATABASE_URL/REDIS_URL from the
+    // environment must be ignored.
     child = spawn(process.execPath, ['bin/election-hub.mjs', 'demo'], {
       cwd: ROOT,
-      env: { ...process.env, PORT: '0', DEMO_DATA_DIR: dataDir, JWT_SECRET: '' },
+      env: { ...process.env, PORT: '0', METRICS_PORT: '0', DEMO_DATA_DIR: dataDir, JWT_SECRET: '' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const proc = child;
@@ -110,6 +111,12 @@ describe('npm run demo', () => {
     expect(snap.status).toBe(200);
     expect(snap.body.committees).toHaveLength(6);
     expect((await getJson<{ redis: { configured: boolean } }>(`${base}/admin/health`, admin)).body.redis.configured).toBe(false);
+
+    // Metrics on their own loopback listener, as printed; not on the public port.
+    const metricsUrl = /^metrics: (http:\/\/127\.0\.0\.1:\d+\/metrics)/m.exec(output)?.[1];
+    expect(metricsUrl, output).toBeDefined();
+    expect(await (await fetch(metricsUrl ?? '')).text()).toMatch(/^hub_listener_connected 1$/m);
+    expect((await fetch(`${base}/metrics`)).status).toBe(404);
 
     // Row events from the simulator stream to an admin socket.
     const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, [`bearer.${admin}`]);

@@ -64,7 +64,7 @@ describe('token matrix with an RS256 public key and issuer/audience: each refuse
         const res = await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${t}` } });
         expect({ name, status: res.status }).toEqual({ name, status: 401 });
       }
-      const metrics = await (await fetch(`${hub.url}/metrics`)).text();
+      const metrics = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
       for (const reason of ['malformed', 'bad_signature', 'bad_algorithm', 'bad_audience', 'bad_issuer', 'not_yet_valid', 'expired', 'bad_claims']) {
         expect({ reason, counted: new RegExp(`hub_auth_failures_total\\{reason="${reason}"\\} [1-9]`).test(metrics) }).toEqual({ reason, counted: true });
       }
@@ -107,7 +107,7 @@ describe('token matrix with an RS256 public key and issuer/audience: each refuse
       const before = fetches;
       for (let i = 0; i < 5; i++) await upgradeStatus(hub, { token: await sign(privateKey, 'RS256', { sub: 'j', elections: [e1] }, { kid: 'k1' }) });
       expect(fetches - before).toBeLessThanOrEqual(1);
-      expect(await (await fetch(`${hub.url}/metrics`)).text()).toMatch(/hub_auth_failures_total\{reason="unknown_key"\} [1-9]/);
+      expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/hub_auth_failures_total\{reason="unknown_key"\} [1-9]/);
     } finally {
       await hub.stop();
       await new Promise((r) => server.close(r));
@@ -223,7 +223,7 @@ describe('faults', () => {
     }
   }, 60_000);
 
-  it('PostgreSQL unreachable: /ready is 503 with the reason; the hub reconnects by itself and catches up', async () => {
+  it('PostgreSQL unreachable: /ready is 503 with the reason class; the hub reconnects by itself and catches up', async () => {
     const hub = await startTestHub(db.url);
     const admin = await token({ sub: 'ops2', role: 'admin' });
     const c = await connect(hub, { token: admin });
@@ -236,8 +236,8 @@ describe('faults', () => {
       await root.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'election-hub%'`, [name]);
       await waitUntil(async () => (await fetch(`${hub.url}/ready`)).status === 503, 10_000, '/ready 503');
       const body = (await (await fetch(`${hub.url}/ready`)).json()) as { reason: string };
-      expect(body.reason).toMatch(/listener/);
-      expect(await (await fetch(`${hub.url}/metrics`)).text()).toMatch(/^hub_listener_connected 0$/m);
+      expect(body).toEqual({ status: 'unavailable', reason: 'database' });
+      expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/^hub_listener_connected 0$/m);
       // Writes made while the hub cannot read (through a connection opened before the lock-out).
       await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 20)`, [e1, c1]).catch(() => undefined);
       await root.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);

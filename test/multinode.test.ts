@@ -29,7 +29,13 @@ const open = async (hub: { port: number }, opts: Parameters<typeof connect>[1]) 
 const cursors = (fs: Frame[]) => fs.map((f) => String(f.cursor));
 const computations = async (hs: Hub[]) => {
   let n = 0;
-  for (const h of hs) n += Number(/^hub_dashboard_computations_total (\d+)/m.exec(await (await fetch(`${h.url}/metrics`)).text())?.[1] ?? 0);
+  for (const h of hs) {
+    // One series per reason: add them up.
+    const text = await (await fetch(`${h.metricsUrl}/metrics`)).text();
+    const series = [...text.matchAll(/^hub_dashboard_computations_total\{[^}]*\} (\d+)/gm)];
+    if (series.length === 0) throw new Error('no hub_dashboard_computations_total series in the scrape');
+    for (const m of series) n += Number(m[1]);
+  }
   return n;
 };
 
@@ -110,7 +116,7 @@ describe('several hubs on one database and one Redis', () => {
 
     // A separate hub process holds both of another sub's slots, then dies without cleanup.
     const child = spawn(process.execPath, ['bin/election-hub.mjs', 'serve'], {
-      env: { ...process.env, ...env(), DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', REDIS_PREFIX: redisPrefix(db.url), LOG_LEVEL: 'info' },
+      env: { ...process.env, ...env(), DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', REDIS_PREFIX: redisPrefix(db.url), LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     try {

@@ -1,4 +1,5 @@
 // Structure of the operations files (compose, Dockerfile, Prometheus, Grafana): pure, no services.
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +21,7 @@ const CONTRACT_VARIABLES = new Set([
   'DATABASE_URL', 'REDIS_URL', 'PORT', 'HOST', 'JWT_SECRET', 'JWT_PUBLIC_KEY', 'JWKS_URL',
   'JWT_ISSUER', 'JWT_AUDIENCE', 'ALLOWED_ORIGINS', 'DASHBOARD_CACHE_KEYS',
   'MAX_CONNECTIONS_PER_SUB', 'MAX_PAYLOAD_BYTES', 'MAX_BACKPRESSURE_BYTES', 'LOG_LEVEL',
+  'METRICS_PORT', 'METRICS_HOST',
 ]);
 
 /** The names the hub exports (issue "Operations"), besides prom-client's default process_/nodejs_ metrics. */
@@ -30,7 +32,7 @@ const HUB_METRICS = new Set([
   'hub_event_delivery_lag_seconds_sum', 'hub_event_delivery_lag_seconds_count',
   'hub_auth_failures_total', 'hub_listener_connected', 'hub_dashboard_cache_requests_total',
   'hub_slow_reader_closes_total', 'hub_outbox_backlog_events', 'hub_outbox_oldest_pending_age_seconds',
-  'hub_dashboard_computations_total',
+  'hub_dashboard_computations_total', 'hub_dashboard_drift_total', 'hub_bytes_sent_total',
 ]);
 
 type Service = {
@@ -72,6 +74,40 @@ function dependsOn(service: Service): Record<string, string> {
 describe('docker-compose.yml', () => {
   const compose = readYaml('docker-compose.yml') as { services: Record<string, Service> };
   const { services } = compose;
+
+  it('is a file docker-compose 1.29 (Debian 12) accepts: only the top-level keys it knows', () => {
+    // 1.29 refuses anything else at the top level, `name:` included ("'name' does not match any of the regexes: '^x-'").
+    const known = new Set(['version', 'services', 'networks', 'volumes', 'secrets', 'configs']);
+    expect(Object.keys(compose).filter((k) => !known.has(k) && !k.startsWith('x-'))).toEqual([]);
+  });
+
+  // The real check where Debian's docker-compose is installed (.ci/run installs it).
+  const compose129 = spawnSync('docker-compose', ['version', '--short'], { encoding: 'utf8' }).status === 0;
+  it.skipIf(!compose129 && !process.env.CI)('passes `docker-compose config` (1.29)', () => {
+    expect(compose129, 'docker-compose is not installed').toBe(true);
+    const r = spawnSync('docker-compose', ['-f', join(root, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8', env: { PATH: process.env.PATH } });
+    expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
+    expect(r.status).toBe(0);
+  });
+
+  it('publishes only the hub on all interfaces; the unauthenticated services on 127.0.0.1', () => {
+    for (const [name, s] of Object.entries(services)) {
+      for (const port of s.ports ?? []) {
+        if (name === 'hub') expect(port, name).toBe('8080:8080');
+        else expect(port, `${name} publishes ${port}`).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+      }
+    }
+  });
+
+  it('keeps the hub metrics off the published ports, and Prometheus scrapes them', () => {
+    const env = environment(service('hub'));
+    const port = env.get('METRICS_PORT') ?? '9464';
+    expect(service('hub').ports?.some((p) => p.endsWith(`:${port}`))).toBe(false);
+    // Inside the container it must listen beyond loopback for Prometheus to reach it.
+    expect(env.get('METRICS_HOST')).toBe('0.0.0.0');
+    const prom = readYaml('prometheus/prometheus.yml') as { scrape_configs: { static_configs: { targets: string[] }[] }[] };
+    expect(prom.scrape_configs.flatMap((j) => j.static_configs.flatMap((c) => c.targets))).toEqual([`hub:${port}`]);
+  });
   const service = (name: string): Service => {
     const s = services[name];
     if (!s) throw new Error(`no service ${name}`);
@@ -114,13 +150,13 @@ describe('docker-compose.yml', () => {
   it('provides the databases the tests default to (CONTRACT section 8)', () => {
     const pg = service('postgres');
     expect(pg.image).toMatch(/^postgres:15/);
-    expect(pg.ports).toContain('5432:5432');
+    expect(pg.ports).toContain('127.0.0.1:5432:5432');
     expect(JSON.stringify(pg.healthcheck?.test)).toContain('pg_isready');
     // `postgres://postgres@127.0.0.1:5432/postgres` has no password: trust must be on.
     expect(environment(pg).get('POSTGRES_HOST_AUTH_METHOD')).toBe('trust');
     const redis = service('redis');
     expect(redis.image).toMatch(/^redis:7/);
-    expect(redis.ports).toContain('6379:6379');
+    expect(redis.ports).toContain('127.0.0.1:6379:6379');
   });
 
   it('mounts the Prometheus and Grafana files that exist in the repo', () => {
@@ -134,7 +170,7 @@ describe('docker-compose.yml', () => {
     const grafanaEnv = environment(service('grafana'));
     expect(grafanaEnv.get('GF_AUTH_ANONYMOUS_ENABLED')).toBe('true');
     expect(grafanaEnv.get('GF_AUTH_ANONYMOUS_ORG_ROLE')).toBe('Viewer');
-    expect(service('grafana').ports).toContain('3000:3000');
+    expect(service('grafana').ports).toContain('127.0.0.1:3000:3000');
   });
 });
 
@@ -174,13 +210,13 @@ describe('Dockerfile', () => {
 });
 
 describe('Prometheus', () => {
-  it('scrapes the hub every 5s and loads alerts.yml', () => {
+  it('scrapes the hub\'s metrics listener every 5s and loads alerts.yml', () => {
     const config = readYaml('prometheus/prometheus.yml') as {
       rule_files: string[];
       scrape_configs: { scrape_interval: string; metrics_path?: string; static_configs: { targets: string[] }[] }[];
     };
     expect(config.rule_files).toContain('alerts.yml');
-    const job = config.scrape_configs.find((j) => j.static_configs.some((s) => s.targets.includes('hub:8080')));
+    const job = config.scrape_configs.find((j) => j.static_configs.some((s) => s.targets.includes('hub:9464')));
     expect(job?.scrape_interval).toBe('5s');
     expect(job?.metrics_path ?? '/metrics').toBe('/metrics');
   });
@@ -258,6 +294,7 @@ describe('Grafana', () => {
       'hub_dashboard_cache_requests_total{result="hit"', 'hub_outbox_backlog_events',
       'hub_outbox_oldest_pending_age_seconds', 'process_resident_memory_bytes',
       'nodejs_eventloop_lag_p99_seconds', 'nodejs_heap_size_used_bytes',
+      'hub_bytes_sent_total', 'hub_dashboard_computations_total', 'hub_dashboard_drift_total',
     ]) {
       expect(exprs, name).toContain(name);
     }

@@ -165,7 +165,7 @@ describe('lossless, ordered delivery', () => {
     await db.pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, $2, repeat('x', 2000) || g FROM generate_series(1, 10000) g`, [e1, c1]);
     const fastEvents = await eventsReceived(fast, 10_000, 60_000);
     expect(fastEvents).toHaveLength(10_000);
-    await waitUntil(async () => /hub_slow_reader_closes_total [1-9]/.test(await (await fetch(`${hub.url}/metrics`)).text()), 10_000, 'a 4008 close');
+    await waitUntil(async () => /hub_slow_reader_closes_total\{cause="socket_limit"\} [1-9]/.test(await (await fetch(`${hub.metricsUrl}/metrics`)).text()), 10_000, 'a 4008 close');
     raw.resume();
     const closed = await slow.closed;
     expect(closed.code).toBe(4008);

@@ -74,7 +74,7 @@ async function inBatches<T>(items: T[], size: number, fn: (t: T) => Promise<void
   for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(fn));
 }
 
-const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(await (await fetch(`${hub.url}/metrics`)).text())?.[1]);
+const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(await (await fetch(`${hub.metricsUrl}/metrics`)).text())?.[1]);
 
 it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes go on; every client ends complete; memory returns near baseline`, async () => {
   const tokens = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => token({ sub: `storm-${i}`, elections: [e1] })));
@@ -118,7 +118,7 @@ it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes g
 
   for (const c of clients) c.done = true;
   for (const c of clients) c.ws?.close();
-  await waitUntil(async () => /^hub_connections 0$/m.test(await (await fetch(`${hub.url}/metrics`)).text()), 20_000, 'all closed');
+  await waitUntil(async () => /^hub_connections 0$/m.test(await (await fetch(`${hub.metricsUrl}/metrics`)).text()), 20_000, 'all closed');
   // Memory back near the baseline (which had all 5 000 sockets open): nothing retained per storm.
   let after = await heapUsed();
   await waitUntil(async () => (after = await heapUsed()) < baseline * 1.5 + 32e6, 20_000, `heap back near baseline (${after})`);

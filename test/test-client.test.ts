@@ -42,6 +42,8 @@ it('a socket dropped right after the upgrade is opened again, as a real client w
 
 it('waiting for a frame on a socket that closed fails at once with the close code', async () => {
   const c = await connect({ port }, { query: 'close=4001' });
-  await expect(c.next((f) => f.type === 'subscribed', 60_000)).rejects.toThrow(/socket closed with 4001 \(token expired\); 1 frames/);
+  await expect(c.next((f) => f.type === 'subscribed', 60_000)).rejects.toThrow(
+    /socket closed with 4001 \(token expired\); 1 frames/,
+  );
   expect((await c.closed).code).toBe(4001);
 }, 20_000);

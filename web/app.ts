@@ -1,9 +1,9 @@
 // The live dashboard page: plain DOM, no framework. Data comes from ./live.ts; this file only
 // keeps the latest snapshot per election and draws it.
-import { type CommitteeCounts, type Counts, type LinkState, type RowEvent, type Snapshot, startLive } from './live.ts';
+import { type CommitteeCounts, type Counts, type Id, type LinkState, type RowEvent, type Snapshot, compareIds, idOf, startLive } from './live.ts';
 
-type Directory = { elections: Array<{ id: number; name: string; committees?: Array<{ id: number; name: string }> }> };
-type Election = { id: number; name: string; committeeNames: Map<number, string>; snapshot: Snapshot | undefined; feed: RowEvent[] };
+type Directory = { elections: Array<{ id: Id; name: string; committees?: Array<{ id: Id; name: string }> }> };
+type Election = { id: Id; name: string; committeeNames: Map<Id, string>; snapshot: Snapshot | undefined; feed: RowEvent[] };
 
 const FIELDS = ['guarantees', 'attendance', 'votes'] as const;
 type Field = (typeof FIELDS)[number];
@@ -46,12 +46,12 @@ function setFragment(update: Record<string, string | undefined>): void {
 }
 
 /** The claims the page needs (the hub verifies the token; this only decides what to show). */
-function claimsOf(token: string): { role?: string; elections: number[] } {
+function claimsOf(token: string): { role?: string; elections: Id[] } {
   try {
     const payload = token.split('.')[1] ?? '';
     const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '='));
     const c = JSON.parse(json) as { role?: unknown; elections?: unknown };
-    const elections = Array.isArray(c.elections) ? c.elections.map(Number).filter((n) => Number.isInteger(n) && n > 0) : [];
+    const elections = Array.isArray(c.elections) ? c.elections.flatMap((x) => idOf(String(x).replace(/^0+(?=.)/, '')) ?? []) : [];
     return { ...(typeof c.role === 'string' ? { role: c.role } : {}), elections };
   } catch {
     return { elections: [] };
@@ -72,11 +72,11 @@ function directory(): Directory {
 
 // ---- state ---------------------------------------------------------------------------------
 
-const elections = new Map<number, Election>();
-let selected: number | undefined;
+const elections = new Map<Id, Election>();
+let selected: Id | undefined;
 const recent: number[] = []; // receive times of row events, for the changes/min figure
 
-function electionEntry(id: number): Election {
+function electionEntry(id: Id): Election {
   let e = elections.get(id);
   if (!e) {
     e = { id, name: `Election ${id}`, committeeNames: new Map(), snapshot: undefined, feed: [] };
@@ -109,7 +109,7 @@ function setCount(el: HTMLElement, value: number, animate: boolean): void {
 
 function drawElectionTabs(): void {
   const nav = $('elections');
-  const ids = [...elections.keys()].sort((a, b) => a - b);
+  const ids = [...elections.keys()].sort(compareIds);
   // Rebuild only when the set of elections changed; counters are updated in place.
   if (nav.dataset.ids !== ids.join(',')) {
     nav.dataset.ids = ids.join(',');
@@ -132,7 +132,8 @@ function drawElectionTabs(): void {
     );
   }
   for (const tab of nav.querySelectorAll<HTMLElement>('[data-election]')) {
-    const e = elections.get(Number(tab.dataset.election));
+    const id = idOf(tab.dataset.election ?? '');
+    const e = id === undefined ? undefined : elections.get(id);
     tab.setAttribute('aria-selected', String(e?.id === selected));
     if (!e?.snapshot) continue;
     for (const f of FIELDS) {
@@ -180,7 +181,7 @@ function drawSelected(animate: boolean): void {
   );
 
   const grid = $('committees');
-  const ids = [...snap.committees].sort((a, b) => a.committee_id - b.committee_id);
+  const ids = [...snap.committees].sort((a, b) => compareIds(a.committee_id, b.committee_id));
   const key = `${e.id}:${ids.map((c) => c.committee_id).join(',')}`;
   if (grid.dataset.key !== key) {
     grid.dataset.key = key;
@@ -276,7 +277,7 @@ function drawState(state: LinkState, detail: string): void {
   if (state === 'resynced') settleTimer = setTimeout(() => drawState('connected', 'live'), 4000);
 }
 
-function select(id: number): void {
+function select(id: Id): void {
   if (!elections.has(id)) return;
   selected = id;
   setFragment({ election: String(id) });
@@ -316,12 +317,12 @@ function start(token: string): void {
     e.name = d.name;
     for (const c of d.committees ?? []) e.committeeNames.set(c.id, c.name);
   }
-  const fromFragment = (fragment().get('elections') ?? '').split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0);
+  const fromFragment = (fragment().get('elections') ?? '').split(',').flatMap((t) => idOf(t) ?? []);
   for (const id of [...fromFragment, ...claims.elections]) electionEntry(id);
   const admin = claims.role === 'admin';
 
-  const wanted = Number(fragment().get('election'));
-  const first = elections.has(wanted) ? wanted : [...elections.keys()].sort((a, b) => a - b)[0];
+  const wanted = idOf(fragment().get('election') ?? '');
+  const first = wanted !== undefined && elections.has(wanted) ? wanted : [...elections.keys()].sort(compareIds)[0];
 
   const live = startLive({
     origin: location.origin,
@@ -359,8 +360,8 @@ function start(token: string): void {
     $('empty').hidden = false;
     $('open-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
-      const id = Number($<HTMLInputElement>('election-input').value);
-      if (Number.isInteger(id) && id > 0) {
+      const id = idOf($<HTMLInputElement>('election-input').value.trim());
+      if (id !== undefined) {
         electionEntry(id);
         live.watch(id);
         select(id);

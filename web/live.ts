@@ -17,6 +17,20 @@ export type Snapshot = DashboardSnapshot;
 export type Counts = DashboardSnapshot['totals'];
 export type CommitteeCounts = DashboardSnapshot['committees'][number];
 
+/** An id as the hub writes it: a JSON number when it is a safe integer, else its exact decimal string. */
+export type Id = number | string;
+/** The id a text names (one spelling: no leading zeros), in the form the hub's frames use. */
+export function idOf(text: string): Id | undefined {
+  if (!/^[1-9][0-9]{0,18}$/.test(text) || (text.length === 19 && text > '9223372036854775807')) return undefined;
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : text;
+}
+export const compareIds = (a: Id, b: Id): number => {
+  const x = BigInt(a);
+  const y = BigInt(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+
 /** connecting: first attempt; reconnecting: lost, trying again; resynced: caught up after a loss. */
 export type LinkState = 'connecting' | 'connected' | 'reconnecting' | 'resynced';
 
@@ -24,7 +38,7 @@ export type LiveOptions = {
   /** Where the hub is, e.g. `location.origin` (the page is served by the hub itself). */
   origin: string;
   token: string;
-  elections: number[];
+  elections: Id[];
   /** Learn elections from `election:*` (admin tokens): any election that changes gets shown. */
   discover: boolean;
   onSnapshot(snapshot: Snapshot, source: 'snapshot' | 'update'): void;
@@ -33,10 +47,10 @@ export type LiveOptions = {
   /** The token was refused (401/403) or expired: reconnecting cannot help. */
   onFatal(message: string): void;
   /** An election seen for the first time (through `discover` or `watch`). */
-  onElection?(electionId: number): void;
+  onElection?(electionId: Id): void;
 };
 
-export type Live = { watch(electionId: number): void; close(): void };
+export type Live = { watch(electionId: Id): void; close(): void };
 
 const ROW_TYPES = new Set(['guarantee_update', 'attendance_update', 'voting_update']);
 
@@ -46,8 +60,8 @@ const message = (err: unknown) => (err instanceof Error ? err.message : String(e
 
 /** Starts following `opts.elections`; snapshots first, so the socket resumes from them. */
 export function startLive(opts: LiveOptions): Live {
-  const current = new Map<number, Snapshot>();
-  const known = new Set<number>(opts.elections);
+  const current = new Map<Id, Snapshot>();
+  const known = new Set<Id>(opts.elections);
   let closed = false;
   let client: ReturnType<typeof createHubClient> | undefined;
   let retry: ReturnType<typeof setTimeout> | undefined;
@@ -67,7 +81,7 @@ export function startLive(opts: LiveOptions): Live {
     opts.onSnapshot(snap, source);
   };
 
-  const load = async (id: number): Promise<Snapshot | undefined> => {
+  const load = async (id: Id): Promise<Snapshot | undefined> => {
     try {
       return await fetchDashboard({ httpUrl: opts.origin, electionId: id, token: opts.token });
     } catch (err) {
@@ -151,7 +165,7 @@ export function startLive(opts: LiveOptions): Live {
     );
   };
 
-  function watch(id: number): void {
+  function watch(id: Id): void {
     if (known.has(id) || closed) return;
     known.add(id);
     opts.onElection?.(id);

@@ -4,7 +4,7 @@ import { migrate } from '../../src/db/migrate.ts';
 
 export type BenchDatabase = { url: string; name: string; drop(): Promise<void> };
 
-/** A fresh database with the hub's `sql/` applied; `drop` removes it (even with sessions left). */
+/** A fresh database with the hub and the reference schema applied; `drop` removes it (even with sessions left). */
 export async function createBenchDatabase(adminUrl: string): Promise<BenchDatabase> {
   const name = `hub_bench_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminUrl });
@@ -30,7 +30,7 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
     }
   };
   try {
-    await migrate(url);
+    await migrate(url, { referenceSchema: true });
   } catch (err) {
     await drop();
     throw err;

@@ -1,10 +1,27 @@
 import { SignJWT, createRemoteJWKSet, errors, importSPKI, jwtVerify, type JWTVerifyGetKey, type KeyObject } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/index.ts';
-import type { Claims } from '../events/topics.ts';
+import { type Claims, parseId } from '../events/topics.ts';
 import { parseDuration } from '../config/index.ts';
 
-const Id = z.union([z.number().int().positive(), z.string().regex(/^[0-9]{1,15}$/).transform(Number)]);
+/**
+ * An id claim: a positive number that is a safe integer (a larger JSON number has already
+ * been rounded by the time anyone reads it: refused, never taken for its neighbour), or a
+ * decimal string up to the bigint range (leading zeros dropped). Held as the canonical text.
+ */
+const Id = z.union([
+  z
+    .number()
+    .int()
+    .positive()
+    .refine(Number.isSafeInteger, 'ids of 2^53 and above must be strings')
+    .transform(String),
+  z
+    .string()
+    .regex(/^[0-9]{1,40}$/)
+    .transform((s) => parseId(s.replace(/^0+(?=.)/, '')))
+    .refine((id): id is string => id !== undefined && id !== '0', 'not a bigint id'),
+]);
 
 /** Claims are outside input: validated, and never wider than what they name. */
 const ClaimsSchema = z.object({
@@ -12,7 +29,7 @@ const ClaimsSchema = z.object({
   role: z.string().max(64).optional(),
   elections: z.array(Id).max(10_000).optional(),
   committees: z.array(Id).max(10_000).optional(),
-  exp: z.number().optional(),
+  exp: z.number(),
 });
 
 export type AuthResult = { ok: true; claims: Claims } | { ok: false; reason: string };
@@ -40,7 +57,7 @@ function reasonOf(err: unknown): string {
 /**
  * Verifies tokens against the one configured key source, with algorithms pinned to that
  * key's kind: an HS256 token is refused when a public key is configured (algorithm
- * confusion), `none` is never accepted.
+ * confusion), `none` is never accepted. A token must carry `exp` (reason `missing_exp`).
  */
 export async function createAuthenticator(config: Config): Promise<Authenticator> {
   let key: Uint8Array | KeyObject | CryptoKey | JWTVerifyGetKey;
@@ -73,6 +90,9 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
       try {
         const { payload } =
           typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+        // A token without exp would be valid forever, and so would its socket: refused.
+        // (jose has already checked that an exp present is a number and not past.)
+        if (payload.exp === undefined) return { ok: false, reason: 'missing_exp' };
         const parsed = ClaimsSchema.safeParse(payload);
         if (!parsed.success) return { ok: false, reason: 'bad_claims' };
         const c = parsed.data;
@@ -87,7 +107,16 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
   };
 }
 
-export type TokenRequest = { sub: string; role?: string; elections?: number[]; committees?: number[]; ttl?: string; issuer?: string; audience?: string };
+export type TokenRequest = {
+  sub: string;
+  role?: string;
+  /** Ids: numbers (safe integers) or decimal strings (any bigint). */
+  elections?: Array<number | string>;
+  committees?: Array<number | string>;
+  ttl?: string;
+  issuer?: string;
+  audience?: string;
+};
 
 /** Signs an HS256 token (the `token` command; tests). */
 export async function signToken(secret: string, req: TokenRequest): Promise<string> {

@@ -2,26 +2,27 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { DashboardSnapshot } from '../events/schema.ts';
+import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 import { randomBytes } from 'node:crypto';
 import { type Position, ZERO, compare, decodeCursor } from '../db/cursor.ts';
 
 export type DashboardCache = {
   /** A request's snapshot as JSON (serialized once), or null for an unknown election; computed ahead of updates. */
-  get(electionId: number): Promise<string | null>;
+  get(electionId: Id): Promise<string | null>;
   /** A snapshot at least as new as every change seen so far (computed once across nodes). */
-  refresh(electionId: number): Promise<string | null>;
+  refresh(electionId: Id): Promise<string | null>;
   /**
    * Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted.
    * Cheap for any number of elections: O(n) in memory, Redis deletions in bounded chunks.
    */
-  invalidate(electionIds: Iterable<number>, seen: Position): void;
+  invalidate(electionIds: Iterable<Id>, seen: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
 };
 
 export type DashboardCacheOptions = {
-  compute: (electionId: number) => Promise<DashboardSnapshot | null>;
+  compute: (electionId: Id) => Promise<DashboardSnapshot | null>;
   redis: Redis | undefined;
   /** Extra key templates to delete on change, e.g. `dashboard:{election_id}`. */
   extraKeys: readonly string[];
@@ -41,7 +42,7 @@ export type DashboardCacheOptions = {
   /** Keys per Redis DEL. */
   deleteChunk?: number;
   /** Told of every snapshot request (GET /dashboard/{id}): the notifier's "requested recently". */
-  onRequest?: (electionId: number) => void;
+  onRequest?: (electionId: Id) => void;
 };
 
 const NONE = '__none__'; // "no such election", returned as null, never stored
@@ -93,16 +94,16 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
   const maxTracked = opts.maxTracked ?? 10_000;
   const maxLocal = opts.maxLocal ?? 1000;
   const deleteChunk = opts.deleteChunk ?? 500;
-  const local = new Map<number, string>();
+  const local = new Map<Id, string>();
   // In order of the change (reader order: positions only grow), so the first is the oldest.
-  const lastChange = new Map<number, Position>();
+  const lastChange = new Map<Id, Position>();
   let floor: Position = ZERO;
-  const inflight = new Map<number, Promise<string | null>>();
+  const inflight = new Map<Id, Promise<string | null>>();
   const slot = createSlots(opts.concurrency ?? 2);
   const token = randomBytes(8).toString('hex');
   const prefix = opts.prefix ?? 'hub:';
-  const KEY = (id: number) => `${prefix}dashboard:${id}`;
-  const LOCK = (id: number) => `${prefix}dashboard:lock:${id}`;
+  const KEY = (id: Id) => `${prefix}dashboard:${id}`;
+  const LOCK = (id: Id) => `${prefix}dashboard:lock:${id}`;
 
   const redisUp = () => redis !== undefined && redis.status === 'ready';
   const warn = (what: string) => (err: unknown) => {
@@ -110,12 +111,12 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return undefined;
   };
 
-  const read = async (id: number): Promise<string | undefined> => {
+  const read = async (id: Id): Promise<string | undefined> => {
     if (!redis) return local.get(id);
     if (!redisUp()) return undefined;
     return ((await redis.get(KEY(id)).catch(warn('dashboard cache read failed'))) ?? undefined) || undefined;
   };
-  const write = async (id: number, json: string) => {
+  const write = async (id: Id, json: string) => {
     if (!redis) {
       local.delete(id);
       local.set(id, json);
@@ -125,15 +126,15 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       }
     } else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
-  const fresh = (id: number, json: string | undefined): json is string => {
+  const fresh = (id: Id, json: string | undefined): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
     return c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0;
   };
 
-  const computeAndStore = (id: number, urgent: boolean): Promise<string> =>
+  const computeAndStore = (id: Id, urgent: boolean): Promise<string> =>
     slot(urgent, async () => {
-      metrics.dashboardComputations.inc();
+      metrics.dashboardComputations.inc({ reason: lastChange.has(id) ? 'change' : 'first_use' });
       const snap = await opts.compute(id);
       if (!snap) return NONE; // not cached: the election may be created any moment
       const json = JSON.stringify(snap);
@@ -142,7 +143,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     });
 
   /** One computation per burst: locally single-flight, across nodes a short Redis lock. */
-  const obtain = async (id: number, urgent: boolean): Promise<string> => {
+  const obtain = async (id: Id, urgent: boolean): Promise<string> => {
     if (!redis || !redisUp()) return computeAndStore(id, urgent);
     const deadline = Date.now() + lockWaitMs;
     while (Date.now() < deadline) {
@@ -153,7 +154,12 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
         } finally {
           // Release only our own lock.
           await redis
-            .eval(`if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`, 1, LOCK(id), token)
+            .eval(
+              `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`,
+              1,
+              LOCK(id),
+              token,
+            )
             .catch(warn('dashboard unlock failed'));
         }
       }
@@ -165,7 +171,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return computeAndStore(id, urgent);
   };
 
-  const refresh = (id: number, urgent = false): Promise<string | null> => {
+  const refresh = (id: Id, urgent = false): Promise<string | null> => {
     const running = inflight.get(id);
     const p = (running ?? Promise.resolve(undefined)).then(async (prev) => {
       // A computation that began before the latest change may be stale: check, then redo.
@@ -246,7 +252,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
 export function createInterest(opts: { ttlMs: number; max: number; now?: () => number }) {
   const now = opts.now ?? Date.now;
   // In order of the last touch, so expired ones are at the front.
-  const touched = new Map<number, number>();
+  const touched = new Map<Id, number>();
   const expire = (t: number) => {
     for (const [id, at] of touched) {
       if (touched.size <= opts.max && t - at <= opts.ttlMs) break;
@@ -254,13 +260,13 @@ export function createInterest(opts: { ttlMs: number; max: number; now?: () => n
     }
   };
   return {
-    touch(id: number): void {
+    touch(id: Id): void {
       const t = now();
       touched.delete(id);
       touched.set(id, t);
       expire(t);
     },
-    has(id: number): boolean {
+    has(id: Id): boolean {
       const at = touched.get(id);
       if (at === undefined) return false;
       if (now() - at <= opts.ttlMs) return true;
@@ -275,7 +281,7 @@ export type Interest = ReturnType<typeof createInterest>;
 
 export type DashboardNotifier = {
   /** Elections whose data changed: the watched ones get a `dashboard_update`, coalesced per election. */
-  changed(electionIds: Iterable<number>): void;
+  changed(electionIds: Iterable<Id>): void;
   /** Elections waiting for (or in) a computation; for tests and health. */
   pending(): number;
   stop(): void;
@@ -301,25 +307,25 @@ export function createDashboardNotifier(opts: {
   cache: Pick<DashboardCache, 'refresh'>;
   debounceMs: number;
   /** Does somebody on this node receive this election's `dashboard_update`? */
-  watched: (electionId: number) => boolean;
+  watched: (electionId: Id) => boolean;
   /** Resolves true once the reader has delivered every event up to `cursor`, false after a while. */
   delivered: (cursor: Position) => Promise<boolean>;
-  publish: (electionId: number, frame: string) => void;
+  publish: (electionId: Id, frame: string) => void;
   /** Computations in flight for updates (the cache bounds computations overall). */
   concurrency?: number;
   log: Logger;
 }): DashboardNotifier {
   const concurrency = Math.max(1, opts.concurrency ?? 2);
-  const timers = new Map<number, NodeJS.Timeout>(); // debouncing
-  const ready = new Set<number>(); // due, in arrival order
-  const busy = new Set<number>(); // computing, or waiting for the reader
-  const again = new Set<number>(); // changed while busy
-  const lastSent = new Map<number, number>();
+  const timers = new Map<Id, NodeJS.Timeout>(); // debouncing
+  const ready = new Set<Id>(); // due, in arrival order
+  const busy = new Set<Id>(); // computing, or waiting for the reader
+  const again = new Set<Id>(); // changed while busy
+  const lastSent = new Map<Id, number>();
   let computing = 0;
   let pruneAt = 64;
   let stopped = false;
 
-  const schedule = (id: number) => {
+  const schedule = (id: Id) => {
     const since = Date.now() - (lastSent.get(id) ?? 0);
     const delay = Math.max(20, opts.debounceMs - since);
     timers.set(
@@ -333,7 +339,7 @@ export function createDashboardNotifier(opts: {
   };
 
   // Only the last debounce interval matters: older send times are forgotten (amortized O(1)).
-  const sent = (id: number) => {
+  const sent = (id: Id) => {
     const t = Date.now();
     lastSent.delete(id);
     lastSent.set(id, t);
@@ -345,7 +351,7 @@ export function createDashboardNotifier(opts: {
     pruneAt = Math.max(64, lastSent.size * 2);
   };
 
-  const fire = async (id: number) => {
+  const fire = async (id: Id) => {
     busy.add(id);
     computing++;
     let holding = true;
@@ -376,7 +382,7 @@ export function createDashboardNotifier(opts: {
 
   function pump(): void {
     while (!stopped && computing < concurrency && ready.size > 0) {
-      const id = ready.values().next().value as number;
+      const id = ready.values().next().value as Id;
       ready.delete(id);
       void fire(id);
     }

@@ -55,6 +55,9 @@ const envSchema = z
     REDIS_URL: url(['redis:', 'rediss:']).optional(),
     PORT: int(0, 65535).default(8080),
     HOST: z.string().min(1).default('0.0.0.0'),
+    // Prometheus listener: loopback by default; never the public port (which answers 404 for /metrics).
+    METRICS_PORT: int(0, 65535).default(9464),
+    METRICS_HOST: z.string().min(1).default('127.0.0.1'),
     JWT_SECRET: z
       .string()
       .refine((s) => Buffer.byteLength(s) >= 32, 'must be at least 32 bytes')
@@ -81,6 +84,10 @@ const envSchema = z
     MAX_MESSAGES_PER_SECOND: int(1, 1_000_000).default(50),
     OUTBOX_RETENTION: duration('OUTBOX_RETENTION').default(24 * 3_600_000),
     REPLAY_BUFFER_EVENTS: int(0, 10_000_000).default(20_000),
+    // Memory budgets (bytes): the replay ring's frames, and what all sockets together may have
+    // buffered before the most-buffered ones are closed with 4008.
+    REPLAY_BUFFER_BYTES: int(0, 2 ** 40).default(64 * 1024 * 1024),
+    MAX_TOTAL_BUFFERED_BYTES: int(65_536, 2 ** 40).default(256 * 1024 * 1024),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
@@ -96,6 +103,9 @@ const envSchema = z
     }
     if (sources > 1) {
       ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWKS_URL (algorithms are pinned to one key kind)' });
+    }
+    if (env.METRICS_PORT !== 0 && env.METRICS_PORT === env.PORT) {
+      ctx.addIssue({ code: 'custom', path: ['METRICS_PORT'], message: `must differ from PORT (${env.PORT}): metrics have their own listener` });
     }
     if (env.JWT_PUBLIC_KEY && !['rsa', 'ec', 'ed25519'].includes(env.JWT_PUBLIC_KEY.type)) {
       ctx.addIssue({ code: 'custom', path: ['JWT_PUBLIC_KEY'], message: `unsupported key type ${env.JWT_PUBLIC_KEY.type} (RSA, EC P-256 or Ed25519)` });

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
-import { eventTopics } from '../events/topics.ts';
+import { type Id, jsonId, routeTopics } from '../events/topics.ts';
 import { type Position, encodeCursor } from './cursor.ts';
 
 /** An outbox event, decoded once and serialized once. */
@@ -10,10 +10,10 @@ export type HubEvent = {
   readonly kind: string;
   readonly action: string;
   readonly type: string;
-  readonly electionId: number | null;
-  readonly committeeId: number | null;
+  readonly electionId: Id | null;
+  readonly committeeId: Id | null;
   readonly topic: string | null;
-  /** Topics it is published on (committee:C, election:E, election:* or one user topic). */
+  /** uWS topics it is published on (c:E:C, election:E, election:* or one user topic; see events/topics.ts). */
   readonly topics: readonly string[];
   /** The JSON frame sent to every socket. */
   readonly frame: string;
@@ -21,10 +21,19 @@ export type HubEvent = {
 };
 
 // Selected as text; queries order by the table's columns (`ob.txid, ob.id`), never these aliases.
-const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id, ob.committee_id,
-  ob.row_id, ob.data::text AS data, (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
+// Ids and jsonb stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
+const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id::text AS election_id,
+  ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
+  (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
 type RawRow = Record<string, unknown>;
+
+/** The position of any selected row, decodable or not (replays and the reader advance row by row). */
+export function rowPosition(raw: RawRow): Position | undefined {
+  const { txid, id } = raw;
+  if (typeof txid !== 'string' || typeof id !== 'string' || !/^\d{1,20}$/.test(txid) || !/^\d{1,20}$/.test(id)) return undefined;
+  return { txid: BigInt(txid), id: BigInt(id) };
+}
 
 /** Turns a selected row into an event; undefined (and counted by the caller) if malformed. */
 export function decodeRow(raw: RawRow): HubEvent | undefined {
@@ -38,21 +47,25 @@ export function decodeRow(raw: RawRow): HubEvent | undefined {
   const data = r.data ?? 'null';
   const app = r.kind === 'app';
   const type = app ? r.action : eventTypeOf(r.kind);
-  // Built by concatenation so a large row's jsonb text is not parsed and re-serialized.
+  // bigint::text is canonical (no leading zeros): these are the ids topics name.
+  const electionId: Id | null = r.election_id;
+  const committeeId: Id | null = r.committee_id;
+  // Built by concatenation so a row's jsonb text (its key and data) is never parsed and
+  // re-serialized: large rows cost no JSON work, and bigints keep every digit.
   const frame = app
     ? `{"type":${JSON.stringify(type)},"topic":${JSON.stringify(r.topic)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`
-    : `{"type":"${type}","action":${JSON.stringify(r.action)},"election_id":${r.election_id},"committee_id":${r.committee_id},` +
-      `"id":${JSON.stringify(r.row_id ?? null)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`;
+    : `{"type":"${type}","action":${JSON.stringify(r.action)},"election_id":${jsonId(electionId)},"committee_id":${jsonId(committeeId)},` +
+      `"id":${r.row_id ?? 'null'},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`;
   return {
     pos,
     cursor,
     kind: r.kind,
     action: app ? 'published' : r.action,
     type,
-    electionId: r.election_id,
-    committeeId: r.committee_id,
+    electionId,
+    committeeId,
     topic: r.topic,
-    topics: eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: r.topic }),
+    topics: routeTopics({ electionId, committeeId, topic: r.topic }),
     frame,
     committedAtMs: committedMs,
   };
@@ -64,14 +77,29 @@ export type ReadResult = {
   horizon: bigint;
   /** Committed rows exist at or above the horizon, held back by an older open transaction. */
   held: boolean;
+  /** More rows follow below the horizon: the page stopped at its row limit or byte budget. */
+  more: boolean;
 };
+
+/**
+ * Bytes of a row's `data` as the hub will hold it: jsonb's own size when stored uncompressed
+ * (about its text length, and free to read), else the length of its text (a compressed value
+ * can be a hundredth of that, so its stored size says nothing).
+ */
+const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coalesce(pg_column_size(ob.data), 0)
+  ELSE octet_length(ob.data::text) END`;
 
 /**
  * Reads the next rows after `after` in (txid, id) order, only below the horizon of
  * transactions still in flight, so a late-committing transaction is never skipped.
+ * A page holds at most `limit` rows and stops before the row that would take it past
+ * `maxBytes` of data (a first row larger than that still comes, alone): the hub holds each
+ * page twice (the row text and its frame), so its memory is bounded by bytes, not rows.
  */
-export async function readAfter(db: pg.Pool, after: Position, limit: number): Promise<ReadResult> {
+export async function readAfter(db: pg.Pool, after: Position, limit: number, maxBytes = Number.MAX_SAFE_INTEGER): Promise<ReadResult> {
   // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
+  // The innermost query takes the next `limit` rows by the primary key; the running sum of
+  // their sizes cuts the page (data stays a TOAST pointer until a row is kept and selected).
   const res = await db.query({
     name: 'hub_read_after',
     text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
@@ -81,19 +109,30 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number): Pr
             coalesce((SELECT max(h.txid) FROM hub.outbox h) >= s.x, false) AS held,
             o.*
      FROM s LEFT JOIN LATERAL (
-       SELECT ${COLUMNS} FROM hub.outbox ob
-       WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
-       ORDER BY ob.txid, ob.id LIMIT $3) o ON true`,
-    values: [after.txid.toString(), after.id.toString(), limit],
+       SELECT ${COLUMNS}, ob.fetched::int AS fetched FROM (
+         SELECT l.*, sum(l.bytes) OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) - l.bytes AS before, count(*) OVER () AS fetched
+         FROM (
+           SELECT ob.*, ${DATA_BYTES} AS bytes FROM hub.outbox ob
+           WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
+           ORDER BY ob.txid, ob.id LIMIT $3) l
+       ) ob
+       WHERE ob.before < $4
+       ORDER BY ob.txid, ob.id) o ON true`,
+    values: [after.txid.toString(), after.id.toString(), limit, maxBytes],
   });
   const first = res.rows[0] as RawRow | undefined;
   const horizon = BigInt(String(first?.horizon ?? '0'));
-  return { rows: first?.txid == null ? [] : (res.rows as RawRow[]), horizon, held: first?.held === true };
+  const rows = first?.txid == null ? [] : (res.rows as RawRow[]);
+  const fetched = Number(first?.fetched ?? 0);
+  return { rows, horizon, held: first?.held === true, more: fetched >= limit || rows.length < fetched };
 }
 
-export type TopicFilter = { all: boolean; elections: number[]; committees: number[]; topics: string[] };
+export type TopicFilter = { all: boolean; elections: Id[]; committees: Id[]; topics: string[] };
 
-/** Rows in (after, upTo] on the given topics, for replaying to one socket. */
+/**
+ * Rows in (after, upTo] that may be on the given topics, for replaying to one socket: a
+ * superset (a committee's rows from any election); the caller applies the delivery rule.
+ */
 export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
   const res = await db.query({
     name: 'hub_read_range',

@@ -1,9 +1,13 @@
 import pg from 'pg';
 import type { Logger } from '../log.ts';
 
-// bigint columns (ids, counts) fit in a double for any realistic election; parse them as
-// numbers so events and snapshots carry JSON numbers, as the contract says.
-pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+// bigint columns (ids, counts) as JSON wants them: a number when it is a safe integer, else
+// the exact decimal string (an id of 2^53 or more must never be rounded into another id).
+// Code that needs ids as text (the outbox reader) selects them `::text`.
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => {
+  const n = Number(v);
+  return Number.isSafeInteger(n) ? n : v;
+});
 
 /**
  * A pool whose idle-client errors (server restart, pg_terminate_backend) are logged, not fatal.

@@ -11,8 +11,12 @@ export type Reader = {
   wake(): void;
   /** Resolves true once the reader has reached `p`, false after `timeoutMs`. */
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
+  /** The current run of failed reads (since: epoch ms of its first), or undefined after a success. */
+  failure(): ReaderFailure | undefined;
   stop(): Promise<void>;
 };
+
+export type ReaderFailure = { readonly since: number; readonly count: number; readonly error: string };
 
 export type ReaderOptions = {
   pool: pg.Pool;
@@ -22,9 +26,14 @@ export type ReaderOptions = {
   onStarted: (p: Position) => void;
   onBadRow?: () => void;
   batchSize?: number;
+  /** A page stops before the row that would take its data past this many bytes (one row always comes). */
+  pageBytes?: number;
   /** Poll even without a notification: the backstop for lost notifications. */
   backstopMs?: number;
 };
+
+/** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
+export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
 
 /**
  * The outbox reader: NOTIFY only wakes it; it always reads from its own cursor, so a lost
@@ -34,11 +43,17 @@ export type ReaderOptions = {
 export function startReader(opts: ReaderOptions): Reader {
   const { pool, log } = opts;
   const batchSize = opts.batchSize ?? 1000;
+  const pageBytes = opts.pageBytes ?? DEFAULT_PAGE_BYTES;
+  // Rows asked for per page: a page cut by its byte budget had the sizes of rows it did not
+  // take computed (for a compressed value that means decompressing it), so after such a page
+  // ask for one row more than fitted; double again while pages stop at the row limit.
+  let limit = batchSize;
   let pos: Position | undefined;
   let polling = false;
   let again = false;
   let stopped = false;
   let failures = 0;
+  let failure: ReaderFailure | undefined;
   let heldDelay = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let heldTimer: NodeJS.Timeout | undefined;
@@ -61,7 +76,7 @@ export function startReader(opts: ReaderOptions): Reader {
       pos = (await currentHorizon(pool)).horizon;
       opts.onStarted(pos);
     }
-    const r = await readAfter(pool, pos, batchSize);
+    const r = await readAfter(pool, pos, limit, pageBytes);
     log.debug({ n: r.rows.length, from: String(pos.txid) + '.' + String(pos.id), horizon: String(r.horizon), held: r.held }, 'outbox read');
     const events: HubEvent[] = [];
     for (const raw of r.rows) {
@@ -77,7 +92,9 @@ export function startReader(opts: ReaderOptions): Reader {
         }
       }
     }
-    const complete = r.rows.length < batchSize;
+    const complete = !r.more;
+    const cut = r.more && r.rows.length < limit;
+    limit = Math.min(batchSize, cut ? r.rows.length + 1 : limit * 2);
     if (complete) {
       // Nothing else below the horizon: the cursor moves up to it even without events.
       const h = { txid: r.horizon, id: 0n };
@@ -110,8 +127,10 @@ export function startReader(opts: ReaderOptions): Reader {
         }
       } while (again && !stopped);
       failures = 0;
+      failure = undefined;
     } catch (err) {
       failures++;
+      failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
       const delay = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
       log.warn({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'outbox read failed');
       clearTimeout(retryTimer);
@@ -137,6 +156,7 @@ export function startReader(opts: ReaderOptions): Reader {
   return {
     position: () => pos,
     wake,
+    failure: () => failure,
     waitFor(p, timeoutMs) {
       if (pos && compare(pos, p) >= 0) return Promise.resolve(true);
       return new Promise((resolve) => {

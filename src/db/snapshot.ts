@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { escapeIdentifier } from 'pg';
 import type { DashboardSnapshot } from '../events/schema.ts';
+import { type Id, compareIds, idValue } from '../events/topics.ts';
 import { encodeCursor } from './cursor.ts';
 
 type Counts = { guarantees: number; attendance: number; votes: number };
@@ -22,7 +23,7 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  * effect is subtracted again using the outbox rows (which keep the old row of updates), so
  * a client applying events after the cursor counts each change exactly once.
  */
-export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<DashboardSnapshot | null> {
+export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<DashboardSnapshot | null> {
   const client = await db.connect();
   // A checked-out client has no pool error listener: a backend killed between two queries
   // would otherwise be an unhandled 'error' event. The failing query reports it.
@@ -40,13 +41,14 @@ export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<
       await client.query('COMMIT');
       return null;
     }
-    const committees = new Map<number, Counts>();
-    const at = (c: number) => {
+    // Ids as canonical text (exact beyond 2^53); written as JSON numbers or strings at the end.
+    const committees = new Map<Id, Counts>();
+    const at = (c: Id) => {
       let v = committees.get(c);
       if (!v) committees.set(c, (v = { guarantees: 0, attendance: 0, votes: 0 }));
       return v;
     };
-    for (const r of (await client.query<{ id: number }>('SELECT id FROM committees WHERE election_id = $1', [electionId])).rows) at(r.id);
+    for (const r of (await client.query<{ id: string }>('SELECT id::text AS id FROM committees WHERE election_id = $1', [electionId])).rows) at(r.id);
 
     const watched = (
       await client.query<Watched>(
@@ -58,47 +60,58 @@ export async function computeSnapshot(db: pg.Pool, electionId: number): Promise<
       const field = FIELD[w.kind];
       if (!field) continue;
       const measure = w.kind === 'vote' ? 'coalesce(sum(count), 0)' : 'count(*)';
-      const res = await client.query<{ c: number | null; n: string }>(
-        `SELECT ${escapeIdentifier(w.committee_column)} AS c, (${measure})::text AS n FROM ${w.tbl}
-         WHERE ${escapeIdentifier(w.election_column)} = $1 GROUP BY 1`,
+      const res = await client.query<{ c: string | null; n: string }>(
+        // Committee ids as canonical text, converted per group (not per row); groups that
+        // spell one id differently (a text column) add up in `at`.
+        `SELECT hub.to_bigint(g.c::text)::text AS c, g.n FROM (
+           SELECT ${escapeIdentifier(w.committee_column)} AS c, (${measure})::text AS n FROM ${w.tbl}
+           WHERE ${escapeIdentifier(w.election_column)} = $1 GROUP BY 1) g`,
         [electionId],
       );
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);
     }
 
     // Undo what committed at or above the horizon: those events follow the cursor. Only this
-    // election's rows (an update may have moved a row out of it: those are checked below), so a
-    // wide statement above the horizon does not cost every computation all of its rows.
-    const late = await client.query<{ kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null }>(
-      `SELECT kind, action, data, old FROM hub.outbox
-       WHERE txid >= $1::text::xid8 AND kind IN ('guarantee', 'attendance', 'vote')
-         AND (election_id = $2 OR action = 'updated') ORDER BY txid, id`,
+    // election's rows (updates are all read: one may have moved a row out of it), so a wide
+    // statement above the horizon does not cost every computation all of its rows.
+    // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
+    const late = await client.query<{
+      kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null;
+      de: string | null; dc: string | null; oe: string | null; oc: string | null;
+    }>(
+      `SELECT o.kind, o.action, o.data, o.old,
+              hub.to_bigint(o.data ->> w.election_column)::text AS de, hub.to_bigint(o.data ->> w.committee_column)::text AS dc,
+              hub.to_bigint(o.old ->> w.election_column)::text AS oe, hub.to_bigint(o.old ->> w.committee_column)::text AS oc
+       FROM hub.outbox o
+       LEFT JOIN LATERAL (SELECT election_column::text, committee_column::text FROM hub.watched
+                          WHERE kind = o.kind ORDER BY tbl::text LIMIT 1) w ON true
+       WHERE o.txid >= $1::text::xid8 AND o.kind IN ('guarantee', 'attendance', 'vote')
+         AND (o.election_id = $2::text::bigint OR o.action = 'updated') ORDER BY o.txid, o.id`,
       [x, electionId],
     );
     for (const e of late.rows) {
       const w = byKind.get(e.kind);
       const field = FIELD[e.kind];
       if (!w || !field) continue;
-      const apply = (row: Record<string, unknown> | null, sign: number) => {
-        if (!row || Number(row[w.election_column]) !== electionId) return;
-        const c = Number(row[w.committee_column]);
-        if (Number.isFinite(c)) at(c)[field] += sign * contribution(e.kind, row);
+      const apply = (row: Record<string, unknown> | null, election: string | null, committee: string | null, sign: number) => {
+        if (!row || election !== electionId || committee === null) return;
+        at(committee)[field] += sign * contribution(e.kind, row);
       };
-      if (e.action === 'created') apply(e.data, -1);
-      else if (e.action === 'deleted') apply(e.data, +1);
+      if (e.action === 'created') apply(e.data, e.de, e.dc, -1);
+      else if (e.action === 'deleted') apply(e.data, e.de, e.dc, +1);
       else if (e.action === 'updated') {
-        apply(e.data, -1);
-        apply(e.old, +1);
+        apply(e.data, e.de, e.dc, -1);
+        apply(e.old, e.oe, e.oc, +1);
       }
     }
     await client.query('COMMIT');
 
-    const list = [...committees.entries()].sort((a, b) => a[0] - b[0]).map(([committee_id, v]) => ({ committee_id, ...v }));
+    const list = [...committees.entries()].sort((a, b) => compareIds(a[0], b[0])).map(([c, v]) => ({ committee_id: idValue(c), ...v }));
     const totals = list.reduce(
       (t, c) => ({ guarantees: t.guarantees + c.guarantees, attendance: t.attendance + c.attendance, votes: t.votes + c.votes }),
       { guarantees: 0, attendance: 0, votes: 0 },
     );
-    return { election_id: electionId, cursor: encodeCursor({ txid: BigInt(x), id: 0n }), totals, committees: list };
+    return { election_id: idValue(electionId), cursor: encodeCursor({ txid: BigInt(x), id: 0n }), totals, committees: list };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;

@@ -10,8 +10,7 @@ import { migrate } from '../db/migrate.ts';
 import { signToken } from '../auth/jwt.ts';
 import { createLogger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
-import type { StaticFiles } from '../hub/server.ts';
-import { buildWeb, staticFilesFrom } from '../http/static.ts';
+import { type StaticFile, type StaticFiles, buildWeb, staticFile, staticFilesFrom } from '../http/static.ts';
 import { startEmbeddedPostgres } from './embedded-postgres.ts';
 import { seedDemo, startSimulator } from './simulator.ts';
 
@@ -120,7 +119,7 @@ export async function runDemo(env: Env): Promise<number> {
     if (signalled) return await shutdown();
 
     const databaseUrl = await ensureDatabase(server.url, DATABASE);
-    const migrated = await migrate(databaseUrl);
+    const migrated = await migrate(databaseUrl, { referenceSchema: true });
     note(migrated.applied.length ? `schema: applied ${migrated.applied.join(', ')}` : 'schema: up to date');
 
     // 3. Elections and the simulator writing to them.
@@ -142,7 +141,10 @@ export async function runDemo(env: Env): Promise<number> {
     const { startHub } = await import('../main.ts');
     const log = createLogger(config.LOG_LEVEL);
     const hub = await startHub(config, { log, staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections) }).catch((err: unknown) => {
-      const busy = /cannot listen/.test(errorMessage(err)) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
+      const msg = errorMessage(err);
+      const busy = /cannot listen .* for metrics/.test(msg)
+        ? ` (is port ${config.METRICS_PORT} taken? set METRICS_PORT=...)`
+        : /cannot listen/.test(msg) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
       throw new Error(`the hub did not start${busy}: ${errorMessage(err)}`, { cause: err });
     });
     releasers.push(['hub', () => hub.stop()]);
@@ -165,6 +167,7 @@ export async function runDemo(env: Env): Promise<number> {
     say(`dashboard: ${base}/#token=${token}`);
     say(`admin token: ${token}`);
     say(`snapshot: curl -H "Authorization: Bearer <admin token>" ${base}/dashboard/${elections[0]?.id ?? 1}`);
+    say(`metrics: ${hub.metricsUrl}/metrics (Prometheus; METRICS_PORT to change)`);
     say();
     say('Ctrl-C stops the demo; the data stays for the next run.');
 
@@ -250,17 +253,18 @@ export async function describeElections(pool: pg.Pool, ids: number[]): Promise<D
 /**
  * The page learns election and committee names from a JSON block in index.html; a real
  * deployment has no such block and the page shows ids. `<` is escaped so no name can end the script.
+ * The changed page gets its own hash (ETag) and compressed copies, made once.
  */
 export function withDirectory(files: StaticFiles, elections: DemoElection[]): StaticFiles {
   const json = JSON.stringify({ elections }).replace(/</g, '\\u003c');
   const block = `<script id="hub-directory" type="application/json">${json}</script>\n  </head>`;
-  let page: { body: Buffer; contentType: string } | undefined;
+  let page: StaticFile | undefined;
   return (urlPath) => {
     if (urlPath !== '/') return files(urlPath);
     if (page) return page;
     const f = files('/');
     if (!f) return undefined;
-    page = { body: Buffer.from(f.body.toString('utf8').replace('</head>', block)), contentType: f.contentType };
+    page = staticFile(Buffer.from(f.identity.toString('utf8').replace('</head>', block)), f.contentType);
     return page;
   };
 }

@@ -8,22 +8,42 @@ import { z } from 'zod';
 export const Topic = z
   .string()
   .max(220)
-  .regex(/^(election:(\*|[0-9]{1,15})|committee:[0-9]{1,15}|user:[^\s]{1,200})$/, 'not a topic: election:*, election:{id}, committee:{id} or user:{sub}')
-  .describe('election:*, election:{id}, committee:{id} or user:{sub}');
+  .regex(
+    /^(election:(\*|0|[1-9][0-9]{0,18})|committee:(0|[1-9][0-9]{0,18})|user:[^\s]{1,200})$/,
+    'not a topic: election:*, election:{id}, committee:{id} or user:{sub}, ids without leading zeros',
+  )
+  .describe('election:*, election:{id}, committee:{id} or user:{sub}; ids are bigints written without leading zeros (one spelling per topic)');
+
+/** A bigint id in a frame: exact either way. */
+export const IdValue = z
+  .union([z.number().int(), z.string().regex(/^-?(0|[1-9][0-9]{0,18})$/)])
+  .describe('A bigint id: a JSON number when it is a safe integer (below 2^53 in magnitude), otherwise its exact decimal string');
 
 export const Cursor = z.string().max(40).describe('Opaque position in the global event order');
 
 // ---- client -> server -------------------------------------------------------------------
 
 export const PingFrame = z.object({ type: z.literal('ping') });
+/** Checked against the topic grammar by the hub, which answers `bad_topic` for anything else. */
+const RequestedTopic = z
+  .string()
+  .max(220)
+  .describe('election:*, election:{id}, committee:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)');
+
 export const SubscribeFrame = z.object({
   type: z.literal('subscribe'),
-  topics: z.array(z.string().max(220)).min(1).max(1000),
+  topics: z
+    .array(RequestedTopic)
+    .min(1)
+    .max(1000)
+    .describe(
+      'committee:{id} delivers rows of that committee whose own election the token may see (or all of them with a committees claim for it), whatever election the committee had when subscribed',
+    ),
   since: Cursor.optional(),
 });
 export const UnsubscribeFrame = z.object({
   type: z.literal('unsubscribe'),
-  topics: z.array(z.string().max(220)).min(1).max(1000),
+  topics: z.array(RequestedTopic).min(1).max(1000),
 });
 export const ClientFrame = z.discriminatedUnion('type', [PingFrame, SubscribeFrame, UnsubscribeFrame]);
 export type ClientFrame = z.infer<typeof ClientFrame>;
@@ -36,9 +56,9 @@ export const Action = z.enum(['created', 'updated', 'deleted']);
 export const RowEvent = z.object({
   type: RowEventType,
   action: Action,
-  election_id: z.number().int().nullable(),
-  committee_id: z.number().int().nullable(),
-  id: z.unknown().describe('The row primary key'),
+  election_id: IdValue.nullable(),
+  committee_id: IdValue.nullable(),
+  id: z.unknown().describe("The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)"),
   data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
   cursor: Cursor,
   committed_at: z.string().describe('ISO 8601 time the change was captured in its transaction'),
@@ -55,10 +75,10 @@ export const AppEvent = z.object({
 export type AppEvent = z.infer<typeof AppEvent>;
 
 export const Counts = z.object({ guarantees: z.number(), attendance: z.number(), votes: z.number() });
-export const CommitteeCounts = Counts.extend({ committee_id: z.number().int() });
+export const CommitteeCounts = Counts.extend({ committee_id: IdValue });
 
 export const DashboardSnapshot = z.object({
-  election_id: z.number().int(),
+  election_id: IdValue,
   cursor: Cursor,
   totals: Counts,
   committees: z.array(CommitteeCounts),
@@ -84,16 +104,18 @@ export type ServerFrame = z.infer<typeof ServerFrame>;
 
 // ---- database -> hub --------------------------------------------------------------------
 
-/** An outbox row as the hub selects it (ids as text, jsonb data as text). Validated, never trusted. */
+const SqlBigint = z.string().regex(/^-?\d{1,19}$/);
+
+/** An outbox row as the hub selects it (ids and jsonb as text: never parsed, so exact). Validated, never trusted. */
 export const OutboxRow = z.object({
   txid: z.string().regex(/^\d{1,20}$/),
   id: z.string().regex(/^\d{1,20}$/),
   kind: z.string().min(1).max(64),
   action: z.string().min(1).max(64),
   topic: z.string().max(220).nullable(),
-  election_id: z.number().int().nullable(),
-  committee_id: z.number().int().nullable(),
-  row_id: z.unknown(),
+  election_id: SqlBigint.nullable(),
+  committee_id: SqlBigint.nullable(),
+  row_id: z.string().nullable(),
   data: z.string().nullable(),
   committed_ms: z.number().finite(),
 });

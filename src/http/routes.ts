@@ -2,17 +2,48 @@ import type { Authenticator } from '../auth/jwt.ts';
 import type { DashboardCache } from '../cache/dashboard.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Logger } from '../log.ts';
-import { type ElectionOf, isAdmin, mayUse } from '../events/topics.ts';
+import { type ElectionOf, isAdmin, mayUse, parseId } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 
 export type HttpReply = { status: number; body: string; contentType?: string };
 
 const json = (status: number, body: unknown): HttpReply => ({ status, body: JSON.stringify(body) });
 
+/**
+ * Why the hub is not ready, as a class only: the public `/ready` never carries error text
+ * (it can name databases and hosts); `/admin/health` has the details.
+ */
+export type NotReadyReason = 'shutting_down' | 'database';
+export type Readiness = { ok: true } | { ok: false; reason: NotReadyReason };
+
 export type HealthSource = {
-  ready(): { ok: true } | { ok: false; reason: string };
+  ready(): Readiness;
   admin(): Promise<Record<string, unknown>>;
 };
+
+/** Reads failing for this long, this many times in a row, make the hub not ready. */
+export const READER_FAILING_MS = 2000;
+export const READER_FAILING_READS = 3;
+
+/**
+ * Ready while the hub can deliver: the listener is connected and the outbox reader reads.
+ * One failed read (a terminated backend, a restart of the pool's connection) does not flip
+ * it; reads failing for READER_FAILING_MS, at least READER_FAILING_READS times, do.
+ */
+export function readiness(i: {
+  shuttingDown: boolean;
+  listenerConnected: boolean;
+  /** The reader has a position (it read the outbox at least once). */
+  started: boolean;
+  readerFailure: { since: number; count: number } | undefined;
+  now: number;
+}): Readiness {
+  if (i.shuttingDown) return { ok: false, reason: 'shutting_down' };
+  if (!i.listenerConnected || !i.started) return { ok: false, reason: 'database' };
+  const f = i.readerFailure;
+  if (f && f.count >= READER_FAILING_READS && i.now - f.since >= READER_FAILING_MS) return { ok: false, reason: 'database' };
+  return { ok: true };
+}
 
 /** Extracts a Bearer token from an Authorization header value. */
 export function bearer(header: string): string | undefined {
@@ -52,15 +83,12 @@ export function createRoutes(deps: {
       return json(200, await deps.health.admin());
     },
 
-    async metrics(): Promise<HttpReply> {
-      return { status: 200, body: await metrics.registry.metrics(), contentType: metrics.registry.contentType };
-    },
-
     async dashboard(idText: string, token: string | undefined): Promise<HttpReply> {
       const r = await authorize(token);
       if (!r.ok) return json(401, { error: 'unauthorized', reason: r.reason });
-      if (!/^[0-9]{1,15}$/.test(idText)) return json(404, { error: 'not_found', reason: 'no such election' });
-      const id = Number(idText);
+      // One spelling, as for topics: /dashboard/007 names no election.
+      const id = parseId(idText);
+      if (id === undefined) return json(404, { error: 'not_found', reason: 'no such election' });
       if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf)) return json(403, { error: 'forbidden', reason: `token may not read election:${id}` });
       try {
         const snapshot = await deps.cache.get(id);

@@ -1,11 +1,11 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
-import type { Metrics } from '../metrics/index.ts';
+import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { type Position, compare } from '../db/cursor.ts';
-import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange } from '../db/outbox.ts';
-import { type Claims, type ElectionOf, coverOf, matches, parseTopic } from '../events/topics.ts';
-import { CloseCode } from '../errors.ts';
-import type { Ring } from './ring.ts';
+import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
+import { CloseCode, errorMessage } from '../errors.ts';
+import { type Ring, frameBytes } from './ring.ts';
 import type { Lease } from '../auth/limits.ts';
 
 /** Per-socket state, kept in the uWebSockets.js user data. */
@@ -15,7 +15,7 @@ export type Session = {
   readonly remote: string;
   /** Topics the client asked for (and may use). */
   readonly topics: Set<string>;
-  /** uWS topics actually subscribed: a cover of `topics` in which no two nest. */
+  /** uWS topics actually subscribed: a cover of `topics` in which no two overlap (events/topics.ts). */
   cover: Set<string>;
   closed: boolean;
   /** subscribe/unsubscribe run one at a time, in arrival order. */
@@ -49,45 +49,144 @@ export type Publisher = {
 export type PositionSource = {
   position(): Position | undefined;
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
+  /** True while the reader's latest attempt to read the outbox failed. */
+  failing(): boolean;
 };
 
+/** The client's cursor is not one this hub can resume from (answered with `bad_cursor`). */
 export class CursorError extends Error {}
+/** The hub cannot serve this request now (answered with `unavailable`). */
+export class UnavailableError extends Error {}
 
 type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
+
+/**
+ * uWS's App.publish sends a message of at least this size (its cork buffer) to every
+ * subscriber at once, so buffers grow during the call; smaller ones are queued once in the
+ * topic tree and copied to the subscribers when the event loop turns (uWS src/App.h, publish).
+ */
+const DIRECT_SEND_BYTES = 16 * 1024;
 
 export function createDelivery(opts: {
   publisher: Publisher;
   reader: PositionSource;
   pool: pg.Pool;
   ring: Ring;
+  /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
+  /** The open sockets (walked by the buffer checks, never per event). */
+  sockets: ReadonlySet<Sock>;
+  /** MAX_BACKPRESSURE_BYTES: one socket's buffer limit. */
   maxBuffered: number;
-  metrics: Pick<Metrics, 'messagesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses'>;
+  /** MAX_TOTAL_BUFFERED_BYTES: all sockets' buffers together. */
+  maxTotalBuffered: number;
+  metrics: Pick<
+    Metrics,
+    'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses' | 'replayBufferBytes' | 'replayBufferEvents' | 'bufferedBytes'
+  >;
   log: Logger;
 }) {
-  const { publisher, reader, ring, metrics } = opts;
+  const { publisher, reader, ring, metrics, sockets } = opts;
   let pruned: Position = { txid: 0n, id: 0n };
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
+  // Published since the last buffer check: frame bytes (what one socket can have gained) and
+  // frame bytes times receivers (what all of them can have gained together).
+  let framesSinceCheck = 0;
+  let fannedSinceCheck = 0;
 
-  const tooSlow = (ws: Sock) => {
+  /**
+   * A replay that cannot be completed (a failed read, a hub not reading yet) must not go
+   * live: the socket would miss what the replay did not send, silently and for good. It is
+   * closed with 4009 instead and the client resumes from its last cursor on a new connection.
+   * The socket is paused (subscribed to nothing) while replaying, so nothing after the gap
+   * has reached it.
+   */
+  const resumeFailed = (ws: Sock, err: unknown) => {
     const s = ws.getUserData();
     if (s.closed) return;
-    metrics.slowReaderCloses.inc();
-    opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount() }, 'closing slow reader (4008)');
+    opts.log.warn({ sub: s.claims.sub, err: errorMessage(err) }, 'resume failed: closing with 4009');
+    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    ws.end(CloseCode.resumeFailed, 'resume failed: reconnect and resume');
+  };
+
+  const tooSlow = (ws: Sock, cause: SlowCloseCause) => {
+    const s = ws.getUserData();
+    if (s.closed) return;
+    metrics.slowReaderCloses.inc({ cause });
+    opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount(), cause }, 'closing slow reader (4008)');
     s.closed = true; // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
   };
 
+  /** Frame type as a metric label: an application event's type is the application's own text. */
+  const typeLabel = (type: string, app: boolean) => (app ? 'app_event' : type);
+
+  /**
+   * One walk over the sockets: any socket over its own limit is closed with 4008; then, while
+   * all buffers together pass the global budget, the most buffered sockets are closed first
+   * (a client closed with 4008 resumes from its cursor: nothing is skipped). Returns what stays
+   * buffered. A closed socket's buffer is freed by uWS once flushed, or at its close timeout.
+   */
+  const check = (): number => {
+    framesSinceCheck = 0;
+    fannedSinceCheck = 0;
+    let total = 0;
+    const buffered: Array<{ ws: Sock; bytes: number }> = [];
+    for (const ws of sockets) {
+      if (ws.getUserData().closed) continue;
+      const bytes = ws.getBufferedAmount();
+      if (bytes === 0) continue;
+      if (bytes > opts.maxBuffered) {
+        tooSlow(ws, 'socket_limit');
+        continue;
+      }
+      total += bytes;
+      buffered.push({ ws, bytes });
+    }
+    if (total > opts.maxTotalBuffered) {
+      buffered.sort((a, b) => b.bytes - a.bytes);
+      for (const b of buffered) {
+        if (total <= opts.maxTotalBuffered) break;
+        tooSlow(b.ws, 'global_budget');
+        total -= b.bytes;
+      }
+    }
+    metrics.bufferedBytes.set(total);
+    return total;
+  };
+
+  /**
+   * Whether enough was published since the last check for a socket to have passed its limit,
+   * or all of them the global budget. The second bound grows with the number of sockets, so a
+   * walk costs a fixed fraction of the fan-out it follows, however many sockets there are.
+   */
+  const dueForCheck = () =>
+    framesSinceCheck >= opts.maxBuffered || fannedSinceCheck >= Math.max(opts.maxTotalBuffered / 16, sockets.size * 4096);
+
+  /**
+   * Counts `receivers` deliveries of one frame of `bytes` (computed once per frame), and
+   * checks the buffers once enough went out since the last check.
+   */
+  const sent = (type: string, bytes: number, receivers: number) => {
+    metrics.messagesSent.inc({ type }, receivers);
+    metrics.bytesSent.inc({ type }, bytes * receivers);
+    framesSinceCheck += bytes;
+    fannedSinceCheck += bytes * receivers;
+    if (bytes >= DIRECT_SEND_BYTES && dueForCheck()) check();
+  };
+
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
-  const send = (ws: Sock, frame: string, type: string): boolean => {
+  const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
     ws.send(frame, false);
-    metrics.messagesSent.inc({ type });
+    const label = typeLabel(type, app);
+    metrics.messagesSent.inc({ type: label });
+    metrics.bytesSent.inc({ type: label }, frameBytes(frame));
     if (ws.getBufferedAmount() > opts.maxBuffered) {
-      tooSlow(ws);
+      tooSlow(ws, 'socket_limit');
       return false;
     }
     return true;
@@ -106,14 +205,52 @@ export function createDelivery(opts: {
       };
     });
     s.drained = undefined;
-    if (!ok) tooSlow(ws);
+    if (!ok) tooSlow(ws, 'socket_limit');
     return ok && !s.closed;
+  };
+
+  /*
+   * Committees that live sockets requested: the election key ('' none, UNKNOWN before any
+   * row) their rows come from on this node, following the published rows in order, and the
+   * live sockets that requested them (paused and closed sockets are not in it). Its size is
+   * bounded by the live sockets' topics.
+   */
+  const followed = new Map<Id, { at: string; sockets: Set<Sock> }>();
+  const following = new WeakMap<Session, Set<Id>>();
+
+  const follow = (ws: Sock, id: Id) => {
+    let f = followed.get(id);
+    if (!f) {
+      const e = opts.electionOf(id);
+      followed.set(id, (f = { at: e === undefined || e === null ? UNKNOWN : e, sockets: new Set() }));
+    }
+    f.sockets.add(ws);
+  };
+  const unfollow = (ws: Sock, id: Id) => {
+    const f = followed.get(id);
+    if (!f) return;
+    f.sockets.delete(ws);
+    if (f.sockets.size === 0) followed.delete(id);
+  };
+  const unfollowAll = (ws: Sock) => {
+    const s = ws.getUserData();
+    for (const id of following.get(s) ?? []) unfollow(ws, id);
+    following.delete(s);
   };
 
   const applyCover = (ws: Sock) => {
     const s = ws.getUserData();
     if (s.closed) return;
-    const next = coverOf(s.topics, opts.electionOf);
+    const want = new Set<Id>();
+    for (const t of s.topics) {
+      const p = parseTopic(t);
+      if (p?.kind === 'committee') want.add(p.id);
+    }
+    const had = following.get(s) ?? new Set<Id>();
+    for (const id of had) if (!want.has(id)) unfollow(ws, id);
+    for (const id of want) if (!had.has(id)) follow(ws, id);
+    following.set(s, want);
+    const next = coverOf(s.claims, s.topics, (id) => followed.get(id)?.at ?? UNKNOWN);
     for (const t of s.cover) if (!next.has(t)) ws.unsubscribe(t);
     for (const t of next) if (!s.cover.has(t)) ws.subscribe(t);
     s.cover = next;
@@ -124,6 +261,29 @@ export function createDelivery(opts: {
     if (s.closed) return;
     for (const t of s.cover) ws.unsubscribe(t);
     s.cover = new Set();
+    unfollowAll(ws);
+  };
+
+  /**
+   * Before a row of committee C from election key `at` is published: if C's rows came from
+   * another election so far, move the sockets that requested C to where the rule lets them
+   * receive it (synchronously, so the row itself already goes to the new set).
+   */
+  const retarget = (committee: Id, at: string) => {
+    const f = followed.get(committee);
+    if (!f || f.at === at) return;
+    const old = committeeIn(f.at, committee);
+    f.at = at;
+    for (const ws of f.sockets) {
+      const s = ws.getUserData();
+      if (s.closed) continue;
+      const next = committeeCover(s.claims, s.topics, committee, at);
+      if (s.cover.delete(old)) ws.unsubscribe(old);
+      if (next !== undefined && !s.cover.has(next)) {
+        ws.subscribe(next);
+        s.cover.add(next);
+      }
+    }
   };
 
   const filterOf = (parts: Part[]): TopicFilter => {
@@ -141,7 +301,8 @@ export function createDelivery(opts: {
     return f;
   };
 
-  const wanted = (e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && matches(e.topics, p.topics));
+  /** Replays follow the same rule as live delivery, with each row's own election. */
+  const wanted = (claims: Claims, e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
 
   /**
    * Replays `parts` (each: topics and the position after which the socket lacks their
@@ -155,14 +316,14 @@ export function createDelivery(opts: {
       if (s.closed) return undefined;
       const lo = parts.reduce((m, p) => (compare(p.from, m) < 0 ? p.from : m), parts[0]?.from ?? { txid: 0n, id: 0n });
       const head = reader.position();
-      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (!head) throw new UnavailableError('the hub is not reading the outbox yet');
       if (ring.covers(lo)) {
         // From memory. The socket is not subscribed yet, so pausing for backpressure loses
         // nothing; only the final stretch (tail + subscribe) must be one synchronous step.
         let paused: Position | undefined;
         for (const e of ring.after(lo)) {
-          if (!wanted(e, parts)) continue;
-          if (!send(ws, e.frame, e.type)) return undefined;
+          if (!wanted(s.claims, e, parts)) continue;
+          if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;
           if (ws.getBufferedAmount() >= opts.maxBuffered / 2) {
             paused = e.pos;
             break;
@@ -189,52 +350,69 @@ export function createDelivery(opts: {
         onLive(head, true);
         return head;
       }
+      // The replay advances row by row, decodable or not: a page of malformed rows must not
+      // make it jump to the head past the good rows that follow them.
       let last: Position | undefined;
       for (const raw of rows) {
+        last = rowPosition(raw) ?? last;
         const e = decodeRow(raw);
         if (!e) continue;
-        last = e.pos;
-        if (wanted(e, parts)) {
-          if (!send(ws, e.frame, e.type)) return undefined;
+        if (wanted(s.claims, e, parts)) {
+          if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;
           if (!(await drain(ws))) return undefined;
         }
       }
-      const reached = rows.length < PAGE ? head : (last ?? head);
+      if (rows.length >= PAGE && last === undefined) throw new Error('outbox page without row positions');
+      const reached = rows.length < PAGE || last === undefined ? head : last;
       for (const p of parts) if (compare(p.from, reached) < 0) p.from = reached;
     }
   };
 
   return {
-    /** Live fan-out: each event serialized once, published on its topics by uWS. */
+    /**
+     * Live fan-out: each event serialized once, published on its topics by uWS. The buffer
+     * limits are checked while a batch goes out, not only by the periodic sweep: before it
+     * (what earlier small frames left in the buffers) and after any large frame once enough
+     * was published since the last check.
+     */
     publish(events: HubEvent[]) {
       sentSinceSweep = true;
+      if (dueForCheck()) check();
       const now = Date.now();
       for (const e of events) {
+        if (e.committeeId !== null && !(e.topic?.startsWith('user:') ?? false)) retarget(e.committeeId, e.electionId ?? '');
+        const bytes = frameBytes(e.frame);
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
           publisher.publish(t, e.frame, false);
         }
-        ring.push(e);
+        ring.push(e, bytes);
         metrics.events.inc({ kind: e.kind, action: e.action });
-        if (receivers > 0) metrics.messagesSent.inc({ type: e.type }, receivers);
+        if (receivers > 0) sent(typeLabel(e.type, e.kind === 'app'), bytes, receivers);
         metrics.deliveryLag.observe(Math.max(0, now - e.committedAtMs) / 1000);
       }
+      const held = ring.size();
+      metrics.replayBufferBytes.set(held.bytes);
+      metrics.replayBufferEvents.set(held.events);
     },
 
     /** A frame that is not an outbox event (dashboard updates): live subscribers only. */
     publishFrame(topics: readonly string[], frame: string, type: string) {
       sentSinceSweep = true;
+      if (dueForCheck()) check();
+      const bytes = frameBytes(frame);
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
         publisher.publish(t, frame, false);
       }
-      if (receivers > 0) metrics.messagesSent.inc({ type }, receivers);
+      if (receivers > 0) sent(type, bytes, receivers);
     },
 
     send,
     applyCover,
+    resumeFailed,
 
     setPruned(p: Position) {
       pruned = p;
@@ -244,6 +422,8 @@ export function createDelivery(opts: {
      * Adds topics to a socket. Without `since` they are live from now. With `since`,
      * events after it are replayed first, in order, together with whatever the socket's
      * other topics receive meanwhile (they are paused, and resumed from where they were).
+     * A replay that cannot be completed closes the socket with 4009 (see `resumeFailed`);
+     * it never goes live over a gap. Throws CursorError for a cursor this hub cannot know.
      */
     async subscribe(
       ws: Sock,
@@ -254,7 +434,10 @@ export function createDelivery(opts: {
     ): Promise<void> {
       const s = ws.getUserData();
       const head = reader.position();
-      if (!head) throw new CursorError('the hub is not reading the outbox yet');
+      if (!head) {
+        if (since !== undefined) return resumeFailed(ws, new UnavailableError('the hub is not reading the outbox yet'));
+        throw new UnavailableError('the hub is not reading the outbox yet');
+      }
       if (since === undefined || compare(since, pruned) < 0) {
         for (const t of topics) s.topics.add(t);
         applyCover(ws);
@@ -262,6 +445,8 @@ export function createDelivery(opts: {
         return;
       }
       if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {
+        // Only a reader that reads and still does not reach it makes the cursor foreign.
+        if (reader.failing()) return resumeFailed(ws, new UnavailableError('the outbox reader is failing'));
         throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
       }
       if (s.closed) return;
@@ -273,9 +458,9 @@ export function createDelivery(opts: {
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
         await catchUp(ws, parts, onLive);
-      } finally {
-        // On failure the socket goes back to live delivery of what it has.
-        if (!s.closed && s.cover.size === 0) applyCover(ws);
+      } catch (err) {
+        // Not back to live delivery: the events this replay did not send would be lost.
+        resumeFailed(ws, err);
       }
     },
 
@@ -285,25 +470,32 @@ export function createDelivery(opts: {
       applyCover(ws);
     },
 
+    /** Called from the uWS close handler: the socket leaves the committee index. */
+    closed(ws: Sock) {
+      unfollowAll(ws);
+    },
+
     /** Called from the uWS drain handler. */
     drained(ws: Sock) {
       ws.getUserData().drained?.();
     },
 
     /**
-     * Periodic: a socket whose buffer passed the limit is closed with 4008, never skipped.
-     * Buffers only grow when something is sent, so an idle hub does not walk its sockets;
-     * a socket still over the limit keeps the sweep armed until it drains or is closed.
+     * Periodic: sockets over their limit or the global budget are closed with 4008, never
+     * skipped. Buffers only grow when something is sent, so an idle hub does not walk its
+     * sockets; a socket still buffering keeps the sweep armed until it drains or is closed.
      */
-    sweep(sockets: Iterable<Sock>) {
+    sweep() {
       if (!sentSinceSweep) return;
       sentSinceSweep = false;
-      for (const ws of sockets) {
-        if (ws.getUserData().closed) continue;
-        const buffered = ws.getBufferedAmount();
-        if (buffered > opts.maxBuffered) tooSlow(ws);
-        else if (buffered > 0) sentSinceSweep = true;
-      }
+      if (check() > 0) sentSinceSweep = true;
+    },
+
+    /** Memory figures for /admin/health: the ring's contents and what sockets buffer now. */
+    memory() {
+      let buffered = 0;
+      for (const ws of sockets) if (!ws.getUserData().closed) buffered += ws.getBufferedAmount();
+      return { ring: ring.size(), buffered };
     },
   };
 }

@@ -1,25 +1,48 @@
 import { type Position, compare } from '../db/cursor.ts';
 import type { HubEvent } from '../db/outbox.ts';
 
+/** Bytes a frame costs to keep and to send: its UTF-8 length. */
+export const frameBytes = (frame: string) => Buffer.byteLength(frame, 'utf8');
+
 /**
- * The most recent published events, in order. Invariant: it holds every published event
- * with a position above `floor()`, so a catch-up that reached the floor can finish from
- * memory synchronously, in the same tick in which the socket goes live.
+ * The most recent published events, in order, bounded by a count and by the bytes of their
+ * frames (whichever binds first; an event larger than the whole byte budget is not kept).
+ * Invariant: it holds every published event with a position above `floor()`, so a catch-up
+ * that reached the floor can finish from memory synchronously, in the same tick in which the
+ * socket goes live. An evicted event's slot is cleared at once: nothing keeps its frame alive.
  */
-export function createRing(capacity: number) {
-  let events: HubEvent[] = [];
+export function createRing(limits: { events: number; bytes: number }) {
+  // Slots before `start` are evicted (undefined); the array is compacted now and then, which
+  // moves only pointers.
+  let events: Array<HubEvent | undefined> = [];
+  let sizes: number[] = [];
   let start = 0;
+  let bytes = 0;
   let floor: Position | undefined;
+
+  const at = (i: number) => events[i] as HubEvent;
 
   const firstAfter = (p: Position) => {
     let lo = start;
     let hi = events.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (compare((events[mid] as HubEvent).pos, p) <= 0) lo = mid + 1;
+      if (compare(at(mid).pos, p) <= 0) lo = mid + 1;
       else hi = mid;
     }
     return lo;
+  };
+
+  const evict = () => {
+    floor = at(start).pos;
+    bytes -= sizes[start] as number;
+    events[start] = undefined;
+    start++;
+    if (start > 1024 && start > events.length / 2) {
+      events = events.slice(start);
+      sizes = sizes.slice(start);
+      start = 0;
+    }
   };
 
   return {
@@ -27,22 +50,23 @@ export function createRing(capacity: number) {
     init(p: Position) {
       floor ??= p;
     },
-    push(e: HubEvent) {
+    /** Appends the next published event; `size` is its frame's byte count if already known. */
+    push(e: HubEvent, size = frameBytes(e.frame)) {
       events.push(e);
-      if (events.length - start > capacity) {
-        floor = (events[start] as HubEvent).pos;
-        start++;
-        if (start > 4096 && start > events.length / 2) {
-          events = events.slice(start);
-          start = 0;
-        }
-      }
+      sizes.push(size);
+      bytes += size;
+      while (start < events.length && (events.length - start > limits.events || bytes > limits.bytes)) evict();
     },
     covers(p: Position): boolean {
       return floor !== undefined && compare(p, floor) >= 0;
     },
+    /** Events after `p`, in order. Iterate synchronously: a push may compact the array. */
     *after(p: Position): Generator<HubEvent> {
-      for (let i = firstAfter(p); i < events.length; i++) yield events[i] as HubEvent;
+      for (let i = firstAfter(p); i < events.length; i++) yield at(i);
+    },
+    /** What it holds now: for metrics and /admin/health. */
+    size(): { events: number; bytes: number } {
+      return { events: events.length - start, bytes };
     },
   };
 }

@@ -8,9 +8,10 @@ import type { ConnectionLimiter } from '../auth/limits.ts';
 import type { CommitteeDirectory } from '../db/committees.ts';
 import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';
-import { type Delivery, type Session, type Sock, CursorError } from './delivery.ts';
+import { type StaticFiles, staticReply } from '../http/static.ts';
+import { type Delivery, type Session, type Sock, CursorError, UnavailableError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
-import { type Claims, claimTopics, mayUse, parseTopic } from '../events/topics.ts';
+import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
 import { CloseCode, ErrorCode, errorMessage } from '../errors.ts';
 
@@ -24,7 +25,7 @@ const STATUS: Record<number, string> = {
 const BAD_FRAMES_BEFORE_CLOSE = 10;
 const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
 
-export type StaticFiles = (path: string) => { body: Buffer; contentType: string } | undefined;
+export type { StaticFiles } from '../http/static.ts';
 
 /**
  * Sockets this node accepts: MAX_CONNECTIONS, else the open-file limit less headroom for the
@@ -42,6 +43,36 @@ export function connectionCap(configured: number | undefined): number {
   return Number.MAX_SAFE_INTEGER;
 }
 
+/** setTimeout's largest delay (2^31 - 1 ms, ~24.8 days); a longer one fires at once (Node: after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Calls `fire` at `atMs` (epoch ms), however far away: a delay past setTimeout's range is
+ * waited out in chunks, each re-arming the next. `s.expiry` always holds the pending chunk,
+ * so `clearTimeout(s.expiry)` cancels it.
+ */
+export function armExpiry(s: { expiry: NodeJS.Timeout | undefined }, atMs: number, fire: () => void): void {
+  const ms = atMs - Date.now();
+  if (ms > MAX_TIMER_MS) {
+    s.expiry = setTimeout(() => armExpiry(s, atMs, fire), MAX_TIMER_MS);
+  } else {
+    s.expiry = setTimeout(fire, Math.max(0, ms));
+  }
+}
+
+/**
+ * What a connection auto-subscribes: the claims' topics, at most `cap` of them. Past the cap
+ * it keeps `user:{sub}` and the first others in claim order (elections, then committees);
+ * `dropped` says how many were left out (the client is told with `too_many_topics`).
+ */
+export function autoTopics(claims: Claims, cap: number): { topics: string[]; dropped: number } {
+  const all = [...new Set(claimTopics(claims))];
+  if (all.length <= cap) return { topics: all, dropped: 0 };
+  const own = `user:${claims.sub}`;
+  const topics = [...all.filter((t) => t !== own).slice(0, cap - 1), own];
+  return { topics, dropped: all.length - topics.length };
+}
+
 /**
  * The uWebSockets.js boundary: HTTP routes, the WebSocket upgrade (authentication happens
  * here, before any socket exists), client frames, and the socket lifecycle.
@@ -54,14 +85,14 @@ export function createHubServer(deps: {
   limiter: ConnectionLimiter;
   committees: CommitteeDirectory;
   routes: Routes;
-  delivery: (app: uWS.TemplatedApp) => Delivery;
+  delivery: (app: uWS.TemplatedApp, sockets: ReadonlySet<Sock>) => Delivery;
   position: () => Position | undefined;
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
   const app = uWS.App();
-  const delivery = deps.delivery(app);
   const sockets = new Set<Ws>();
+  const delivery = deps.delivery(app, sockets);
   let listenSocket: uWS.us_listen_socket | undefined;
   let accepting = true;
   let nextId = 1;
@@ -113,18 +144,31 @@ export function createHubServer(deps: {
 
   get('/health', () => routes.health());
   get('/ready', () => routes.ready());
-  get('/metrics', () => routes.metrics());
+  // No /metrics here: it has its own listener (METRICS_PORT, src/metrics/server.ts); this port answers 404.
   get('/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
   get('/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
   get('/*', () => ({ status: 404, body: JSON.stringify({ error: 'not_found' }) }));
   if (deps.staticFiles) {
     const files = deps.staticFiles;
     for (const path of ['/', '/app.js', '/app.css']) {
-      app.get(path, (res) => {
+      app.get(path, (res, req) => {
         const f = files(path);
+        const reply = f
+          ? staticReply(f, {
+              acceptEncoding: req.getHeader('accept-encoding'),
+              ifNoneMatch: req.getHeader('if-none-match'),
+              version: new URLSearchParams(req.getQuery() ?? '').get('v') ?? undefined,
+            })
+          : undefined;
         res.cork(() => {
-          if (!f) res.writeStatus('404 Not Found').end('not built: run npm run build:web');
-          else res.writeHeader('Content-Type', f.contentType).end(f.body);
+          if (!reply) {
+            res.writeStatus('404 Not Found').end('not built: run npm run build:web');
+            return;
+          }
+          res.writeStatus(reply.status === 304 ? '304 Not Modified' : '200 OK');
+          for (const [k, v] of reply.headers) res.writeHeader(k, v);
+          if (reply.body) res.end(reply.body);
+          else res.endWithoutBody();
         });
       });
     }
@@ -145,6 +189,7 @@ export function createHubServer(deps: {
     }
   };
 
+  /** Well-formed (one spelling per topic), allowed, within the topic limit; claims before any lookup. */
   const checkTopics = async (ws: Ws, topics: string[]): Promise<string[] | undefined> => {
     const s = ws.getUserData();
     const unique = [...new Set(topics)];
@@ -154,17 +199,31 @@ export function createHubServer(deps: {
       clientError(ws, ErrorCode.badTopic, `not a topic: ${String(bad[0]).slice(0, 64)}`);
       return undefined;
     }
-    await committees.ensure(parsed.flatMap(([, p]) => (p?.kind === 'committee' ? [p.id] : [])));
-    if (s.closed) return undefined;
-    const forbidden = parsed.find(([, p]) => p && !mayUse(s.claims, p, committees.electionOf));
-    if (forbidden) {
-      clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${forbidden[0]}`);
-      return undefined;
+    const lookups: Array<[string, Id]> = [];
+    for (const [t, p] of parsed) {
+      if (!p) continue;
+      const v = admitByClaims(s.claims, p);
+      if (v === false) {
+        clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${t}`);
+        return undefined;
+      }
+      if (v === 'lookup' && p.kind === 'committee') lookups.push([t, p.id]);
     }
     const after = new Set([...s.topics, ...unique]).size;
     if (after > config.MAX_TOPICS_PER_CONNECTION) {
       clientError(ws, ErrorCode.tooManyTopics, `at most ${config.MAX_TOPICS_PER_CONNECTION} topics per connection`);
       return undefined;
+    }
+    if (lookups.length > 0) {
+      // Only committees reached through an election claim: their election, as the committees
+      // table said at most the directory's TTL ago (delivery then follows each row's election).
+      const elections = await committees.electionsOf(lookups.map(([, id]) => id));
+      if (s.closed) return undefined;
+      const forbidden = lookups.find(([, id]) => !holdsElection(s.claims, elections.get(id)));
+      if (forbidden) {
+        clientError(ws, ErrorCode.forbiddenTopic, `not allowed: ${forbidden[0]}`);
+        return undefined;
+      }
     }
     return unique;
   };
@@ -172,15 +231,19 @@ export function createHubServer(deps: {
   const onSubscribe = async (ws: Ws, topics: string[], sinceText: string | undefined) => {
     const since = sinceText === undefined ? undefined : decodeCursor(sinceText);
     if (sinceText !== undefined && since === undefined) return clientError(ws, ErrorCode.badCursor, 'not a cursor');
-    const ok = await checkTopics(ws, topics);
-    if (!ok) return;
     try {
+      const ok = await checkTopics(ws, topics);
+      if (!ok) return;
       await delivery.subscribe(ws, ok, since, (cursor, resync) => {
         if (resync) frame(ws, { type: 'resync', topics: ok });
         frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(cursor) });
       });
     } catch (err) {
       if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
+      // A resume the hub could not serve (e.g. the committee lookup failed): close with
+      // 4009 so that every client, not only the SDK, reconnects and resumes.
+      if (since !== undefined) return delivery.resumeFailed(ws, err);
+      if (err instanceof UnavailableError) return clientError(ws, ErrorCode.unavailable, err.message);
       throw err;
     }
   };
@@ -211,6 +274,8 @@ export function createHubServer(deps: {
         if (f.type === 'subscribe') await onSubscribe(ws, f.topics, f.since);
         else {
           const topics = [...new Set(f.topics)];
+          const bad = topics.find((t) => !parseTopic(t));
+          if (bad !== undefined) return clientError(ws, ErrorCode.badTopic, `not a topic: ${bad.slice(0, 64)}`);
           delivery.unsubscribe(ws, topics);
           frame(ws, { type: 'unsubscribed', topics });
         }
@@ -268,7 +333,6 @@ export function createHubServer(deps: {
         const claims: Claims = result.claims;
         const lease = await limiter.acquire(claims.sub);
         if (!lease) return fail(429, 'too_many_connections', claims.sub);
-        await committees.ensure(claims.committees);
         if (aborted || !accepting || !deps.position()) {
           lease.release();
           if (!aborted) refuse(res, 503, 'not_ready');
@@ -305,13 +369,11 @@ export function createHubServer(deps: {
       metrics.connectionsOpened.inc();
       metrics.connectionsByRole.inc({ role: s.claims.role ?? 'none' });
       log.info({ event: 'ws_open', sub: s.claims.sub, role: s.claims.role, remote: s.remote }, 'websocket opened');
+      // Every accepted token has an exp (auth refuses one without).
       if (s.claims.exp !== undefined) {
-        const ms = s.claims.exp * 1000 - Date.now();
-        if (ms < 2 ** 31 - 1) {
-          s.expiry = setTimeout(() => {
-            if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
-          }, Math.max(0, ms));
-        }
+        armExpiry(s, s.claims.exp * 1000, () => {
+          if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
+        });
       }
       // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
       // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
@@ -322,12 +384,24 @@ export function createHubServer(deps: {
         setImmediate(() => {
           resolve();
           if (s.closed) return;
+          let dropped = 0;
           if (s.autoSubscribe) {
-            for (const t of claimTopics(s.claims)) s.topics.add(t);
+            const auto = autoTopics(s.claims, config.MAX_TOPICS_PER_CONNECTION);
+            dropped = auto.dropped;
+            for (const t of auto.topics) s.topics.add(t);
             delivery.applyCover(w);
           }
           const cursor = deps.position();
           frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+          if (dropped > 0) {
+            // Not the client's fault: no bad-frame strike, but the client must know.
+            metrics.frameErrors.inc({ code: ErrorCode.tooManyTopics });
+            frame(w, {
+              type: 'error',
+              code: ErrorCode.tooManyTopics,
+              message: `the token names ${s.topics.size + dropped} topics; subscribed ${s.topics.size} (at most ${config.MAX_TOPICS_PER_CONNECTION} per connection)`,
+            });
+          }
         }),
       );
     },
@@ -361,6 +435,7 @@ export function createHubServer(deps: {
       const s = w.getUserData();
       s.closed = true;
       sockets.delete(w);
+      delivery.closed(w);
       clearTimeout(s.expiry);
       s.drained?.();
       s.lease.release();
@@ -371,7 +446,7 @@ export function createHubServer(deps: {
     },
   });
 
-  const sweep = setInterval(() => delivery.sweep(sockets), 50);
+  const sweep = setInterval(() => delivery.sweep(), 50);
 
   return {
     delivery,

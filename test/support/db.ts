@@ -5,8 +5,13 @@ import { migrate } from '../../src/db/migrate.ts';
 
 export type TestDatabase = { url: string; pool: pg.Pool; drop(): Promise<void> };
 
-/** A fresh database with `sql/` applied, for one test file. `drop` removes it. */
-export async function createTestDatabase(prefix = 'hub_test'): Promise<TestDatabase> {
+/**
+ * A fresh database for one test file, with the hub and the reference schema applied (`schema:
+ * 'hub'`: the hub schema only, as `election-hub migrate` leaves a production database; `'none'`:
+ * empty). `drop` removes it.
+ */
+export async function createTestDatabase(prefix = 'hub_test', opts: { schema?: 'reference' | 'hub' | 'none' } = {}): Promise<TestDatabase> {
+  const schema = opts.schema ?? 'reference';
   const admin = inject('databaseUrl');
   const name = `${prefix}_${randomBytes(5).toString('hex')}`;
   const client = new pg.Client({ connectionString: admin });
@@ -15,7 +20,7 @@ export async function createTestDatabase(prefix = 'hub_test'): Promise<TestDatab
   await client.end();
   const url = new URL(admin);
   url.pathname = `/${name}`;
-  await migrate(url.toString());
+  if (schema !== 'none') await migrate(url.toString(), { referenceSchema: schema === 'reference' });
   const pool = new pg.Pool({ connectionString: url.toString(), max: 8 });
   pool.on('error', () => undefined); // tests terminate backends on purpose
   return {

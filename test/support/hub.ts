@@ -10,11 +10,11 @@ export const SECRET = 'test-secret-0123456789abcdef-0123456789';
 /** Every log line of every hub started by tests in this process (checked for tokens). */
 export const capturedLogs: string[] = [];
 
-/** Starts a hub on port 0 (127.0.0.1) against `databaseUrl`, logs captured in memory. */
+/** Starts a hub on port 0 (127.0.0.1), metrics on another port 0, against `databaseUrl`, logs captured in memory. */
 export async function startTestHub(databaseUrl: string, env: Env = {}, deps: HubDeps = {}): Promise<Hub> {
   // Test files share one Redis: each database gets its own key namespace.
   const prefix = `hub:${new URL(databaseUrl).pathname.slice(1)}:`;
-  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', REDIS_PREFIX: prefix, ...env });
+  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_PREFIX: prefix, ...env });
   if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {

@@ -5,13 +5,14 @@ import { defineConfig } from 'vitest/config';
 // `npm test` runs both.
 export default defineConfig({
   test: {
-    pool: 'forks',
     projects: [
       {
         extends: true,
         test: {
           name: 'unit',
           include: ['src/**/*.test.ts'],
+          // Pure code: threads start faster than processes.
+          pool: 'threads',
           testTimeout: 10_000,
         },
       },
@@ -20,6 +21,7 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['test/**/*.test.ts'],
+          pool: 'forks',
           // Makes sure PostgreSQL and Redis answer (starting them if need be) and provides their URLs.
           globalSetup: ['test/support/services.ts'],
           // Fails a file whose hubs logged a token (JWT) anywhere.

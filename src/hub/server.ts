@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import uWS from 'uWebSockets.js';
+import { uWS, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -59,6 +59,7 @@ export function createHubServer(deps: {
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
+  log.info({ uws: uwsBuild.package, binary: uwsBuild.binary }, 'uWebSockets.js native build loaded');
   const app = uWS.App();
   const delivery = deps.delivery(app);
   const sockets = new Set<Ws>();

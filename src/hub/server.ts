@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { uWS, uwsBuild } from './uws.ts';
+import { uWS, upgradeAfterAwait, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -291,7 +291,7 @@ export function createHubServer(deps: {
           lease,
           autoSubscribe: query.get('subscribe') !== 'none',
         };
-        res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
+        upgradeAfterAwait(res, () => res.upgrade(session, key, viaProtocol ?? '', extensions, context), sockets.values().next().value);
       })().catch((err: unknown) => {
         log.error({ err: errorMessage(err) }, 'upgrade failed');
         if (!aborted) refuse(res, 500, 'internal');
@@ -314,11 +314,9 @@ export function createHubServer(deps: {
           }, Math.max(0, ms));
         }
       }
-      // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
-      // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
-      // belongs to the WebSocket; what open() writes there (a send) can make it close the new
-      // socket (1006). So nothing touches the socket until cork() has returned; subscription
-      // frames queue behind this (s.ops), so connection_success always comes first.
+      // Nothing is sent from open() itself (with the cork() bug that upgradeAfterAwait avoids, a
+      // send here made it close the new socket); subscription frames queue behind this (s.ops),
+      // so connection_success always comes first.
       s.ops = new Promise<void>((resolve) =>
         setImmediate(() => {
           resolve();

@@ -161,6 +161,23 @@ export function loadUws(env: NodeJS.ProcessEnv = process.env): { uws: typeof Typ
   );
 }
 
+/**
+ * Completes a WebSocket upgrade whose checks finished after an await (outside any uWS callback),
+ * without the cork() bug uNetworking/uWebSockets#1928 (fixed upstream by PR #1929, in neither build
+ * above): a res.cork() that starts uncorked and upgrades inside goes on to read the HTTP response
+ * state from memory the upgrade has just freed (the WebSocket shrinks the allocation in place);
+ * when that memory was reused meanwhile, it closes the new socket and the client sees 1006 right
+ * after the upgrade (seen with both builds, often with 20.57 under load). Inside another socket's
+ * cork, res.cork() only tells uWS.js the writes are corked and calls back: the 101 response is
+ * written directly and nothing reads freed memory. With no other socket open (`anyOpen` undefined)
+ * the upgrade runs uncorked, and uWS.js prints its "must be made from within a corked callback"
+ * warning for it. test/uws.test.ts reproduces the bug and checks both paths.
+ */
+export function upgradeAfterAwait(res: Types.HttpResponse, upgrade: () => void, anyOpen: Types.WebSocket<unknown> | undefined): void {
+  if (!anyOpen) return upgrade();
+  anyOpen.cork(() => res.cork(upgrade));
+}
+
 const loaded = loadUws();
 
 /** The build in use, for the start-up log. */

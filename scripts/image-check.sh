@@ -43,7 +43,10 @@ esac
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, buildah and chroot need it)"
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
-[ "${#missing[@]}" -eq 0 ] || die "this host lacks ${missing[*]} (Debian: apt-get install ${missing[*]/unshare/util-linux})"
+if [ "${#missing[@]}" -gt 0 ]; then
+  pkgs=$(for t in "${missing[@]}"; do case $t in chroot) echo coreutils ;; unshare | flock) echo util-linux ;; node | npm) echo nodejs npm ;; *) echo "$t" ;; esac; done | sort -u | tr '\n' ' ')
+  die "this host lacks ${missing[*]} (Debian: apt-get install ${pkgs% })"
+fi
 
 mkdir -p "$CACHE/dl" "$CACHE/roots"
 exec 9>"$CACHE/lock"

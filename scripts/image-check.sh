@@ -144,6 +144,10 @@ buildah build --isolation=chroot --format docker --layers --pull=never "${secret
   --build-arg "NODE_IMAGE=$BASE_IMAGE" -t "$IMAGE" -f Dockerfile . >"$work/build.log" 2>&1 \
   || { tail -n 30 "$work/build.log" >&2; die "buildah build failed (log above)"; }
 build_s=$(( ($(now_ms) - t) / 1000 ))
+# Each source change leaves the previous build's layers behind (the layer cache): past 4 GB of
+# storage, drop the dangling ones (the next build then starts without a cache).
+storage=$(buildah info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
+if [ "$(du -sm "$storage" 2>/dev/null | cut -f1)" -gt 4096 ] 2>/dev/null; then buildah rmi --prune >/dev/null 2>&1 || true; fi
 size=$(buildah images --format '{{.Size}}' "$IMAGE" | awk 'NR == 1')
 
 # ---- run it: the image's root, read-only, as the image's user, with the image's config -------

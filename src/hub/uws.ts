@@ -135,7 +135,8 @@ function advice(attempts: Attempt[], env: NodeJS.ProcessEnv, glibc: string): str
   if (btc && !btc.ok && btc.reason.includes('not installed') && major !== 20) {
     return 'run `npm install` without --omit=optional (the optional dependency @btc-vision/uwebsockets.js carries the Node 22/24/25 builds)';
   }
-  if (glibc && !versionAtLeast(glibc, '2.38')) return 'use Node 20 on this system, or Node 20/22/24/25 on glibc >= 2.38 (Debian 13, Ubuntu 24.04), or the container image';
+  const need = CANDIDATES.find((c) => c.id === 'btc-vision')?.glibc ?? '2.38';
+  if (glibc && !versionAtLeast(glibc, need)) return `use Node 20 on this system, or Node 20/22/24/25 on glibc >= ${need} (Debian 13, Ubuntu 24.04), or the container image`;
   return 'use Node 20, 22, 24 or 25 (see README, "Node versions and platforms")';
 }
 

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import uWS from 'uWebSockets.js';
+import { uWS, upgradeAfterAwait, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -90,6 +90,7 @@ export function createHubServer(deps: {
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
+  log.info({ uws: uwsBuild.package, binary: uwsBuild.binary }, 'uWebSockets.js native build loaded');
   const app = uWS.App();
   const sockets = new Set<Ws>();
   const delivery = deps.delivery(app, sockets);
@@ -357,7 +358,7 @@ export function createHubServer(deps: {
           lease,
           autoSubscribe: query.get('subscribe') !== 'none',
         };
-        res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
+        upgradeAfterAwait(res, () => res.upgrade(session, key, viaProtocol ?? '', extensions, context), sockets.values().next().value);
       })().catch((err: unknown) => {
         log.error({ err: errorMessage(err) }, 'upgrade failed');
         if (!aborted) refuse(res, ErrorCode.internal);
@@ -378,11 +379,9 @@ export function createHubServer(deps: {
           if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
         });
       }
-      // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
-      // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
-      // belongs to the WebSocket; what open() writes there (a send) can make it close the new
-      // socket (1006). So nothing touches the socket until cork() has returned; subscription
-      // frames queue behind this (s.ops), so connection_success always comes first.
+      // Nothing is sent from open() itself (with the cork() bug that upgradeAfterAwait avoids, a
+      // send here made it close the new socket); subscription frames queue behind this (s.ops),
+      // so connection_success always comes first.
       s.ops = new Promise<void>((resolve) =>
         setImmediate(() => {
           resolve();

@@ -15,12 +15,12 @@ import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from '
 import { type Presence, startPresence } from './cluster/presence.ts';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { createDashboardCache, createDashboardNotifier } from './cache/dashboard.ts';
+import { createDashboardCache, createDashboardNotifier, createInterest } from './cache/dashboard.ts';
 import { createRoutes, readiness } from './http/routes.ts';
-import { createDelivery } from './hub/delivery.ts';
+import { type Publisher, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
-import { type Id, eventTopics } from './events/topics.ts';
+import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 import { type Lifecycle, createLifecycle } from './lifecycle.ts';
 
@@ -46,6 +46,16 @@ export type Hub = {
 };
 
 export type HubDeps = { log?: Logger; staticFiles?: StaticFiles; pruneEveryMs?: number };
+
+/**
+ * Dashboard snapshots are computed on their own small pool, never the reader's: however many
+ * elections a statement touches, delivery keeps its connections. Its size is also how many
+ * computations run at once on this node.
+ */
+const DASHBOARD_POOL_SIZE = 2;
+/** How long a snapshot request (GET /dashboard/{id}) keeps that election's updates coming. */
+const DASHBOARD_INTEREST_MS = 60 * 60_000;
+const DASHBOARD_INTEREST_MAX = 10_000;
 
 /**
  * Starts one hub: composes the boundaries and returns a handle whose `stop` releases them
@@ -76,6 +86,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
 
     const pool = createPool(config.DATABASE_URL, log);
     releasers.push(['pool', () => pool.end()]);
+    const dashboardPool = createPool(config.DATABASE_URL, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
+    releasers.push(['dashboard pool', () => dashboardPool.end()]);
 
     let redis: Redis | undefined;
     if (config.REDIS_URL) {
@@ -106,13 +118,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       : createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
     releasers.push(['connection leases', () => limiter.stop()]);
     let presence: Presence | undefined;
+    const interest = createInterest({ ttlMs: DASHBOARD_INTEREST_MS, max: DASHBOARD_INTEREST_MAX });
     const cache = createDashboardCache({
-      compute: (id) => computeSnapshot(pool, id),
+      compute: (id) => computeSnapshot(dashboardPool, id),
+      concurrency: DASHBOARD_POOL_SIZE,
       redis,
       extraKeys: config.DASHBOARD_CACHE_KEYS,
       metrics,
       log,
       prefix: config.REDIS_PREFIX,
+      onRequest: (id) => interest.touch(id),
     });
 
     let reader: Reader | undefined;
@@ -184,6 +199,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       },
     });
 
+    let publisher: Publisher | undefined;
     const server = createHubServer({
       config,
       log,
@@ -196,7 +212,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
       delivery: (app, sockets) =>
         createDelivery({
-          publisher: app,
+          publisher: (publisher = app),
           sockets,
           reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
           pool,
@@ -211,17 +227,22 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push(['http server', () => server.close()]);
 
+    // Who gets election E's dashboard_update here: sockets on election:E, and (as it is also
+    // published on election:*) admins, but only for elections fetched from this node lately;
+    // an admin on election:* alone does not make every election's totals recomputed.
+    const subscribers = (topic: string) => publisher?.numSubscribers(topic) ?? 0;
     const notifier = createDashboardNotifier({
       cache,
       debounceMs: config.DASHBOARD_DEBOUNCE,
+      concurrency: DASHBOARD_POOL_SIZE,
       log,
-      waitForCursor: async (p) => {
-        if (reader) await reader.waitFor(p, 5000);
+      watched: (id) => subscribers(`election:${id}`) > 0 || (interest.has(id) && subscribers(ALL) > 0),
+      delivered: (p) => reader?.waitFor(p, 5000) ?? Promise.resolve(false),
+      publish: (electionId, frame) => {
+        if (interest.has(electionId)) interest.touch(electionId); // still followed: keep it
+        server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update');
       },
-      publish: (electionId, frame) =>
-        server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update'),
     });
-    releasers.push(['dashboard updates', () => notifier.stop()]);
 
     let started: () => void = () => undefined;
     const readerStarted = new Promise<void>((resolve) => (started = resolve));
@@ -247,6 +268,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     });
     const r = reader;
     releasers.push(['reader', () => r.stop()]);
+    // Before the reader: an update waiting for the reader to reach its cursor gives up.
+    releasers.push(['dashboard updates', () => notifier.stop()]);
 
     listener = startListener({
       connectionString: config.DATABASE_URL,

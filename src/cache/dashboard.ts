@@ -5,14 +5,17 @@ import type { DashboardSnapshot } from '../events/schema.ts';
 import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 import { randomBytes } from 'node:crypto';
-import { type Position, compare, decodeCursor } from '../db/cursor.ts';
+import { type Position, ZERO, compare, decodeCursor } from '../db/cursor.ts';
 
 export type DashboardCache = {
-  /** The snapshot as JSON (serialized once), or null for an unknown election. */
+  /** A request's snapshot as JSON (serialized once), or null for an unknown election; computed ahead of updates. */
   get(electionId: Id): Promise<string | null>;
   /** A snapshot at least as new as every change seen so far (computed once across nodes). */
   refresh(electionId: Id): Promise<string | null>;
-  /** Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted. */
+  /**
+   * Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted.
+   * Cheap for any number of elections: O(n) in memory, Redis deletions in bounded chunks.
+   */
   invalidate(electionIds: Iterable<Id>, seen: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
@@ -30,14 +33,46 @@ export type DashboardCacheOptions = {
   lockWaitMs?: number;
   /** Namespace of every Redis key (REDIS_PREFIX). */
   prefix?: string;
+  /** Computations at once on this node (the size of the pool `compute` uses); requests go first. */
+  concurrency?: number;
+  /** Elections whose last change is remembered one by one; older marks collapse into one floor. */
+  maxTracked?: number;
+  /** Snapshots kept in process when there is no Redis. */
+  maxLocal?: number;
+  /** Keys per Redis DEL. */
+  deleteChunk?: number;
+  /** Told of every snapshot request (GET /dashboard/{id}): the notifier's "requested recently". */
+  onRequest?: (electionId: Id) => void;
 };
 
 const NONE = '__none__'; // "no such election", returned as null, never stored
 
-const cursorOf = (json: string): Position | undefined => {
+/** The cursor a snapshot's JSON carries. */
+export const cursorOf = (json: string): Position | undefined => {
   const m = /"cursor":"([^"]+)"/.exec(json);
   return m?.[1] ? decodeCursor(m[1]) : undefined;
 };
+
+/** At most `n` tasks at once; urgent ones (someone is waiting for the answer) go first. */
+function createSlots(n: number) {
+  let free = Math.max(1, n);
+  const urgent: Array<() => void> = [];
+  const background: Array<() => void> = [];
+  const release = () => {
+    const next = urgent.shift() ?? background.shift();
+    if (next) next();
+    else free++;
+  };
+  return async <T>(isUrgent: boolean, task: () => Promise<T>): Promise<T> => {
+    if (free > 0) free--;
+    else await new Promise<void>((resolve) => (isUrgent ? urgent : background).push(resolve));
+    try {
+      return await task();
+    } finally {
+      release();
+    }
+  };
+}
 
 /**
  * Snapshot cache: Redis when configured (shared by all nodes), in-process otherwise.
@@ -46,14 +81,25 @@ const cursorOf = (json: string): Position | undefined => {
  * delete each other's fresh results, and with a short Redis lock one node computes per
  * burst while the others wait for its result. Redis trouble degrades to computing from
  * PostgreSQL; it never fails a request.
+ *
+ * Memory is bounded whatever the number of elections: the last change is remembered for the
+ * `maxTracked` most recently changed elections; older marks fold into one `floor` position
+ * (a snapshot of an election without a mark must reach it), which can only cause an extra
+ * computation, never a stale answer. Computations run `concurrency` at a time.
  */
 export function createDashboardCache(opts: DashboardCacheOptions): DashboardCache {
   const { redis, metrics, log } = opts;
   const ttl = opts.ttlSeconds ?? 3600;
   const lockWaitMs = opts.lockWaitMs ?? 3000;
+  const maxTracked = opts.maxTracked ?? 10_000;
+  const maxLocal = opts.maxLocal ?? 1000;
+  const deleteChunk = opts.deleteChunk ?? 500;
   const local = new Map<Id, string>();
+  // In order of the change (reader order: positions only grow), so the first is the oldest.
   const lastChange = new Map<Id, Position>();
+  let floor: Position = ZERO;
   const inflight = new Map<Id, Promise<string | null>>();
+  const slot = createSlots(opts.concurrency ?? 2);
   const token = randomBytes(8).toString('hex');
   const prefix = opts.prefix ?? 'hub:';
   const KEY = (id: Id) => `${prefix}dashboard:${id}`;
@@ -71,38 +117,49 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return ((await redis.get(KEY(id)).catch(warn('dashboard cache read failed'))) ?? undefined) || undefined;
   };
   const write = async (id: Id, json: string) => {
-    if (!redis) local.set(id, json);
-    else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
+    if (!redis) {
+      local.delete(id);
+      local.set(id, json);
+      for (const old of local.keys()) {
+        if (local.size <= maxLocal) break;
+        local.delete(old);
+      }
+    } else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
   const fresh = (id: Id, json: string | undefined): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
-    const need = lastChange.get(id);
-    return c !== undefined && (need === undefined || compare(c, need) >= 0);
+    return c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0;
   };
 
-  const computeAndStore = async (id: Id): Promise<string> => {
-    metrics.dashboardComputations.inc({ reason: lastChange.has(id) ? 'change' : 'first_use' });
-    const snap = await opts.compute(id);
-    if (!snap) return NONE; // not cached: the election may be created any moment
-    const json = JSON.stringify(snap);
-    await write(id, json);
-    return json;
-  };
+  const computeAndStore = (id: Id, urgent: boolean): Promise<string> =>
+    slot(urgent, async () => {
+      metrics.dashboardComputations.inc({ reason: lastChange.has(id) ? 'change' : 'first_use' });
+      const snap = await opts.compute(id);
+      if (!snap) return NONE; // not cached: the election may be created any moment
+      const json = JSON.stringify(snap);
+      await write(id, json);
+      return json;
+    });
 
   /** One computation per burst: locally single-flight, across nodes a short Redis lock. */
-  const obtain = async (id: Id): Promise<string> => {
-    if (!redis || !redisUp()) return computeAndStore(id);
+  const obtain = async (id: Id, urgent: boolean): Promise<string> => {
+    if (!redis || !redisUp()) return computeAndStore(id, urgent);
     const deadline = Date.now() + lockWaitMs;
     while (Date.now() < deadline) {
       const got = await redis.set(LOCK(id), token, 'PX', lockWaitMs, 'NX').catch(warn('dashboard lock failed'));
       if (got === 'OK') {
         try {
-          return await computeAndStore(id);
+          return await computeAndStore(id, urgent);
         } finally {
           // Release only our own lock.
           await redis
-            .eval(`if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`, 1, LOCK(id), token)
+            .eval(
+              `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`,
+              1,
+              LOCK(id),
+              token,
+            )
             .catch(warn('dashboard unlock failed'));
         }
       }
@@ -111,17 +168,17 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       const other = await read(id);
       if (fresh(id, other)) return other;
     }
-    return computeAndStore(id);
+    return computeAndStore(id, urgent);
   };
 
-  const refresh = (id: Id): Promise<string | null> => {
+  const refresh = (id: Id, urgent = false): Promise<string | null> => {
     const running = inflight.get(id);
     const p = (running ?? Promise.resolve(undefined)).then(async (prev) => {
       // A computation that began before the latest change may be stale: check, then redo.
       if (prev !== undefined && prev !== null && fresh(id, prev)) return prev;
       const cached = await read(id);
       if (fresh(id, cached)) return cached;
-      const json = await obtain(id);
+      const json = await obtain(id, urgent);
       return json === NONE ? null : json;
     });
     const tracked = p.finally(() => {
@@ -131,81 +188,223 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return tracked;
   };
 
+  // The app's keys of changed elections, deleted in chunks, one DEL in flight at a time. A key
+  // changed again while its chunk is on the way is queued again (a later change, a later DEL).
+  const doomed = new Set<string>();
+  let deleting = false;
+  const deleteKeys = async () => {
+    if (deleting) return;
+    deleting = true;
+    try {
+      while (doomed.size > 0 && redis && redisUp()) {
+        const chunk: string[] = [];
+        for (const k of doomed) {
+          doomed.delete(k);
+          chunk.push(k);
+          if (chunk.length >= deleteChunk) break;
+        }
+        await redis.del(...chunk).catch(warn('deleting application cache keys failed'));
+      }
+      doomed.clear(); // Redis down: skipped, as every write while it is down
+    } finally {
+      deleting = false;
+    }
+  };
+
   return {
     async get(id) {
+      opts.onRequest?.(id);
       const hit = await read(id);
       if (fresh(id, hit)) {
         metrics.cacheRequests.inc({ result: 'hit' });
         return hit;
       }
       metrics.cacheRequests.inc({ result: 'miss' });
-      return refresh(id);
+      return refresh(id, true);
     },
-    refresh,
+    refresh: (id) => refresh(id),
     invalidate(ids, seen) {
-      const keys: string[] = [];
       for (const id of ids) {
         const prev = lastChange.get(id);
-        if (!prev || compare(seen, prev) > 0) lastChange.set(id, seen);
+        if (!prev || compare(seen, prev) > 0) {
+          lastChange.delete(id);
+          lastChange.set(id, seen);
+        }
         local.delete(id);
-        keys.push(...opts.extraKeys.map((t) => t.replaceAll('{election_id}', String(id))));
+        if (redis) for (const t of opts.extraKeys) doomed.add(t.replaceAll('{election_id}', String(id)));
       }
-      if (keys.length > 0 && redisUp() && redis) redis.del(...keys).catch(warn('deleting application cache keys failed'));
+      for (const [id, p] of lastChange) {
+        if (lastChange.size <= maxTracked) break;
+        lastChange.delete(id);
+        if (compare(p, floor) > 0) floor = p;
+      }
+      if (doomed.size > 0) void deleteKeys();
     },
     degraded: () => redis !== undefined && !redisUp(),
   };
 }
 
+/**
+ * Elections whose snapshot was requested recently on this node (GET /dashboard/{id}), kept
+ * for `ttlMs` after the last request or the last update published for it, at most `max` of
+ * them (the least recently touched go first).
+ */
+export function createInterest(opts: { ttlMs: number; max: number; now?: () => number }) {
+  const now = opts.now ?? Date.now;
+  // In order of the last touch, so expired ones are at the front.
+  const touched = new Map<Id, number>();
+  const expire = (t: number) => {
+    for (const [id, at] of touched) {
+      if (touched.size <= opts.max && t - at <= opts.ttlMs) break;
+      touched.delete(id);
+    }
+  };
+  return {
+    touch(id: Id): void {
+      const t = now();
+      touched.delete(id);
+      touched.set(id, t);
+      expire(t);
+    },
+    has(id: Id): boolean {
+      const at = touched.get(id);
+      if (at === undefined) return false;
+      if (now() - at <= opts.ttlMs) return true;
+      touched.delete(id);
+      return false;
+    },
+    size: () => touched.size,
+  };
+}
+
+export type Interest = ReturnType<typeof createInterest>;
+
 export type DashboardNotifier = {
-  /** Elections whose data changed; a `dashboard_update` follows, coalesced per election. */
+  /** Elections whose data changed: the watched ones get a `dashboard_update`, coalesced per election. */
   changed(electionIds: Iterable<Id>): void;
+  /** Elections waiting for (or in) a computation; for tests and health. */
+  pending(): number;
   stop(): void;
 };
 
 /**
- * At most one `dashboard_update` per election per `debounceMs`. Each is published only
- * once the reader has delivered every event up to the snapshot's cursor, so a client can
- * replace its totals with the update and apply the events that follow it.
+ * Turns changes into `dashboard_update` frames, with work bounded whatever a statement touches:
+ *
+ * - Only elections `watched` on this node are recomputed; the others were only marked stale
+ *   by the cache (cheap, in memory) and are computed when somebody asks for them.
+ * - Per election at most one update per `debounceMs`, and one computation at a time: a change
+ *   during a computation schedules exactly one more after it. Pending elections wait in one
+ *   queue (each once), drained `concurrency` at a time.
+ * - An update is published only once the reader has delivered every event up to its cursor
+ *   (`delivered`): a client replaces its totals with it and then applies the events that
+ *   follow, so an update ahead of the stream would count the events in between twice. If the
+ *   reader is behind (the database is failing), the update waits for it; it never goes early.
+ *
+ * This is the seam a stream-maintained total (issue 11) replaces: `watched` says who needs
+ * numbers, the queue says which elections need them next.
  */
 export function createDashboardNotifier(opts: {
-  cache: DashboardCache;
+  cache: Pick<DashboardCache, 'refresh'>;
   debounceMs: number;
-  waitForCursor: (cursor: Position) => Promise<void>;
+  /** Does somebody on this node receive this election's `dashboard_update`? */
+  watched: (electionId: Id) => boolean;
+  /** Resolves true once the reader has delivered every event up to `cursor`, false after a while. */
+  delivered: (cursor: Position) => Promise<boolean>;
   publish: (electionId: Id, frame: string) => void;
+  /** Computations in flight for updates (the cache bounds computations overall). */
+  concurrency?: number;
   log: Logger;
 }): DashboardNotifier {
-  const timers = new Map<Id, NodeJS.Timeout>();
+  const concurrency = Math.max(1, opts.concurrency ?? 2);
+  const timers = new Map<Id, NodeJS.Timeout>(); // debouncing
+  const ready = new Set<Id>(); // due, in arrival order
+  const busy = new Set<Id>(); // computing, or waiting for the reader
+  const again = new Set<Id>(); // changed while busy
   const lastSent = new Map<Id, number>();
+  let computing = 0;
+  let pruneAt = 64;
   let stopped = false;
 
+  const schedule = (id: Id) => {
+    const since = Date.now() - (lastSent.get(id) ?? 0);
+    const delay = Math.max(20, opts.debounceMs - since);
+    timers.set(
+      id,
+      setTimeout(() => {
+        timers.delete(id);
+        ready.add(id);
+        pump();
+      }, delay),
+    );
+  };
+
+  // Only the last debounce interval matters: older send times are forgotten (amortized O(1)).
+  const sent = (id: Id) => {
+    const t = Date.now();
+    lastSent.delete(id);
+    lastSent.set(id, t);
+    if (lastSent.size < pruneAt) return;
+    for (const [k, at] of lastSent) {
+      if (t - at < opts.debounceMs) break;
+      lastSent.delete(k);
+    }
+    pruneAt = Math.max(64, lastSent.size * 2);
+  };
+
   const fire = async (id: Id) => {
-    timers.delete(id);
-    lastSent.set(id, Date.now());
+    busy.add(id);
+    computing++;
+    let holding = true;
+    const release = () => {
+      if (!holding) return;
+      holding = false;
+      computing--;
+      pump();
+    };
     try {
+      if (stopped || !opts.watched(id)) return;
       const json = await opts.cache.refresh(id);
+      release();
       if (!json || stopped) return;
       const cursor = cursorOf(json);
-      if (cursor) await opts.waitForCursor(cursor);
-      if (!stopped) opts.publish(id, `{"type":"dashboard_update",${json.slice(1)}`);
+      if (cursor) while (!(await opts.delivered(cursor))) if (stopped) return;
+      if (stopped) return;
+      opts.publish(id, `{"type":"dashboard_update",${json.slice(1)}`);
+      sent(id);
     } catch (err) {
       opts.log.warn({ electionId: id, err: errorMessage(err) }, 'dashboard update failed');
+    } finally {
+      release();
+      busy.delete(id);
+      if (again.delete(id) && !stopped && !timers.has(id) && !ready.has(id)) schedule(id);
     }
   };
+
+  function pump(): void {
+    while (!stopped && computing < concurrency && ready.size > 0) {
+      const id = ready.values().next().value as Id;
+      ready.delete(id);
+      void fire(id);
+    }
+  }
 
   return {
     changed(ids) {
       if (stopped) return;
       for (const id of ids) {
-        if (timers.has(id)) continue;
-        const since = Date.now() - (lastSent.get(id) ?? 0);
-        const delay = Math.max(20, opts.debounceMs - since);
-        timers.set(id, setTimeout(() => void fire(id), delay));
+        if (timers.has(id) || ready.has(id)) continue;
+        if (!opts.watched(id)) continue;
+        if (busy.has(id)) again.add(id);
+        else schedule(id);
       }
     },
+    pending: () => timers.size + ready.size + busy.size,
     stop() {
       stopped = true;
       for (const t of timers.values()) clearTimeout(t);
       timers.clear();
+      ready.clear();
+      again.clear();
     },
   };
 }

@@ -9,9 +9,12 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (v) => {
   return Number.isSafeInteger(n) ? n : v;
 });
 
-/** A pool whose idle-client errors (server restart, pg_terminate_backend) are logged, not fatal. */
-export function createPool(connectionString: string, log: Logger, max = 10): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, connectionTimeoutMillis: 5000, idleTimeoutMillis: 30_000, application_name: 'election-hub' });
+/**
+ * A pool whose idle-client errors (server restart, pg_terminate_backend) are logged, not fatal.
+ * The hub has two: the reader's and delivery's, and a small one for dashboard snapshots.
+ */
+export function createPool(connectionString: string, log: Logger, max = 10, name = 'election-hub'): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max, connectionTimeoutMillis: 5000, idleTimeoutMillis: 30_000, application_name: name });
   pool.on('error', (err) => log.warn({ err: err.message }, 'idle database connection failed'));
   return pool;
 }

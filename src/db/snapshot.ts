@@ -71,7 +71,9 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);
     }
 
-    // Undo what committed at or above the horizon: those events follow the cursor.
+    // Undo what committed at or above the horizon: those events follow the cursor. Only this
+    // election's rows (updates are all read: one may have moved a row out of it), so a wide
+    // statement above the horizon does not cost every computation all of its rows.
     // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
     const late = await client.query<{
       kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null;
@@ -83,8 +85,9 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
        FROM hub.outbox o
        LEFT JOIN LATERAL (SELECT election_column::text, committee_column::text FROM hub.watched
                           WHERE kind = o.kind ORDER BY tbl::text LIMIT 1) w ON true
-       WHERE o.txid >= $1::text::xid8 AND o.kind IN ('guarantee', 'attendance', 'vote') ORDER BY o.txid, o.id`,
-      [x],
+       WHERE o.txid >= $1::text::xid8 AND o.kind IN ('guarantee', 'attendance', 'vote')
+         AND (o.election_id = $2::text::bigint OR o.action = 'updated') ORDER BY o.txid, o.id`,
+      [x, electionId],
     );
     for (const e of late.rows) {
       const w = byKind.get(e.kind);

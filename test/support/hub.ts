@@ -190,10 +190,39 @@ export type TestClient = {
 const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
 const isEvent = (f: Frame) => !CONTROL.has(f.type) && f.type !== MARKER;
 
-/** Opens a WebSocket to the hub; resolves once it is open (rejects with the HTTP status if refused). */
-export function connect(
+/**
+ * How often a socket dropped right after its upgrade is opened again. uWebSockets.js closes a
+ * socket upgraded asynchronously (res.cork(() => res.upgrade()) after an await) right after
+ * `open` when cork() misreads freed heap bytes as "Connection: close" (uNetworking/uWebSockets
+ * #1928, fixed upstream by PR #1929, not in our build; MALLOC_PERTURB_=16 makes it happen to most
+ * sockets). The client sees 1006 and no frame. Real clients (the SDK) reconnect; so does this one.
+ */
+const DROPPED_UPGRADE_RETRIES = 5;
+
+/** Sockets this process had to open again after such a drop (see above). */
+export const droppedUpgrades = { count: 0 };
+
+/**
+ * Opens a WebSocket to the hub; resolves once its first frame (connection_success) arrived or it
+ * was closed (rejects with the HTTP status if refused). A socket dropped right after the upgrade
+ * (1006 before any frame) is opened again, as any real client would.
+ */
+export async function connect(
   hub: { port: number },
   opts: { token?: string; query?: string; headers?: Record<string, string>; protocols?: string[] } = {},
+): Promise<TestClient> {
+  for (let attempt = 1; ; attempt++) {
+    const c = await connectOnce(hub, opts);
+    const dropped = c.frames.length === 0 && c.ws.readyState === WebSocket.CLOSED && (await c.closed).code === 1006;
+    if (!dropped || attempt > DROPPED_UPGRADE_RETRIES) return c;
+    droppedUpgrades.count++;
+    process.stderr.write(`[test client] socket dropped right after its upgrade (1006, no frame: uWS#1928); opening it again\n`);
+  }
+}
+
+function connectOnce(
+  hub: { port: number },
+  opts: { token?: string; query?: string; headers?: Record<string, string>; protocols?: string[] },
 ): Promise<TestClient> {
   const q = new URLSearchParams(opts.query ?? '');
   if (opts.token) q.set('token', opts.token);
@@ -201,15 +230,16 @@ export function connect(
   const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${qs ? `?${qs}` : ''}`, opts.protocols ?? [], { headers: opts.headers ?? {} });
   const frames: Frame[] = [];
   const watchers = new Set<() => void>();
+  let ended: { code: number; reason: string } | undefined;
   ws.on('message', (data) => {
     frames.push(JSON.parse(data.toString()) as Frame);
     for (const w of watchers) w();
   });
-  let state = 'open';
   const closed = new Promise<{ code: number; reason: string }>((resolve) => {
     ws.on('close', (code, reason) => {
-      state = `closed ${code}`;
-      resolve({ code, reason: reason.toString() });
+      ended = { code, reason: reason.toString() };
+      resolve(ended);
+      for (const w of watchers) w();
     });
   });
   return new Promise((resolve, reject) => {
@@ -222,25 +252,33 @@ export function connect(
       ws.on('error', () => undefined); // resets after a server-side close surface through `closed`
       // Where the next `next` starts looking: just after the frame the previous one returned.
       let nextFrom = 0;
-      /** The first frame at or after `from` matching `pred`, as it arrives; resolves with its index. */
+      /**
+       * The first frame at or after `from` matching `pred`, as it arrives; resolves with its index.
+       * Fails at once when the socket has closed without one: no frame comes after the close.
+       */
       const find = (from: number, pred: (f: Frame) => boolean, timeoutMs: number) =>
         new Promise<number>((res, rej) => {
           let index = from;
-          const check = () => {
+          const done = () => {
+            watchers.delete(check);
+            clearTimeout(timer);
+          };
+          const fail = (why: string) => {
+            done();
+            const tail = frames.slice(-5).map((f) => f.type).join(',');
+            rej(new Error(`no matching frame: ${why}; ${frames.length} frames, last: ${tail}`));
+          };
+          function check() {
             for (; index < frames.length; index++) {
               if (pred(frames[index] as Frame)) {
-                watchers.delete(check);
-                clearTimeout(timer);
+                done();
                 res(index);
                 return;
               }
             }
-          };
-          const timer = setTimeout(() => {
-            watchers.delete(check);
-            const tail = frames.slice(-5).map((f) => f.type).join(',');
-            rej(new Error(`no matching frame within ${timeoutMs} ms; ${frames.length} frames, last: ${tail}; socket ${state}`));
-          }, timeoutMs);
+            if (ended) fail(`socket closed with ${ended.code}${ended.reason ? ` (${ended.reason})` : ''}`);
+          }
+          const timer = setTimeout(() => fail(`none within ${timeoutMs} ms`), timeoutMs);
           watchers.add(check);
           check();
         });
@@ -264,7 +302,14 @@ export function connect(
           await closed;
         },
       };
-      resolve(client);
+      // Ready once the hub has spoken (connection_success comes first) or the socket is gone.
+      const settle = () => {
+        if (frames.length === 0 && !ended) return;
+        watchers.delete(settle);
+        resolve(client);
+      };
+      watchers.add(settle);
+      settle();
     });
   });
 }

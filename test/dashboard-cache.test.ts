@@ -1,0 +1,243 @@
+// The dashboard cache and notifier alone (no services): bounded work and memory per statement,
+// whatever the number of elections it touches (issue 15, item 6).
+import type { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import { createDashboardCache, createDashboardNotifier, createInterest } from '../src/cache/dashboard.ts';
+import { type Position, encodeCursor } from '../src/db/cursor.ts';
+import { createLogger } from '../src/log.ts';
+import { type Metrics, createMetrics } from '../src/metrics/index.ts';
+import type { DashboardSnapshot } from '../src/events/schema.ts';
+import { waitUntil } from './support/hub.ts';
+
+const log = createLogger('silent');
+const at = (txid: number): Position => ({ txid: BigInt(txid), id: 0n });
+const snapshot = (id: string, p: Position): DashboardSnapshot => ({
+  election_id: Number(id),
+  cursor: encodeCursor(p),
+  totals: { guarantees: 0, attendance: 0, votes: 0 },
+  committees: [],
+});
+const counter = async (m: Metrics) =>
+  ((await m.registry.getSingleMetric('hub_dashboard_computations_total')?.get())?.values ?? []).reduce(
+    (n, v) => n + v.value,
+    0,
+  );
+
+/** Just what the cache uses of ioredis: strings with NX/PX/EX, DEL, and the unlock script. */
+function fakeRedis(opts: { delDelayMs?: number } = {}) {
+  const store = new Map<string, string>();
+  const dels: number[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const redis = {
+    status: 'ready',
+    async get(k: string) {
+      return store.get(k) ?? null;
+    },
+    async set(k: string, v: string, ...args: unknown[]) {
+      if (args.includes('NX') && store.has(k)) return null;
+      store.set(k, v);
+      return 'OK';
+    },
+    async del(...keys: string[]) {
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      dels.push(keys.length);
+      await new Promise((r) => setTimeout(r, opts.delDelayMs ?? 0));
+      for (const k of keys) store.delete(k);
+      inFlight--;
+      return keys.length;
+    },
+    async eval(_script: string, _n: number, key: string, token: string) {
+      if (store.get(key) === token) store.delete(key);
+      return 1;
+    },
+  };
+  return { redis: redis as unknown as Redis, store, dels, maxInFlight: () => maxInFlight };
+}
+
+describe('dashboard cache', () => {
+  it('forgets old change marks beyond maxTracked without ever serving a snapshot older than a change', async () => {
+    const metrics = createMetrics();
+    const fake = fakeRedis();
+    let db = at(10);
+    const cache = createDashboardCache({
+      compute: async (id) => snapshot(id, db),
+      redis: fake.redis,
+      extraKeys: [],
+      metrics,
+      log,
+      maxTracked: 2,
+    });
+    for (const id of ['1', '2', '3']) await cache.get(id);
+    expect(await counter(metrics)).toBe(3);
+    await cache.get('1');
+    expect(await counter(metrics)).toBe(3); // fresh: a hit
+
+    cache.invalidate(['1'], at(20));
+    cache.invalidate(['2'], at(30));
+    cache.invalidate(['3'], at(40)); // election 1's mark folds into the floor (20)
+    db = at(50);
+    expect(JSON.parse((await cache.get('1')) ?? '{}').cursor).toBe(encodeCursor(at(50))); // recomputed, not the stale (10)
+    expect(await counter(metrics)).toBe(4);
+    // An election without a mark: another node's snapshot at or past the floor is good...
+    fake.store.set('hub:dashboard:7', JSON.stringify(snapshot('7', at(25))));
+    await cache.get('7');
+    expect(await counter(metrics)).toBe(4);
+    // ...one below it might predate a forgotten change, so it is recomputed.
+    fake.store.set('hub:dashboard:8', JSON.stringify(snapshot('8', at(15))));
+    await cache.get('8');
+    expect(await counter(metrics)).toBe(5);
+  });
+
+  it('deletes the app keys of 20 000 changed elections in chunks, one DEL at a time', async () => {
+    const fake = fakeRedis({ delDelayMs: 1 });
+    for (let id = 1; id <= 20_000; id++) fake.store.set(`app:${id}`, 'x');
+    const cache = createDashboardCache({
+      compute: async (id) => snapshot(id, at(1)),
+      redis: fake.redis,
+      extraKeys: ['app:{election_id}'],
+      metrics: createMetrics(),
+      log,
+    });
+    cache.invalidate(
+      Array.from({ length: 20_000 }, (_, i) => String(i + 1)),
+      at(5),
+    );
+    await waitUntil(() => fake.store.size === 0, 10_000, 'keys deleted');
+    expect(fake.dels.reduce((a, b) => a + b, 0)).toBe(20_000);
+    expect(Math.max(...fake.dels)).toBeLessThanOrEqual(500);
+    expect(fake.maxInFlight()).toBe(1);
+  });
+
+  it('runs at most `concurrency` computations at once, and a request goes before queued updates', async () => {
+    let running = 0;
+    let most = 0;
+    const order: string[] = [];
+    const gates: Array<() => void> = [];
+    const cache = createDashboardCache({
+      compute: async (id) => {
+        running++;
+        most = Math.max(most, running);
+        order.push(String(id));
+        await new Promise<void>((r) => gates.push(r));
+        running--;
+        return snapshot(id, at(1));
+      },
+      redis: undefined,
+      extraKeys: [],
+      metrics: createMetrics(),
+      log,
+      concurrency: 2,
+    });
+    const background = ['1', '2', '3', '4', '5'].map((id) => cache.refresh(id));
+    await waitUntil(() => gates.length === 2, 2000, 'two computations started');
+    const request = cache.get('99');
+    while (order.length < 6) {
+      gates.shift()?.();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    for (const g of gates.splice(0)) g();
+    await Promise.all([...background, request]);
+    expect(most).toBe(2);
+    expect(order.slice(0, 3)).toEqual(['1', '2', '99']);
+  });
+});
+
+describe('dashboard notifier', () => {
+  const setup = (opts: { watched: (id: string) => boolean; delivered?: () => Promise<boolean> }) => {
+    const computed: string[] = [];
+    const published: string[] = [];
+    const gate: { open: (() => void) | undefined } = { open: undefined };
+    let hold = false;
+    const notifier = createDashboardNotifier({
+      cache: {
+        refresh: async (id) => {
+          computed.push(id);
+          if (hold) await new Promise<void>((r) => (gate.open = r));
+          return JSON.stringify(snapshot(id, at(computed.length)));
+        },
+      },
+      debounceMs: 40,
+      watched: opts.watched,
+      delivered: opts.delivered ?? (async () => true),
+      publish: (id, frame) => {
+        expect(frame.startsWith('{"type":"dashboard_update","election_id":')).toBe(true);
+        published.push(id);
+      },
+      concurrency: 2,
+      log,
+    });
+    return { notifier, computed, published, gate, holdNext: (v: boolean) => (hold = v) };
+  };
+
+  it('recomputes only watched elections, each once per burst, and leaves no state behind', async () => {
+    const t = setup({ watched: (id) => Number(id) % 1000 === 0 });
+    const ids = Array.from({ length: 20_000 }, (_, i) => String(i + 1));
+    t.notifier.changed(ids);
+    t.notifier.changed(ids);
+    await waitUntil(() => t.published.length === 20, 5000, 'the 20 watched elections');
+    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
+    expect(t.computed.sort((a, b) => Number(a) - Number(b))).toEqual(ids.filter((id) => Number(id) % 1000 === 0));
+    t.notifier.stop();
+  });
+
+  it('a change during a computation gives exactly one more update after it', async () => {
+    const t = setup({ watched: () => true });
+    t.holdNext(true);
+    t.notifier.changed(['1']);
+    await waitUntil(() => t.gate.open !== undefined, 2000, 'computing');
+    t.notifier.changed(['1']);
+    t.notifier.changed(['1']);
+    t.holdNext(false);
+    t.gate.open?.();
+    await waitUntil(() => t.published.length === 2, 2000, 'the second update');
+    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
+    expect(t.computed).toEqual(['1', '1']);
+    t.notifier.stop();
+  });
+
+  it('publishes an update only once the reader delivered everything up to its cursor, never before', async () => {
+    let reached = false;
+    let asked = 0;
+    const t = setup({
+      watched: () => true,
+      delivered: async () => {
+        asked++;
+        await new Promise((r) => setTimeout(r, 10));
+        return reached;
+      },
+    });
+    t.notifier.changed(['5']);
+    await waitUntil(() => asked >= 3, 2000, 'waiting for the reader');
+    expect(t.published).toEqual([]);
+    reached = true;
+    await waitUntil(() => t.published.length === 1, 2000, 'published');
+    t.notifier.stop();
+  });
+
+  it('an election nobody watches any more when its turn comes is not computed', async () => {
+    let watching = true;
+    const t = setup({ watched: () => watching });
+    t.notifier.changed(['3']);
+    watching = false;
+    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
+    expect(t.computed).toEqual([]);
+    t.notifier.stop();
+  });
+});
+
+describe('interest', () => {
+  it('lasts ttl after the last touch and holds at most max elections', () => {
+    let now = 0;
+    const interest = createInterest({ ttlMs: 100, max: 3, now: () => now });
+    for (const id of ['1', '2', '3', '4']) interest.touch(id);
+    expect(['1', '2', '3', '4'].map((id) => interest.has(id))).toEqual([false, true, true, true]);
+    now = 90;
+    interest.touch('2');
+    now = 150;
+    expect(['2', '3', '4'].map((id) => interest.has(id))).toEqual([true, false, false]);
+    interest.touch('9');
+    expect(interest.size()).toBe(2);
+  });
+});

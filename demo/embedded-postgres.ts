@@ -27,7 +27,7 @@ function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgres> {
   })();
   return loaded;
 }
-import { errorMessage } from '../errors.ts';
+import { errorMessage } from '../src/errors.ts';
 
 export interface EmbeddedPostgresOptions {
   /** Cluster directory; an initialised one is reused as it is (the data persists between runs). */

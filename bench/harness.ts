@@ -66,7 +66,9 @@ export const HARNESS_SIZES: Record<Mode, HarnessSizes> = {
 
 /** Elections 1..20 with 50 committees each (ids from `committeeId`), seeded before any scenario. */
 export const SEED = { elections: 20, committeesPer: 50 } as const;
-export const E1_COMMITTEES = Array.from({ length: SEED.committeesPer }, (_, k) => committeeId(1, k + 1, SEED.committeesPer));
+export const E1_COMMITTEES = Array.from({ length: SEED.committeesPer }, (_, k) =>
+  committeeId(1, k + 1, SEED.committeesPer),
+);
 /** Where the latency probes are written: election 1's committees. */
 export const e1Spots: readonly Spot[] = E1_COMMITTEES.map((c) => ({ election: 1, committee: c }));
 
@@ -98,7 +100,8 @@ export type Server = {
 };
 
 /** Sockets a server can hold under its open-file limit (a margin for its database, log and listen fds). */
-export const capacityOf = (server: Server) => (Number.isFinite(server.fdLimit) ? server.fdLimit - 500 : Number.POSITIVE_INFINITY);
+export const capacityOf = (server: Server) =>
+  Number.isFinite(server.fdLimit) ? server.fdLimit - 500 : Number.POSITIVE_INFINITY;
 export const capNote = (server: Server) =>
   `capped by the ${server.fdLimit.toLocaleString('en')} open-file limit: raise it with prlimit --nofile or LimitNOFILE (needs CAP_SYS_RESOURCE)`;
 
@@ -119,7 +122,9 @@ export function cpuSeconds(pid: number): number {
 
 export type Connected = ConnectResult & { seconds: number; rate: number };
 
-export type Merged = Omit<Stats, 'groups'> & { groups: Record<string, { conns: number; open: number; total: number; min: number; max: number }> };
+export type Merged = Omit<Stats, 'groups'> & {
+  groups: Record<string, { conns: number; open: number; total: number; min: number; max: number }>;
+};
 
 // ---- the run -------------------------------------------------------------------------------
 
@@ -205,13 +210,26 @@ export class Bench {
       const { child, ready } = await spawnTs<HubProcessApi>('hub', 'bench/hub-process.ts', {
         ...base,
         // The hub as deployed: default limits, info logging (to a file), single node (no Redis).
-        env: { DATABASE_URL: this.url, JWT_SECRET: this.secret, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_URL: '' },
+        env: {
+          DATABASE_URL: this.url,
+          JWT_SECRET: this.secret,
+          PORT: '0',
+          HOST: '127.0.0.1',
+          METRICS_PORT: '0',
+          LOG_LEVEL: 'info',
+          REDIS_URL: '',
+        },
         nodeArgs: ['--expose-gc', ...(this.#opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [])],
       });
       const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
       // Upgrades need the listener connected and the reader started: wait for /ready.
       const deadline = Date.now() + 15_000;
-      while ((await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.status, () => 0)) !== 200) {
+      while (
+        (await fetch(`http://127.0.0.1:${port}/ready`).then(
+          (r) => r.status,
+          () => 0,
+        )) !== 200
+      ) {
         if (Date.now() > deadline) throw new Error('hub never became ready');
         await sleep(50);
       }
@@ -231,7 +249,9 @@ export class Bench {
         publish: () => Promise.reject(new Error('the hub publishes what the database says')),
       };
     }
-    const file = { bare: 'bench/servers/uws-bare.ts', ws: 'bench/peers/ws-hub.ts', sio: 'bench/peers/socketio-hub.ts' }[kind];
+    const file = { bare: 'bench/servers/uws-bare.ts', ws: 'bench/peers/ws-hub.ts', sio: 'bench/peers/socketio-hub.ts' }[
+      kind
+    ];
     const name = { bare: 'bare-uws', ws: 'ws-hub', sio: 'socketio-hub' }[kind];
     const { child, ready } = await spawnTs<BareApi>(name, file, {
       ...base,
@@ -265,7 +285,10 @@ export class Bench {
   async withServer<T>(kind: TargetKind, fn: (s: Server) => Promise<T>): Promise<T> {
     const url = this.url;
     const peer = kind === 'ws' || kind === 'sio';
-    await this.writer.call('sql', { url, text: `ANALYZE${peer ? '; CREATE INDEX IF NOT EXISTS bench_outbox_id ON hub.outbox (id)' : ''}` });
+    await this.writer.call('sql', {
+      url,
+      text: `ANALYZE${peer ? '; CREATE INDEX IF NOT EXISTS bench_outbox_id ON hub.outbox (id)' : ''}`,
+    });
     const s = await this.startServer(kind);
     try {
       return await fn(s);
@@ -285,7 +308,13 @@ export class Bench {
     return first;
   }
 
-  async connectAll(target: Target, total: number, dashboards: Dashboard[], sampleEvery: number, concurrency = 32): Promise<Connected> {
+  async connectAll(
+    target: Target,
+    total: number,
+    dashboards: Dashboard[],
+    sampleEvery: number,
+    concurrency = 32,
+  ): Promise<Connected> {
     const K = this.clients.length;
     // Beyond ~28 000 connections per source address the ephemeral ports run out: spread them.
     const localAddresses = total > 20_000 ? ['127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4'] : undefined;
@@ -311,8 +340,20 @@ export class Bench {
     const t0 = Math.min(...results.map((r) => r.t0));
     const t1 = Math.max(...results.map((r) => r.t1));
     const seconds = (t1 - t0) / 1000;
-    if (opened < total) this.log(`  ${LABEL[target.kind]}: ${total - opened} of ${total} connections failed: ${JSON.stringify(failures)}`);
-    return { opened, failed: total - opened, failures, t0, t1, signMs: Math.max(...results.map((r) => r.signMs)), seconds, rate: opened / seconds };
+    if (opened < total)
+      this.log(
+        `  ${LABEL[target.kind]}: ${total - opened} of ${total} connections failed: ${JSON.stringify(failures)}`,
+      );
+    return {
+      opened,
+      failed: total - opened,
+      failures,
+      t0,
+      t1,
+      signMs: Math.max(...results.map((r) => r.signMs)),
+      seconds,
+      rate: opened / seconds,
+    };
   }
 
   /**
@@ -341,7 +382,19 @@ export class Bench {
 
   async statsAll(opts: { latencies: boolean; groups: boolean }): Promise<Merged> {
     const all = await Promise.all(this.clients.map((c) => c.call('stats', opts)));
-    const m: Merged = { events: 0, other: 0, bytes: 0, first: 0, last: 0, open: 0, closed: 0, closeCodes: {}, groups: {}, latencies: [], notifyLatencies: [] };
+    const m: Merged = {
+      events: 0,
+      other: 0,
+      bytes: 0,
+      first: 0,
+      last: 0,
+      open: 0,
+      closed: 0,
+      closeCodes: {},
+      groups: {},
+      latencies: [],
+      notifyLatencies: [],
+    };
     for (const s of all) {
       m.events += s.events;
       m.other += s.other;
@@ -366,7 +419,11 @@ export class Bench {
   }
 
   /** Polls the workers until `expected` events arrived, or nothing moved for `stallMs`. */
-  async waitDelivered(expected: number, stallMs: number, progressEveryMs = 0): Promise<{ complete: boolean; events: number }> {
+  async waitDelivered(
+    expected: number,
+    stallMs: number,
+    progressEveryMs = 0,
+  ): Promise<{ complete: boolean; events: number }> {
     let last = -1;
     let lastChange = Date.now();
     let lastProgress = Date.now();

@@ -28,7 +28,8 @@ import { SCENARIOS } from './scenarios/index.ts';
 
 const T0 = wallNow();
 const LOAD_AT_START = os.loadavg();
-const log = (msg: string) => process.stderr.write(`[bench ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+const log = (msg: string) =>
+  process.stderr.write(`[bench ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 
 const options: NonNullable<ParseArgsConfig['options']> = {
   quick: { type: 'boolean', default: false },
@@ -48,7 +49,12 @@ const mode: Mode = flags.smoke ? 'smoke' : flags.quick ? 'quick' : 'full';
 
 /** Every name `--only` takes: the scenarios' own and the row names they report. */
 const NAMES = [...new Set(SCENARIOS.flatMap((s) => [s.name, ...(s.reports ?? [])]))];
-const only = new Set(String(flags.only ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+const only = new Set(
+  String(flags.only ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean),
+);
 for (const s of only) if (!NAMES.includes(s)) throw new Error(`--only: unknown scenario ${s} (${NAMES.join(', ')})`);
 
 // Each scenario's sizes for this mode (undefined: it does not run in this mode), and all of
@@ -62,15 +68,22 @@ for (const { scenario, sizes: own } of planned) {
   }
 }
 const runs = (s: (typeof planned)[number]) =>
-  s.sizes !== undefined && (only.size === 0 || [s.scenario.name, ...(s.scenario.reports ?? [])].some((n) => only.has(n)));
+  s.sizes !== undefined &&
+  (only.size === 0 || [s.scenario.name, ...(s.scenario.reports ?? [])].some((n) => only.has(n)));
 
 const ADMIN_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 async function main(): Promise<number> {
   mkdirSync(LOG_DIR, { recursive: true });
-  log(`mode ${mode}; database ${ADMIN_URL.replace(/\/\/[^@/]*@/, '//')}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  if ((os.loadavg()[0] ?? 0) > 1) log(`  note: other processes are busy on this ${os.cpus().length}-core machine; expect noisier figures`);
+  log(
+    `mode ${mode}; database ${ADMIN_URL.replace(/\/\/[^@/]*@/, '//')}; load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
+  if ((os.loadavg()[0] ?? 0) > 1)
+    log(`  note: other processes are busy on this ${os.cpus().length}-core machine; expect noisier figures`);
   let db: BenchDatabase | undefined;
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
@@ -102,7 +115,9 @@ async function benchmark(db: BenchDatabase): Promise<number> {
   const pgVersion = await serverVersion(db.url);
   const [w, ...cs] = await Promise.all([
     spawnTs<WriterApi>('writer', 'bench/workers/writer.ts', { logDir: LOG_DIR }),
-    ...Array.from({ length: harness.workers }, (_, k) => spawnTs<ClientApi>(`clients-${k}`, 'bench/workers/clients.ts', { logDir: LOG_DIR })),
+    ...Array.from({ length: harness.workers }, (_, k) =>
+      spawnTs<ClientApi>(`clients-${k}`, 'bench/workers/clients.ts', { logDir: LOG_DIR }),
+    ),
   ]);
   const bench = new Bench({
     mode,
@@ -140,15 +155,38 @@ async function benchmark(db: BenchDatabase): Promise<number> {
   };
   const table = renderTable(rows);
   console.log(`\nelection-hub benchmarks — mode ${mode}, ${new Date().toISOString()}`);
-  console.log(`machine: ${machine.cpus} × ${machine.cpu}, ${machine.memoryGiB} GiB, ${machine.kernel}, Node ${machine.node}, ${machine.postgres}`);
+  console.log(
+    `machine: ${machine.cpus} × ${machine.cpu}, ${machine.memoryGiB} GiB, ${machine.kernel}, Node ${machine.node}, ${machine.postgres}`,
+  );
   console.log(`load average (1 min) at start ${LOAD_AT_START[0]?.toFixed(2)}, at end ${os.loadavg()[0]?.toFixed(2)}\n`);
   console.log(table);
   const misses = rows.filter((r) => r.status === 'MISS').length;
-  console.log(`\n${rows.filter((r) => r.status === 'PASS').length} PASS, ${misses} MISS, ${rows.filter((r) => r.status === 'info').length} info; ` +
-    `scenario times: ${Object.entries(timings).map(([k, v]) => `${k} ${v} s`).join(', ')}; total ${seconds} s`);
-  if (fdCapped) console.log('note: some sizes were capped by the open-file limit (see the rows marked "capped"); the figures are for the sizes shown');
+  console.log(
+    `\n${rows.filter((r) => r.status === 'PASS').length} PASS, ${misses} MISS, ${rows.filter((r) => r.status === 'info').length} info; ` +
+      `scenario times: ${Object.entries(timings)
+        .map(([k, v]) => `${k} ${v} s`)
+        .join(', ')}; total ${seconds} s`,
+  );
+  if (fdCapped)
+    console.log(
+      'note: some sizes were capped by the open-file limit (see the rows marked "capped"); the figures are for the sizes shown',
+    );
   const out = typeof flags.out === 'string' ? flags.out : join(RESULTS, 'latest.json');
-  const json = JSON.stringify({ mode, fdCapped, startedAt: new Date(Date.now() - seconds * 1000).toISOString(), seconds, timings, machine, sizes, rows, raw }, null, 2);
+  const json = JSON.stringify(
+    {
+      mode,
+      fdCapped,
+      startedAt: new Date(Date.now() - seconds * 1000).toISOString(),
+      seconds,
+      timings,
+      machine,
+      sizes,
+      rows,
+      raw,
+    },
+    null,
+    2,
+  );
   mkdirSync(RESULTS, { recursive: true });
   writeFileSync(out, json);
   if (typeof flags.out !== 'string') writeFileSync(join(RESULTS, `latest-${mode}.json`), json);

@@ -9,22 +9,44 @@ import { si, summarize } from '../lib/stats.ts';
 import type { Dashboard } from '../workers/clients.ts';
 import type { PacedResult, Spot } from '../workers/writer.ts';
 
-type Sizes = { electionNight: { elections: number; committeesPer: number; committeeDashboards: number; electionDashboards: number; rate: number; seconds: number } };
+type Sizes = {
+  electionNight: {
+    elections: number;
+    committeesPer: number;
+    committeeDashboards: number;
+    electionDashboards: number;
+    rate: number;
+    seconds: number;
+  };
+};
 
 const SIZES: Record<'smoke' | 'quick' | 'full', Sizes | undefined> = {
   smoke: undefined,
   quick: undefined,
-  full: { electionNight: { elections: 20, committeesPer: 50, committeeDashboards: 19, electionDashboards: 50, rate: 500, seconds: 300 } },
+  full: {
+    electionNight: {
+      elections: 20,
+      committeesPer: 50,
+      committeeDashboards: 19,
+      electionDashboards: 50,
+      rate: 500,
+      seconds: 300,
+    },
+  },
 };
 
 async function run(bench: Bench, { electionNight: en }: Sizes): Promise<void> {
   const { log } = bench;
   const spots: Spot[] = [];
-  for (let e = 1; e <= en.elections; e++) for (let k = 1; k <= en.committeesPer; k++) spots.push({ election: e, committee: committeeId(e, k, SEED.committeesPer) });
+  for (let e = 1; e <= en.elections; e++)
+    for (let k = 1; k <= en.committeesPer; k++)
+      spots.push({ election: e, committee: committeeId(e, k, SEED.committeesPer) });
   const build = (perCommittee: number): Dashboard[] => {
     const list: Dashboard[] = [];
-    for (const { committee } of spots) for (let d = 0; d < perCommittee; d++) list.push({ committees: [committee], group: `c${committee}` });
-    for (let e = 1; e <= en.elections; e++) for (let d = 0; d < en.electionDashboards; d++) list.push({ elections: [e], group: `e${e}` });
+    for (const { committee } of spots)
+      for (let d = 0; d < perCommittee; d++) list.push({ committees: [committee], group: `c${committee}` });
+    for (let e = 1; e <= en.elections; e++)
+      for (let d = 0; d < en.electionDashboards; d++) list.push({ elections: [e], group: `e${e}` });
     return list;
   };
   // Spread writes over committees in a shuffled but fixed order.
@@ -42,15 +64,26 @@ async function run(bench: Bench, { electionNight: en }: Sizes): Promise<void> {
     if (perCommittee < en.committeeDashboards) {
       capped = capNote(server);
       bench.noteFdCapped();
-      log(`  ${asked.toLocaleString('en')} do not fit: ${perCommittee} dashboards per committee instead of ${en.committeeDashboards} (${capped})`);
+      log(
+        `  ${asked.toLocaleString('en')} do not fit: ${perCommittee} dashboards per committee instead of ${en.committeeDashboards} (${capped})`,
+      );
     }
     const dashboards = build(perCommittee);
     n = dashboards.length;
     const connect = await bench.connectAll(server.target, n, dashboards, 20, 64);
     const { droppedAtOpen } = await bench.settle(connect);
-    log(`  connected ${connect.opened} in ${connect.seconds.toFixed(1)} s${droppedAtOpen > 0 ? `, ${droppedAtOpen} dropped at open (left out)` : ''}`);
+    log(
+      `  connected ${connect.opened} in ${connect.seconds.toFixed(1)} s${droppedAtOpen > 0 ? `, ${droppedAtOpen} dropped at open (left out)` : ''}`,
+    );
     await bench.resetAll(20);
-    const writing = bench.writer.call('paced', { url: bench.url, rate: en.rate, seconds: en.seconds, connections: 4, kind: 'insert', spots });
+    const writing = bench.writer.call('paced', {
+      url: bench.url,
+      rate: en.rate,
+      seconds: en.seconds,
+      connections: 4,
+      kind: 'insert',
+      spots,
+    });
     const poll = setInterval(() => {
       void bench.statsAll({ latencies: false, groups: false }).then(
         (s) => log(`  … ${si(s.events)} deliveries, ${s.open} open, ${s.closed} closed`),
@@ -63,7 +96,8 @@ async function run(bench: Bench, { electionNight: en }: Sizes): Promise<void> {
     } finally {
       clearInterval(poll);
     }
-    const expectedOf = (group: string) => (group.startsWith('c') ? (sent.perCommittee[group.slice(1)] ?? 0) : (sent.perElection[group.slice(1)] ?? 0));
+    const expectedOf = (group: string) =>
+      group.startsWith('c') ? (sent.perCommittee[group.slice(1)] ?? 0) : (sent.perElection[group.slice(1)] ?? 0);
     const live = await bench.statsAll({ latencies: false, groups: true });
     let expected = 0;
     for (const [g, st] of Object.entries(live.groups)) expected += expectedOf(g) * st.conns;
@@ -76,7 +110,20 @@ async function run(bench: Bench, { electionNight: en }: Sizes): Promise<void> {
       lost += want * st.conns - st.total;
       if (st.min < want) short += 1;
     }
-    return { dashboards: n, perCommittee, connect, droppedAtOpen, sent, expected, delivered: s.events, lost, groupsShort: short, closed: s.closed, closeCodes: s.closeCodes, latency: summarize(s.latencies) };
+    return {
+      dashboards: n,
+      perCommittee,
+      connect,
+      droppedAtOpen,
+      sent,
+      expected,
+      delivered: s.events,
+      lost,
+      groupsShort: short,
+      closed: s.closed,
+      closeCodes: s.closeCodes,
+      latency: summarize(s.latencies),
+    };
   });
   bench.raw('election-night', { ...result, ...(capped ? { capped } : {}) });
   log(`  ${pct(result.latency)}; ${si(result.delivered)} of ${si(result.expected)} delivered, ${result.closed} closed`);

@@ -3,7 +3,16 @@
  * the hub and a bare uWS server (publishing frames of the hub's size) taking turns; with
  * `peers`, one burst each through the ws and socket.io hubs.
  */
-import { type Bench, type Connected, LABEL, SEED, type Scenario, type Server, dashboardsOf, status } from '../harness.ts';
+import {
+  type Bench,
+  type Connected,
+  LABEL,
+  SEED,
+  type Scenario,
+  type Server,
+  dashboardsOf,
+  status,
+} from '../harness.ts';
 import { sleep } from '../lib/clock.ts';
 import { type Summary, si, summarize } from '../lib/stats.ts';
 import type { TargetKind } from '../workers/clients.ts';
@@ -26,19 +35,56 @@ const SIZES = {
   },
 } satisfies Record<string, Sizes>;
 
-type Burst = { rate: number; delivered: number; expected: number; seconds: number; frameBytes: number; latency: Summary; complete: boolean };
-type FanoutResult = { bursts: Burst[]; rate: number; delivered: number; expected: number; frameBytes: number; open: number; droppedAtOpen: number; connect: Connected };
+type Burst = {
+  rate: number;
+  delivered: number;
+  expected: number;
+  seconds: number;
+  frameBytes: number;
+  latency: Summary;
+  complete: boolean;
+};
+type FanoutResult = {
+  bursts: Burst[];
+  rate: number;
+  delivered: number;
+  expected: number;
+  frameBytes: number;
+  open: number;
+  droppedAtOpen: number;
+  connect: Connected;
+};
 
 /** A server with `n` clients connected, warmed up, ready for timed bursts. */
-type Rig = { kind: TargetKind; server: Server; open: number; droppedAtOpen: number; connect: Connected; burst(events: number, frameBytes: number): Promise<Burst> };
+type Rig = {
+  kind: TargetKind;
+  server: Server;
+  open: number;
+  droppedAtOpen: number;
+  connect: Connected;
+  burst(events: number, frameBytes: number): Promise<Burst>;
+};
 
-async function rig(bench: Bench, server: Server, n: number, stallMs = Math.max(bench.sizes.stallMs, 5000)): Promise<Rig> {
+async function rig(
+  bench: Bench,
+  server: Server,
+  n: number,
+  stallMs = Math.max(bench.sizes.stallMs, 5000),
+): Promise<Rig> {
   const openBefore = await bench.openNow(); // another rig may hold connections on the same workers
   const connect = await bench.connectAll(server.target, n, dashboardsOf(1), 0);
   const { open, droppedAtOpen } = await bench.settle(connect, openBefore);
   const fire = async (count: number, frameBytes: number) => {
     if (server.kind === 'bare') await server.publish(count, frameBytes);
-    else await bench.writer.call('bulk', { url: bench.url, total: count, batch: count, election: 1, firstCommittee: 1, committees: SEED.committeesPer });
+    else
+      await bench.writer.call('bulk', {
+        url: bench.url,
+        total: count,
+        batch: count,
+        election: 1,
+        firstCommittee: 1,
+        committees: SEED.committeesPer,
+      });
   };
   const r: Rig = {
     kind: server.kind,
@@ -103,11 +149,15 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
         for (let i = 0; i < sizes.fanoutReps; i++) {
           const h = await hubRig.burst(events, 0);
           hubBursts.push(h);
-          log(`  hub ${si(h.rate)} deliveries/s (${si(h.delivered)} of ${si(h.expected)}, ${h.frameBytes.toFixed(0)} B frames, ${h.seconds.toFixed(2)} s)`);
+          log(
+            `  hub ${si(h.rate)} deliveries/s (${si(h.delivered)} of ${si(h.expected)}, ${h.frameBytes.toFixed(0)} B frames, ${h.seconds.toFixed(2)} s)`,
+          );
           if (!bareRig) continue;
           const b = await bareRig.burst(events, Math.round(h.frameBytes));
           bareBursts.push(b);
-          log(`  bare uWS ${si(b.rate)} deliveries/s (${si(b.delivered)} of ${si(b.expected)}, ${b.seconds.toFixed(2)} s)`);
+          log(
+            `  bare uWS ${si(b.rate)} deliveries/s (${si(b.delivered)} of ${si(b.expected)}, ${b.seconds.toFixed(2)} s)`,
+          );
         }
         results.hub = resultOf(hubRig, hubBursts);
         if (bareRig) results.bare = resultOf(bareRig, bareBursts);
@@ -125,7 +175,9 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
           // write the next packet: deliveries pause for many seconds at 10 000 clients.
           const r = await rig(bench, server, n, 60_000);
           const b = await r.burst(events, 0);
-          log(`  ${LABEL[kind]} ${si(b.rate)} deliveries/s (${si(b.delivered)} of ${si(b.expected)}, ${b.seconds.toFixed(2)} s)`);
+          log(
+            `  ${LABEL[kind]} ${si(b.rate)} deliveries/s (${si(b.delivered)} of ${si(b.expected)}, ${b.seconds.toFixed(2)} s)`,
+          );
           return resultOf(r, [b]);
         });
       }
@@ -171,4 +223,9 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
   }
 }
 
-export const fanOut: Scenario<Sizes> = { name: 'fan-out', reports: ['fan-out', 'peers'], sizes: (mode) => SIZES[mode], run };
+export const fanOut: Scenario<Sizes> = {
+  name: 'fan-out',
+  reports: ['fan-out', 'peers'],
+  sizes: (mode) => SIZES[mode],
+  run,
+};

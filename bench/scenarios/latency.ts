@@ -8,12 +8,27 @@ import { type Summary, ms, summarize } from '../lib/stats.ts';
 import type { TargetKind } from '../workers/clients.ts';
 import type { PacedResult } from '../workers/writer.ts';
 
-type Sizes = { latency: { clients: number; idleRate: number; loadRate: number; seconds: number; warmSeconds: number; readOnlyReference: boolean } };
+type Sizes = {
+  latency: {
+    clients: number;
+    idleRate: number;
+    loadRate: number;
+    seconds: number;
+    warmSeconds: number;
+    readOnlyReference: boolean;
+  };
+};
 
 const SIZES = {
-  smoke: { latency: { clients: 4, idleRate: 50, loadRate: 500, seconds: 0.6, warmSeconds: 0.2, readOnlyReference: false } },
-  quick: { latency: { clients: 20, idleRate: 50, loadRate: 500, seconds: 2.5, warmSeconds: 0.5, readOnlyReference: true } },
-  full: { latency: { clients: 100, idleRate: 50, loadRate: 500, seconds: 10, warmSeconds: 1, readOnlyReference: true } },
+  smoke: {
+    latency: { clients: 4, idleRate: 50, loadRate: 500, seconds: 0.6, warmSeconds: 0.2, readOnlyReference: false },
+  },
+  quick: {
+    latency: { clients: 20, idleRate: 50, loadRate: 500, seconds: 2.5, warmSeconds: 0.5, readOnlyReference: true },
+  },
+  full: {
+    latency: { clients: 100, idleRate: 50, loadRate: 500, seconds: 10, warmSeconds: 1, readOnlyReference: true },
+  },
 } satisfies Record<string, Sizes>;
 
 type Phase = { name: string; rate: number; connections: number };
@@ -28,7 +43,15 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
     { name: 'load', rate: loadRate, connections: 4 },
   ];
   const paced = (p: Phase, kind: 'insert' | 'notify' | 'notify-only', secs = seconds) =>
-    writer.call('paced', { url: bench.url, rate: p.rate, seconds: secs, connections: p.connections, kind, channel: 'bench_probe', spots: [...e1Spots] });
+    writer.call('paced', {
+      url: bench.url,
+      rate: p.rate,
+      seconds: secs,
+      connections: p.connections,
+      kind,
+      channel: 'bench_probe',
+      spots: [...e1Spots],
+    });
 
   // Baseline: a pg client commits a one-row write that NOTIFYs its send time, and another (in
   // a client worker) LISTENs: the same commit (WAL flush included) as the hub's probe rows,
@@ -40,7 +63,9 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
   try {
     const variants: Array<[string, Phase, 'notify' | 'notify-only']> = [
       ...phases.map((p) => [p.name, p, 'notify'] as [string, Phase, 'notify']),
-      ...(size.readOnlyReference ? [['idle, read-only NOTIFY', phases[0] as Phase, 'notify-only'] as [string, Phase, 'notify-only']] : []),
+      ...(size.readOnlyReference
+        ? [['idle, read-only NOTIFY', phases[0] as Phase, 'notify-only'] as [string, Phase, 'notify-only']]
+        : []),
     ];
     for (const [name, p, kind] of variants) {
       await first.call('reset', { sampleEvery: 0 });
@@ -71,8 +96,17 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
         const sent = await paced(p, 'insert');
         const done = await bench.waitDelivered(open * sent.sent, bench.sizes.stallMs);
         const s = await bench.statsAll({ latencies: true, groups: true });
-        if (!done.complete) log(`  ${LABEL[kind]} ${p.name}: incomplete, per connection ${JSON.stringify(s.groups)}, ${s.open} open, closes ${JSON.stringify(s.closeCodes)}`);
-        out[p.name] = { summary: summarize(s.latencies), delivered: done.events, expected: open * sent.sent, sent, droppedAtOpen };
+        if (!done.complete)
+          log(
+            `  ${LABEL[kind]} ${p.name}: incomplete, per connection ${JSON.stringify(s.groups)}, ${s.open} open, closes ${JSON.stringify(s.closeCodes)}`,
+          );
+        out[p.name] = {
+          summary: summarize(s.latencies),
+          delivered: done.events,
+          expected: open * sent.sent,
+          sent,
+          droppedAtOpen,
+        };
         log(`  ${LABEL[kind]} ${p.name}: ${pct(summarize(s.latencies))} (${s.latencies.length} samples)`);
       }
       return out;
@@ -106,4 +140,9 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
   }
 }
 
-export const latency: Scenario<Sizes> = { name: 'latency', reports: ['latency', 'peers'], sizes: (mode) => SIZES[mode], run };
+export const latency: Scenario<Sizes> = {
+  name: 'latency',
+  reports: ['latency', 'peers'],
+  sizes: (mode) => SIZES[mode],
+  run,
+};

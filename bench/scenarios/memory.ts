@@ -2,7 +2,18 @@
  * memory and connection-rate: resident memory per idle authenticated connection, upgrades per
  * second and CPU per upgrade, the hub next to a bare uWS server. `--memory N,M` sets the sizes.
  */
-import { type Bench, type Connected, LABEL, type Scenario, capNote, capacityOf, cpuSeconds, dashboardsOf, metricValue, status } from '../harness.ts';
+import {
+  type Bench,
+  type Connected,
+  LABEL,
+  type Scenario,
+  capNote,
+  capacityOf,
+  cpuSeconds,
+  dashboardsOf,
+  metricValue,
+  status,
+} from '../harness.ts';
 import { sleep } from '../lib/clock.ts';
 import { si } from '../lib/stats.ts';
 
@@ -24,7 +35,9 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
   for (const wantN of sizes.memory) {
     let n = wantN;
     let capped = '';
-    log(`memory / connection rate: ${wantN.toLocaleString('en')} idle connections (+ warm-up ${Math.min(wantN, 2000).toLocaleString('en')})`);
+    log(
+      `memory / connection rate: ${wantN.toLocaleString('en')} idle connections (+ warm-up ${Math.min(wantN, 2000).toLocaleString('en')})`,
+    );
     type Mem = {
       before: number;
       after: number;
@@ -74,12 +87,28 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
         const heapAfter = await server.memory();
         const perConn = (after - before) / Math.max(1, open);
         const coldPerConn = (after - rss0) / Math.max(1, open + warmOpen);
-        const heapPerConn = heapBefore && heapAfter ? (heapAfter.heapUsed - heapBefore.heapUsed) / Math.max(1, open) : Number.NaN;
-        log(`  ${LABEL[kind]}: ${(perConn / 1024).toFixed(2)} KB/connection RSS (JS heap ${(heapPerConn / 1024).toFixed(2)} KB; ` +
-          `${(coldPerConn / 1024).toFixed(2)} KB with the one-time growth), ${si(connect.rate)} upgrades/s (first ${warmN}: ${si(warm.rate)}/s), ` +
-          `${cpuPerUpgradeUs.toFixed(0)} µs CPU per upgrade, idle CPU ${(idleCpu * 100).toFixed(1)}% with ${open + warmOpen} open` +
-          (droppedAtOpen > 0 ? `, ${droppedAtOpen} dropped at open` : ''));
-        return { before, after, perConn, heapPerConn, heapBefore, heapAfter, open, droppedAtOpen, connect, cpuPerUpgradeUs, idleCpu, warm: { n: warmN, open: warmOpen, rss0, perConnWithOneTime: coldPerConn, connect: warm } };
+        const heapPerConn =
+          heapBefore && heapAfter ? (heapAfter.heapUsed - heapBefore.heapUsed) / Math.max(1, open) : Number.NaN;
+        log(
+          `  ${LABEL[kind]}: ${(perConn / 1024).toFixed(2)} KB/connection RSS (JS heap ${(heapPerConn / 1024).toFixed(2)} KB; ` +
+            `${(coldPerConn / 1024).toFixed(2)} KB with the one-time growth), ${si(connect.rate)} upgrades/s (first ${warmN}: ${si(warm.rate)}/s), ` +
+            `${cpuPerUpgradeUs.toFixed(0)} µs CPU per upgrade, idle CPU ${(idleCpu * 100).toFixed(1)}% with ${open + warmOpen} open` +
+            (droppedAtOpen > 0 ? `, ${droppedAtOpen} dropped at open` : ''),
+        );
+        return {
+          before,
+          after,
+          perConn,
+          heapPerConn,
+          heapBefore,
+          heapAfter,
+          open,
+          droppedAtOpen,
+          connect,
+          cpuPerUpgradeUs,
+          idleCpu,
+          warm: { n: warmN, open: warmOpen, rss0, perConnWithOneTime: coldPerConn, connect: warm },
+        };
       });
     }
     const label = `${n.toLocaleString('en')} idle connections (+ warm-up ${Math.min(wantN, 2000).toLocaleString('en')})${capped ? ` — asked ${wantN.toLocaleString('en')}, ${capped}` : ''}`;
@@ -97,7 +126,12 @@ async function run(bench: Bench, sizes: Sizes): Promise<void> {
       // At a few thousand sockets bare uWS may grow by less than RSS can resolve: then the
       // ratio is a lower bound against 0.25 KB.
       ...(bare.perConn >= 256
-        ? { baseline: `bare uWS ${kb(bare.perConn)}`, baselineValue: bare.perConn, ratio: hub.perConn / bare.perConn, ratioText: `${(hub.perConn / bare.perConn).toFixed(1)}×` }
+        ? {
+            baseline: `bare uWS ${kb(bare.perConn)}`,
+            baselineValue: bare.perConn,
+            ratio: hub.perConn / bare.perConn,
+            ratioText: `${(hub.perConn / bare.perConn).toFixed(1)}×`,
+          }
         : {
             baseline: `bare uWS < 0.25 KB/conn (${kb(bare.perConn)}: below RSS resolution)`,
             baselineValue: bare.perConn,
@@ -129,6 +163,9 @@ export const memory: Scenario<Sizes> = {
   name: 'memory',
   reports: ['memory', 'connection-rate'],
   flags: { memory: { type: 'string' } },
-  sizes: (mode, flags) => ({ ...SIZES[mode], ...(typeof flags.memory === 'string' ? { memory: flags.memory.split(',').map(Number) } : {}) }),
+  sizes: (mode, flags) => ({
+    ...SIZES[mode],
+    ...(typeof flags.memory === 'string' ? { memory: flags.memory.split(',').map(Number) } : {}),
+  }),
   run,
 };

@@ -25,14 +25,18 @@ async function installQuietCapture(bench: Bench, url: string): Promise<boolean> 
   const { writer } = bench;
   const def = await writer.call('sql', { url, text: `SELECT pg_get_functiondef('hub.capture'::regproc) AS d` });
   const text = String((def.rows[0] as { d?: string } | undefined)?.d ?? '');
-  const quiet = text.replace(/PERFORM\s+pg_notify\([^;]*\);/, 'NULL;').replace(/FUNCTION\s+hub\.capture\(\)/, 'FUNCTION public.bench_capture_quiet()');
+  const quiet = text
+    .replace(/PERFORM\s+pg_notify\([^;]*\);/, 'NULL;')
+    .replace(/FUNCTION\s+hub\.capture\(\)/, 'FUNCTION public.bench_capture_quiet()');
   if (quiet === text || !quiet.includes('bench_capture_quiet')) return false;
   const args = await writer.call('sql', {
     url,
     text: `SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND tgname = 'hub_capture_insert'`,
   });
   const trig = String((args.rows[0] as { d?: string } | undefined)?.d ?? '');
-  const quietTrigger = trig.replace('hub_capture_insert', 'bench_quiet_insert').replace(/hub\.capture\(/, 'public.bench_capture_quiet(');
+  const quietTrigger = trig
+    .replace('hub_capture_insert', 'bench_quiet_insert')
+    .replace(/hub\.capture\(/, 'public.bench_capture_quiet(');
   if (!quietTrigger.includes('bench_capture_quiet')) return false;
   await writer.call('sql', { url, text: quiet });
   await writer.call('sql', { url, text: `${quietTrigger}; ALTER TABLE guarantees DISABLE TRIGGER bench_quiet_insert` });
@@ -43,7 +47,11 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   const { log, writer } = bench;
   const url = bench.url;
   // Rows go to election 20, which no scenario's dashboards watch.
-  const where = { election: SEED.elections, firstCommittee: committeeId(SEED.elections, 1, SEED.committeesPer), committees: SEED.committeesPer };
+  const where = {
+    election: SEED.elections,
+    firstCommittee: committeeId(SEED.elections, 1, SEED.committeesPer),
+    committees: SEED.committeesPer,
+  };
   // NOTIFY does its real work only with a listener: one LISTENs on the hub's channel.
   const first = bench.firstClient;
   await first.call('listen', { url, channel: 'hub_outbox' });
@@ -52,12 +60,18 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   const capture = async (state: State) => {
     const text =
       state === 'on'
-        ? 'ALTER TABLE guarantees ENABLE TRIGGER USER' + (quietOk ? '; ALTER TABLE guarantees DISABLE TRIGGER bench_quiet_insert' : '')
-        : 'ALTER TABLE guarantees DISABLE TRIGGER USER' + (state === 'quiet' ? '; ALTER TABLE guarantees ENABLE TRIGGER bench_quiet_insert' : '');
+        ? 'ALTER TABLE guarantees ENABLE TRIGGER USER' +
+          (quietOk ? '; ALTER TABLE guarantees DISABLE TRIGGER bench_quiet_insert' : '')
+        : 'ALTER TABLE guarantees DISABLE TRIGGER USER' +
+          (state === 'quiet' ? '; ALTER TABLE guarantees ENABLE TRIGGER bench_quiet_insert' : '');
     await writer.call('sql', { url, text });
   };
   const states: State[] = quietOk ? ['on', 'quiet', 'off'] : ['on', 'off'];
-  const single: Record<State, { inserts: number; seconds: number }> = { on: { inserts: 0, seconds: 0 }, quiet: { inserts: 0, seconds: 0 }, off: { inserts: 0, seconds: 0 } };
+  const single: Record<State, { inserts: number; seconds: number }> = {
+    on: { inserts: 0, seconds: 0 },
+    quiet: { inserts: 0, seconds: 0 },
+    off: { inserts: 0, seconds: 0 },
+  };
   const statement: { on: number[]; off: number[] } = { on: [], off: [] };
   try {
     log(`write cost: single-row inserts, 4 writers, ${w.rounds}× ${w.seconds} s per state (${states.join(', ')})`);
@@ -86,8 +100,10 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   const rate = (s: State) => single[s].inserts / single[s].seconds;
   const onRate = rate('on');
   const offRate = rate('off');
-  log(`  single-row: on ${si(onRate)}/s, ${quietOk ? `without NOTIFY ${si(rate('quiet'))}/s, ` : ''}off ${si(offRate)}/s; ` +
-    `statement: on ${ms(median(statement.on))} ms, off ${ms(median(statement.off))} ms`);
+  log(
+    `  single-row: on ${si(onRate)}/s, ${quietOk ? `without NOTIFY ${si(rate('quiet'))}/s, ` : ''}off ${si(offRate)}/s; ` +
+      `statement: on ${ms(median(statement.on))} ms, off ${ms(median(statement.off))} ms`,
+  );
   bench.raw('write-cost', { single, statement, onRate, offRate, ...(quietOk ? { quietRate: rate('quiet') } : {}) });
   bench.row({
     scenario: 'write-cost',

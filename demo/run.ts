@@ -1,3 +1,12 @@
+/*
+ * demo/: `npm run demo`: embedded PostgreSQL (embedded-postgres.ts), the reference schema and demo
+ * elections, a simulator writing changes (simulator.ts), and a hub serving the dashboard page.
+ * Outside src/: not in the build (dist/) nor the container image; the CLI imports it by URL.
+ *
+ * Lifecycle: started in that order; SIGINT/SIGTERM (also during start-up) stops everything in
+ * reverse order; a second signal forces the exit. The tests reuse embedded-postgres.ts and the
+ * simulator.
+ */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';

@@ -10,7 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { Action, AppEvent, ClientFrame, CommitteeCounts, ControlFrame, Counts, RowEvent, RowEventType } from '../src/events/schema.ts';
-import { CLOSE_CODE_MEANINGS } from '../src/errors.ts';
+import { CLOSE_CODE_MEANINGS, ERRORS, FRAME_ERROR_CODES, HTTP_ERROR_CODES } from '../src/errors.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const ASYNCAPI_PATH = resolve(ROOT, 'docs/asyncapi.json');
@@ -28,7 +28,7 @@ const SUMMARY: Record<string, string> = {
   unsubscribed: 'Answer to `unsubscribe`.',
   resync: '`since` is older than the outbox keeps: the topics are subscribed live, events in between are lost; take a fresh snapshot (GET /dashboard/{id}).',
   pong: 'Answer to `ping`.',
-  error: 'A bad frame (bad_json, bad_frame, unknown_type, forbidden_topic, bad_topic, too_many_topics, bad_cursor, rate_limited, internal). The connection stays open unless the client keeps misbehaving (then 1008).',
+  error: `An error answer; the connection stays open unless the client keeps misbehaving (then 1008). Codes (src/errors.ts): ${FRAME_ERROR_CODES.map((c) => `${c}: ${ERRORS[c].meaning}`).join('; ')}.`,
   dashboard_update:
     "An election's full totals with a cursor consistent with them, coalesced (at most one per election per DASHBOARD_DEBOUNCE), published only after every event up to its cursor was delivered: replace the totals, then apply later events.",
   guarantee_update: 'A captured change of a `guarantees` row.',
@@ -150,7 +150,8 @@ export function generateAsyncApi(): Json {
         '',
         `Close codes: ${Object.entries(CLOSE_CODE_MEANINGS).map(([code, meaning]) => `${code} ${meaning}`).join('; ')}.`,
         'A replay that cannot be completed closes with 4009 instead of going live over a gap. An error answer to a resume (other than bad_cursor) also means: reconnect and resume (the SDK does).',
-        'The upgrade is refused with 401 (missing/invalid/expired token, or a token without exp), 403 (Origin not allowed) or 429 (too many connections for this sub).',
+        'The upgrade is refused with 401 (missing/invalid/expired token, or a token without exp), 403 (Origin not allowed), 429 (too many connections for this sub) or 503 (not ready, shutting down, node full),',
+        `with an HTTP error body {"error":code,"reason"?:...} (src/errors.ts): ${HTTP_ERROR_CODES.map((c) => `${ERRORS[c].status} ${c}`).join(', ')}.`,
         'Cursors are opaque strings; a client resumes with `subscribe {topics, since: <last cursor>}` on a connection opened with `?subscribe=none`.',
       ].join('\n'),
     },

@@ -76,7 +76,7 @@ describe('docs/asyncapi.json for client code generators', () => {
     const files = readdirSync(out).filter((f) => f.endsWith('.ts')).map((f) => path.join(out, f));
     const tsc = spawnSync(
       process.execPath,
-      [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--target', 'es2022', '--module', 'preserve', '--moduleResolution', 'bundler', '--types', '', ...files],
+      [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--target', 'es2022', '--module', 'preserve', '--moduleResolution', 'bundler', ...files],
       { cwd: out, encoding: 'utf8', timeout: 120_000 },
     );
     expect(`${tsc.stdout}${tsc.stderr}`.trim()).toBe('');

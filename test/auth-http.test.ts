@@ -1,4 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
+import { request } from 'node:http';
 import { SignJWT, importPKCS8 } from 'jose';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -39,6 +40,28 @@ const get = async (path: string, bearer?: string) => {
   return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 };
 
+/** A WebSocket upgrade request answered without upgrading: its status and JSON body. */
+const refusal = (h: { port: number }, headers: Record<string, string>) =>
+  new Promise<{ status: number; body: unknown }>((resolve, reject) => {
+    const req = request({
+      host: '127.0.0.1',
+      port: h.port,
+      path: '/ws',
+      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers },
+    });
+    req.on('upgrade', (_res, socket) => {
+      socket.destroy();
+      reject(new Error('upgraded'));
+    });
+    req.on('response', (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as unknown }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+
 describe('WebSocket authentication happens before the upgrade', () => {
   it('missing, forged, expired, wrong-audience and garbage tokens are 401', async () => {
     const good = await token({ sub: 'ok', elections: [e1], audience: 'dashboards' });
@@ -56,6 +79,9 @@ describe('WebSocket authentication happens before the upgrade', () => {
     const rs = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'RS256' }).setSubject('x').setAudience('dashboards').setExpirationTime('1h')
       .sign(await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), 'RS256'));
     expect(await status({ token: rs })).toBe(401);
+    // The body is an HTTP error body of the one error table (src/errors.ts), as on the routes.
+    expect(await refusal(hub, {})).toEqual({ status: 401, body: { error: 'unauthorized', reason: 'missing' } });
+    expect(await refusal(hub, { authorization: `Bearer ${rs}` })).toEqual({ status: 401, body: { error: 'unauthorized', reason: 'bad_algorithm' } });
     const metrics = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
     for (const reason of ['missing', 'bad_signature', 'expired', 'bad_audience', 'malformed', 'bad_algorithm']) {
       expect(metrics).toMatch(new RegExp(`hub_auth_failures_total\\{reason="${reason}"\\} [1-9]`));
@@ -172,9 +198,11 @@ describe('origin and connection limits', () => {
       const t = await token({ sub: 'limited', elections: [e1] });
       const bad = await connect(h, { token: t, headers: { origin: 'https://evil.example' } }).catch((e: { status?: number }) => e.status);
       expect(bad).toBe(403);
+      expect(await refusal(h, { authorization: `Bearer ${t}`, origin: 'https://evil.example' })).toEqual({ status: 403, body: { error: 'forbidden', reason: 'origin' } });
       const cs = await Promise.all([1, 2, 3].map(() => connect(h, { token: t, headers: { origin: 'https://ok.example' } })));
       const fourth = await connect(h, { token: t }).catch((e: { status?: number }) => e.status);
       expect(fourth).toBe(429);
+      expect(await refusal(h, { authorization: `Bearer ${t}` })).toEqual({ status: 429, body: { error: 'too_many_connections' } });
       await cs[0]?.close();
       await waitUntil(async () => {
         const c = await connect(h, { token: t }).catch(() => undefined);

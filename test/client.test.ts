@@ -1,5 +1,4 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import fc from 'fast-check';
 import pg from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
 import {
@@ -13,7 +12,6 @@ import {
   createHubClient,
   snapshotAndSubscribe,
 } from '../client/index.ts';
-import { compare, encodeCursor } from '../src/db/cursor.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { startTestHub, token, waitUntil } from './support/hub.ts';
@@ -426,34 +424,5 @@ describe('browser bundle', () => {
     const text = r.outputFiles[0]?.text ?? '';
     expect(text).not.toMatch(/from\s*["']node:|require\(/);
     expect(text.length).toBeLessThan(20_000);
-  });
-});
-
-describe('compareCursors', () => {
-  it('(d) orders (txid, id) numerically, not as text', () => {
-    expect(compareCursors('1.0', '1.0')).toBe(0);
-    expect(compareCursors('1.0', '1.1')).toBe(-1);
-    expect(compareCursors('1.z', '2.0')).toBe(-1);
-    expect(compareCursors('z.0', '10.0')).toBe(-1); // 35 < 36
-    expect(compareCursors('9.0', 'a.0')).toBe(-1); // 9 < 10
-    expect(compareCursors('2.10', '2.9')).toBe(1);
-    expect(compareCursors('00a.1', 'a.01')).toBe(0); // leading zeros do not count
-    expect(compareCursors('zzzzzzzzzzzzz.1', '1000000000000.0')).toBe(1);
-    expect(compareCursors('A.1', 'a.1')).toBe(0);
-    expect(() => compareCursors('1.0', 'nope')).toThrow(TypeError);
-    expect(() => compareCursors('', '1.0')).toThrow(TypeError);
-  });
-
-  it('(d) agrees with the server order for any positions, beyond 2^53', () => {
-    const pos = fc.record({ txid: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), id: fc.bigInt({ min: 0n, max: 2n ** 63n - 1n }) });
-    fc.assert(
-      fc.property(pos, pos, (a, b) => {
-        expect(compareCursors(encodeCursor(a), encodeCursor(b))).toBe(Math.sign(compare(a, b)));
-      }),
-      { numRuns: 2000 },
-    );
-    // Adjacent values that a double could not tell apart.
-    const big = 2n ** 60n;
-    expect(compareCursors(encodeCursor({ txid: big, id: 0n }), encodeCursor({ txid: big + 1n, id: 0n }))).toBe(-1);
   });
 });

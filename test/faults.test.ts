@@ -7,14 +7,9 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { SignJWT } from 'jose';
 import { type ClientState, type HubClient, type HubEvent, type StateDetail, createHubClient } from '../client/index.ts';
 import { type Position, decodeCursor, encodeCursor } from '../src/db/cursor.ts';
-import { createDelivery, type Session, type Sock } from '../src/hub/delivery.ts';
-import type { Ring } from '../src/hub/ring.ts';
 import { armExpiry } from '../src/hub/server.ts';
 import { readiness } from '../src/http/routes.ts';
-import { createMetrics } from '../src/metrics/index.ts';
-import { createLogger } from '../src/log.ts';
-import { readFileSync } from 'node:fs';
-import { CLOSE_CODE_MEANINGS, CloseCode } from '../src/errors.ts';
+import { CloseCode } from '../src/errors.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, connect, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
@@ -134,82 +129,11 @@ describe('a resume whose PostgreSQL read fails', () => {
   }, 90_000);
 });
 
-it('every close code is documented in README.md and docs/asyncapi.json', () => {
-  const readme = readFileSync('README.md', 'utf8');
-  const asyncapi = readFileSync('docs/asyncapi.json', 'utf8');
-  for (const code of Object.values(CloseCode)) {
-    expect(CLOSE_CODE_MEANINGS[code], String(code)).toBeTruthy();
-    expect(readme.match(/^Close codes:[^]*?\n\n/m)?.[0] ?? '', String(code)).toContain(String(code));
-    expect(asyncapi, String(code)).toContain(`${code} ${CLOSE_CODE_MEANINGS[code]}`);
-  }
-});
+// Close codes and error codes are checked against README.md and docs/asyncapi.json in
+// src/errors.test.ts.
 
-describe('delivery: a replay that cannot be completed', () => {
-  type Recorder = Sock & { sent: string[]; subscribed: string[]; ended: Array<[number | undefined, string | undefined]> };
-  const fakeSocket = (): Recorder => {
-    const session = {
-      id: 1, claims: { sub: 'x', role: 'admin', elections: [], committees: [], exp: undefined }, remote: '', topics: new Set<string>(), cover: new Set<string>(),
-      closed: false, ops: Promise.resolve(), drained: undefined, badFrames: 0, windowStart: 0, windowCount: 0, expiry: undefined,
-      lease: { release: () => undefined }, autoSubscribe: false,
-    } as unknown as Session;
-    const ws: Recorder = {
-      sent: [], subscribed: [], ended: [],
-      send(m) { ws.sent.push(m); return 1; },
-      getBufferedAmount: () => 0,
-      subscribe(t) { ws.subscribed.push(t); return true; },
-      unsubscribe: () => true,
-      end(code, msg) { ws.ended.push([code, msg]); session.closed = true; },
-      getUserData: () => session,
-    };
-    return ws;
-  };
-  // Never covers: every replay reads PostgreSQL.
-  const noRing = { covers: () => false, after: function* () {}, push: () => undefined, init: () => undefined } as unknown as Ring;
-  const make = (pool: pg.Pool, position: () => Position | undefined) =>
-    createDelivery({
-      publisher: { publish: () => true, numSubscribers: () => 0 },
-      reader: { position, waitFor: async () => false, failing: () => false },
-      pool,
-      ring: noRing,
-      electionOf: () => undefined,
-      sockets: new Set(),
-      maxBuffered: 1 << 30,
-      maxTotalBuffered: 1 << 30,
-      metrics: createMetrics(),
-      log: createLogger('silent'),
-    });
-
-  it('a failure on the second page: the first page is delivered, then 4009; the socket never subscribes', async () => {
-    const since = decodeCursor(await nowCursor()) as Position;
-    await write(2500);
-    const head = decodeCursor(await nowCursor()) as Position;
-    let ranges = 0;
-    // The real database, except that the second range read fails.
-    const flaky = {
-      query: (q: { name?: string }, ...rest: unknown[]) => {
-        if (q?.name === 'hub_read_range' && ++ranges === 2) return Promise.reject(new Error('Connection terminated unexpectedly'));
-        return (db.pool.query as (...a: unknown[]) => Promise<unknown>)(q, ...rest);
-      },
-    } as unknown as pg.Pool;
-    const ws = fakeSocket();
-    let live = 0;
-    await make(flaky, () => head).subscribe(ws, ['election:*'], since, () => live++);
-    expect(ranges).toBe(2);
-    expect(ws.sent.length).toBe(1000);
-    expect(ws.ended).toEqual([[CloseCode.resumeFailed, 'resume failed: reconnect and resume']]);
-    expect(ws.subscribed).toEqual([]);
-    expect(live).toBe(0);
-  });
-
-  it('a hub that is not reading the outbox yet closes a resume with 4009 rather than answering it', async () => {
-    const ws = fakeSocket();
-    let live = 0;
-    await make(db.pool, () => undefined).subscribe(ws, ['election:*'], { txid: 1n, id: 0n }, () => live++);
-    expect(ws.ended).toEqual([[CloseCode.resumeFailed, 'resume failed: reconnect and resume']]);
-    expect(ws.subscribed).toEqual([]);
-    expect(live).toBe(0);
-  });
-});
+// The delivery seam's own cases (a read failing on the first or a later page, a hub not reading
+// yet) are unit tests beside it: src/hub/delivery.test.ts.
 
 describe('SDK: any error answer to a resume means reconnect and resume', () => {
   let server: WebSocketServer | undefined;

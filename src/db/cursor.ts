@@ -17,11 +17,19 @@ export function encodeCursor(p: Position): string {
   return `${p.txid.toString(36)}.${p.id.toString(36)}`;
 }
 
-/** Parses a client's cursor; undefined when it is not one of ours. */
+/** The largest txid (xid8) and outbox id (bigint): 13 base-36 digits reach beyond both. */
+const MAX_TXID = 2n ** 64n - 1n;
+const MAX_ID = 2n ** 63n - 1n;
+
+/**
+ * Parses a client's cursor; undefined when it is not one of ours, including a position no
+ * outbox row can have (PostgreSQL would refuse it in a replay's query).
+ */
 export function decodeCursor(text: unknown): Position | undefined {
   if (typeof text !== 'string' || text.length > 40) return undefined;
   const m = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/.exec(text);
   if (!m || !m[1] || !m[2]) return undefined;
   const parse = (s: string) => [...s].reduce((acc, ch) => acc * 36n + BigInt(parseInt(ch, 36)), 0n);
-  return { txid: parse(m[1]), id: parse(m[2]) };
+  const p = { txid: parse(m[1]), id: parse(m[2]) };
+  return p.txid > MAX_TXID || p.id > MAX_ID ? undefined : p;
 }

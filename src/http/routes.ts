@@ -12,7 +12,7 @@ import type { DashboardCache } from '../cache/dashboard.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Logger } from '../log.ts';
 import { type ElectionOf, isAdmin, mayUse, parseId } from '../events/topics.ts';
-import { errorMessage } from '../errors.ts';
+import { ErrorCode, errorMessage, httpError } from '../errors.ts';
 
 export type HttpReply = { status: number; body: string; contentType?: string };
 
@@ -87,25 +87,25 @@ export function createRoutes(deps: {
 
     async adminHealth(token: string | undefined): Promise<HttpReply> {
       const r = await authorize(token);
-      if (!r.ok) return json(401, { error: 'unauthorized', reason: r.reason });
-      if (!isAdmin(r.claims)) return json(403, { error: 'forbidden', reason: 'admin role required' });
+      if (!r.ok) return httpError(ErrorCode.unauthorized, r.reason);
+      if (!isAdmin(r.claims)) return httpError(ErrorCode.forbidden, 'admin role required');
       return json(200, await deps.health.admin());
     },
 
     async dashboard(idText: string, token: string | undefined): Promise<HttpReply> {
       const r = await authorize(token);
-      if (!r.ok) return json(401, { error: 'unauthorized', reason: r.reason });
+      if (!r.ok) return httpError(ErrorCode.unauthorized, r.reason);
       // One spelling, as for topics: /dashboard/007 names no election.
       const id = parseId(idText);
-      if (id === undefined) return json(404, { error: 'not_found', reason: 'no such election' });
-      if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf)) return json(403, { error: 'forbidden', reason: `token may not read election:${id}` });
+      if (id === undefined) return httpError(ErrorCode.notFound, 'no such election');
+      if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf)) return httpError(ErrorCode.forbidden, `token may not read election:${id}`);
       try {
         const snapshot = await deps.cache.get(id);
-        if (snapshot === null) return json(404, { error: 'not_found', reason: 'no such election' });
+        if (snapshot === null) return httpError(ErrorCode.notFound, 'no such election');
         return { status: 200, body: snapshot };
       } catch (err) {
         deps.log.error({ err: errorMessage(err), electionId: id }, 'dashboard snapshot failed');
-        return json(503, { error: 'unavailable', reason: 'snapshot could not be computed' });
+        return httpError(ErrorCode.unavailable, 'snapshot could not be computed');
       }
     },
   };

@@ -1,7 +1,8 @@
 /*
  * hub/: the uWebSockets.js boundary. server.ts is the app: HTTP plumbing, the upgrade (the token
  * is verified before any socket exists), client frames, socket life; delivery.ts is live fan-out,
- * replay and backpressure; ring.ts the replay ring.
+ * replay and backpressure; ring.ts the replay ring; uws.ts the only module that loads the native
+ * uWebSockets.js build.
  *
  * Lifecycle: `startHub` creates the server, then starts the reader that publishes into it; on
  * stop, readiness fails, the listen socket closes, sockets are closed with 1001, the reader
@@ -11,7 +12,7 @@
  * socket is closed with 4008 and a resume that cannot be completed with 4009, never skipped.
  */
 import { readFileSync } from 'node:fs';
-import uWS from 'uWebSockets.js';
+import { uWS, upgradeAfterAwait, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -25,7 +26,7 @@ import { type Delivery, type Session, type Sock, CursorError, UnavailableError }
 import { ClientFrame } from '../events/schema.ts';
 import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
-import { CloseCode, ErrorCode, errorMessage } from '../errors.ts';
+import { CloseCode, ERRORS, ErrorCode, type FrameErrorCode, type HttpErrorCode, errorMessage, httpError } from '../errors.ts';
 
 type Ws = uWS.WebSocket<Session> & Sock;
 
@@ -102,6 +103,7 @@ export function createHubServer(deps: {
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
+  log.info({ uws: uwsBuild.package, binary: uwsBuild.binary }, 'uWebSockets.js native build loaded');
   const app = uWS.App();
   const sockets = new Set<Ws>();
   const delivery = deps.delivery(app, sockets);
@@ -145,7 +147,7 @@ export function createHubServer(deps: {
           },
           (err: unknown) => {
             log.error({ err: errorMessage(err), path: pattern }, 'request failed');
-            if (!aborted) write(res, { status: 500, body: JSON.stringify({ error: 'internal' }) });
+            if (!aborted) write(res, httpError(ErrorCode.internal));
           },
         );
     });
@@ -159,7 +161,7 @@ export function createHubServer(deps: {
   // No /metrics here: it has its own listener (METRICS_PORT, src/metrics/server.ts); this port answers 404.
   get('/admin/health', (r) => routes.adminHealth(bearer(r.header('authorization'))));
   get('/dashboard/:id', (r) => routes.dashboard(r.param(0), tokenOf(r)));
-  get('/*', () => ({ status: 404, body: JSON.stringify({ error: 'not_found' }) }));
+  get('/*', () => httpError(ErrorCode.notFound));
   if (deps.staticFiles) {
     const files = deps.staticFiles;
     for (const path of ['/', '/app.js', '/app.css']) {
@@ -190,7 +192,7 @@ export function createHubServer(deps: {
 
   const frame = (ws: Ws, body: Record<string, unknown>) => delivery.send(ws, JSON.stringify(body), String(body.type));
 
-  const clientError = (ws: Ws, code: ErrorCode, message: string) => {
+  const clientError = (ws: Ws, code: FrameErrorCode, message: string) => {
     const s = ws.getUserData();
     if (s.closed) return;
     metrics.frameErrors.inc({ code });
@@ -298,9 +300,11 @@ export function createHubServer(deps: {
       });
   };
 
-  const refuse = (res: uWS.HttpResponse, status: number, reason: string) => {
+  /** An upgrade refused with an HTTP error body (`{"error":code,"reason":...}`, src/errors.ts). */
+  const refuse = (res: uWS.HttpResponse, code: HttpErrorCode, reason?: string) => {
+    const { status, body } = httpError(code, reason);
     res.cork(() => {
-      res.writeStatus(STATUS[status] ?? `${status}`).writeHeader('Content-Type', 'application/json').end(JSON.stringify({ error: reason }));
+      res.writeStatus(STATUS[status] ?? `${status}`).writeHeader('Content-Type', 'application/json').end(body);
     });
   };
 
@@ -329,25 +333,26 @@ export function createHubServer(deps: {
       });
       upgrading++;
       void (async () => {
-        const fail = (status: number, reason: string, sub?: string) => {
-          metrics.authFailures.inc({ reason });
-          log.info({ event: 'ws_refused', status, reason, sub, remote }, 'websocket refused');
-          if (!aborted) refuse(res, status, reason);
+        // `reason` is also the hub_auth_failures_total label (a bounded list, src/metrics).
+        const fail = (code: HttpErrorCode, reason?: string, sub?: string) => {
+          metrics.authFailures.inc({ reason: reason ?? code });
+          log.info({ event: 'ws_refused', status: ERRORS[code].status, code, reason, sub, remote }, 'websocket refused');
+          if (!aborted) refuse(res, code, reason);
         };
-        if (!accepting) return fail(503, 'shutting_down');
-        if (sockets.size + upgrading > maxSockets) return fail(503, 'node_full');
-        if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin)) return fail(403, 'origin');
+        if (!accepting) return fail(ErrorCode.unavailable, 'shutting_down');
+        if (sockets.size + upgrading > maxSockets) return fail(ErrorCode.unavailable, 'node_full');
+        if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin)) return fail(ErrorCode.forbidden, 'origin');
         const offered = protocols.split(',').map((p) => p.trim()).filter(Boolean);
         const viaProtocol = offered.find((p) => p.startsWith('bearer.'));
         const token = query.get('token') ?? bearer(authorization) ?? viaProtocol?.slice('bearer.'.length);
         const result = await auth.verify(token ?? undefined);
-        if (!result.ok) return fail(401, result.reason);
+        if (!result.ok) return fail(ErrorCode.unauthorized, result.reason);
         const claims: Claims = result.claims;
         const lease = await limiter.acquire(claims.sub);
-        if (!lease) return fail(429, 'too_many_connections', claims.sub);
+        if (!lease) return fail(ErrorCode.tooManyConnections, undefined, claims.sub);
         if (aborted || !accepting || !deps.position()) {
           lease.release();
-          if (!aborted) refuse(res, 503, 'not_ready');
+          if (!aborted) refuse(res, ErrorCode.unavailable, 'not_ready');
           return;
         }
         const session: Session = {
@@ -366,10 +371,10 @@ export function createHubServer(deps: {
           lease,
           autoSubscribe: query.get('subscribe') !== 'none',
         };
-        res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
+        upgradeAfterAwait(res, () => res.upgrade(session, key, viaProtocol ?? '', extensions, context), sockets.values().next().value);
       })().catch((err: unknown) => {
         log.error({ err: errorMessage(err) }, 'upgrade failed');
-        if (!aborted) refuse(res, 500, 'internal');
+        if (!aborted) refuse(res, ErrorCode.internal);
       }).finally(() => upgrading--);
     },
 
@@ -387,11 +392,9 @@ export function createHubServer(deps: {
           if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
         });
       }
-      // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
-      // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
-      // belongs to the WebSocket; what open() writes there (a send) can make it close the new
-      // socket (1006). So nothing touches the socket until cork() has returned; subscription
-      // frames queue behind this (s.ops), so connection_success always comes first.
+      // Nothing is sent from open() itself (with the cork() bug that upgradeAfterAwait avoids, a
+      // send here made it close the new socket); subscription frames queue behind this (s.ops),
+      // so connection_success always comes first.
       s.ops = new Promise<void>((resolve) =>
         setImmediate(() => {
           resolve();

@@ -7,7 +7,7 @@
  * grow the number of series.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { CloseCode, ErrorCode } from '../errors.ts';
+import { CloseCode, FRAME_ERROR_CODES } from '../errors.ts';
 
 /** The value any label gets for something outside its known set. */
 export const OTHER = 'other';
@@ -37,7 +37,7 @@ export const LABEL_VALUES = {
     'bad_signature', 'unknown_key', 'jwks_unavailable', 'origin', 'too_many_connections', 'node_full', 'shutting_down', OTHER,
   ],
   /** Client error codes (src/errors.ts), oversize frames and malformed outbox rows. */
-  errorCode: [...Object.values(ErrorCode), 'too_big', 'bad_outbox_row', OTHER],
+  errorCode: [...FRAME_ERROR_CODES, 'too_big', 'bad_outbox_row', OTHER],
   result: ['hit', 'miss'],
   /**
    * Why a dashboard snapshot was computed from PostgreSQL: `first_use` (nothing cached yet),

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEmbeddedPostgres } from '../src/demo/embedded-postgres.ts';
+import { startEmbeddedPostgres } from '../demo/embedded-postgres.ts';
 import { waitUntil } from './support/hub.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));

@@ -1,3 +1,16 @@
+/*
+ * hub/: the uWebSockets.js boundary. server.ts is the app: HTTP plumbing, the upgrade (the token
+ * is verified before any socket exists), client frames, socket life; delivery.ts is live fan-out,
+ * replay and backpressure; ring.ts the replay ring; uws.ts the only module that loads the native
+ * uWebSockets.js build.
+ *
+ * Lifecycle: `startHub` creates the server, then starts the reader that publishes into it; on
+ * stop, readiness fails, the listen socket closes, sockets are closed with 1001, the reader
+ * stops, and the app closes last. Invariants (docs/ARCHITECTURE.md sections 3, 4, 6, 7): each
+ * event is serialized once and fanned out by uWS topics, no per-socket loop per event; a socket
+ * gets every event at most once (covers); replay and live meet in one synchronous step; a slow
+ * socket is closed with 4008 and a resume that cannot be completed with 4009, never skipped.
+ */
 import { readFileSync } from 'node:fs';
 import { uWS, upgradeAfterAwait, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';

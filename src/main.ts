@@ -22,6 +22,7 @@ import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
 import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
+import { type Lifecycle, createLifecycle } from './lifecycle.ts';
 
 export type Hub = {
   readonly port: number;
@@ -34,6 +35,13 @@ export type Hub = {
   readonly log: Logger;
   /** Everything the reader has published so far ends at this cursor. */
   cursor(): string | undefined;
+  /**
+   * How far pruning had reached (a cursor) when housekeeping last looked, by this node or
+   * another; undefined before its first look. Replays re-read the mark themselves.
+   */
+  prunedMark(): string | undefined;
+  /** Facts as they happen: reader reads, pruning learned, listener up/down (src/lifecycle.ts). */
+  readonly events: Lifecycle;
   stop(): Promise<void>;
 };
 
@@ -58,6 +66,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
   if (!config.DATABASE_URL) throw new Error('DATABASE_URL is required');
   const log = deps.log ?? createLogger(config.LOG_LEVEL);
   const metrics = createMetrics();
+  const lifecycle = createLifecycle(log);
   const releasers: Array<[string, () => Promise<void> | void]> = [];
   const release = async () => {
     for (const [name, fn] of releasers.reverse()) {
@@ -243,7 +252,9 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       onStarted: (p) => {
         ring.init(p);
         started();
+        lifecycle.emit('reader:started', { position: p });
       },
+      onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
       onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
       onEvents: (events) => {
         server.delivery.publish(events);
@@ -264,18 +275,25 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       connectionString: config.DATABASE_URL,
       log,
       onWake: () => r.wake(),
-      onState: (up) => metrics.listenerConnected.set(up ? 1 : 0),
+      onState: (up) => {
+        metrics.listenerConnected.set(up ? 1 : 0);
+        lifecycle.emit(up ? 'listener:up' : 'listener:down', {});
+      },
     });
     const l = listener;
     releasers.push(['listener', () => l.stop()]);
 
     // Housekeeping: prune past retention (and learn how far pruning reached), sample backlog.
     let housekeepingStopped = false;
+    let prunedMark: Position | undefined;
     const housekeeping = async () => {
       if (housekeepingStopped) return;
       try {
         while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
-        server.delivery.setPruned(await prunedPosition(pool));
+        const mark = await prunedPosition(pool);
+        server.delivery.setPruned(mark);
+        prunedMark = mark;
+        lifecycle.emit('pruned', { mark });
         const p = position();
         if (p) {
           const b = await backlog(pool, p);
@@ -326,6 +344,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         const p = position();
         return p ? encodeCursor(p) : undefined;
       },
+      prunedMark: () => (prunedMark ? encodeCursor(prunedMark) : undefined),
+      events: lifecycle,
       stop: () => (stopping ??= release()),
     };
   } catch (err) {

@@ -32,6 +32,8 @@ const event = (n: number, frameBytes: number, topics: readonly string[] = ['elec
     topics,
     frame: head + 'x'.repeat(Math.max(0, frameBytes - head.length - tail.length)) + tail,
     committedAtMs: Date.now(),
+    count: null,
+    old: null,
   };
 };
 const ids = (events: Iterable<HubEvent>) => [...events].map((e) => Number(e.pos.id));

@@ -210,8 +210,8 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
         forget(id);
         return false;
       }
-      const r = book.complete(id, attempt, parse(json));
-      if (r.outcome === 'stale') {
+      const r = book.complete(id, attempt, parse(json), opts.position() ?? from);
+      if (r.outcome === 'stale' || r.outcome === 'ahead') {
         if (tries >= 5) throw new Error('dashboard snapshots keep coming back older than the stream');
         continue;
       }
@@ -278,7 +278,14 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
         book.fail(id, attempt);
         return; // the election row is gone: its numbers stay as the stream left them
       }
-      const r = book.complete(id, attempt, parse(json));
+      const snap = parse(json);
+      let r = book.complete(id, attempt, snap, opts.position() ?? from);
+      // Compared at the same position: wait until the reader has reached the snapshot.
+      for (let i = 0; r.outcome === 'ahead' && i < 12 && !stopped; i++) {
+        await opts.delivered(r.cursor);
+        r = book.complete(id, attempt, snap, opts.position() ?? from);
+      }
+      if (r.outcome === 'ahead') book.fail(id, attempt);
       if (r.outcome === 'drift') {
         metrics.dashboardDrift.inc();
         log.warn({ electionId: id, committees: r.committees.slice(0, 20), count: r.committees.length }, 'dashboard totals drifted from the database: corrected');

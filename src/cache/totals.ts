@@ -118,7 +118,9 @@ export type CompleteResult =
   /** Older than the position at `begin`, or too many events buffered meanwhile: compute again. */
   | { outcome: 'stale' }
   /** Another computation (a resync) took over, or the election was dropped: ignore the result. */
-  | { outcome: 'superseded' };
+  | { outcome: 'superseded' }
+  /** A verification's snapshot is ahead of the reader: complete it again once the reader reached `cursor`. */
+  | { outcome: 'ahead'; cursor: Position };
 
 export type Cutting = { cursor: string; frame: string | undefined } | undefined;
 
@@ -186,7 +188,8 @@ export function createTotalsBook(opts: { maxBuffered?: number } = {}) {
             untracked.add(x.election);
             continue;
           }
-          if (st.live) {
+          // Events at or before the snapshot's cursor are in it already (the reader may be behind it).
+          if (st.live && compare(e.pos, st.live.cursor) > 0) {
             step(st, st.live, x.committee, x.field, x.delta);
             changed.add(x.election);
           }
@@ -229,13 +232,18 @@ export function createTotalsBook(opts: { maxBuffered?: number } = {}) {
     /** The attempt in progress for `id`, if any. */
     attempt: (id: Id): number | undefined => held.get(id)?.pending?.attempt,
 
-    /** A computation's snapshot arrived. */
-    complete(id: Id, attempt: number, snap: DashboardSnapshot): CompleteResult {
+    /**
+     * A computation's snapshot arrived; `reader` is the reader's position (every event up to
+     * it applied). A verification compares at the same position, so one whose snapshot is
+     * ahead of the reader is 'ahead': call again once the reader has reached its cursor.
+     */
+    complete(id: Id, attempt: number, snap: DashboardSnapshot, reader: Position): CompleteResult {
       const st = held.get(id);
       const p = st?.pending;
       if (!st || !p || p.attempt !== attempt) return { outcome: 'superseded' };
-      st.pending = undefined;
       const cursor = decodeCursor(snap.cursor);
+      if (cursor && p.purpose === 'verify' && st.live && !p.overflow && compare(cursor, reader) > 0) return { outcome: 'ahead', cursor };
+      st.pending = undefined;
       if (!cursor || compare(cursor, p.from) < 0 || p.overflow) return { outcome: 'stale' };
       const fresh = build(snap, cursor, p.buffer);
       if (p.purpose === 'load' || !st.live) {

@@ -216,11 +216,16 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
         continue;
       }
       if (r.outcome === 'superseded') continue;
-      reasons.delete(id);
       absent.delete(id);
+      await settle(id);
+      // Invalidated while waiting for the reader (a TRUNCATE): this load is void, go again.
+      if (!book.isLive(id)) {
+        if (!book.has(id) || stopped) return false;
+        continue;
+      }
+      reasons.delete(id);
       const m = metaOf(id);
       m.verifyAt = nextVerify();
-      await settle(id);
       if (m.timer) {
         clearTimeout(m.timer);
         m.timer = undefined;
@@ -235,10 +240,19 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
     const running = loads.get(id);
     if (running) return running;
     if (!reasons.has(id)) reasons.set(id, reason);
-    const p = runLoad(id, urgent).finally(() => {
-      if (loads.get(id) === p) loads.delete(id);
-    });
-    loads.set(id, p);
+    // Forgotten in the same step as it settles: a resync right after must start a new load,
+    // not be handed this finished one.
+    const run: { done: boolean; p?: Promise<boolean> } = { done: false };
+    const p = (async () => {
+      try {
+        return await runLoad(id, urgent);
+      } finally {
+        run.done = true;
+        if (loads.get(id) === run.p) loads.delete(id);
+      }
+    })();
+    run.p = p;
+    if (!run.done) loads.set(id, p);
     p.then(
       () => retries.delete(id),
       (err: unknown) => {

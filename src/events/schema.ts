@@ -93,7 +93,7 @@ export const DashboardUpdate = DashboardSnapshot.extend({
   base: Cursor.nullable().describe(
     "null: the full state (every committee; replace what you have). Else the cursor of this election's previous dashboard_update on this connection: apply only if it equals the cursor of the last update you applied (overwrite the listed committees); anything else is a broken chain: fetch GET /dashboard/{id} again",
   ),
-  totals: Counts.describe('Absolute totals of the election'),
+  totals: Counts,
   committees: z
     .array(CommitteeCounts)
     .describe('With base null, every committee; else only the committees whose numbers changed since base, with their absolute numbers'),

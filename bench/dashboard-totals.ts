@@ -52,16 +52,36 @@ async function main() {
     try {
       await c.query(`SET session_replication_role = replica`); // seed without capture: the hub starts after it
       await c.query(`INSERT INTO elections (id, name) OVERRIDING SYSTEM VALUE VALUES (1, 'Election 1')`);
-      await c.query(`INSERT INTO committees (id, election_id, name) OVERRIDING SYSTEM VALUE SELECT g, 1, 'Committee ' || g FROM generate_series(1, $1::int) g`, [COMMITTEES]);
-      await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT 1, 1 + g % $1, 'voter ' || g FROM generate_series(1, $2::int) g`, [COMMITTEES, ROWS]);
-      await c.query(`INSERT INTO attendance (election_id, committee_id, voter_name) SELECT 1, 1 + g % $1, 'voter ' || g FROM generate_series(1, $2::int) g`, [COMMITTEES, Math.floor(ROWS / 2)]);
-      await c.query(`INSERT INTO votes (election_id, committee_id, candidate, count) SELECT 1, 1 + g % $1, 'cand ' || (g % 10), g % 50 FROM generate_series(1, $2::int) g`, [COMMITTEES, COMMITTEES * 10]);
+      await c.query(
+        `INSERT INTO committees (id, election_id, name) OVERRIDING SYSTEM VALUE SELECT g, 1, 'Committee ' || g FROM generate_series(1, $1::int) g`,
+        [COMMITTEES],
+      );
+      await c.query(
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT 1, 1 + g % $1, 'voter ' || g FROM generate_series(1, $2::int) g`,
+        [COMMITTEES, ROWS],
+      );
+      await c.query(
+        `INSERT INTO attendance (election_id, committee_id, voter_name) SELECT 1, 1 + g % $1, 'voter ' || g FROM generate_series(1, $2::int) g`,
+        [COMMITTEES, Math.floor(ROWS / 2)],
+      );
+      await c.query(
+        `INSERT INTO votes (election_id, committee_id, candidate, count) SELECT 1, 1 + g % $1, 'cand ' || (g % 10), g % 50 FROM generate_series(1, $2::int) g`,
+        [COMMITTEES, COMMITTEES * 10],
+      );
       await c.query(`SET session_replication_role = DEFAULT`);
       await c.query('ANALYZE');
     } finally {
       c.release();
     }
-    const parsed = parseConfig({ DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'warn', MAX_CONNECTIONS_PER_SUB: '10000' });
+    const parsed = parseConfig({
+      DATABASE_URL: db.url,
+      JWT_SECRET: SECRET,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      METRICS_PORT: '0',
+      LOG_LEVEL: 'warn',
+      MAX_CONNECTIONS_PER_SUB: '10000',
+    });
     if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
     const hub = await startHub(parsed.config, { log: createLogger('warn') });
     const scrape = async () => (await fetch(`${hub.metricsUrl}/metrics`)).text();
@@ -100,10 +120,21 @@ async function main() {
 
       // The writer: RATE statements per second, each a transaction of its own.
       const ops = [
-        (k: number) => pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (1, $1, 'new')`, [1 + (k % COMMITTEES)]),
-        (k: number) => pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) VALUES (1, $1, 'new')`, [1 + ((k * 7) % COMMITTEES)]),
-        (k: number) => pool.query(`UPDATE guarantees SET committee_id = $1 WHERE id = $2`, [1 + ((k * 13) % COMMITTEES), 1 + ((k * 7919) % ROWS)]),
-        (k: number) => pool.query(`UPDATE guarantees SET status = 'confirmed' WHERE id = $1`, [1 + ((k * 104729) % ROWS)]),
+        (k: number) =>
+          pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (1, $1, 'new')`, [
+            1 + (k % COMMITTEES),
+          ]),
+        (k: number) =>
+          pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) VALUES (1, $1, 'new')`, [
+            1 + ((k * 7) % COMMITTEES),
+          ]),
+        (k: number) =>
+          pool.query(`UPDATE guarantees SET committee_id = $1 WHERE id = $2`, [
+            1 + ((k * 13) % COMMITTEES),
+            1 + ((k * 7919) % ROWS),
+          ]),
+        (k: number) =>
+          pool.query(`UPDATE guarantees SET status = 'confirmed' WHERE id = $1`, [1 + ((k * 104729) % ROWS)]),
         (k: number) => pool.query(`UPDATE votes SET count = count + 1 WHERE id = $1`, [1 + (k % (COMMITTEES * 10))]),
         (k: number) => pool.query(`DELETE FROM attendance WHERE id = $1`, [1 + ((k * 31) % Math.floor(ROWS / 2))]),
       ];
@@ -124,26 +155,51 @@ async function main() {
       await new Promise((r) => setTimeout(r, 1000)); // the last update goes out
       const after = await scrape();
 
-      const per = (ns: Counter[], f: (n: Counter) => number) => ns.reduce((s, n) => s + f(n), 0) / Math.max(1, ns.length) / elapsed;
-      const computations = metric(after, 'hub_dashboard_computations_total') - metric(before, 'hub_dashboard_computations_total');
-      const hubBytes = metric(after, 'hub_bytes_sent_total', 'type="dashboard_update"') - metric(before, 'hub_bytes_sent_total', 'type="dashboard_update"');
-      const hubFrames = metric(after, 'hub_messages_sent_total', 'type="dashboard_update"') - metric(before, 'hub_messages_sent_total', 'type="dashboard_update"');
+      const per = (ns: Counter[], f: (n: Counter) => number) =>
+        ns.reduce((s, n) => s + f(n), 0) / Math.max(1, ns.length) / elapsed;
+      const computations =
+        metric(after, 'hub_dashboard_computations_total') - metric(before, 'hub_dashboard_computations_total');
+      const hubBytes =
+        metric(after, 'hub_bytes_sent_total', 'type="dashboard_update"') -
+        metric(before, 'hub_bytes_sent_total', 'type="dashboard_update"');
+      const hubFrames =
+        metric(after, 'hub_messages_sent_total', 'type="dashboard_update"') -
+        metric(before, 'hub_messages_sent_total', 'type="dashboard_update"');
       const receivers = DASHBOARDS * (hasTopic ? 2 : 1);
       console.log(
         JSON.stringify(
           {
-            scale: { committees: COMMITTEES, guarantees: ROWS, attendance: Math.floor(ROWS / 2), votes: COMMITTEES * 10, statementsPerSecond: Math.round(issued / elapsed), seconds: Math.round(elapsed * 10) / 10, dashboards: { election: DASHBOARDS, dashboard: hasTopic ? DASHBOARDS : 'topic not available' } },
+            scale: {
+              committees: COMMITTEES,
+              guarantees: ROWS,
+              attendance: Math.floor(ROWS / 2),
+              votes: COMMITTEES * 10,
+              statementsPerSecond: Math.round(issued / elapsed),
+              seconds: Math.round(elapsed * 10) / 10,
+              dashboards: { election: DASHBOARDS, dashboard: hasTopic ? DASHBOARDS : 'topic not available' },
+            },
             fullComputations: computations,
             fullComputationsPerSecond: Math.round((computations / elapsed) * 100) / 100,
             dashboardUpdate: {
               perDashboardFramesPerSecond: Math.round(per(whole, (n) => n.frames) * 100) / 100,
               perDashboardBytesPerSecond: Math.round(per(whole, (n) => n.bytes)),
-              averageFrameBytes: Math.round(whole.reduce((s, n) => s + n.bytes, 0) / Math.max(1, whole.reduce((s, n) => s + n.frames, 0))),
+              averageFrameBytes: Math.round(
+                whole.reduce((s, n) => s + n.bytes, 0) /
+                  Math.max(
+                    1,
+                    whole.reduce((s, n) => s + n.frames, 0),
+                  ),
+              ),
               hubCountedBytesPerSecondPerReceiver: Math.round(hubBytes / elapsed / receivers),
               hubCountedFramesPerSecondPerReceiver: Math.round((hubFrames / elapsed / receivers) * 100) / 100,
             },
             rowEventsPerDashboardPerSecond: Math.round(per(whole, (n) => n.rows)),
-            totalsOnlyDashboard: hasTopic ? { bytesPerSecond: Math.round(per(totalsOnly, (n) => n.bytes)), rowEventsPerSecond: per(totalsOnly, (n) => n.rows) } : null,
+            totalsOnlyDashboard: hasTopic
+              ? {
+                  bytesPerSecond: Math.round(per(totalsOnly, (n) => n.bytes)),
+                  rowEventsPerSecond: per(totalsOnly, (n) => n.rows),
+                }
+              : null,
           },
           null,
           2,

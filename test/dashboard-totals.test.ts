@@ -9,7 +9,13 @@ import type { Hub } from '../src/main.ts';
 
 type Counts = { guarantees: number; attendance: number; votes: number };
 type Numbers = { totals: Counts; committees: Map<string, Counts> };
-type Update = Frame & { election_id: number; base: string | null; cursor: string; totals: Counts; committees: Array<Counts & { committee_id: number }> };
+type Update = Frame & {
+  election_id: number;
+  base: string | null;
+  cursor: string;
+  totals: Counts;
+  committees: Array<Counts & { committee_id: number }>;
+};
 
 let db: TestDatabase;
 let e1: number;
@@ -21,10 +27,17 @@ const clients: TestClient[] = [];
 
 beforeAll(async () => {
   db = await createTestDatabase('hub_totals');
-  const ids = async (sql: string, params: unknown[]) => (await db.pool.query<{ id: string }>(sql, params)).rows.map((r) => Number(r.id));
+  const ids = async (sql: string, params: unknown[]) =>
+    (await db.pool.query<{ id: string }>(sql, params)).rows.map((r) => Number(r.id));
   [e1, e2] = (await ids(`INSERT INTO elections (name) VALUES ('One'), ('Two') RETURNING id`, [])) as [number, number];
-  cs1 = await ids(`INSERT INTO committees (election_id, name) SELECT $1, 'c' || g FROM generate_series(1, 3) g RETURNING id`, [e1]);
-  cs2 = await ids(`INSERT INTO committees (election_id, name) SELECT $1, 'c' || g FROM generate_series(1, 3) g RETURNING id`, [e2]);
+  cs1 = await ids(
+    `INSERT INTO committees (election_id, name) SELECT $1, 'c' || g FROM generate_series(1, 3) g RETURNING id`,
+    [e1],
+  );
+  cs2 = await ids(
+    `INSERT INTO committees (election_id, name) SELECT $1, 'c' || g FROM generate_series(1, 3) g RETURNING id`,
+    [e2],
+  );
 });
 
 afterAll(async () => {
@@ -73,7 +86,9 @@ async function aggregate(e: number): Promise<Numbers> {
 /** Equal numbers, a committee at zero being the same as a committee not listed. */
 const key = (n: Numbers | undefined) => {
   if (!n) return 'none';
-  const cs = [...n.committees].filter(([, v]) => v.guarantees || v.attendance || v.votes).sort(([a], [b]) => Number(a) - Number(b));
+  const cs = [...n.committees]
+    .filter(([, v]) => v.guarantees || v.attendance || v.votes)
+    .sort(([a], [b]) => Number(a) - Number(b));
   return JSON.stringify([n.totals, cs]);
 };
 
@@ -93,7 +108,12 @@ function dashboard(c: TestClient, e: number) {
         broken.push(`base ${f.base} after ${state?.cursor}`);
         continue;
       }
-      for (const x of f.committees) state.committees.set(String(x.committee_id), { guarantees: x.guarantees, attendance: x.attendance, votes: x.votes });
+      for (const x of f.committees)
+        state.committees.set(String(x.committee_id), {
+          guarantees: x.guarantees,
+          attendance: x.attendance,
+          votes: x.votes,
+        });
       state.totals = f.totals;
       state.cursor = f.cursor;
     }
@@ -107,8 +127,21 @@ function dashboard(c: TestClient, e: number) {
 
 const getSnapshot = async (hub: Hub, e: number, t: string): Promise<Numbers & { cursor: string }> => {
   const res = await fetch(`${hub.url}/dashboard/${e}`, { headers: { authorization: `Bearer ${t}` } });
-  const b = (await res.json()) as { cursor: string; totals: Counts; committees: Array<Counts & { committee_id: number }> };
-  return { cursor: b.cursor, totals: b.totals, committees: new Map(b.committees.map((x) => [String(x.committee_id), { guarantees: x.guarantees, attendance: x.attendance, votes: x.votes }])) };
+  const b = (await res.json()) as {
+    cursor: string;
+    totals: Counts;
+    committees: Array<Counts & { committee_id: number }>;
+  };
+  return {
+    cursor: b.cursor,
+    totals: b.totals,
+    committees: new Map(
+      b.committees.map((x) => [
+        String(x.committee_id),
+        { guarantees: x.guarantees, attendance: x.attendance, votes: x.votes },
+      ]),
+    ),
+  };
 };
 
 const scrape = async (hub: Hub) => (await fetch(`${hub.metricsUrl}/metrics`)).text();
@@ -121,9 +154,15 @@ const computations = async (hub: Hub, reason?: string) => {
 const drift = async (hub: Hub) => Number(/^hub_dashboard_drift_total (\d+)/m.exec(await scrape(hub))?.[1] ?? NaN);
 
 /** A TRUNCATE as the capture will deliver it: with its outbox row (written here while the trigger is not installed yet). */
-async function truncate(table: 'guarantees' | 'attendance' | 'votes', client: pg.ClientBase = db.pool as unknown as pg.ClientBase) {
+async function truncate(
+  table: 'guarantees' | 'attendance' | 'votes',
+  client: pg.ClientBase = db.pool as unknown as pg.ClientBase,
+) {
   const kind = { guarantees: 'guarantee', attendance: 'attendance', votes: 'vote' }[table];
-  const captured = await client.query<{ t: boolean }>(`SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND (tgtype & 32) <> 0) AS t`, [table]);
+  const captured = await client.query<{ t: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND (tgtype & 32) <> 0) AS t`,
+    [table],
+  );
   await client.query(`TRUNCATE ${table}`);
   if (!captured.rows[0]?.t) {
     await client.query(`INSERT INTO hub.outbox (kind, action) VALUES ($1, 'truncated')`, [kind]);
@@ -160,7 +199,9 @@ describe('dashboard_update: the full state first, then deltas that chain', () =>
     await c.next((f) => f.type === 'subscribed' && (f.topics as string[]).includes(`dashboard:${e1}`));
     const mark = c.frames.length;
     await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 5)`, [e1, cs1[2]]);
-    const next = (await c.next((f) => f.type === 'dashboard_update' && f.base !== null && c.frames.indexOf(f) >= mark)) as Update;
+    const next = (await c.next(
+      (f) => f.type === 'dashboard_update' && f.base !== null && c.frames.indexOf(f) >= mark,
+    )) as Update;
     expect(next.committees).toEqual([{ committee_id: cs1[2], guarantees: 0, attendance: 0, votes: 5 }]);
     await new Promise((r) => setTimeout(r, 400)); // a duplicate would have come by now
     const after = c.frames.slice(mark).filter((f) => f.type === 'dashboard_update');
@@ -203,17 +244,36 @@ describe('dashboard:{id}', () => {
     const answer = async (frame: unknown) => {
       const n = c.frames.length;
       c.send(frame);
-      await waitUntil(() => c.frames.slice(n).some((f) => f.type === 'subscribed' || f.type === 'error'), 5000, 'answer');
+      await waitUntil(
+        () => c.frames.slice(n).some((f) => f.type === 'subscribed' || f.type === 'error'),
+        5000,
+        'answer',
+      );
       return c.frames.slice(n).find((f) => f.type === 'subscribed' || f.type === 'error') as Frame;
     };
-    expect(await answer({ type: 'subscribe', topics: [`dashboard:${e2}`] })).toMatchObject({ type: 'error', code: 'forbidden_topic' });
-    expect(await answer({ type: 'subscribe', topics: [`dashboard:0${e1}`] })).toMatchObject({ type: 'error', code: 'bad_topic' });
-    expect(await answer({ type: 'subscribe', topics: [`dashboard:${e1}`], since })).toMatchObject({ type: 'subscribed' });
-    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 3)`, [e1, cs1[0]]);
+    expect(await answer({ type: 'subscribe', topics: [`dashboard:${e2}`] })).toMatchObject({
+      type: 'error',
+      code: 'forbidden_topic',
+    });
+    expect(await answer({ type: 'subscribe', topics: [`dashboard:0${e1}`] })).toMatchObject({
+      type: 'error',
+      code: 'bad_topic',
+    });
+    expect(await answer({ type: 'subscribe', topics: [`dashboard:${e1}`], since })).toMatchObject({
+      type: 'subscribed',
+    });
+    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 3)`, [
+      e1,
+      cs1[0],
+    ]);
     await c.next((f) => f.type === 'dashboard_update' && f.base !== null);
     const d = dashboard(c, e1);
     await waitUntil(async () => key(d.numbers()) === key(await aggregate(e1)), 5000, 'totals');
-    expect(c.frames.filter((f) => f.cursor !== undefined && !['dashboard_update', 'subscribed', 'connection_success'].includes(f.type))).toEqual([]);
+    expect(
+      c.frames.filter(
+        (f) => f.cursor !== undefined && !['dashboard_update', 'subscribed', 'connection_success'].includes(f.type),
+      ),
+    ).toEqual([]);
 
     // An admin on election:* alone gets every row but no dashboard updates; dashboard:{id} gives them.
     const admin = await open(hub, await token({ sub: 'totals-admin', role: 'admin' }));
@@ -246,11 +306,18 @@ describe('full computations only where the chain breaks', () => {
         const cs = e === e1 ? cs1 : cs2;
         await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e, cs[(i + w) % 3]]);
         if (i % 5 === 0) await db.pool.query(`UPDATE votes SET count = count + 1 WHERE election_id = $1`, [e]);
-        if (i % 7 === 0) await db.pool.query(`UPDATE guarantees SET committee_id = $2, election_id = $3 WHERE id = (SELECT min(id) FROM guarantees WHERE election_id = $1)`, [e, (e === e1 ? cs2 : cs1)[0], e === e1 ? e2 : e1]);
+        if (i % 7 === 0)
+          await db.pool.query(
+            `UPDATE guarantees SET committee_id = $2, election_id = $3 WHERE id = (SELECT min(id) FROM guarantees WHERE election_id = $1)`,
+            [e, (e === e1 ? cs2 : cs1)[0], e === e1 ? e2 : e1],
+          );
       }
     });
     await Promise.all(writers);
-    for (const [d, e] of [[d1, e1], [d2, e2]] as const) {
+    for (const [d, e] of [
+      [d1, e1],
+      [d2, e2],
+    ] as const) {
       await waitUntil(async () => key(d.numbers()) === key(await aggregate(e)), 10_000, `dashboard ${e}`);
       expect(key(await getSnapshot(hub, e, t))).toBe(key(await aggregate(e)));
     }
@@ -266,12 +333,17 @@ describe('full computations only where the chain breaks', () => {
     const c = await open(hub, t);
     const d1 = dashboard(c, e1);
     await waitUntil(() => d1.updates() > 0, 10_000, 'first update');
-    await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 5)`, [e1, cs1[0]]);
+    await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 5)`, [
+      e1,
+      cs1[0],
+    ]);
     await waitUntil(async () => key(d1.numbers()) === key(await aggregate(e1)), 5000, 'before');
     const resyncs = await computations(hub, 'resync');
     const mark = c.frames.length;
     await truncate('attendance');
-    const full = (await c.next((f) => f.type === 'dashboard_update' && f.election_id === e1 && f.base === null && c.frames.indexOf(f) >= mark)) as Update;
+    const full = (await c.next(
+      (f) => f.type === 'dashboard_update' && f.election_id === e1 && f.base === null && c.frames.indexOf(f) >= mark,
+    )) as Update;
     expect(full.totals.attendance).toBe(0);
     expect(key(d1.numbers())).toBe(key(await aggregate(e1)));
     expect(key(await getSnapshot(hub, e1, t))).toBe(key(await aggregate(e1)));
@@ -290,7 +362,10 @@ describe('full computations only where the chain breaks', () => {
     const client = await db.pool.connect();
     try {
       await client.query(`SET session_replication_role = replica`); // no triggers: no outbox row
-      await client.query(`INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 4)`, [e2, cs2[2]]);
+      await client.query(
+        `INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 4)`,
+        [e2, cs2[2]],
+      );
       await client.query(`SET session_replication_role = DEFAULT`);
     } finally {
       client.release();
@@ -310,17 +385,29 @@ describe('full computations only where the chain breaks', () => {
     const d = dashboard(c, e1);
     await waitUntil(() => d.updates() > 0, 10_000, 'first update');
     let resyncs = await computations(hub, 'resync');
-    await db.pool.query(`INSERT INTO hub.outbox (kind, action, election_id) VALUES ('guarantee', repeat('x', 100), $1)`, [e1]);
+    await db.pool.query(
+      `INSERT INTO hub.outbox (kind, action, election_id) VALUES ('guarantee', repeat('x', 100), $1)`,
+      [e1],
+    );
     await db.pool.query(`SELECT pg_notify('hub_outbox', '')`);
     await waitUntil(async () => (await computations(hub, 'resync')) > resyncs, 10_000, 'resync after the gap');
 
     // A new table watched as guarantees: its rows count once the hub sees the watch.
     resyncs = await computations(hub, 'resync');
-    await db.pool.query(`CREATE TABLE extra_guarantees (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, election_id bigint NOT NULL, committee_id bigint NOT NULL)`);
-    await db.pool.query(`INSERT INTO extra_guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 6)`, [e1, cs1[1]]);
+    await db.pool.query(
+      `CREATE TABLE extra_guarantees (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, election_id bigint NOT NULL, committee_id bigint NOT NULL)`,
+    );
+    await db.pool.query(
+      `INSERT INTO extra_guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 6)`,
+      [e1, cs1[1]],
+    );
     await db.pool.query(`SELECT hub.watch('extra_guarantees', 'guarantee')`);
     const expected = (await aggregate(e1)).totals.guarantees + 6;
-    await waitUntil(() => d.numbers()?.totals.guarantees === expected, 15_000, `guarantees ${expected} with the new table (have ${d.numbers()?.totals.guarantees})`);
+    await waitUntil(
+      () => d.numbers()?.totals.guarantees === expected,
+      15_000,
+      `guarantees ${expected} with the new table (have ${d.numbers()?.totals.guarantees})`,
+    );
     expect(await computations(hub, 'resync')).toBeGreaterThan(resyncs);
     await db.pool.query(`DELETE FROM hub.watched WHERE tbl = 'extra_guarantees'::regclass`);
     await db.pool.query(`DROP TABLE extra_guarantees`);
@@ -333,21 +420,67 @@ describe('property: random concurrent writes on a 3-node cluster with restarts',
   const KINDS = ['guarantees', 'attendance', 'votes'] as const;
   const Place = fc.record({ e: fc.constantFrom(0, 1), c: fc.nat(2) });
   const Stmt = fc.oneof(
-    { weight: 5, arbitrary: fc.record({ s: fc.constant('insert' as const), t: fc.constantFrom(...KINDS), at: Place, n: fc.oneof(fc.constant(1), fc.integer({ min: 2, max: 40 })), count: fc.integer({ min: 0, max: 9 }) }) },
-    { weight: 3, arbitrary: fc.record({ s: fc.constant('move' as const), t: fc.constantFrom(...KINDS), pick: fc.nat(), to: Place }) },
-    { weight: 2, arbitrary: fc.record({ s: fc.constant('moveAll' as const), t: fc.constantFrom(...KINDS), from: Place, to: Place }) },
-    { weight: 2, arbitrary: fc.record({ s: fc.constant('count' as const), pick: fc.nat(), delta: fc.integer({ min: -3, max: 5 }), all: fc.boolean() }) },
-    { weight: 2, arbitrary: fc.record({ s: fc.constant('delete' as const), t: fc.constantFrom(...KINDS), pick: fc.nat(), bulk: fc.boolean() }) },
+    {
+      weight: 5,
+      arbitrary: fc.record({
+        s: fc.constant('insert' as const),
+        t: fc.constantFrom(...KINDS),
+        at: Place,
+        n: fc.oneof(fc.constant(1), fc.integer({ min: 2, max: 40 })),
+        count: fc.integer({ min: 0, max: 9 }),
+      }),
+    },
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        s: fc.constant('move' as const),
+        t: fc.constantFrom(...KINDS),
+        pick: fc.nat(),
+        to: Place,
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        s: fc.constant('moveAll' as const),
+        t: fc.constantFrom(...KINDS),
+        from: Place,
+        to: Place,
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        s: fc.constant('count' as const),
+        pick: fc.nat(),
+        delta: fc.integer({ min: -3, max: 5 }),
+        all: fc.boolean(),
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        s: fc.constant('delete' as const),
+        t: fc.constantFrom(...KINDS),
+        pick: fc.nat(),
+        bulk: fc.boolean(),
+      }),
+    },
   );
   const Round = fc.record({
     txs: fc.array(fc.array(Stmt, { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 4 }),
-    event: fc.oneof({ weight: 6, arbitrary: fc.constant('none' as const) }, { weight: 1, arbitrary: fc.constant('restart' as const) }, { weight: 1, arbitrary: fc.constant('truncate' as const) }),
+    event: fc.oneof(
+      { weight: 6, arbitrary: fc.constant('none' as const) },
+      { weight: 1, arbitrary: fc.constant('restart' as const) },
+      { weight: 1, arbitrary: fc.constant('truncate' as const) },
+    ),
   });
 
   it('every dashboard applying the frames by the rules, and GET /dashboard/{id} on every node, end equal to a fresh SQL aggregate', async () => {
     for (const h of [...hubs]) await stopHub(h);
     const nodes = await Promise.all([1, 2, 3].map((i) => start({ NODE_ID: `totals-${i}` })));
-    const place = (p: { e: number; c: number }) => (p.e === 0 ? { e: e1, c: cs1[p.c] as number } : { e: e2, c: cs2[p.c] as number });
+    const place = (p: { e: number; c: number }) =>
+      p.e === 0 ? { e: e1, c: cs1[p.c] as number } : { e: e2, c: cs2[p.c] as number };
     const viewer = await token({ sub: 'prop-viewer', elections: [e1, e2] });
     type Dash = { c: TestClient; views: Array<ReturnType<typeof dashboard>>; node: number };
     const dashes: Dash[] = [];
@@ -362,29 +495,44 @@ describe('property: random concurrent writes on a 3-node cluster with restarts',
     };
     for (let i = 0; i < 3; i++) await attach(i);
     const sql = (s: typeof Stmt extends fc.Arbitrary<infer T> ? T : never): [string, unknown[]] => {
-      const pickRow = (t: string, pick: number) => `(SELECT id FROM ${t} ORDER BY id OFFSET ${pick} % greatest(1, (SELECT count(*) FROM ${t})) LIMIT 1)`;
+      const pickRow = (t: string, pick: number) =>
+        `(SELECT id FROM ${t} ORDER BY id OFFSET ${pick} % greatest(1, (SELECT count(*) FROM ${t})) LIMIT 1)`;
       switch (s.s) {
         case 'insert': {
           const p = place(s.at);
           return s.t === 'votes'
-            ? [`INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, $3 FROM generate_series(1, $4::int)`, [p.e, p.c, s.count, s.n]]
-            : [`INSERT INTO ${s.t} (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`, [p.e, p.c, s.n]];
+            ? [
+                `INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, $3 FROM generate_series(1, $4::int)`,
+                [p.e, p.c, s.count, s.n],
+              ]
+            : [
+                `INSERT INTO ${s.t} (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`,
+                [p.e, p.c, s.n],
+              ];
         }
         case 'move': {
           const p = place(s.to);
-          return [`UPDATE ${s.t} SET election_id = $1, committee_id = $2 WHERE id = ${pickRow(s.t, s.pick)}`, [p.e, p.c]];
+          return [
+            `UPDATE ${s.t} SET election_id = $1, committee_id = $2 WHERE id = ${pickRow(s.t, s.pick)}`,
+            [p.e, p.c],
+          ];
         }
         case 'moveAll': {
           const f = place(s.from);
           const p = place(s.to);
-          return [`UPDATE ${s.t} SET election_id = $1, committee_id = $2 WHERE election_id = $3 AND committee_id = $4`, [p.e, p.c, f.e, f.c]];
+          return [
+            `UPDATE ${s.t} SET election_id = $1, committee_id = $2 WHERE election_id = $3 AND committee_id = $4`,
+            [p.e, p.c, f.e, f.c],
+          ];
         }
         case 'count':
           return s.all
             ? [`UPDATE votes SET count = count + $1 WHERE id % 2 = 0`, [s.delta]]
             : [`UPDATE votes SET count = count + $1 WHERE id = ${pickRow('votes', s.pick)}`, [s.delta]];
         case 'delete':
-          return s.bulk ? [`DELETE FROM ${s.t} WHERE id % 4 = ${s.pick % 4}`, []] : [`DELETE FROM ${s.t} WHERE id = ${pickRow(s.t, s.pick)}`, []];
+          return s.bulk
+            ? [`DELETE FROM ${s.t} WHERE id % 4 = ${s.pick % 4}`, []]
+            : [`DELETE FROM ${s.t} WHERE id = ${pickRow(s.t, s.pick)}`, []];
       }
     };
     let restarts = 0;
@@ -429,9 +577,23 @@ describe('property: random concurrent writes on a 3-node cluster with restarts',
           const want = key(await aggregate(e));
           for (const d of dashes) {
             const v = d.views[k] as ReturnType<typeof dashboard>;
-            await waitUntil(async () => key(v.numbers()) === key(await aggregate(e)), 15_000, `dashboard of election ${e} on node ${d.node}: ${key(v.numbers())} vs ${want}`).catch((err: unknown) => {
-              console.log(capturedLogs.filter((l) => /dashboard|recomput|warn|error/i.test(l)).slice(-40).join(''));
-              console.log(d.c.frames.slice(-6).map((f) => JSON.stringify(f).slice(0, 300)).join('\n'));
+            await waitUntil(
+              async () => key(v.numbers()) === key(await aggregate(e)),
+              15_000,
+              `dashboard of election ${e} on node ${d.node}: ${key(v.numbers())} vs ${want}`,
+            ).catch((err: unknown) => {
+              console.log(
+                capturedLogs
+                  .filter((l) => /dashboard|recomput|warn|error/i.test(l))
+                  .slice(-40)
+                  .join(''),
+              );
+              console.log(
+                d.c.frames
+                  .slice(-6)
+                  .map((f) => JSON.stringify(f).slice(0, 300))
+                  .join('\n'),
+              );
               throw err;
             });
             expect(v.broken()).toEqual([]);
@@ -441,6 +603,8 @@ describe('property: random concurrent writes on a 3-node cluster with restarts',
       }),
       { numRuns: 6, endOnFailure: true },
     );
-    console.log(`totals property: ${restarts} restarts, ${truncates} truncates, ${dashes.length} dashboards at the end`);
+    console.log(
+      `totals property: ${restarts} restarts, ${truncates} truncates, ${dashes.length} dashboards at the end`,
+    );
   }, 240_000);
 });

@@ -15,7 +15,15 @@ const snapshot = (cursor: Position, guarantees: number) =>
     totals: { guarantees, attendance: 0, votes: 0 },
     committees: [{ committee_id: 7, guarantees, attendance: 0, votes: 0 }],
   });
-const created = (n: number): TotalsEvent => ({ pos: { txid: BigInt(n), id: 1n }, kind: 'guarantee', action: 'created', electionId: '1', committeeId: '7', count: null, old: null });
+const created = (n: number): TotalsEvent => ({
+  pos: { txid: BigInt(n), id: 1n },
+  kind: 'guarantee',
+  action: 'created',
+  electionId: '1',
+  committeeId: '7',
+  count: null,
+  old: null,
+});
 
 function setup(opts: { verifyMs?: number } = {}) {
   let position: Position = at(5);
@@ -30,7 +38,9 @@ function setup(opts: { verifyMs?: number } = {}) {
     },
     position: () => position,
     delivered: (p) =>
-      compare(position, p) >= 0 ? Promise.resolve(true) : new Promise<boolean>((resolve) => waiters.push({ p, resolve })),
+      compare(position, p) >= 0
+        ? Promise.resolve(true)
+        : new Promise<boolean>((resolve) => waiters.push({ p, resolve })),
     subscribers: () => 1,
     interested: () => false,
     publish: (_id, frame) => published.push(JSON.parse(frame) as (typeof published)[number]),
@@ -66,7 +76,11 @@ describe('live dashboards', () => {
     t.read(at(14), [created(13)]);
     await waitUntil(() => t.published.length >= 2, 2000, 'a delta');
     expect(t.published[1]).toMatchObject({ base: t.published[0]?.cursor, totals: { guarantees: 5 } });
-    expect(JSON.parse(t.live.joined('1') ?? '{}')).toMatchObject({ base: null, cursor: t.published[1]?.cursor, totals: { guarantees: 5 } });
+    expect(JSON.parse(t.live.joined('1') ?? '{}')).toMatchObject({
+      base: null,
+      cursor: t.published[1]?.cursor,
+      totals: { guarantees: 5 },
+    });
     expect(JSON.parse((await t.live.snapshot('1')) ?? '{}')).toMatchObject({ totals: { guarantees: 5 } });
     expect(t.computed.length).toBe(1);
     t.live.stop();
@@ -79,7 +93,17 @@ describe('live dashboards', () => {
     // The load waits for the reader (at 5) to reach its snapshot (at 10); a TRUNCATE comes first.
     await new Promise((r) => setTimeout(r, 20));
     t.setAnswer(async (min) => snapshot(min, 0));
-    t.read(at(6), [{ pos: { txid: 6n, id: 1n }, kind: 'guarantee', action: 'truncated', electionId: null, committeeId: null, count: null, old: null }]);
+    t.read(at(6), [
+      {
+        pos: { txid: 6n, id: 1n },
+        kind: 'guarantee',
+        action: 'truncated',
+        electionId: null,
+        committeeId: null,
+        count: null,
+        old: null,
+      },
+    ]);
     t.read(at(21));
     await waitUntil(() => t.published.length >= 1, 2000, 'the full state after the TRUNCATE');
     expect(t.computed.map((c) => c.reason)).toEqual(['first_use', 'resync']);

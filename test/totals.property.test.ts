@@ -25,7 +25,11 @@ const FIELD = { guarantee: 'guarantees', attendance: 'attendance', vote: 'votes'
 const pos = (n: number): Position => ({ txid: BigInt(n), id: 1n });
 
 /** The aggregate of election `e` over the rows as of `at`. */
-function aggregate(log: readonly Change[], at: Position, e: string): { totals: Counts; committees: Map<string, Counts> } {
+function aggregate(
+  log: readonly Change[],
+  at: Position,
+  e: string,
+): { totals: Counts; committees: Map<string, Counts> } {
   const rows = new Map<number, Row>();
   for (const ch of log) {
     if (compare(ch.pos, at) > 0) break;
@@ -52,8 +56,19 @@ function sameCommittees(a: Map<string, Counts>, b: Map<string, Counts>): boolean
   return true;
 }
 
-type Client = { cursor: string | undefined; totals: Counts | undefined; committees: Map<string, Counts>; broken: number; frames: number };
-type Frame = { base: string | null; cursor: string; totals: Counts; committees: Array<Counts & { committee_id: number | string }> };
+type Client = {
+  cursor: string | undefined;
+  totals: Counts | undefined;
+  committees: Map<string, Counts>;
+  broken: number;
+  frames: number;
+};
+type Frame = {
+  base: string | null;
+  cursor: string;
+  totals: Counts;
+  committees: Array<Counts & { committee_id: number | string }>;
+};
 
 /** The contract's rules for applying a dashboard_update. */
 function applyFrame(cl: Client, json: string): void {
@@ -64,14 +79,33 @@ function applyFrame(cl: Client, json: string): void {
     cl.broken++;
     return;
   }
-  for (const c of f.committees) cl.committees.set(String(c.committee_id), { guarantees: c.guarantees, attendance: c.attendance, votes: c.votes });
+  for (const c of f.committees)
+    cl.committees.set(String(c.committee_id), { guarantees: c.guarantees, attendance: c.attendance, votes: c.votes });
   cl.totals = f.totals;
   cl.cursor = f.cursor;
 }
 
 const Op = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ op: fc.constant('insert' as const), kind: fc.constantFrom(...KINDS), e: fc.constantFrom(...ELECTIONS), c: fc.constantFrom(...COMMITTEES), count: fc.integer({ min: 0, max: 50 }) }) },
-  { weight: 4, arbitrary: fc.record({ op: fc.constant('update' as const), pick: fc.nat(), e: fc.option(fc.constantFrom(...ELECTIONS)), c: fc.option(fc.constantFrom(...COMMITTEES)), count: fc.option(fc.integer({ min: 0, max: 50 })) }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      op: fc.constant('insert' as const),
+      kind: fc.constantFrom(...KINDS),
+      e: fc.constantFrom(...ELECTIONS),
+      c: fc.constantFrom(...COMMITTEES),
+      count: fc.integer({ min: 0, max: 50 }),
+    }),
+  },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      op: fc.constant('update' as const),
+      pick: fc.nat(),
+      e: fc.option(fc.constantFrom(...ELECTIONS)),
+      c: fc.option(fc.constantFrom(...COMMITTEES)),
+      count: fc.option(fc.integer({ min: 0, max: 50 })),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('delete' as const), pick: fc.nat() }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('truncate' as const), kind: fc.constantFrom(...KINDS) }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('flush' as const) }) },
@@ -79,7 +113,14 @@ const Op = fc.oneof(
   // Of the elections with a computation in progress, the pick-th.
   { weight: 3, arbitrary: fc.record({ op: fc.constant('snap' as const), pick: fc.nat() }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('complete' as const), pick: fc.nat() }) },
-  { weight: 3, arbitrary: fc.record({ op: fc.constant('cut' as const), e: fc.constantFrom(...ELECTIONS), serialize: fc.boolean() }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('cut' as const),
+      e: fc.constantFrom(...ELECTIONS),
+      serialize: fc.boolean(),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('join' as const), e: fc.constantFrom(...ELECTIONS) }) },
 );
 
@@ -126,7 +167,10 @@ function run(ops: Step[], opts: { maxBuffered?: number } = {}) {
       election_id: Number(e),
       cursor: encodeCursor(at),
       totals: a.totals,
-      committees: [...a.committees].map(([c, v]) => ({ committee_id: Number.isSafeInteger(Number(c)) ? Number(c) : c, ...v })),
+      committees: [...a.committees].map(([c, v]) => ({
+        committee_id: Number.isSafeInteger(Number(c)) ? Number(c) : c,
+        ...v,
+      })),
     };
   };
 
@@ -135,7 +179,14 @@ function run(ops: Step[], opts: { maxBuffered?: number } = {}) {
       case 'insert': {
         const id = rowIds++;
         const row: Row = { kind: o.kind, e: o.e, c: o.c, count: o.count };
-        commit([], [[id, row]], { kind: o.kind, action: 'created', electionId: o.e, committeeId: o.c, count: o.kind === 'vote' ? o.count : null, old: null });
+        commit([], [[id, row]], {
+          kind: o.kind,
+          action: 'created',
+          electionId: o.e,
+          committeeId: o.c,
+          count: o.kind === 'vote' ? o.count : null,
+          old: null,
+        });
         break;
       }
       case 'update': {
@@ -160,12 +211,26 @@ function run(ops: Step[], opts: { maxBuffered?: number } = {}) {
         if (ids.length === 0) break;
         const id = ids[o.pick % ids.length] as number;
         const r = rows.get(id) as Row;
-        commit([[id, r]], [], { kind: r.kind, action: 'deleted', electionId: r.e, committeeId: r.c, count: r.kind === 'vote' ? r.count : null, old: null });
+        commit([[id, r]], [], {
+          kind: r.kind,
+          action: 'deleted',
+          electionId: r.e,
+          committeeId: r.c,
+          count: r.kind === 'vote' ? r.count : null,
+          old: null,
+        });
         break;
       }
       case 'truncate': {
         const gone = [...rows].filter(([, r]) => r.kind === o.kind);
-        commit(gone, [], { kind: o.kind, action: 'truncated', electionId: null, committeeId: null, count: null, old: null });
+        commit(gone, [], {
+          kind: o.kind,
+          action: 'truncated',
+          electionId: null,
+          committeeId: null,
+          count: null,
+          old: null,
+        });
         break;
       }
       case 'flush':
@@ -256,14 +321,37 @@ describe('totals book', () => {
 
   it('effects: a moved row leaves its old committee and election; an unmoved update of a vote moves only its count', () => {
     const base = { pos: pos(1), kind: 'vote', action: 'updated' } as const;
-    expect(effectsOf({ ...base, electionId: '2', committeeId: '7', count: 5, old: { electionId: '1', committeeId: '3', count: 4 } })).toEqual([
+    expect(
+      effectsOf({
+        ...base,
+        electionId: '2',
+        committeeId: '7',
+        count: 5,
+        old: { electionId: '1', committeeId: '3', count: 4 },
+      }),
+    ).toEqual([
       { election: '2', committee: '7', field: 'votes', delta: 5 },
       { election: '1', committee: '3', field: 'votes', delta: -4 },
     ]);
-    expect(effectsOf({ ...base, electionId: '2', committeeId: '7', count: 5, old: { electionId: '2', committeeId: '7', count: 4 } })).toEqual([
-      { election: '2', committee: '7', field: 'votes', delta: 1 },
-    ]);
-    expect(effectsOf({ ...base, kind: 'guarantee', electionId: '2', committeeId: '7', count: null, old: { electionId: '2', committeeId: '7', count: null } })).toEqual([]);
+    expect(
+      effectsOf({
+        ...base,
+        electionId: '2',
+        committeeId: '7',
+        count: 5,
+        old: { electionId: '2', committeeId: '7', count: 4 },
+      }),
+    ).toEqual([{ election: '2', committee: '7', field: 'votes', delta: 1 }]);
+    expect(
+      effectsOf({
+        ...base,
+        kind: 'guarantee',
+        electionId: '2',
+        committeeId: '7',
+        count: null,
+        old: { electionId: '2', committeeId: '7', count: null },
+      }),
+    ).toEqual([]);
     expect(effectsOf({ ...base, kind: 'app', electionId: '2', committeeId: '7', count: null, old: null })).toEqual([]);
   });
 
@@ -281,7 +369,9 @@ describe('totals book', () => {
     expect(first.base).toBeNull();
     // The database has one more guarantee than the stream said.
     const v = book.begin('1', 'verify', pos(1));
-    book.apply([{ pos: pos(2), kind: 'guarantee', action: 'created', electionId: '1', committeeId: '7', count: null, old: null }]);
+    book.apply([
+      { pos: pos(2), kind: 'guarantee', action: 'created', electionId: '1', committeeId: '7', count: null, old: null },
+    ]);
     expect(book.complete('1', v, snap(pos(3), 5), pos(2)).outcome).toBe('ahead'); // not at the reader's position yet
     const r = book.complete('1', v, snap(pos(1), 4), pos(2)); // at pos 1 the database had 4; with the event at 2: 5
     expect(r).toEqual({ outcome: 'drift', committees: ['7'] });

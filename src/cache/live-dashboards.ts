@@ -90,7 +90,9 @@ const ABSENT_RETRY_MS = 5_000;
  */
 export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboards {
   const { log, metrics } = opts;
-  const book: TotalsBook = createTotalsBook({ ...(opts.maxBuffered !== undefined ? { maxBuffered: opts.maxBuffered } : {}) });
+  const book: TotalsBook = createTotalsBook({
+    ...(opts.maxBuffered !== undefined ? { maxBuffered: opts.maxBuffered } : {}),
+  });
   const graceMs = opts.graceMs ?? 60_000;
   const meta = new Map<Id, Meta>();
   /** Loads in flight (one per election), resolving true when live, false for no such election. */
@@ -181,7 +183,10 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
 
   /** The start position of a computation: the reader must have started (earlier events never come). */
   const startPosition = async (): Promise<void> => {
-    while (!opts.position() && !stopped) await opts.delivered(ZERO);
+    while (!opts.position() && !stopped) {
+      // Not even a reader yet: wait a little instead of spinning on an answer that comes at once.
+      if (!(await opts.delivered(ZERO))) await new Promise((r) => setTimeout(r, 50));
+    }
   };
 
   /** Computes `id` until it is live (true) or known absent (false); a resync meanwhile computes again. */
@@ -302,7 +307,10 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       if (r.outcome === 'ahead') book.fail(id, attempt);
       if (r.outcome === 'drift') {
         metrics.dashboardDrift.inc();
-        log.warn({ electionId: id, committees: r.committees.slice(0, 20), count: r.committees.length }, 'dashboard totals drifted from the database: corrected');
+        log.warn(
+          { electionId: id, committees: r.committees.slice(0, 20), count: r.committees.length },
+          'dashboard totals drifted from the database: corrected',
+        );
         schedule(id);
       }
     } catch (err) {

@@ -33,7 +33,11 @@ export type Counts = { guarantees: number; attendance: number; votes: number };
 export type Field = keyof Counts;
 
 /** The watched kinds that count (CONTRACT section 4): rows of guarantees and attendance, votes by `count`. */
-export const FIELD_OF_KIND: Readonly<Record<string, Field>> = { guarantee: 'guarantees', attendance: 'attendance', vote: 'votes' };
+export const FIELD_OF_KIND: Readonly<Record<string, Field>> = {
+  guarantee: 'guarantees',
+  attendance: 'attendance',
+  vote: 'votes',
+};
 
 /** What the totals read of an outbox event. */
 export type TotalsEvent = Pick<HubEvent, 'pos' | 'kind' | 'action' | 'electionId' | 'committeeId' | 'count' | 'old'>;
@@ -62,7 +66,8 @@ export function effectsOf(e: TotalsEvent): Effect[] {
       const o = e.old;
       if (!o) return one(e.electionId, e.committeeId, add);
       const sub = weight(o.count);
-      if (o.electionId === e.electionId && o.committeeId === e.committeeId) return one(e.electionId, e.committeeId, add - sub);
+      if (o.electionId === e.electionId && o.committeeId === e.committeeId)
+        return one(e.electionId, e.committeeId, add - sub);
       return [...one(e.electionId, e.committeeId, add), ...one(o.electionId, o.committeeId, -sub)];
     }
     default:
@@ -75,7 +80,9 @@ export const isTruncate = (e: TotalsEvent) => e.action === 'truncated' && FIELD_
 
 const zero = (): Counts => ({ guarantees: 0, attendance: 0, votes: 0 });
 const same = (a: Counts | undefined, b: Counts | undefined) =>
-  (a?.guarantees ?? 0) === (b?.guarantees ?? 0) && (a?.attendance ?? 0) === (b?.attendance ?? 0) && (a?.votes ?? 0) === (b?.votes ?? 0);
+  (a?.guarantees ?? 0) === (b?.guarantees ?? 0) &&
+  (a?.attendance ?? 0) === (b?.attendance ?? 0) &&
+  (a?.votes ?? 0) === (b?.votes ?? 0);
 
 type Buffered = { pos: Position; committee: Id; field: Field; delta: number };
 
@@ -221,7 +228,15 @@ export function createTotalsBook(opts: { maxBuffered?: number } = {}) {
     begin(id: Id, purpose: 'load' | 'verify', from: Position): number {
       let st = held.get(id);
       if (!st) {
-        st = { live: undefined, pending: undefined, cut: undefined, before: new Map(), fullFrame: undefined, version: 0, body: undefined };
+        st = {
+          live: undefined,
+          pending: undefined,
+          cut: undefined,
+          before: new Map(),
+          fullFrame: undefined,
+          version: 0,
+          body: undefined,
+        };
         held.set(id, st);
       }
       const attempt = ++attempts;
@@ -242,7 +257,8 @@ export function createTotalsBook(opts: { maxBuffered?: number } = {}) {
       const p = st?.pending;
       if (!st || !p || p.attempt !== attempt) return { outcome: 'superseded' };
       const cursor = decodeCursor(snap.cursor);
-      if (cursor && p.purpose === 'verify' && st.live && !p.overflow && compare(cursor, reader) > 0) return { outcome: 'ahead', cursor };
+      if (cursor && p.purpose === 'verify' && st.live && !p.overflow && compare(cursor, reader) > 0)
+        return { outcome: 'ahead', cursor };
       st.pending = undefined;
       if (!cursor || compare(cursor, p.from) < 0 || p.overflow) return { outcome: 'stale' };
       const fresh = build(snap, cursor, p.buffer);
@@ -390,7 +406,9 @@ export function createTotalsBook(opts: { maxBuffered?: number } = {}) {
     /** The live numbers (tests). */
     numbers(id: Id): { totals: Counts; committees: Map<Id, Counts> } | undefined {
       const live = held.get(id)?.live;
-      return live ? { totals: { ...live.totals }, committees: new Map([...live.committees].map(([k, v]) => [k, { ...v }])) } : undefined;
+      return live
+        ? { totals: { ...live.totals }, committees: new Map([...live.committees].map(([k, v]) => [k, { ...v }])) }
+        : undefined;
     },
   };
 }

@@ -151,6 +151,12 @@ const computations = async (hub: Hub, reason?: string) => {
   if (series.length === 0) throw new Error('no hub_dashboard_computations_total series');
   return series.filter((m) => reason === undefined || m[1] === reason).reduce((n, m) => n + Number(m[2]), 0);
 };
+/** Across every hub of this file: nodes share computations through Redis (one takes another's result). */
+const clusterComputations = async (reason: string) => {
+  let n = 0;
+  for (const h of hubs) n += await computations(h, reason);
+  return n;
+};
 const drift = async (hub: Hub) => Number(/^hub_dashboard_drift_total (\d+)/m.exec(await scrape(hub))?.[1] ?? NaN);
 
 /** A TRUNCATE as the capture will deliver it: with its outbox row (written here while the trigger is not installed yet). */
@@ -212,7 +218,7 @@ describe('dashboard_update: the full state first, then deltas that chain', () =>
   });
 
   it('a resume (subscribe with since) starts with the full state, after the replayed rows', async () => {
-    const hub = hubs[0] as Hub;
+    const hub = hubs[0] ?? (await start());
     const t = await token({ sub: 'resume', elections: [e1] });
     const c = await open(hub, t);
     await c.next((f) => f.type === 'dashboard_update');
@@ -237,7 +243,7 @@ describe('dashboard_update: the full state first, then deltas that chain', () =>
 
 describe('dashboard:{id}', () => {
   it('carries only dashboard_update frames (live and on resume), is allowed wherever election:{id} is, one spelling', async () => {
-    const hub = hubs[0] as Hub;
+    const hub = hubs[0] ?? (await start());
     const t = await token({ sub: 'totals-only', elections: [e1] });
     const c = await open(hub, t, 'subscribe=none');
     const since = String(c.frames[0]?.cursor);
@@ -328,7 +334,7 @@ describe('full computations only where the chain breaks', () => {
   });
 
   it('TRUNCATE: every held election is recomputed (resync) and gets a full update with the new totals', async () => {
-    const hub = hubs[hubs.length - 1] as Hub;
+    const hub = hubs[hubs.length - 1] ?? (await start());
     const t = await token({ sub: 'truncate', elections: [e1, e2] });
     const c = await open(hub, t);
     const d1 = dashboard(c, e1);
@@ -338,7 +344,7 @@ describe('full computations only where the chain breaks', () => {
       cs1[0],
     ]);
     await waitUntil(async () => key(d1.numbers()) === key(await aggregate(e1)), 5000, 'before');
-    const resyncs = await computations(hub, 'resync');
+    const resyncs = await clusterComputations('resync');
     const mark = c.frames.length;
     await truncate('attendance');
     const full = (await c.next(
@@ -347,7 +353,12 @@ describe('full computations only where the chain breaks', () => {
     expect(full.totals.attendance).toBe(0);
     expect(key(d1.numbers())).toBe(key(await aggregate(e1)));
     expect(key(await getSnapshot(hub, e1, t))).toBe(key(await aggregate(e1)));
-    expect((await computations(hub, 'resync')) - resyncs).toBeGreaterThanOrEqual(2); // both held elections
+    // Both held elections, computed by this node or another that holds them too (shared through Redis).
+    await waitUntil(
+      async () => (await clusterComputations('resync')) - resyncs >= 2,
+      5000,
+      'both elections recomputed',
+    );
     expect(d1.broken()).toEqual([]);
     await c.close();
   });
@@ -379,21 +390,21 @@ describe('full computations only where the chain breaks', () => {
   });
 
   it('a malformed outbox row (a gap) and a change of hub.watched recompute the held elections', async () => {
-    const hub = hubs[hubs.length - 1] as Hub;
+    const hub = hubs[hubs.length - 1] ?? (await start());
     const t = await token({ sub: 'gap', elections: [e1] });
     const c = await open(hub, t);
     const d = dashboard(c, e1);
     await waitUntil(() => d.updates() > 0, 10_000, 'first update');
-    let resyncs = await computations(hub, 'resync');
+    let resyncs = await clusterComputations('resync');
     await db.pool.query(
       `INSERT INTO hub.outbox (kind, action, election_id) VALUES ('guarantee', repeat('x', 100), $1)`,
       [e1],
     );
     await db.pool.query(`SELECT pg_notify('hub_outbox', '')`);
-    await waitUntil(async () => (await computations(hub, 'resync')) > resyncs, 10_000, 'resync after the gap');
+    await waitUntil(async () => (await clusterComputations('resync')) > resyncs, 10_000, 'resync after the gap');
 
     // A new table watched as guarantees: its rows count once the hub sees the watch.
-    resyncs = await computations(hub, 'resync');
+    resyncs = await clusterComputations('resync');
     await db.pool.query(
       `CREATE TABLE extra_guarantees (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, election_id bigint NOT NULL, committee_id bigint NOT NULL)`,
     );
@@ -408,7 +419,7 @@ describe('full computations only where the chain breaks', () => {
       15_000,
       `guarantees ${expected} with the new table (have ${d.numbers()?.totals.guarantees})`,
     );
-    expect(await computations(hub, 'resync')).toBeGreaterThan(resyncs);
+    expect(await clusterComputations('resync')).toBeGreaterThan(resyncs);
     await db.pool.query(`DELETE FROM hub.watched WHERE tbl = 'extra_guarantees'::regclass`);
     await db.pool.query(`DROP TABLE extra_guarantees`);
     expect(d.broken()).toEqual([]);
@@ -554,7 +565,8 @@ describe('property: random concurrent writes on a 3-node cluster with restarts',
                 await client.query('COMMIT');
               } catch (err) {
                 await client.query('ROLLBACK');
-                throw err;
+                // Random concurrent updates may deadlock: that transaction did not happen.
+                if ((err as { code?: string }).code !== '40P01') throw err;
               } finally {
                 client.release();
               }

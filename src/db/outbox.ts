@@ -43,8 +43,9 @@ const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, o
 const TOTALS_COLUMNS = `CASE WHEN ob.kind = 'vote' THEN ob.data ->> 'count' END AS vote_count,
   hub.to_bigint(ob.old ->> w.ecol)::text AS old_election_id, hub.to_bigint(ob.old ->> w.ccol)::text AS old_committee_id,
   CASE WHEN ob.kind = 'vote' AND w.ecol IS NOT NULL THEN ob.old ->> 'count' END AS old_count`;
-const TOTALS_JOIN = `LEFT JOIN LATERAL (SELECT hw.election_column::text AS ecol, hw.committee_column::text AS ccol FROM hub.watched hw
-         WHERE ob.action = 'updated' AND hw.kind = ob.kind ORDER BY hw.tbl::text LIMIT 1) w ON true`;
+const TOTALS_WATCHED = `tw AS (SELECT DISTINCT ON (kind) kind, election_column::text AS ecol, committee_column::text AS ccol
+       FROM hub.watched ORDER BY kind, tbl::text)`;
+const TOTALS_JOIN = `LEFT JOIN tw w ON ob.action = 'updated' AND w.kind = ob.kind`;
 
 type RawRow = Record<string, unknown>;
 
@@ -129,7 +130,7 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number, max
   // their sizes cuts the page (data stays a TOAST pointer until a row is kept and selected).
   const res = await db.query({
     name: 'hub_read_after',
-    text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+    text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), ${TOTALS_WATCHED}
      SELECT s.x::text AS horizon,
             -- max(txid) is one step down the primary key, whatever the statistics say
             -- (an EXISTS here could turn into a full scan of the outbox on stale stats).

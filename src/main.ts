@@ -8,7 +8,7 @@ import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
 import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, encodeCursor } from './db/cursor.ts';
+import { type Position, compare, encodeCursor } from './db/cursor.ts';
 import { backlog, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
@@ -291,8 +291,11 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       if (housekeepingStopped) return;
       try {
         while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
-        server.delivery.setPruned(await prunedPosition(pool));
+        const pruned = await prunedPosition(pool);
+        server.delivery.setPruned(pruned);
         const p = position();
+        // Pruned past this node's reader (it fell behind the retention): the totals' chain has a gap.
+        if (p && compare(pruned, p) > 0) live.resyncAll('gap');
         if (p) {
           const b = await backlog(pool, p);
           metrics.outboxBacklog.set(b.count);

@@ -10,7 +10,7 @@ import { type TotalsBook, type TotalsEvent, createTotalsBook } from './totals.ts
 export type ComputationReason = 'first_use' | 'resync' | 'verify';
 
 /** Why every held election is recomputed (logged). */
-export type ResyncCause = 'truncate' | 'gap' | 'watched' | 'request';
+export type ResyncCause = 'truncate' | 'gap' | 'watched';
 
 export type LiveDashboards = {
   /** The reader's ordered batches (synchronously, in order, before anything else runs). */

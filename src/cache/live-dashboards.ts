@@ -46,6 +46,8 @@ export type LiveDashboardsOptions = {
   interested: (id: Id) => boolean;
   /** Told of every GET /dashboard/{id}. */
   onRequest?: (id: Id) => void;
+  /** The current horizon of the database (everything committed below it can be read): GET waits for the reader to reach it. */
+  horizon?: () => Promise<Position>;
   /** Publishes an update frame to the election's receivers (serialized once). */
   publish: (id: Id, frame: string) => void;
   /** DASHBOARD_DEBOUNCE: at most one update per election per this. */
@@ -406,6 +408,11 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
 
     async snapshot(id) {
       opts.onRequest?.(id);
+      // Read your writes: first let the reader reach what is committed now (a few ms at most;
+      // a horizon held back by an open transaction holds this back no further than the reader).
+      const now = await opts.horizon?.().catch(() => undefined);
+      const behind = () => now !== undefined && compare(opts.position() ?? ZERO, now) < 0;
+      if (behind()) await opts.delivered(now as Position);
       const at = opts.position();
       if (at && book.isLive(id) && settled(id)) {
         metrics.cacheRequests.inc({ result: 'hit' });

@@ -337,8 +337,13 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
     }
   };
 
+  // Several breaks in one synchronous turn (a page of malformed rows) need one resync: the
+  // loads it starts take their start position only after the turn.
+  let resyncedThisTurn = false;
   function resyncAll(cause: ResyncCause) {
-    if (stopped) return;
+    if (stopped || resyncedThisTurn) return;
+    resyncedThisTurn = true;
+    queueMicrotask(() => (resyncedThisTurn = false));
     const ids = [...book.held()];
     if (ids.length > 0) log.info({ cause, elections: ids.length }, 'recomputing held dashboards');
     for (const id of ids) {

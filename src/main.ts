@@ -6,21 +6,22 @@ import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
 import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
-import { computeSnapshot } from './db/snapshot.ts';
+import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, encodeCursor } from './db/cursor.ts';
-import { backlog, prune, prunedPosition } from './db/outbox.ts';
+import { type Position, compare, encodeCursor } from './db/cursor.ts';
+import { backlog, currentHorizon, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
 import { type Presence, startPresence } from './cluster/presence.ts';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { createDashboardCache, createDashboardNotifier, createInterest } from './cache/dashboard.ts';
+import { createDashboardCache, createInterest } from './cache/dashboard.ts';
+import { type LiveDashboards, createLiveDashboards } from './cache/live-dashboards.ts';
 import { createRoutes, readiness } from './http/routes.ts';
 import { type Publisher, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { createHubServer, type StaticFiles } from './hub/server.ts';
-import { ALL, type Id, eventTopics } from './events/topics.ts';
+import { type Id, dashboardTopic } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 import { type Lifecycle, createLifecycle } from './lifecycle.ts';
 
@@ -53,7 +54,7 @@ export type HubDeps = { log?: Logger; staticFiles?: StaticFiles; pruneEveryMs?: 
  * computations run at once on this node.
  */
 const DASHBOARD_POOL_SIZE = 2;
-/** How long a snapshot request (GET /dashboard/{id}) keeps that election's updates coming. */
+/** How long a snapshot request (GET /dashboard/{id}) keeps that election's totals maintained here. */
 const DASHBOARD_INTEREST_MS = 60 * 60_000;
 const DASHBOARD_INTEREST_MAX = 10_000;
 
@@ -127,8 +128,10 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       metrics,
       log,
       prefix: config.REDIS_PREFIX,
-      onRequest: (id) => interest.touch(id),
     });
+    // Dashboards: totals maintained from the stream (src/cache/live-dashboards.ts), set up
+    // once the server exists (it publishes their updates).
+    let dashboards: LiveDashboards | undefined;
 
     let reader: Reader | undefined;
     let listener: Listener | undefined;
@@ -148,7 +151,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
 
     const routes = createRoutes({
       auth,
-      cache,
+      // GET /dashboard/{id} is answered from the maintained totals.
+      cache: { get: (id) => (dashboards ? dashboards.snapshot(id) : Promise.reject(new Error('not started'))) },
       metrics,
       electionOf: committees.cached,
       log,
@@ -209,6 +213,13 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       committees,
       routes,
       position,
+      // A socket starts receiving these elections' dashboards: the full state first.
+      onDashboards: (ws, ids) => {
+        for (const id of ids) {
+          const full = dashboards?.joined(id);
+          if (full !== undefined) server.delivery.send(ws, full, 'dashboard_update');
+        }
+      },
       ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
       delivery: (app, sockets) =>
         createDelivery({
@@ -227,22 +238,22 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push(['http server', () => server.close()]);
 
-    // Who gets election E's dashboard_update here: sockets on election:E, and (as it is also
-    // published on election:*) admins, but only for elections fetched from this node lately;
-    // an admin on election:* alone does not make every election's totals recomputed.
-    const subscribers = (topic: string) => publisher?.numSubscribers(topic) ?? 0;
-    const notifier = createDashboardNotifier({
-      cache,
-      debounceMs: config.DASHBOARD_DEBOUNCE,
-      concurrency: DASHBOARD_POOL_SIZE,
-      log,
-      watched: (id) => subscribers(`election:${id}`) > 0 || (interest.has(id) && subscribers(ALL) > 0),
+    const live = createLiveDashboards({
+      compute: (id, o) => cache.refresh(id, o),
+      position,
       delivered: (p) => reader?.waitFor(p, 5000) ?? Promise.resolve(false),
-      publish: (electionId, frame) => {
-        if (interest.has(electionId)) interest.touch(electionId); // still followed: keep it
-        server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update');
-      },
+      horizon: async () => (await currentHorizon(pool)).horizon, // one trivial query: not behind computations
+      subscribers: (id) => publisher?.numSubscribers(dashboardTopic(id)) ?? 0,
+      interested: (id) => interest.has(id),
+      onRequest: (id) => interest.touch(id),
+      publish: (id, frame) => server.delivery.publishFrame([dashboardTopic(id)], frame, 'dashboard_update'),
+      debounceMs: config.DASHBOARD_DEBOUNCE,
+      verifyMs: config.DASHBOARD_VERIFY_INTERVAL,
+      watched: () => watchedFingerprint(dashboardPool),
+      metrics,
+      log,
     });
+    dashboards = live;
 
     let started: () => void = () => undefined;
     const readerStarted = new Promise<void>((resolve) => (started = resolve));
@@ -255,21 +266,27 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         lifecycle.emit('reader:started', { position: p });
       },
       onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
-      onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
+      onBadRow: () => {
+        metrics.frameErrors.inc({ code: 'bad_outbox_row' });
+        // A skipped row is a gap in the totals' chain: recompute what is held.
+        live.resyncAll('gap');
+      },
       onEvents: (events) => {
         server.delivery.publish(events);
+        live.apply(events);
         const elections = new Set<Id>();
-        for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
-        if (elections.size > 0) {
-          cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
-          notifier.changed(elections);
+        for (const e of events) {
+          if (e.kind === 'app') continue;
+          if (e.electionId !== null) elections.add(e.electionId);
+          if (e.old?.electionId) elections.add(e.old.electionId); // a row moved out of it
         }
+        if (elections.size > 0) cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
       },
     });
     const r = reader;
     releasers.push(['reader', () => r.stop()]);
     // Before the reader: an update waiting for the reader to reach its cursor gives up.
-    releasers.push(['dashboard updates', () => notifier.stop()]);
+    releasers.push(['dashboard updates', () => live.stop()]);
 
     listener = startListener({
       connectionString: config.DATABASE_URL,
@@ -295,6 +312,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         prunedMark = mark;
         lifecycle.emit('pruned', { mark });
         const p = position();
+        // Pruned past this node's reader (it fell behind the retention): the totals' chain has a gap.
+        if (p && compare(mark, p) > 0) live.resyncAll('gap');
         if (p) {
           const b = await backlog(pool, p);
           metrics.outboxBacklog.set(b.count);

@@ -24,7 +24,7 @@ import { bearer } from '../http/routes.ts';
 import { type StaticFiles, staticReply } from '../http/static.ts';
 import { type Delivery, type Session, type Sock, CursorError, UnavailableError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
-import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
+import { type Claims, type Id, admitByClaims, claimTopics, dashboardsOf, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
 import { CloseCode, ERRORS, ErrorCode, type FrameErrorCode, type HttpErrorCode, errorMessage, httpError } from '../errors.ts';
 
@@ -100,6 +100,12 @@ export function createHubServer(deps: {
   routes: Routes;
   delivery: (app: uWS.TemplatedApp, sockets: ReadonlySet<Sock>) => Delivery;
   position: () => Position | undefined;
+  /**
+   * A socket starts receiving these elections' `dashboard_update` frames (it subscribed, or
+   * resubscribed or resumed, `election:E` or `dashboard:E`, or was auto-subscribed): called
+   * synchronously as it goes live, so what is sent here comes before any later update.
+   */
+  onDashboards?: (ws: Sock, elections: Id[]) => void;
   staticFiles?: StaticFiles;
 }) {
   const { config, log, metrics, auth, limiter, committees, routes } = deps;
@@ -251,6 +257,8 @@ export function createHubServer(deps: {
       await delivery.subscribe(ws, ok, since, (cursor, resync) => {
         if (resync) frame(ws, { type: 'resync', topics: ok });
         frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(cursor) });
+        const elections = dashboardsOf(ok);
+        if (elections.length > 0) deps.onDashboards?.(ws, elections);
       });
     } catch (err) {
       if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
@@ -417,6 +425,8 @@ export function createHubServer(deps: {
               message: `the token names ${s.topics.size + dropped} topics; subscribed ${s.topics.size} (at most ${config.MAX_TOPICS_PER_CONNECTION} per connection)`,
             });
           }
+          const elections = dashboardsOf(s.topics);
+          if (elections.length > 0) deps.onDashboards?.(w, elections);
         }),
       );
     },

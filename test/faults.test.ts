@@ -49,20 +49,20 @@ const startHub = async (env: Record<string, string> = {}) => {
   return h;
 };
 
-/** The position before every transaction not yet committed: a cursor from "now". */
+/** The position before every transaction not yet committed (the commit frontier): a cursor from "now". */
 const nowCursor = async (): Promise<string> => {
-  const r = await db.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x');
-  return encodeCursor({ txid: BigInt(r.rows[0]?.x ?? '0'), id: 0n });
+  const r = await db.pool.query<{ f: string }>('SELECT hub.commit_frontier()::text f');
+  return encodeCursor({ seq: BigInt(r.rows[0]?.f ?? '0'), id: 0n });
 };
 
 /** The outbox's cursors after `since`, in the one global order. */
 const outboxAfter = async (since: string): Promise<string[]> => {
   const p = decodeCursor(since) as Position;
   const r = await db.pool.query<{ t: string; i: string }>(
-    `SELECT txid::text AS t, id::text AS i FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, $2::bigint) ORDER BY txid, id`,
-    [p.txid.toString(), p.id.toString()],
+    `SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint) ORDER BY seq, id`,
+    [p.seq.toString(), p.id.toString()],
   );
-  return r.rows.map((row) => encodeCursor({ txid: BigInt(row.t), id: BigInt(row.i) }));
+  return r.rows.map((row) => encodeCursor({ seq: BigInt(row.t), id: BigInt(row.i) }));
 };
 
 const write = (rows: number) =>

@@ -105,8 +105,8 @@ const open = async (l: Logical, fault?: { mode: 'kill' | 'lockout'; delayMs: num
       // Past the ring (REPLAY_BUFFER_EVENTS 40): this replay must read PostgreSQL.
       const p = places[0] as { e: number; c: number };
       await db.pool.query(`INSERT INTO votes (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 41)`, [p.e, p.c]);
-      const m = (await db.pool.query<{ t: string; i: string }>('SELECT txid::text t, id::text i FROM hub.outbox ORDER BY txid DESC, id DESC LIMIT 1')).rows[0];
-      const written: Position = { txid: BigInt(m?.t ?? '0'), id: BigInt(m?.i ?? '0') };
+      const m = (await db.pool.query<{ t: string; i: string }>('SELECT seq::text t, id::text i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1')).rows[0];
+      const written: Position = { seq: BigInt(m?.t ?? '0'), id: BigInt(m?.i ?? '0') };
       await waitUntil(() => compare(decodeCursor(hub.cursor()) as Position, written) >= 0, 10_000, 'hub to read past the ring');
       faults.injected++;
       await root.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS false`);
@@ -193,19 +193,19 @@ it('every client stream equals the outbox order restricted to its topics, across
         // housekeeping or another test file's, holds it below rows already committed.)
         const rows = (
           await db.pool.query<{ t: string; i: string; election_id: number | null; committee_id: number | null }>(
-            // Aliased t/i so ORDER BY binds to the xid8/bigint columns, not to text.
-            `SELECT txid::text AS t, id::text AS i, election_id, committee_id FROM hub.outbox
-             WHERE (txid, id) > ($1::text::xid8, $2::bigint) ORDER BY txid, id`,
-            [head.txid.toString(), head.id.toString()],
+            // Aliased t/i so ORDER BY binds to the bigint columns, not to text.
+            `SELECT seq::text AS t, id::text AS i, election_id, committee_id FROM hub.outbox_in_order
+             WHERE (seq, id) > ($1::bigint, $2::bigint) ORDER BY seq, id`,
+            [head.seq.toString(), head.id.toString()],
           )
         ).rows;
         const lastRow = rows[rows.length - 1];
-        const target: Position = lastRow ? { txid: BigInt(lastRow.t), id: BigInt(lastRow.i) } : head;
+        const target: Position = lastRow ? { seq: BigInt(lastRow.t), id: BigInt(lastRow.i) } : head;
         await waitUntil(() => compare(decodeCursor(hub.cursor()) as Position, target) >= 0, 10_000, 'hub to catch up');
         for (const l of clients) {
           const expected = rows
             .filter((r) => eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: null }).some((t) => l.topics.has(t)))
-            .map((r) => encodeCursor({ txid: BigInt(r.t), id: BigInt(r.i) }));
+            .map((r) => encodeCursor({ seq: BigInt(r.t), id: BigInt(r.i) }));
           await waitUntil(() => (absorb(l), l.received.length >= expected.length), 10_000, `client stream (${l.received.length}/${expected.length})`).catch(() => undefined);
           absorb(l);
           expect(l.received).toEqual(expected);

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { compare, decodeCursor } from '../src/db/cursor.ts';
+import { ZERO, compare, decodeCursor } from '../src/db/cursor.ts';
 
 let db: TestDatabase;
 let e1: number;
@@ -90,7 +90,7 @@ describe('lossless, ordered delivery', () => {
     const after = await eventsReceived(r, 1);
     await new Promise((res) => setTimeout(res, 300));
     expect(r.events()).toHaveLength(1);
-    expect(compare(pos(after[0] as Frame), decodeCursor(last) ?? { txid: 0n, id: 0n })).toBeGreaterThan(0);
+    expect(compare(pos(after[0] as Frame), decodeCursor(last) ?? ZERO)).toBeGreaterThan(0);
     await r.close();
     await hub.stop();
   }, 30_000);
@@ -104,9 +104,9 @@ describe('lossless, ordered delivery', () => {
     await c.close();
     for (let i = 0; i < 30; i++) await insert(db.pool, 1);
     // Let the hub read past the writes, so all 30 are replayed (not some replayed, some live).
-    const h = await db.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x');
-    const target = { txid: BigInt(h.rows[0]?.x ?? '0'), id: 0n };
-    await waitUntil(() => compare(decodeCursor(hub.cursor()) ?? { txid: 0n, id: 0n }, target) >= 0, 5000, 'hub past the writes');
+    const h = await db.pool.query<{ f: string }>('SELECT hub.commit_frontier()::text f');
+    const target = { seq: BigInt(h.rows[0]?.f ?? '0'), id: 0n };
+    await waitUntil(() => compare(decodeCursor(hub.cursor()) ?? ZERO, target) >= 0, 5000, 'hub past the writes');
     const r = await resume(hub, ['election:*'], String(seen?.cursor));
     // Replayed events come before `subscribed`.
     const subscribedAt = r.frames.findIndex((f) => f.type === 'subscribed');

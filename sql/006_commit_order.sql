@@ -141,6 +141,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
   k bigint;
 BEGIN
+  -- Only a marker of this transaction: a row inserted with its key (or for another
+  -- transaction, by hand) takes nothing.
+  IF NEW.seq IS NOT NULL OR NEW.txid <> pg_current_xact_id() THEN
+    RETURN NULL;
+  END IF;
   PERFORM pg_advisory_xact_lock_shared(4611686018427387903);
   k := nextval('hub.commit_seq');
   PERFORM pg_advisory_xact_lock(k);

@@ -105,6 +105,14 @@ const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coales
  * `maxBytes` of data (a first row larger than that still comes, alone): the hub holds each
  * page twice (the row text and its frame), so its memory is bounded by bytes, not rows.
  */
+/**
+ * The most rows one `readAfter` page can hold. A constant in the SQL text, not a parameter:
+ * with `LIMIT $n` the generic plan of the prepared statement does not know how few keys are
+ * wanted and prefers reading the whole commits table and sorting it (measured: 14 ms per
+ * read at 300 000 keys instead of 0.1 ms).
+ */
+export const MAX_PAGE_ROWS = 10_000;
+
 export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, limit: number, maxBytes = Number.MAX_SAFE_INTEGER): Promise<ReadResult> {
   // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
   // The next `limit` keys by the commits index, each key's rows by the outbox primary key
@@ -118,7 +126,7 @@ export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, lim
        FROM (
          SELECT c.seq, c.committed_at, o.id, o.kind, o.action, o.topic, o.election_id, o.committee_id, o.row_id, o.data,
                 coalesce(o.bytes, 0) AS bytes
-         FROM (SELECT seq, txid, committed_at FROM hub.commits WHERE seq >= $1::bigint ORDER BY seq LIMIT $3) c
+         FROM (SELECT seq, txid, committed_at FROM hub.commits WHERE seq >= $1::bigint ORDER BY seq LIMIT ${MAX_PAGE_ROWS}) c
          LEFT JOIN LATERAL (
            SELECT ob.id, ob.kind, ob.action, ob.topic, ob.election_id, ob.committee_id, ob.row_id, ob.data, ${DATA_BYTES} AS bytes
            FROM hub.outbox ob
@@ -128,7 +136,7 @@ export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, lim
      ) ob
      WHERE ob.before < $4
      ORDER BY ob.seq, ob.id`,
-    values: [after.seq.toString(), after.id.toString(), limit, maxBytes],
+    values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
   });
   const rows = res.rows as RawRow[];
   const fetched = Number(rows[0]?.fetched ?? 0);

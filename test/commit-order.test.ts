@@ -10,6 +10,7 @@ import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor, encodeCursor } from '../src/db/cursor.ts';
 import { migrate } from '../src/db/migrate.ts';
 import { computeSnapshot } from '../src/db/snapshot.ts';
+import { prune, prunedPosition } from '../src/db/outbox.ts';
 
 /*
  * Order without the cluster-wide horizon (issue 14 item 3, sql/006_commit_order.sql), from
@@ -238,6 +239,35 @@ describe('snapshot + since = the database', () => {
     expect((snap?.totals.votes ?? 0) + after.reduce((a, b) => a + b, 0)).toBe(expected);
     await r.close();
     await c.close();
+  }, 40_000);
+});
+
+describe('pruning by key', () => {
+  it('prunes keys in order, only below the frontier (a key still committing stops it), with their markers', async () => {
+    const count = async (t: string) => Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM ${t}`)).rows[0]?.n);
+    await write('before');
+    const slow = await holder(db.url);
+    await slow.query('BEGIN');
+    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'committing')`, [e1, c1]);
+    await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (800)`);
+    const committing = slow.query('COMMIT');
+    await waitUntil(async () => {
+      const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`);
+      return r.rows[0]?.n === '1';
+    }, 10_000, 'the slow commit to take its key');
+    await write('after');
+    const key = BigInt((await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ?? '0') - 1n;
+    while ((await prune(db.pool, 0, 7)) > 0);
+    // Everything below the committing key went, in order; the key after it stays until it ends.
+    const left = (await db.pool.query<{ s: string; n: string }>(`SELECT seq::text s, data->>'voter_name' n FROM hub.outbox_in_order ORDER BY seq, id`)).rows;
+    expect(left.map((r) => r.n)).toEqual(['after']);
+    expect(BigInt((await prunedPosition(db.pool)).seq)).toBeLessThan(key);
+    await committing;
+    while ((await prune(db.pool, 0, 7)) > 0);
+    expect(await count('hub.outbox')).toBe(0);
+    expect(await count('hub.commits')).toBe(0);
+    expect(await count('hub.commit_marks')).toBe(0);
+    expect((await prunedPosition(db.pool)).seq).toBe(key + 1n);
   }, 40_000);
 });
 

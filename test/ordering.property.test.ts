@@ -332,7 +332,7 @@ it('every client stream equals the outbox order restricted to its topics, across
 /** hub.take_commit_key without its locks: a key that is still committing looks aborted. */
 const BROKEN = `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  UPDATE hub.commits SET seq = nextval('hub.commit_seq'), committed_at = clock_timestamp() WHERE txid = NEW.txid AND seq IS NULL;
+  INSERT INTO hub.commits (seq, txid, committed_at) VALUES (nextval('hub.commit_seq'), NEW.txid, clock_timestamp());
   RETURN NULL;
 END $$`;
 

@@ -220,7 +220,10 @@ export async function prune(db: pg.Pool, retentionMs: number, batch = 10_000): P
        -- (the batch is in key order), and the last one too when the batch did not fill up.
        DELETE FROM hub.commits c USING (SELECT DISTINCT seq FROM doomed) d
        WHERE c.seq = d.seq AND (d.seq < (SELECT max(seq) FROM cand) OR (SELECT count(*) FROM cand) < $2 OR (SELECT seq FROM young) IS NOT NULL)
-       RETURNING 1
+       RETURNING c.txid
+     ), marks AS (
+       -- A transaction's marker only mattered until it ended.
+       DELETE FROM hub.commit_marks m USING gone g WHERE m.txid = g.txid RETURNING 1
      ), top AS (
        SELECT seq, id FROM del ORDER BY seq DESC, id DESC LIMIT 1
      ), upd AS (

@@ -85,7 +85,7 @@ export function startReader(opts: ReaderOptions): Reader {
   let settled = 0n;
   let frontierAt = 0;
   let wantFrontier = false;
-  let hole: { seq: bigint; since: number } | undefined;
+  let hole: { seq: bigint; since: number; checkedAt: number } | undefined;
 
   const settle = () => {
     if (!pos) return;
@@ -162,12 +162,18 @@ export function startReader(opts: ReaderOptions): Reader {
     }
     if (events.length > 0) opts.onEvents(events);
     // A hole may be a transaction still committing (key taken, commit record not yet visible):
-    // re-read every few ms, at most 10 ms apart; once it is older than HOLE_CHECK_MS, ask the
-    // frontier whether its transaction has ended (then it aborted and the next read skips it).
+    // re-read every few ms, at most 10 ms apart. Once it is HOLE_CHECK_MS old, read again at once
+    // with the frontier: if its transaction has ended, it aborted and that read skips it; if not,
+    // ask again every FRONTIER_EVERY_MS while it stays (a new hole is asked about at once).
     const now = Date.now();
     if (blocked !== undefined) {
-      if (hole?.seq !== blocked) hole = { seq: blocked, since: now };
-      if (now - hole.since >= HOLE_CHECK_MS && now - frontierAt >= FRONTIER_EVERY_MS) wantFrontier = true;
+      if (hole?.seq !== blocked) hole = { seq: blocked, since: now, checkedAt: 0 };
+      if (!resolved && now - hole.since >= HOLE_CHECK_MS && now - hole.checkedAt >= FRONTIER_EVERY_MS) {
+        hole.checkedAt = now;
+        wantFrontier = true;
+        settle();
+        return true;
+      }
       heldDelay = Math.min(10, Math.max(2, heldDelay * 2));
     } else {
       hole = undefined;

@@ -68,7 +68,10 @@ const holder = async (url: string) => {
 const write = (name: string, pool = db.pool) =>
   pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
 const names = (frames: Frame[]) => frames.map((f) => (f.data as { voter_name: string }).voter_name);
-const inOrder = (frames: Frame[]) => frames.every((f, i) => i === 0 || compare(decodeCursor(frames[i - 1]?.cursor) ?? ZERO, decodeCursor(f.cursor) ?? ZERO) < 0);
+const inOrder = (frames: Frame[]) =>
+  frames.every(
+    (f, i) => i === 0 || compare(decodeCursor(frames[i - 1]?.cursor) ?? ZERO, decodeCursor(f.cursor) ?? ZERO) < 0,
+  );
 /** A client on election:* from now, and its events once n arrived (the deadline is generous: liveness, not speed). */
 const watcher = async (): Promise<TestClient> => {
   const c = await connect(hub, { token: admin });
@@ -112,7 +115,10 @@ describe('transactions open elsewhere delay nothing', () => {
     const h = await holder(db.url);
     await h.query('BEGIN');
     await h.query(`INSERT INTO scratch (note) VALUES ('wrote first')`); // its txid is older than every row below
-    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'held'), ($1, $2, 'held too')`, [e1, c1]);
+    await h.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'held'), ($1, $2, 'held too')`,
+      [e1, c1],
+    );
     for (let i = 0; i < 5; i++) await write(`w${i}`);
     const before = await eventsReceived(c, 5, 20_000);
     expect(names(before)).toEqual(['w0', 'w1', 'w2', 'w3', 'w4']);
@@ -162,14 +168,23 @@ describe('keys taken at commit', () => {
     const c = await watcher();
     const slow = await holder(db.url);
     await slow.query('BEGIN');
-    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'slow')`, [e1, c1]);
+    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'slow')`, [
+      e1,
+      c1,
+    ]);
     await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (400)`);
     const committing = slow.query('COMMIT');
     // Its key is taken before the sleep: wait for it, then commit another one past it.
-    await waitUntil(async () => {
-      const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`);
-      return r.rows[0]?.n === '1';
-    }, 10_000, 'the slow commit to take its key');
+    await waitUntil(
+      async () => {
+        const r = await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
+        );
+        return r.rows[0]?.n === '1';
+      },
+      10_000,
+      'the slow commit to take its key',
+    );
     await write('fast');
     await committing;
     const got = await eventsReceived(c, 2, 20_000);
@@ -183,10 +198,16 @@ describe('keys taken at commit', () => {
     const h = await holder(db.url);
     await h.query('BEGIN');
     await h.query('SET CONSTRAINTS ALL IMMEDIATE');
-    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate')`, [e1, c1]);
+    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate')`, [
+      e1,
+      c1,
+    ]);
     const writing = write('behind it');
     await new Promise((r) => setTimeout(r, 100));
-    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate, later row')`, [e1, c1]);
+    await h.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate, later row')`,
+      [e1, c1],
+    );
     await h.query('COMMIT');
     await writing;
     expect(names(await eventsReceived(c, 3, 20_000))).toEqual(['immediate', 'immediate, later row', 'behind it']);
@@ -198,7 +219,10 @@ describe('keys taken at commit', () => {
     const h = await holder(db.url);
     await h.query('BEGIN');
     await h.query('SAVEPOINT s');
-    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'rolled back')`, [e1, c1]);
+    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'rolled back')`, [
+      e1,
+      c1,
+    ]);
     await h.query('ROLLBACK TO SAVEPOINT s');
     await h.query(`SELECT hub.publish('election:*', 'note', '{"n": 1}')`);
     await h.query('COMMIT');
@@ -213,17 +237,31 @@ describe('keys taken at commit', () => {
 
 describe('snapshot + since = the database', () => {
   it('a snapshot taken while one transaction is committing (key taken) and a later one has committed is cut before both, and their events follow it', async () => {
-    const votes = async () => Number((await db.pool.query<{ v: string }>(`SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`, [e1])).rows[0]?.v);
+    const votes = async () =>
+      Number(
+        (
+          await db.pool.query<{ v: string }>(
+            `SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`,
+            [e1],
+          )
+        ).rows[0]?.v,
+      );
     const c = await watcher();
     const slow = await holder(db.url);
     await slow.query('BEGIN');
     await slow.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`, [e1, c1]);
     await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (600)`);
     const committing = slow.query('COMMIT');
-    await waitUntil(async () => {
-      const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`);
-      return r.rows[0]?.n === '1';
-    }, 10_000, 'the slow commit to take its key');
+    await waitUntil(
+      async () => {
+        const r = await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
+        );
+        return r.rows[0]?.n === '1';
+      },
+      10_000,
+      'the slow commit to take its key',
+    );
     await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 7)`, [e1, c1]);
     // Visible now: the 7 (a later key). Not yet: the 100 (its key is still committing).
     const snap = await computeSnapshot(db.pool, String(e1));
@@ -233,8 +271,15 @@ describe('snapshot + since = the database', () => {
     const r = await connect(hub, { token: admin, query: 'subscribe=none' });
     r.send({ type: 'subscribe', topics: [`election:${e1}`], since: snap?.cursor });
     await r.next((f) => f.type === 'subscribed');
-    await waitUntil(() => r.events().filter((f) => f.type === 'voting_update').length >= 2, 10_000, 'the two votes after the cursor');
-    const after = r.events().filter((f) => f.type === 'voting_update').map((f) => (f.data as { count: number }).count);
+    await waitUntil(
+      () => r.events().filter((f) => f.type === 'voting_update').length >= 2,
+      10_000,
+      'the two votes after the cursor',
+    );
+    const after = r
+      .events()
+      .filter((f) => f.type === 'voting_update')
+      .map((f) => (f.data as { count: number }).count);
     expect(after).toEqual([100, 7]);
     expect((snap?.totals.votes ?? 0) + after.reduce((a, b) => a + b, 0)).toBe(expected);
     await r.close();
@@ -244,22 +289,40 @@ describe('snapshot + since = the database', () => {
 
 describe('pruning by key', () => {
   it('prunes keys in order, only below the frontier (a key still committing stops it), with their markers', async () => {
-    const count = async (t: string) => Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM ${t}`)).rows[0]?.n);
+    const count = async (t: string) =>
+      Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM ${t}`)).rows[0]?.n);
     await write('before');
     const slow = await holder(db.url);
     await slow.query('BEGIN');
-    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'committing')`, [e1, c1]);
+    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'committing')`, [
+      e1,
+      c1,
+    ]);
     await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (800)`);
     const committing = slow.query('COMMIT');
-    await waitUntil(async () => {
-      const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`);
-      return r.rows[0]?.n === '1';
-    }, 10_000, 'the slow commit to take its key');
+    await waitUntil(
+      async () => {
+        const r = await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
+        );
+        return r.rows[0]?.n === '1';
+      },
+      10_000,
+      'the slow commit to take its key',
+    );
     await write('after');
-    const key = BigInt((await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ?? '0') - 1n;
+    const key =
+      BigInt(
+        (await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ??
+          '0',
+      ) - 1n;
     while ((await prune(db.pool, 0, 7)) > 0);
     // Everything below the committing key went, in order; the key after it stays until it ends.
-    const left = (await db.pool.query<{ s: string; n: string }>(`SELECT seq::text s, data->>'voter_name' n FROM hub.outbox_in_order ORDER BY seq, id`)).rows;
+    const left = (
+      await db.pool.query<{ s: string; n: string }>(
+        `SELECT seq::text s, data->>'voter_name' n FROM hub.outbox_in_order ORDER BY seq, id`,
+      )
+    ).rows;
     expect(left.map((r) => r.n)).toEqual(['after']);
     expect(BigInt((await prunedPosition(db.pool)).seq)).toBeLessThan(key);
     await committing;
@@ -277,33 +340,54 @@ describe('upgrade from the (txid, id) order', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'hub-upgrade-'));
     const sql = fileURLToPath(new URL('../sql/', import.meta.url));
     mkdirSync(path.join(dir, 'reference'));
-    for (const f of ['002_hub_outbox.sql', '004_ids_and_topics.sql']) copyFileSync(path.join(sql, f), path.join(dir, f));
-    for (const f of readdirSync(path.join(sql, 'reference'))) copyFileSync(path.join(sql, 'reference', f), path.join(dir, 'reference', f));
+    for (const f of ['002_hub_outbox.sql', '004_ids_and_topics.sql'])
+      copyFileSync(path.join(sql, f), path.join(dir, f));
+    for (const f of readdirSync(path.join(sql, 'reference')))
+      copyFileSync(path.join(sql, 'reference', f), path.join(dir, 'reference', f));
     const old = await createTestDatabase('hub_order_old', { schema: 'none' });
     let h2: Hub | undefined;
     try {
       await migrate(old.url, { dir, referenceSchema: true });
       const s = await seed(old.pool, 1, 1);
       const [e, cm] = [s.elections[0], s.committees.get(s.elections[0] as number)?.[0]];
-      const w = (name: string) => old.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e, cm, name]);
+      const w = (name: string) =>
+        old.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+          e,
+          cm,
+          name,
+        ]);
       for (const n of ['a', 'b']) await w(n);
-      await old.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'c1'), ($1, $2, 'c2')`, [e, cm]);
-      const legacy = (await old.pool.query<{ t: string; i: string; n: string }>(`SELECT txid::text t, id::text i, data->>'voter_name' n FROM hub.outbox ORDER BY txid, id`)).rows;
+      await old.pool.query(
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'c1'), ($1, $2, 'c2')`,
+        [e, cm],
+      );
+      const legacy = (
+        await old.pool.query<{ t: string; i: string; n: string }>(
+          `SELECT txid::text t, id::text i, data->>'voter_name' n FROM hub.outbox ORDER BY txid, id`,
+        )
+      ).rows;
       expect(legacy).toHaveLength(4);
       // Cursors the old hub issued: an event's (txid, id), and its horizon (xmin, 0).
       const afterA = encodeCursor({ seq: BigInt(legacy[0]?.t ?? '0'), id: BigInt(legacy[0]?.i ?? '0') });
       const afterC1 = encodeCursor({ seq: BigInt(legacy[2]?.t ?? '0'), id: BigInt(legacy[2]?.i ?? '0') });
-      const x = (await old.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x')).rows[0]?.x ?? '0';
+      const x =
+        (await old.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x')).rows[0]?.x ??
+        '0';
       const horizon = encodeCursor({ seq: BigInt(x), id: 0n });
 
       const applied = await migrate(old.url);
       expect(applied.applied).toContain('006_commit_order.sql');
       // The old rows' keys are their txids, in their old order.
-      const keys = (await old.pool.query<{ s: string; i: string }>(`SELECT seq::text s, id::text i FROM hub.outbox_in_order ORDER BY seq, id`)).rows;
+      const keys = (
+        await old.pool.query<{ s: string; i: string }>(
+          `SELECT seq::text s, id::text i FROM hub.outbox_in_order ORDER BY seq, id`,
+        )
+      ).rows;
       expect(keys.map((k) => [k.s, k.i])).toEqual(legacy.map((l) => [l.t, l.i]));
       for (const n of ['d', 'e']) await w(n);
       // A cursor a hub of the old order could issue after the migration: beyond legacy_limit.
-      const limit = (await old.pool.query<{ l: string }>('SELECT legacy_limit::text l FROM hub.outbox_state')).rows[0]?.l ?? '0';
+      const limit =
+        (await old.pool.query<{ l: string }>('SELECT legacy_limit::text l FROM hub.outbox_state')).rows[0]?.l ?? '0';
       const foreign = encodeCursor({ seq: BigInt(limit) + 1n, id: 0n });
 
       h2 = await startTestHub(old.url);

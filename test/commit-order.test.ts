@@ -164,6 +164,26 @@ describe('keys taken at commit', () => {
     await c.close();
   }, 40_000);
 
+  it('a snapshot cut after a last key that aborted (nothing visible after it) is a cursor the hub reaches', async () => {
+    await write('before the abort');
+    const h = await holder(db.url);
+    await h.query('BEGIN');
+    await h.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'aborts at commit')`,
+      [e1, c1],
+    );
+    await h.query(`INSERT INTO app_checks (fail) VALUES (true)`);
+    await expect(h.query('COMMIT')).rejects.toThrow(/app check failed/);
+    // The frontier is past the aborted key; the reader sees no later key that would show the hole.
+    const snap = await computeSnapshot(db.pool, String(e1));
+    const r = await connect(hub, { token: admin, query: 'subscribe=none' });
+    r.send({ type: 'subscribe', topics: [`election:${e1}`], since: snap?.cursor });
+    expect((await r.next((f) => f.type === 'subscribed' || f.type === 'error')).type).toBe('subscribed');
+    await write('after');
+    expect(names(await eventsReceived(r, 1, 20_000))).toEqual(['after']);
+    await r.close();
+  }, 40_000);
+
   it('a transaction still committing holds back only the keys after it, and goes first', async () => {
     const c = await watcher();
     const slow = await holder(db.url);

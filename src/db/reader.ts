@@ -182,10 +182,15 @@ export function startReader(opts: ReaderOptions): Reader {
     settle();
     if (r.more && blocked === undefined) return true;
     // A waiter above a complete read: maybe keys after the last one aborted (nothing later is
-    // visible to show the hole). One read with the frontier settles that.
-    if (complete && !resolved && now - frontierAt >= FRONTIER_EVERY_MS && pos && [...waiters].some((w) => compare(w.p, pos as Position) > 0)) {
-      wantFrontier = true;
-      return true;
+    // visible to show the hole). One read with the frontier settles that (at most every
+    // FRONTIER_EVERY_MS: until then the read is scheduled, not dropped).
+    if (complete && !resolved && pos && [...waiters].some((w) => compare(w.p, pos as Position) > 0)) {
+      const wait = FRONTIER_EVERY_MS - (now - frontierAt);
+      if (wait <= 0) {
+        wantFrontier = true;
+        return true;
+      }
+      heldDelay = Math.max(heldDelay, wait);
     }
     return false;
   };

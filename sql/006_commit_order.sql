@@ -35,9 +35,9 @@
 -- flush (what PostgreSQL does for NOTIFY, and what issue 14 item 1 removes). The price is that
 -- keys are handed out in the order transactions start to commit but can become visible out of
 -- it: key 6 may be visible while key 5 is still committing, or 5 may never come (its transaction
--- aborted after taking it). The reader (src/db/reader.ts) therefore reads in key order up to the first missing key
--- (a "hole") and resolves a hole that does not fill within a few milliseconds with
--- hub.commit_frontier() below:
+-- aborted after taking it). The reader (src/db/reader.ts) therefore reads in key order up to
+-- the first missing key (a "hole") and resolves a hole that does not fill within a few
+-- milliseconds with hub.commit_frontier() below:
 --
 --   hub.commit_frontier() returns F such that every key below F has been settled: its
 --   transaction has ended, so it is either visible to any snapshot taken after the call, or

@@ -63,7 +63,10 @@
 --   Exceptions, by the application's own choice: SET CONSTRAINTS ALL IMMEDIATE (or naming
 --   hub.hub_commit_key) takes the key at that statement, so the transaction holds back the
 --   keys after it until it ends; a prepared transaction (PREPARE TRANSACTION) keeps its key
---   lock until COMMIT/ROLLBACK PREPARED, and holds back delivery (never writers) until then.
+--   lock until COMMIT/ROLLBACK PREPARED, and holds back delivery (never writers) until then
+--   (PostgreSQL carries transaction-level advisory locks over to the prepared transaction; not
+--   tested here: the test server has max_prepared_transactions = 0, and a transaction that sent
+--   a NOTIFY cannot be prepared at all).
 -- * Snapshot + since = the database (src/db/snapshot.ts): the snapshot calls
 --   hub.commit_frontier() = F before its REPEATABLE READ snapshot is taken, so every key below F
 --   that committed is in the snapshot; its cursor is (F, 0), and the few transactions with
@@ -101,6 +104,10 @@
 -- this migration commits (writers need ROW EXCLUSIVE; the hubs' reads go on).
 LOCK TABLE hub.outbox IN EXCLUSIVE MODE;
 
+-- CACHE 1: with a cache, each session hands out its own block of values, so keys would not
+-- follow the order of the nextval calls. NO CYCLE, and 2^62 values before the bigint ends: at a
+-- million commits per second, 146 000 years. A sequence is not transactional: an aborted
+-- transaction's key stays a hole, and after a crash it may jump ahead (holes nobody holds).
 CREATE SEQUENCE hub.commit_seq AS bigint
   MINVALUE 4611686018427387904 START 4611686018427387904 CACHE 1 NO CYCLE;
 

@@ -21,9 +21,9 @@ describe('lifecycle events', () => {
     const offA = events.on('pruned', (e) => seen.push(`a:${e.mark.id}`));
     events.on('pruned', (e) => seen.push(`b:${e.mark.id}`));
     events.on('listener:up', () => seen.push('up'));
-    events.emit('pruned', { mark: { txid: 1n, id: 1n } });
+    events.emit('pruned', { mark: { seq: 1n, id: 1n } });
     offA();
-    events.emit('pruned', { mark: { txid: 1n, id: 2n } });
+    events.emit('pruned', { mark: { seq: 1n, id: 2n } });
     events.emit('listener:down', {});
     expect(seen).toEqual(['a:1', 'b:1', 'b:2']);
   });
@@ -34,8 +34,8 @@ describe('lifecycle events', () => {
     events.on('reader:read', () => {
       throw new Error('boom');
     });
-    events.on('reader:read', (e) => seen.push(e.position.txid));
-    expect(() => events.emit('reader:read', { position: { txid: 7n, id: 0n }, held: false })).not.toThrow();
+    events.on('reader:read', (e) => seen.push(e.position.seq));
+    expect(() => events.emit('reader:read', { position: { seq: 7n, id: 0n }, held: false })).not.toThrow();
     expect(seen).toEqual([7n]);
     expect(logged.some((l) => l.includes('lifecycle event handler failed') && l.includes('boom'))).toBe(true);
   });

@@ -9,7 +9,7 @@ import { startReader, type Reader } from './db/reader.ts';
 import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
 import { type Position, compare, encodeCursor } from './db/cursor.ts';
-import { backlog, currentHorizon, prune, prunedPosition } from './db/outbox.ts';
+import { backlog, commitFrontier, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
 import { type Presence, startPresence } from './cluster/presence.ts';
@@ -242,7 +242,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       compute: (id, o) => cache.refresh(id, o),
       position,
       delivered: (p) => reader?.waitFor(p, 5000) ?? Promise.resolve(false),
-      horizon: async () => (await currentHorizon(pool)).horizon, // one trivial query: not behind computations
+      horizon: async () => ({ seq: await commitFrontier(pool), id: 0n }), // one trivial query: not behind computations
       subscribers: (id) => publisher?.numSubscribers(dashboardTopic(id)) ?? 0,
       interested: (id) => interest.has(id),
       onRequest: (id) => interest.touch(id),

@@ -28,7 +28,7 @@ const MODELS = [
 /** A guarantee_update frame as the hub serializes it for every socket. */
 const guaranteeFrame = () => {
   const e = decodeRow({
-    txid: '812', id: '9001', kind: 'guarantee', action: 'created', topic: null, election_id: '1', committee_id: '7',
+    seq: '812', id: '9001', kind: 'guarantee', action: 'created', topic: null, election_id: '1', committee_id: '7',
     row_id: '42', data: '{"id":42,"election_id":1,"committee_id":7,"voter_name":"A. Voter","status":"pledged"}', committed_ms: 1_700_000_000_000,
   });
   if (!e) throw new Error('decodeRow refused the sample row');

@@ -10,7 +10,7 @@ import type { DashboardSnapshot } from '../src/events/schema.ts';
 import { waitUntil } from './support/hub.ts';
 
 const log = createLogger('silent');
-const at = (txid: number): Position => ({ txid: BigInt(txid), id: 0n });
+const at = (seq: number): Position => ({ seq: BigInt(seq), id: 0n });
 const snapshot = (id: string, p: Position): DashboardSnapshot => ({
   election_id: Number(id),
   cursor: encodeCursor(p),

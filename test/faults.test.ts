@@ -62,10 +62,10 @@ const SMALL_RING = { REPLAY_BUFFER_EVENTS: '100' };
 const outboxAfter = async (since: string): Promise<string[]> => {
   const p = decodeCursor(since) as Position;
   const r = await db.pool.query<{ t: string; i: string }>(
-    `SELECT txid::text AS t, id::text AS i FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, $2::bigint) ORDER BY txid, id`,
-    [p.txid.toString(), p.id.toString()],
+    `SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint) ORDER BY seq, id`,
+    [p.seq.toString(), p.id.toString()],
   );
-  return r.rows.map((row) => encodeCursor({ txid: BigInt(row.t), id: BigInt(row.i) }));
+  return r.rows.map((row) => encodeCursor({ seq: BigInt(row.t), id: BigInt(row.i) }));
 };
 
 const write = (rows: number) =>

@@ -7,7 +7,7 @@ import { createLogger } from '../src/log.ts';
 import { createMetrics } from '../src/metrics/index.ts';
 import { waitUntil } from './support/hub.ts';
 
-const at = (n: number): Position => ({ txid: BigInt(n), id: 0n });
+const at = (n: number): Position => ({ seq: BigInt(n), id: 0n });
 const snapshot = (cursor: Position, guarantees: number) =>
   JSON.stringify({
     election_id: 1,
@@ -16,7 +16,7 @@ const snapshot = (cursor: Position, guarantees: number) =>
     committees: [{ committee_id: 7, guarantees, attendance: 0, votes: 0 }],
   });
 const created = (n: number): TotalsEvent => ({
-  pos: { txid: BigInt(n), id: 1n },
+  pos: { seq: BigInt(n), id: 1n },
   kind: 'guarantee',
   action: 'created',
   electionId: '1',
@@ -95,7 +95,7 @@ describe('live dashboards', () => {
     t.setAnswer(async (min) => snapshot(min, 0));
     t.read(at(6), [
       {
-        pos: { txid: 6n, id: 1n },
+        pos: { seq: 6n, id: 1n },
         kind: 'guarantee',
         action: 'truncated',
         electionId: null,

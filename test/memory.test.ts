@@ -7,7 +7,7 @@ import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, token, waitUntil } from './support/hub.ts';
 import { spawnHub, type HubProcess } from './support/hub-process.ts';
 import { compare, decodeCursor, type Position } from '../src/db/cursor.ts';
-import { currentHorizon, readAfter } from '../src/db/outbox.ts';
+import { commitFrontier, readAfter } from '../src/db/outbox.ts';
 
 /*
  * Memory budgets, measured on a hub in its own process (RSS and V8 heap are per process):
@@ -175,7 +175,7 @@ function healthyClient(port: number, jwt: string, e: number) {
 
 describe('memory budgets', () => {
   it('outbox pages stop at a byte budget (a larger first row comes alone), compressed or not, and paging on skips nothing', async () => {
-    const { horizon: from } = await currentHorizon(db.pool);
+    const from: Position = { seq: await commitFrontier(db.pool), id: 0n };
     // 5 compressible rows of 100 KB (stored small by PostgreSQL), 5 incompressible ones, 5 small ones.
     await db.pool.query(
       `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, repeat(md5(g::text), 3125) FROM generate_series(1, 5) g`,
@@ -214,8 +214,8 @@ describe('memory budgets', () => {
       const r = await readAfter(db.pool, at, 1000, 250_000);
       expect(r.rows.length).toBeGreaterThan(0);
       for (const row of r.rows) seen.push(row.id);
-      const last = r.rows[r.rows.length - 1] as { txid: string; id: string };
-      at = { txid: BigInt(last.txid), id: BigInt(last.id) };
+      const last = r.rows[r.rows.length - 1] as { seq: string; id: string };
+      at = { seq: BigInt(last.seq), id: BigInt(last.id) };
       more = r.more;
     }
     expect(seen).toEqual(all.rows.map((r) => r.id));

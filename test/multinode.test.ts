@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, type Frame, type TestClient, connect, eventsReceived, redisPrefix, startTestHub, token, untilMarker, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { compare, decodeCursor } from '../src/db/cursor.ts';
+import { ZERO, compare, decodeCursor } from '../src/db/cursor.ts';
 
 let db: TestDatabase;
 let hubs: Hub[] = [];
@@ -217,7 +217,7 @@ describe('several hubs on one database and one Redis', () => {
     const all = [...got, ...r.events()].map((f) => (f.data as { voter_name: string }).voter_name);
     expect(all).toEqual(Array.from({ length: written }, (_, i) => `m${i}`));
     const seq = [...got, ...r.events()].map((f) => decodeCursor(f.cursor));
-    expect(seq.every((p, i) => i === 0 || compare(seq[i - 1] ?? { txid: 0n, id: 0n }, p ?? { txid: 0n, id: 0n }) < 0)).toBe(true);
+    expect(seq.every((p, i) => i === 0 || compare(seq[i - 1] ?? ZERO, p ?? ZERO) < 0)).toBe(true);
     hubs = hubs.filter((h) => h !== leaving);
     await r.close();
   }, 60_000);

@@ -44,7 +44,7 @@ function attach(c: Light, url: string, resume: boolean): Promise<void> {
       }
     });
     ws.on('open', () => {
-      if (resume) ws.send(JSON.stringify({ type: 'subscribe', topics: [`election:${e1}`], since: `${c.last.txid.toString(36)}.${c.last.id.toString(36)}` }));
+      if (resume) ws.send(JSON.stringify({ type: 'subscribe', topics: [`election:${e1}`], since: `${c.last.seq.toString(36)}.${c.last.id.toString(36)}` }));
     });
     ws.on('message', (data) => {
       const text = data.toString();
@@ -79,7 +79,7 @@ const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(a
 
 it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes go on; every client ends complete; memory returns near baseline`, async () => {
   const tokens = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => token({ sub: `storm-${i}`, elections: [e1] })));
-  const clients: Light[] = tokens.map((t) => ({ token: t, last: { txid: 0n, id: 0n }, events: 0, ws: undefined, ordered: true, closes: [], retries: 0, done: false }));
+  const clients: Light[] = tokens.map((t) => ({ token: t, last: { seq: 0n, id: 0n }, events: 0, ws: undefined, ordered: true, closes: [], retries: 0, done: false }));
   await inBatches(clients, 250, (c) => attach(c, hub.url, false));
   const start = new Map(clients.map((c) => [c, c.last]));
   // The baseline has all of them open and counted by the hub.
@@ -114,7 +114,7 @@ it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes g
 
   const total = Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox`)).rows[0]?.n);
   const expectedFor = async (from: Position) =>
-    Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, $2::bigint)`, [from.txid.toString(), from.id.toString()])).rows[0]?.n);
+    Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint)`, [from.seq.toString(), from.id.toString()])).rows[0]?.n);
   const expected = new Map<Position, number>();
   for (const p of new Set(start.values())) expected.set(p, await expectedFor(p));
   await waitUntil(() => clients.every((c) => c.events >= (expected.get(start.get(c) as Position) ?? 0)), 30_000, 'every client complete');

@@ -392,12 +392,12 @@ describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () 
       await settled(hub);
       const outbox = (
         await db.pool.query<{ t: string; i: string; election_id: string | null; committee_id: string | null; topic: string | null }>(
-          `SELECT txid::text AS t, id::text AS i, election_id::text AS election_id, committee_id::text AS committee_id, topic
-           FROM hub.outbox WHERE (txid, id) > ($1::text::xid8, $2::bigint) ORDER BY txid, id`,
-          [String(decodeCursor(since)?.txid), String(decodeCursor(since)?.id)],
+          `SELECT seq::text AS t, id::text AS i, election_id::text AS election_id, committee_id::text AS committee_id, topic
+           FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, 0) ORDER BY seq, id`,
+          [String(decodeCursor(since)?.seq)],
         )
       ).rows;
-      const expected = personas.map((p) => outbox.filter((r) => admits(p, r)).map((r) => encodeCursor({ txid: BigInt(r.t), id: BigInt(r.i) })));
+      const expected = personas.map((p) => outbox.filter((r) => admits(p, r)).map((r) => encodeCursor({ seq: BigInt(r.t), id: BigInt(r.i) })));
       // The mix the rule is about: rows of cm under both elections, and some that p1 may not see.
       expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(eb)).length).toBeGreaterThan(3);
       expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(ea)).length).toBeGreaterThan(3);

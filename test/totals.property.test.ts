@@ -22,7 +22,7 @@ const ELECTIONS = ['1', '2', '3'];
 const COMMITTEES = ['1', '2', '3', '4', '9007199254740993']; // one beyond 2^53: exact as text
 const FIELD = { guarantee: 'guarantees', attendance: 'attendance', vote: 'votes' } as const;
 
-const pos = (n: number): Position => ({ txid: BigInt(n), id: 1n });
+const pos = (n: number): Position => ({ seq: BigInt(n), id: 1n });
 
 /** The aggregate of election `e` over the rows as of `at`. */
 function aggregate(

@@ -6,9 +6,8 @@ import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './curs
 // The server orders positions (src/db/cursor.ts); the SDK orders the cursor strings it gets
 // (client/index.ts `compareCursors`, no BigInt). Both must give one and the same order.
 
-const U64 = 2n ** 64n - 1n; // xid8
-const I64 = 2n ** 63n - 1n; // bigint
-const position = fc.record({ txid: fc.bigInt({ min: 0n, max: U64 }), id: fc.bigInt({ min: 0n, max: I64 }) });
+const I64 = 2n ** 63n - 1n; // bigint: commit keys and row ids (sql/006_commit_order.sql)
+const position = fc.record({ seq: fc.bigInt({ min: 0n, max: I64 }), id: fc.bigInt({ min: 0n, max: I64 }) });
 /** 1-13 base-36 digits, every length as likely, leading zeros included. */
 const digits = fc
   .tuple(fc.integer({ min: 0, max: 12 }), fc.integer({ min: 1, max: 13 }))
@@ -19,13 +18,13 @@ const grammarText = fc.tuple(digits, digits).map(([a, b]) => `${a}.${b}`);
 const value = (d: string) => [...d].reduce((acc, ch) => acc * 36n + BigInt('0123456789abcdefghijklmnopqrstuvwxyz'.indexOf(ch)), 0n);
 const inRange = (text: string) => {
   const [t = '', i = ''] = text.split('.');
-  return value(t) <= U64 && value(i) <= I64;
+  return value(t) <= I64 && value(i) <= I64;
 };
 /** Cursors the server accepts: its own encodings and any in-range text of the grammar. */
 const cursorText = fc.oneof(position.map(encodeCursor), grammarText.filter(inRange));
 
 describe('cursor codec', () => {
-  it('encode/decode round-trips every 64-bit position, and the encoding is canonical', () => {
+  it('encode/decode round-trips every bigint position, and the encoding is canonical', () => {
     fc.assert(
       fc.property(position, (p) => {
         const text = encodeCursor(p);
@@ -35,7 +34,7 @@ describe('cursor codec', () => {
       { numRuns: 2000 },
     );
     expect(encodeCursor(ZERO)).toBe('0.0');
-    expect(encodeCursor({ txid: U64, id: 0n })).toBe('3w5e11264sgsf.0');
+    expect(encodeCursor({ seq: I64, id: 0n })).toBe('1y2p0ij32e8e7.0');
   });
 
   it('decoding any text of the grammar and encoding again gives its canonical spelling, at the same position', () => {
@@ -55,19 +54,19 @@ describe('cursor codec', () => {
     fc.assert(
       fc.property(grammarText, (text) => {
         const [t = '', i = ''] = text.split('.');
-        expect(decodeCursor(text)).toEqual(inRange(text) ? { txid: value(t), id: value(i) } : undefined);
+        expect(decodeCursor(text)).toEqual(inRange(text) ? { seq: value(t), id: value(i) } : undefined);
       }),
       { numRuns: 3000 },
     );
   });
 
-  it('refuses a position no outbox row can have: txid beyond xid8 (2^64 - 1), id beyond bigint (2^63 - 1)', () => {
+  it('refuses a position no outbox row can have: a key or an id beyond bigint (2^63 - 1)', () => {
     // Thirteen base-36 digits reach 36^13 - 1 (about 1.7e20): the grammar alone lets these through,
     // and PostgreSQL would refuse them in a replay's query (the resume failing with 4009, again
     // on every reconnect) instead of the client being told bad_cursor.
-    expect(decodeCursor(encodeCursor({ txid: U64, id: I64 }))).toEqual({ txid: U64, id: I64 });
-    expect(decodeCursor(encodeCursor({ txid: U64 + 1n, id: 0n }))).toBeUndefined();
-    expect(decodeCursor(encodeCursor({ txid: 5n, id: 2n ** 63n }))).toBeUndefined();
+    expect(decodeCursor(encodeCursor({ seq: I64, id: I64 }))).toEqual({ seq: I64, id: I64 });
+    expect(decodeCursor(encodeCursor({ seq: I64 + 1n, id: 0n }))).toBeUndefined();
+    expect(decodeCursor(encodeCursor({ seq: 5n, id: 2n ** 63n }))).toBeUndefined();
     expect(decodeCursor('zzzzzzzzzzzzz.0')).toBeUndefined();
     expect(decodeCursor('5.zzzzzzzzzzzzz')).toBeUndefined();
   });
@@ -76,7 +75,7 @@ describe('cursor codec', () => {
     for (const bad of ['', '.', '1', '1.', '.1', '1.2.3', '1,2', ' 1.2', '1.2 ', 'A.1', '-1.2', '1.+2', '00000000000000.1', 'é.1', `${'1'.repeat(41)}`]) {
       expect(decodeCursor(bad), bad).toBeUndefined();
     }
-    for (const bad of [undefined, null, 12, { txid: 1 }, ['1.2']]) expect(decodeCursor(bad)).toBeUndefined();
+    for (const bad of [undefined, null, 12, { seq: 1 }, ['1.2']]) expect(decodeCursor(bad)).toBeUndefined();
   });
 });
 
@@ -96,7 +95,7 @@ describe('one order: server and SDK', () => {
   it('(property) and on every pair of positions, including neighbours a double cannot tell apart', () => {
     const near = fc.tuple(position, fc.constantFrom(-1n, 0n, 1n), fc.constantFrom(-1n, 0n, 1n)).map(([p, dt, di]) => [
       p,
-      { txid: p.txid + dt < 0n || p.txid + dt > U64 ? p.txid : p.txid + dt, id: p.id + di < 0n ? p.id : p.id + di },
+      { seq: p.seq + dt < 0n || p.seq + dt > I64 ? p.seq : p.seq + dt, id: p.id + di < 0n || p.id + di > I64 ? p.id : p.id + di },
     ] as const);
     fc.assert(
       fc.property(near, ([a, b]) => {
@@ -105,7 +104,7 @@ describe('one order: server and SDK', () => {
       { numRuns: 2000 },
     );
     const big = 2n ** 60n;
-    expect(compareCursors(encodeCursor({ txid: big, id: 0n }), encodeCursor({ txid: big + 1n, id: 0n }))).toBe(-1);
+    expect(compareCursors(encodeCursor({ seq: big, id: 0n }), encodeCursor({ seq: big + 1n, id: 0n }))).toBe(-1);
   });
 
   it('compareCursors: examples (numeric, not text order; leading zeros and case do not count)', () => {

@@ -1,25 +1,30 @@
 /**
- * A position in the outbox's one global order: (transaction id, row id). `id = 0` means
- * "after every row of transactions below `txid`" (what a snapshot or an idle reader holds).
- * Clients see cursors as opaque strings.
+ * A position in the outbox's one global order: (commit key, row id) (sql/006_commit_order.sql).
+ * `id = 0` means "before every row of key `seq`, after every row of smaller keys" (what a
+ * snapshot or an idle reader holds). Clients see cursors as opaque strings.
+ *
+ * Keys start at FIRST_SEQ (2^62). A position below it is in the order that came before the
+ * commit keys, (txid, id): rows already in the outbox at the migration kept their txid as their
+ * key, so such a cursor still names the same place (see `legacy_limit` for the ones that can't).
  */
-export type Position = { readonly txid: bigint; readonly id: bigint };
+export type Position = { readonly seq: bigint; readonly id: bigint };
 
-export const ZERO: Position = { txid: 0n, id: 0n };
+export const ZERO: Position = { seq: 0n, id: 0n };
+
+/** The first commit key (sql/006_commit_order.sql); smaller ones are the old rows' txids. */
+export const FIRST_SEQ = 2n ** 62n;
+
+const MAX_BIGINT = 2n ** 63n - 1n;
 
 export function compare(a: Position, b: Position): number {
-  if (a.txid !== b.txid) return a.txid < b.txid ? -1 : 1;
+  if (a.seq !== b.seq) return a.seq < b.seq ? -1 : 1;
   if (a.id !== b.id) return a.id < b.id ? -1 : 1;
   return 0;
 }
 
 export function encodeCursor(p: Position): string {
-  return `${p.txid.toString(36)}.${p.id.toString(36)}`;
+  return `${p.seq.toString(36)}.${p.id.toString(36)}`;
 }
-
-/** The largest txid (xid8) and outbox id (bigint): 13 base-36 digits reach beyond both. */
-const MAX_TXID = 2n ** 64n - 1n;
-const MAX_ID = 2n ** 63n - 1n;
 
 /**
  * Parses a client's cursor; undefined when it is not one of ours, including a position no
@@ -30,6 +35,8 @@ export function decodeCursor(text: unknown): Position | undefined {
   const m = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/.exec(text);
   if (!m || !m[1] || !m[2]) return undefined;
   const parse = (s: string) => [...s].reduce((acc, ch) => acc * 36n + BigInt(parseInt(ch, 36)), 0n);
-  const p = { txid: parse(m[1]), id: parse(m[2]) };
-  return p.txid > MAX_TXID || p.id > MAX_ID ? undefined : p;
+  const seq = parse(m[1]);
+  const id = parse(m[2]);
+  if (seq > MAX_BIGINT || id > MAX_BIGINT) return undefined;
+  return { seq, id };
 }

@@ -3,6 +3,7 @@ import { escapeIdentifier } from 'pg';
 import type { DashboardSnapshot } from '../events/schema.ts';
 import { type Id, compareIds, idValue } from '../events/topics.ts';
 import { encodeCursor } from './cursor.ts';
+import { commitFrontier } from './outbox.ts';
 
 type Counts = { guarantees: number; attendance: number; votes: number };
 type Field = keyof Counts;
@@ -17,11 +18,14 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  * Computes an election's dashboard with a cursor consistent with its numbers:
  * snapshot + every event after the cursor = the database.
  *
- * The snapshot is read in one REPEATABLE READ transaction whose horizon x
- * (pg_snapshot_xmin) becomes the cursor (x, 0). Transactions at or above x that had already
- * committed are visible in the snapshot but their events come *after* the cursor; their
- * effect is subtracted again using the outbox rows (which keep the old row of updates), so
- * a client applying events after the cursor counts each change exactly once.
+ * First the commit frontier F (sql/006_commit_order.sql): every commit key below F is settled
+ * (its transaction has ended) when the call returns. The snapshot is then read in one
+ * REPEATABLE READ transaction, taken after that, so it holds every key below F that committed,
+ * and its cursor is (F, 0). Keys at or above F that committed in between are visible in the
+ * snapshot although their events come *after* the cursor; their effect is subtracted again
+ * using the outbox rows (which keep the old row of updates), so a client applying events after
+ * the cursor counts each change exactly once. (That set is small: what committed while this
+ * started, and nothing when no transaction was committing.)
  */
 export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<DashboardSnapshot | null> {
   const client = await db.connect();
@@ -30,13 +34,10 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
   const onError = () => undefined;
   client.on('error', onError);
   try {
+    // Before BEGIN: the snapshot is taken by the transaction's first query, and must come after.
+    const frontier = await commitFrontier(client);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    const head = await client.query<{ x: string; known: boolean }>(
-      `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x,
-              EXISTS (SELECT 1 FROM elections WHERE id = $1) AS known`,
-      [electionId],
-    );
-    const x = head.rows[0]?.x ?? '0';
+    const head = await client.query<{ known: boolean }>(`SELECT EXISTS (SELECT 1 FROM elections WHERE id = $1) AS known`, [electionId]);
     if (!head.rows[0]?.known) {
       await client.query('COMMIT');
       return null;
@@ -71,9 +72,9 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);
     }
 
-    // Undo what committed at or above the horizon: those events follow the cursor. Only this
-    // election's rows (updates are all read: one may have moved a row out of it), so a wide
-    // statement above the horizon does not cost every computation all of its rows.
+    // Undo what committed with a key at or above the frontier: those events follow the cursor.
+    // Only this election's rows (updates are all read: one may have moved a row out of it), so
+    // a wide statement above the frontier does not cost every computation all of its rows.
     // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
     const late = await client.query<{
       kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null;
@@ -82,12 +83,12 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       `SELECT o.kind, o.action, o.data, o.old,
               hub.to_bigint(o.data ->> w.election_column)::text AS de, hub.to_bigint(o.data ->> w.committee_column)::text AS dc,
               hub.to_bigint(o.old ->> w.election_column)::text AS oe, hub.to_bigint(o.old ->> w.committee_column)::text AS oc
-       FROM hub.outbox o
+       FROM hub.commits k JOIN hub.outbox o ON o.txid = k.txid
        LEFT JOIN LATERAL (SELECT election_column::text, committee_column::text FROM hub.watched
                           WHERE kind = o.kind ORDER BY tbl::text LIMIT 1) w ON true
-       WHERE o.txid >= $1::text::xid8 AND o.kind IN ('guarantee', 'attendance', 'vote')
-         AND (o.election_id = $2::text::bigint OR o.action = 'updated') ORDER BY o.txid, o.id`,
-      [x, electionId],
+       WHERE k.seq >= $1::bigint AND o.kind IN ('guarantee', 'attendance', 'vote')
+         AND (o.election_id = $2::text::bigint OR o.action = 'updated') ORDER BY k.seq, o.id`,
+      [frontier.toString(), electionId],
     );
     for (const e of late.rows) {
       const w = byKind.get(e.kind);
@@ -111,7 +112,7 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       (t, c) => ({ guarantees: t.guarantees + c.guarantees, attendance: t.attendance + c.attendance, votes: t.votes + c.votes }),
       { guarantees: 0, attendance: 0, votes: 0 },
     );
-    return { election_id: idValue(electionId), cursor: encodeCursor({ txid: BigInt(x), id: 0n }), totals, committees: list };
+    return { election_id: idValue(electionId), cursor: encodeCursor({ seq: frontier, id: 0n }), totals, committees: list };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;

@@ -63,7 +63,7 @@ export const RowEvent = z.object({
   id: z.unknown().describe("The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)"),
   data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
   cursor: Cursor,
-  committed_at: z.string().describe('ISO 8601 time the change was captured in its transaction'),
+  committed_at: z.string().describe('ISO 8601 time its transaction committed (took its place in the order)'),
 });
 export type RowEvent = z.infer<typeof RowEvent>;
 
@@ -120,7 +120,7 @@ const SqlBigint = z.string().regex(/^-?\d{1,19}$/);
 
 /** An outbox row as the hub selects it (ids and jsonb as text: never parsed, so exact). Validated, never trusted. */
 export const OutboxRow = z.object({
-  txid: z.string().regex(/^\d{1,20}$/),
+  seq: z.string().regex(/^\d{1,20}$/),
   id: z.string().regex(/^\d{1,20}$/),
   kind: z.string().min(1).max(64),
   action: z.string().min(1).max(64),

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { type Position, encodeCursor } from '../db/cursor.ts';
+import { FIRST_SEQ, type Position, encodeCursor } from '../db/cursor.ts';
 import { type HubEvent, decodeRow } from '../db/outbox.ts';
 import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
@@ -16,11 +16,12 @@ import { createRing } from './ring.ts';
 
 const KB = 1024;
 const MB = 1024 * 1024;
-const TXID = 100n;
+// A commit key (legacy positions below FIRST_SEQ are checked against the database).
+const SEQ = FIRST_SEQ + 100n;
 
 /** An outbox row as PostgreSQL returns it (src/db/outbox.ts COLUMNS). */
 const raw = (id: number, r: { election?: Id | null; committee?: Id | null; topic?: string | null; kind?: string; pad?: number } = {}) => ({
-  txid: String(TXID),
+  seq: String(SEQ),
   id: String(id),
   kind: r.kind ?? 'guarantee',
   action: r.kind === 'app' ? 'note' : 'created',
@@ -32,7 +33,7 @@ const raw = (id: number, r: { election?: Id | null; committee?: Id | null; topic
   committed_ms: 1_700_000_000_000,
 });
 const ev = (...args: Parameters<typeof raw>): HubEvent => decodeRow(raw(...args)) as HubEvent;
-const at = (id: number): Position => ({ txid: TXID, id: BigInt(id) });
+const at = (id: number): Position => ({ seq: SEQ, id: BigInt(id) });
 const cursorOf = (frame: string) => /"cursor":"([^"]+)"/.exec(frame)?.[1];
 
 type Op = ['send', string] | ['subscribe', string] | ['unsubscribe', string] | ['end', number | undefined] | ['live', string, boolean];

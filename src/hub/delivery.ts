@@ -1,8 +1,8 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
-import { type Position, compare } from '../db/cursor.ts';
-import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import { FIRST_SEQ, type Position, ZERO, compare } from '../db/cursor.ts';
+import { type HubEvent, type TopicFilter, decodeRow, legacyCursorKnown, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
@@ -89,7 +89,7 @@ export function createDelivery(opts: {
   log: Logger;
 }) {
   const { publisher, reader, ring, metrics, sockets } = opts;
-  let pruned: Position = { txid: 0n, id: 0n };
+  let pruned: Position = ZERO;
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
   // Published since the last buffer check: frame bytes (what one socket can have gained) and
@@ -314,7 +314,7 @@ export function createDelivery(opts: {
     for (;;) {
       const s = ws.getUserData();
       if (s.closed) return undefined;
-      const lo = parts.reduce((m, p) => (compare(p.from, m) < 0 ? p.from : m), parts[0]?.from ?? { txid: 0n, id: 0n });
+      const lo = parts.reduce((m, p) => (compare(p.from, m) < 0 ? p.from : m), parts[0]?.from ?? ZERO);
       const head = reader.position();
       if (!head) throw new UnavailableError('the hub is not reading the outbox yet');
       if (ring.covers(lo)) {
@@ -438,10 +438,21 @@ export function createDelivery(opts: {
         if (since !== undefined) return resumeFailed(ws, new UnavailableError('the hub is not reading the outbox yet'));
         throw new UnavailableError('the hub is not reading the outbox yet');
       }
-      if (since === undefined || compare(since, pruned) < 0) {
+      let stale = since !== undefined && compare(since, pruned) < 0;
+      if (since !== undefined && !stale && since.seq < FIRST_SEQ) {
+        // A cursor of the order before commit keys (sql/006_commit_order.sql): exact up to the
+        // migration; one issued after it by a hub of the previous version cannot be placed.
+        try {
+          stale = !(await legacyCursorKnown(opts.pool, since));
+        } catch (err) {
+          return resumeFailed(ws, err);
+        }
+        if (s.closed) return;
+      }
+      if (since === undefined || stale) {
         for (const t of topics) s.topics.add(t);
         applyCover(ws);
-        onLive(head, since !== undefined);
+        onLive(reader.position() ?? head, since !== undefined);
         return;
       }
       if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {

@@ -11,7 +11,7 @@ const MB = 1024 * 1024;
 
 /** An event at (100, n) whose frame is `bytes` long. */
 const event = (n: number, bytes: number, topics: readonly string[] = ['election:1']): HubEvent => {
-  const pos: Position = { txid: 100n, id: BigInt(n) };
+  const pos: Position = { seq: 100n, id: BigInt(n) };
   const cursor = encodeCursor(pos);
   const head = `{"type":"guarantee_update","n":${n},"pad":"`;
   const tail = `","cursor":"${cursor}"}`;
@@ -36,37 +36,37 @@ const ids = (events: Iterable<HubEvent>) => [...events].map((e) => Number(e.pos.
 describe('replay ring', () => {
   it('is bounded by the bytes of its frames; it still holds every event above its floor', () => {
     const ring = createRing({ events: 1000, bytes: 5 * KB });
-    ring.init({ txid: 100n, id: 0n });
+    ring.init({ seq: 100n, id: 0n });
     for (let n = 1; n <= 10; n++) ring.push(event(n, KB));
     expect(ring.size()).toEqual({ events: 5, bytes: 5 * KB });
     // Events 1..5 were evicted: the floor is event 5, and everything above it is here.
-    expect(ring.covers({ txid: 100n, id: 5n })).toBe(true);
-    expect(ring.covers({ txid: 100n, id: 4n })).toBe(false);
-    expect(ids(ring.after({ txid: 100n, id: 5n }))).toEqual([6, 7, 8, 9, 10]);
-    expect(ids(ring.after({ txid: 100n, id: 8n }))).toEqual([9, 10]);
+    expect(ring.covers({ seq: 100n, id: 5n })).toBe(true);
+    expect(ring.covers({ seq: 100n, id: 4n })).toBe(false);
+    expect(ids(ring.after({ seq: 100n, id: 5n }))).toEqual([6, 7, 8, 9, 10]);
+    expect(ids(ring.after({ seq: 100n, id: 8n }))).toEqual([9, 10]);
   });
 
   it('keeps its event bound too, and keeps nothing of an event larger than its whole byte budget', () => {
     const ring = createRing({ events: 3, bytes: 10 * KB });
-    ring.init({ txid: 100n, id: 0n });
+    ring.init({ seq: 100n, id: 0n });
     for (let n = 1; n <= 5; n++) ring.push(event(n, 100));
     expect(ring.size().events).toBe(3);
-    expect(ids(ring.after({ txid: 100n, id: 2n }))).toEqual([3, 4, 5]);
+    expect(ids(ring.after({ seq: 100n, id: 2n }))).toEqual([3, 4, 5]);
     ring.push(event(6, 20 * KB));
     expect(ring.size()).toEqual({ events: 0, bytes: 0 });
     // A resume from before event 6 must come from PostgreSQL; from event 6 on, the ring covers.
-    expect(ring.covers({ txid: 100n, id: 5n })).toBe(false);
-    expect(ring.covers({ txid: 100n, id: 6n })).toBe(true);
-    expect(ids(ring.after({ txid: 100n, id: 6n }))).toEqual([]);
+    expect(ring.covers({ seq: 100n, id: 5n })).toBe(false);
+    expect(ring.covers({ seq: 100n, id: 6n })).toBe(true);
+    expect(ids(ring.after({ seq: 100n, id: 6n }))).toEqual([]);
   });
 
   it('covers nothing before init; init only sets the floor once', () => {
     const ring = createRing({ events: 10, bytes: MB });
-    expect(ring.covers({ txid: 1n, id: 0n })).toBe(false);
-    ring.init({ txid: 100n, id: 0n });
-    ring.init({ txid: 50n, id: 0n });
-    expect(ring.covers({ txid: 99n, id: 9n })).toBe(false);
-    expect(ring.covers({ txid: 100n, id: 0n })).toBe(true);
+    expect(ring.covers({ seq: 1n, id: 0n })).toBe(false);
+    ring.init({ seq: 100n, id: 0n });
+    ring.init({ seq: 50n, id: 0n });
+    expect(ring.covers({ seq: 99n, id: 9n })).toBe(false);
+    expect(ring.covers({ seq: 100n, id: 0n })).toBe(true);
   });
 
   it('counts a frame by its UTF-8 bytes', () => {
@@ -84,7 +84,7 @@ describe('replay ring', () => {
         fc.array(fc.integer({ min: -1, max: 120 }), { minLength: 1, maxLength: 10 }),
         (maxEvents, maxBytes, sizes, resumes) => {
           const ring = createRing({ events: maxEvents, bytes: maxBytes });
-          const start: Position = { txid: 100n, id: 0n };
+          const start: Position = { seq: 100n, id: 0n };
           ring.init(start);
           const pushed = sizes.map((size, i) => event(i + 1, size));
           let floor = start;
@@ -121,7 +121,7 @@ describe('replay ring', () => {
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 1, max: 50 }), fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 60 }), async (maxEvents, kbs) => {
         const ring = createRing({ events: maxEvents, bytes: 256 * KB });
-        ring.init({ txid: 100n, id: 0n });
+        ring.init({ seq: 100n, id: 0n });
         const refs: Array<WeakRef<HubEvent>> = [];
         // Built in a function of its own, so no local variable keeps one alive.
         const fill = () => {
@@ -144,9 +144,9 @@ describe('replay ring', () => {
 
   it('compacts its storage without losing order (more than 1024 evictions)', () => {
     const ring = createRing({ events: 10, bytes: 100 * MB });
-    ring.init({ txid: 100n, id: 0n });
+    ring.init({ seq: 100n, id: 0n });
     for (let n = 1; n <= 5000; n++) ring.push(event(n, 80));
-    expect(ids(ring.after({ txid: 100n, id: 4990n }))).toEqual([4991, 4992, 4993, 4994, 4995, 4996, 4997, 4998, 4999, 5000]);
-    expect(ring.covers({ txid: 100n, id: 4989n })).toBe(false);
+    expect(ids(ring.after({ seq: 100n, id: 4990n }))).toEqual([4991, 4992, 4993, 4994, 4995, 4996, 4997, 4998, 4999, 5000]);
+    expect(ring.covers({ seq: 100n, id: 4989n })).toBe(false);
   });
 });

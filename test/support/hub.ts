@@ -51,9 +51,10 @@ type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.Client, 'query'>;
 
 /** The position of the last outbox row committed so far (ZERO when there is none). */
 export async function outboxHead(db: Queryable): Promise<Position> {
-  const r = await db.query<{ t: string; i: string }>('SELECT txid::text AS t, id::text AS i FROM hub.outbox ORDER BY txid DESC, id DESC LIMIT 1');
+  // The last row in the one global order (commit keys: sql/006_commit_order.sql).
+  const r = await db.query<{ t: string; i: string }>('SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1');
   const row = r.rows[0];
-  return row ? { txid: BigInt(row.t), id: BigInt(row.i) } : ZERO;
+  return row ? { seq: BigInt(row.t), id: BigInt(row.i) } : ZERO;
 }
 
 /** The last outbox row committed so far as a cursor: a `since` that is exactly "after everything written". */

@@ -1,0 +1,341 @@
+/*
+ * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|held] [--out file.json]`
+ *
+ * What the commit keys (sql/006_commit_order.sql) cost and what they buy, on a fresh database:
+ *
+ * 1. Write cost of the keys alone, with a capture that sends no NOTIFY (NOTIFY serializes commits
+ *    by itself and would hide the keys' cost; issue 14 item 1 takes it out of the common path):
+ *    `keys` (as migrated) against `no keys` (hub_commit_mark disabled). Single-row inserts as fast
+ *    as 1, 4 and 8 writers go (pairs of adjacent runs, their ratio's median: this machine is
+ *    shared); the backend CPU time of a one-row transaction, part by part; one 20 000-row
+ *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (NOTIFY included)
+ *    alongside for scale.
+ * 2. Delivery while a write transaction is held open for 10 s in another database of the same
+ *    cluster (and, second, one in this database that wrote a watched table and has not
+ *    committed): one row every 100 ms written meanwhile, through a hub in this process; each
+ *    row's latency from its INSERT returning to its frame arriving.
+ *
+ * Figures are reported, never asserted (a shared 2-core machine bounds them).
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import WebSocket from 'ws';
+import { createBenchDatabase, committeeId, seed } from './lib/db.ts';
+import { median } from './lib/stats.ts';
+import { parseConfig } from '../src/config/index.ts';
+import { createLogger } from '../src/log.ts';
+import { startHub } from '../src/main.ts';
+import { signToken } from '../src/auth/jwt.ts';
+
+const { values: args } = parseArgs({
+  options: { quick: { type: 'boolean' }, out: { type: 'string' }, only: { type: 'string' } },
+});
+// `--only held` measures part 2 alone (it needs no commit keys: it runs on the (txid, id) order too).
+const only = args.only;
+const quick = args.quick === true;
+const SECONDS = quick ? 1 : 1.5;
+const ROUNDS = quick ? 4 : 8;
+const STATEMENT_ROUNDS = quick ? 4 : 8;
+const HOLD_MS = 10_000;
+const ADMIN = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+const log = (s: string) => process.stderr.write(`${s}\n`);
+class Done extends Error {}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const db = await createBenchDatabase(ADMIN);
+const other = await createBenchDatabase(ADMIN);
+const result: Record<string, unknown> = { quick };
+try {
+  await seed(db.url, 2, 10);
+  const sql = async (text: string, values: unknown[] = []) => {
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      return (await c.query(text, values)).rows;
+    } finally {
+      await c.end();
+    }
+  };
+  const first = committeeId(2, 1, 10);
+
+  /** Part 1: write cost of the keys (needs sql/006_commit_order.sql). */
+  const writeCost = async () => {
+    // A capture without its NOTIFY, beside the real one (as bench/run.ts's write-cost does).
+    const def = String(((await sql(`SELECT pg_get_functiondef('hub.capture'::regproc) AS d`))[0] as { d: string }).d);
+    const quiet = def
+      .replace(/PERFORM\s+pg_notify\([^;]*\);/, 'NULL;')
+      .replace(/FUNCTION\s+hub\.capture\(\)/, 'FUNCTION public.bench_capture_quiet()');
+    if (quiet === def) throw new Error('hub.capture has no pg_notify line to take out');
+    await sql(quiet);
+    const trig = String(
+      (
+        (
+          await sql(
+            `SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND tgname = 'hub_capture_insert'`,
+          )
+        )[0] as { d: string }
+      ).d,
+    );
+    await sql(
+      trig.replace('hub_capture_insert', 'bench_quiet_insert').replace(/hub\.capture\(/, 'public.bench_capture_quiet('),
+    );
+
+    type State = 'off' | 'no keys' | 'keys' | 'full capture';
+    const setState = async (s: State) => {
+      await sql(`ALTER TABLE guarantees DISABLE TRIGGER USER`);
+      if (s === 'full capture') await sql(`ALTER TABLE guarantees ENABLE TRIGGER hub_capture_insert`);
+      else if (s !== 'off') await sql(`ALTER TABLE guarantees ENABLE TRIGGER bench_quiet_insert`);
+      await sql(`ALTER TABLE hub.outbox ${s === 'no keys' ? 'DISABLE' : 'ENABLE ALWAYS'} TRIGGER hub_commit_mark`);
+    };
+    const flatOut = async (writers: number, seconds: number) => {
+      const clients = Array.from({ length: writers }, () => new pg.Client({ connectionString: db.url }));
+      await Promise.all(clients.map((c) => c.connect()));
+      let n = 0;
+      const end = performance.now() + seconds * 1000;
+      const t0 = performance.now();
+      await Promise.all(
+        clients.map(async (c, ci) => {
+          for (let k = ci; performance.now() < end; k++) {
+            await c.query({
+              name: 'ins',
+              text: 'INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)',
+              values: [2, first + (k % 10)],
+            });
+            n++;
+          }
+        }),
+      );
+      const s = (performance.now() - t0) / 1000;
+      await Promise.all(clients.map((c) => c.end()));
+      return n / s;
+    };
+
+    // ---- 1. write cost -----------------------------------------------------------------
+    // The machine is shared: absolute rates drift with everyone else's load, so the keys' cost is
+    // read from pairs of adjacent runs (no keys, keys; the order alternates), as the median of the
+    // pairs' ratios. Capture off and the full capture are measured in the same rounds for scale.
+    const states: State[] = ['off', 'no keys', 'keys', 'full capture'];
+    const single: Record<string, { rates: Record<State, number[]>; pairRatios: number[] }> = {};
+    for (const writers of [1, 4, 8]) {
+      const rates = { off: [], 'no keys': [], keys: [], 'full capture': [] } as Record<State, number[]>;
+      const pairRatios: number[] = [];
+      await setState('keys');
+      await flatOut(writers, 0.5); // warm-up
+      for (let r = 0; r < ROUNDS; r++) {
+        const order: State[] = r % 2 ? ['keys', 'no keys'] : ['no keys', 'keys'];
+        const pair: Partial<Record<State, number>> = {};
+        for (const s of order) {
+          await setState(s);
+          pair[s] = await flatOut(writers, SECONDS);
+          rates[s].push(pair[s] as number);
+        }
+        pairRatios.push((pair.keys as number) / (pair['no keys'] as number));
+        if (r % 3 === 0) {
+          for (const s of ['off', 'full capture'] as const) {
+            await setState(s);
+            rates[s].push(await flatOut(writers, SECONDS));
+          }
+        }
+      }
+      single[writers] = { rates, pairRatios };
+      log(
+        `${writers} writer(s): ${states.map((s) => `${s} ${Math.round(median(rates[s]))}/s`).join(', ')}; keys ÷ no keys (paired) ${median(pairRatios).toFixed(3)}`,
+      );
+    }
+    // Server-side cost per transaction, without the client's round trips or the other sessions on
+    // this machine: the backend's own CPU time (/proc/<pid>/schedstat, Linux) for a procedure that
+    // inserts one row and commits, N times (synchronous_commit off: the WAL flush is the same for
+    // both and only adds waiting). The keys' parts are taken in one by one.
+    await sql(`CREATE PROCEDURE bench_txns(n int) LANGUAGE plpgsql AS $$
+      BEGIN
+        FOR i IN 1..n LOOP
+          INSERT INTO guarantees (election_id, committee_id) VALUES (2, ${first});
+          COMMIT;
+        END LOOP;
+      END $$`);
+    const full = String(
+      ((await sql(`SELECT pg_get_functiondef('hub.take_commit_key'::regproc) AS d`))[0] as { d: string }).d,
+    );
+    const body = (b: string) =>
+      `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $f$ DECLARE k bigint; BEGIN ${b} RETURN NULL; END $f$`;
+    const parts: Array<[string, string[]]> = [
+      ['no keys', [`ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
+      [
+        '+ marker row',
+        [
+          `ALTER TABLE hub.outbox ENABLE ALWAYS TRIGGER hub_commit_mark`,
+          `ALTER TABLE hub.commit_marks DISABLE TRIGGER hub_commit_key`,
+        ],
+      ],
+      ['+ deferred trigger (empty)', [`ALTER TABLE hub.commit_marks ENABLE ALWAYS TRIGGER hub_commit_key`, body('')]],
+      [
+        '+ locks and nextval',
+        [
+          body(
+            `PERFORM pg_advisory_xact_lock_shared(4611686018427387903); k := nextval('hub.commit_seq'); PERFORM pg_advisory_xact_lock(k);`,
+          ),
+        ],
+      ],
+      ['keys (+ the hub.commits row)', [full]],
+    ];
+    await setState('no keys');
+    const cpu: Record<string, number[]> = {};
+    {
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      try {
+        await c.query('SET synchronous_commit = off');
+        const pid = Number((await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p);
+        const ns = () => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+        const N = quick ? 3000 : 5000;
+        for (let r = 0; r < ROUNDS; r++) {
+          for (const [name, stmts] of parts) {
+            for (const st of stmts) await sql(st);
+            const c0 = ns();
+            await c.query(`CALL bench_txns(${N})`);
+            (cpu[name] ??= []).push((ns() - c0) / 1000 / N);
+          }
+        }
+      } finally {
+        await c.end();
+      }
+    }
+    await sql(full);
+    await setState('keys');
+    log(
+      `backend CPU per one-row transaction: ${parts.map(([n]) => `${n} ${median(cpu[n] ?? []).toFixed(1)} µs`).join(', ')}`,
+    );
+    // One 20 000-row statement: wall time and the backend's CPU time, states interleaved.
+    const statement: Record<State, number[]> = { off: [], 'no keys': [], keys: [], 'full capture': [] };
+    const statementCpu: Record<State, number[]> = { off: [], 'no keys': [], keys: [], 'full capture': [] };
+    {
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      try {
+        const pid = Number((await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p);
+        const ns = () => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+        for (let r = 0; r < STATEMENT_ROUNDS; r++) {
+          for (const st of r % 2 ? [...states].reverse() : states) {
+            await setState(st);
+            const t0 = performance.now();
+            const c0 = ns();
+            await c.query(
+              `INSERT INTO guarantees (election_id, committee_id) SELECT 2, $1::bigint + (g % 10) FROM generate_series(1, 20000) g`,
+              [first],
+            );
+            statementCpu[st].push((ns() - c0) / 1e6);
+            statement[st].push(performance.now() - t0);
+          }
+        }
+      } finally {
+        await c.end();
+      }
+    }
+    log(
+      `20 000-row statement: ${states.map((st) => `${st} ${median(statement[st]).toFixed(1)} ms (CPU ${median(statementCpu[st]).toFixed(1)} ms)`).join(', ')}`,
+    );
+    await setState('full capture');
+    await sql('ANALYZE');
+    result.writeCost = {
+      single: Object.fromEntries(
+        Object.entries(single).map(([w, r]) => [
+          w,
+          {
+            medians: Object.fromEntries(states.map((s) => [s, Math.round(median(r.rates[s]))])),
+            keysRatioPaired: median(r.pairRatios),
+            raw: r,
+          },
+        ]),
+      ),
+      backendCpuUsPerTransaction: {
+        medians: Object.fromEntries(parts.map(([n]) => [n, median(cpu[n] ?? [])])),
+        raw: cpu,
+      },
+      statement: {
+        wallMs: Object.fromEntries(states.map((st) => [st, median(statement[st])])),
+        backendCpuMs: Object.fromEntries(states.map((st) => [st, median(statementCpu[st])])),
+        raw: { wall: statement, cpu: statementCpu },
+      },
+    };
+  };
+  if (only !== 'held') await writeCost();
+
+  // ---- 2. delivery while a write transaction is held open ------------------------------
+  const secret = 'bench-secret-0123456789abcdef-0123456789';
+  const parsed = parseConfig(
+    { DATABASE_URL: db.url, JWT_SECRET: secret, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'warn' },
+    { database: true },
+  );
+  if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
+  if (only === 'write') throw new Done();
+  const hub = await startHub(parsed.config, { log: createLogger('warn') });
+  try {
+    const token = await signToken(secret, { sub: 'bench', role: 'admin', ttl: '1h' });
+    const held = async (where: 'another database' | 'this database, watched write not committed') => {
+      const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws?token=${token}`);
+      const arrived = new Map<string, number>();
+      ws.on('message', (m) => {
+        const f = JSON.parse(String(m)) as { type: string; data?: { voter_name?: string } };
+        const name = f.data?.voter_name;
+        if (f.type === 'guarantee_update' && name?.startsWith('P')) arrived.set(name, performance.now());
+      });
+      await new Promise((r) => ws.once('message', r)); // connection_success
+      const holder = new pg.Client({ connectionString: where === 'another database' ? other.url : db.url });
+      await holder.connect();
+      await holder.query('BEGIN');
+      if (where === 'another database')
+        await holder.query(`INSERT INTO elections (name) VALUES ('a long import elsewhere')`);
+      else
+        await holder.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (2, $1, 'held')`, [
+          first,
+        ]);
+      const writer = new pg.Client({ connectionString: db.url });
+      await writer.connect();
+      const sent = new Map<string, number>();
+      const t0 = performance.now();
+      for (let i = 0; performance.now() - t0 < HOLD_MS - 500; i++) {
+        const name = `P${i}`;
+        await writer.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (2, $1, $2)`, [
+          first,
+          name,
+        ]);
+        sent.set(name, performance.now());
+        await sleep(100);
+      }
+      await sleep(Math.max(0, HOLD_MS - (performance.now() - t0)));
+      const beforeEnd = [...sent.keys()].filter((n) => arrived.has(n)).length;
+      const latencies = [...sent.entries()]
+        .filter(([n]) => arrived.has(n))
+        .map(([n, t]) => (arrived.get(n) as number) - t)
+        .sort((a, b) => a - b);
+      await holder.query('COMMIT');
+      await Promise.all([holder.end(), writer.end()]);
+      ws.close();
+      const out = {
+        rows: sent.size,
+        deliveredWhileHeld: beforeEnd,
+        p50Ms: latencies[Math.floor(latencies.length / 2)] ?? null,
+        maxMs: latencies[latencies.length - 1] ?? null,
+      };
+      log(
+        `held open ${HOLD_MS / 1000} s in ${where}: ${out.deliveredWhileHeld}/${out.rows} rows delivered while it was open, p50 ${out.p50Ms?.toFixed(1)} ms, max ${out.maxMs?.toFixed(1)} ms`,
+      );
+      return out;
+    };
+    result.heldOpen = {
+      anotherDatabase: await held('another database'),
+      sameDatabaseUncommittedWatched: await held('this database, watched write not committed'),
+    };
+  } finally {
+    await hub.stop();
+  }
+} catch (err) {
+  if (!(err instanceof Done)) throw err;
+} finally {
+  await db.drop();
+  await other.drop();
+}
+if (args.out) writeFileSync(args.out, JSON.stringify(result, null, 2));
+console.log(JSON.stringify(result, (k, v) => (k === 'raw' ? undefined : v), 2));

@@ -8,7 +8,7 @@ import { startListener, type Listener } from './db/listener.ts';
 import { startReader, type Reader } from './db/reader.ts';
 import { computeSnapshot } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, encodeCursor } from './db/cursor.ts';
+import { type Position, encodeCursor } from './events/position.ts';
 import { backlog, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';

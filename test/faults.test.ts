@@ -6,7 +6,7 @@ import pg from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
 import { SignJWT } from 'jose';
 import { type ClientState, type HubClient, type HubEvent, type StateDetail, createHubClient } from '../client/index.ts';
-import { type Position, decodeCursor, encodeCursor } from '../src/db/cursor.ts';
+import { type Position, decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { armExpiry } from '../src/hub/server.ts';
 import { readiness } from '../src/http/routes.ts';
 import { CloseCode } from '../src/errors.ts';

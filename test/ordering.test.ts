@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { compare, decodeCursor } from '../src/db/cursor.ts';
+import { compare, decodeCursor } from '../src/events/position.ts';
 
 let db: TestDatabase;
 let e1: number;

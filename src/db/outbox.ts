@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';
-import { type Position, encodeCursor } from './cursor.ts';
+import { type Position, encodeCursor } from '../events/position.ts';
 
 /** An outbox event, decoded once and serialized once. */
 export type HubEvent = {

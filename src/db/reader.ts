@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
-import { type Position, compare } from './cursor.ts';
+import { type Position, compare } from '../events/position.ts';
 import { type HubEvent, currentHorizon, decodeRow, readAfter } from './outbox.ts';
 
 export type Reader = {

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { type Position, encodeCursor } from '../db/cursor.ts';
+import { type Position, encodeCursor } from '../events/position.ts';
 import { type HubEvent, decodeRow } from '../db/outbox.ts';
 import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';

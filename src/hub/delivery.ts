@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
-import { type Position, compare } from '../db/cursor.ts';
+import { type Position, compare } from '../events/position.ts';
 import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';

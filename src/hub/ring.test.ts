@@ -2,7 +2,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type Position, compare, encodeCursor } from '../db/cursor.ts';
+import { type Position, compare, encodeCursor } from '../events/position.ts';
 import type { HubEvent } from '../db/outbox.ts';
 import { createRing, frameBytes } from './ring.ts';
 

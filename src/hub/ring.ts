@@ -1,4 +1,4 @@
-import { type Position, compare } from '../db/cursor.ts';
+import { type Position, compare } from '../events/position.ts';
 import type { HubEvent } from '../db/outbox.ts';
 
 /** Bytes a frame costs to keep and to send: its UTF-8 length. */

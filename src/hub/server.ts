@@ -12,7 +12,7 @@ import { type StaticFiles, staticReply } from '../http/static.ts';
 import { type Delivery, type Session, type Sock, CursorError, UnavailableError } from './delivery.ts';
 import { ClientFrame } from '../events/schema.ts';
 import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
-import { type Position, decodeCursor, encodeCursor } from '../db/cursor.ts';
+import { type Position, decodeCursor, encodeCursor } from '../events/position.ts';
 import { CloseCode, ERRORS, ErrorCode, type FrameErrorCode, type HttpErrorCode, errorMessage, httpError } from '../errors.ts';
 
 type Ws = uWS.WebSocket<Session> & Sock;

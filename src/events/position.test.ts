@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compareCursors } from '../../client/index.ts';
-import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './cursor.ts';
+import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './position.ts';
 
 // The server orders positions (src/db/cursor.ts); the SDK orders the cursor strings it gets
 // (client/index.ts `compareCursors`, no BigInt). Both must give one and the same order.

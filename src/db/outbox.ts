@@ -2,23 +2,7 @@ import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';
 import { type Position, encodeCursor } from '../events/position.ts';
-
-/** An outbox event, decoded once and serialized once. */
-export type HubEvent = {
-  readonly pos: Position;
-  readonly cursor: string;
-  readonly kind: string;
-  readonly action: string;
-  readonly type: string;
-  readonly electionId: Id | null;
-  readonly committeeId: Id | null;
-  readonly topic: string | null;
-  /** uWS topics it is published on (c:E:C, election:E, election:* or one user topic; see events/topics.ts). */
-  readonly topics: readonly string[];
-  /** The JSON frame sent to every socket. */
-  readonly frame: string;
-  readonly committedAtMs: number;
-};
+import type { OutboxEvent } from '../events/event.ts';
 
 // Selected as text; queries order by the table's columns (`ob.txid, ob.id`), never these aliases.
 // Ids and jsonb stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
@@ -36,7 +20,7 @@ export function rowPosition(raw: RawRow): Position | undefined {
 }
 
 /** Turns a selected row into an event; undefined (and counted by the caller) if malformed. */
-export function decodeRow(raw: RawRow): HubEvent | undefined {
+export function decodeRow(raw: RawRow): OutboxEvent | undefined {
   const parsed = OutboxRow.safeParse(raw);
   if (!parsed.success) return undefined;
   const r = parsed.data;

@@ -2,7 +2,8 @@ import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
 import { type Position, compare } from '../events/position.ts';
-import { type HubEvent, currentHorizon, decodeRow, readAfter } from './outbox.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import { currentHorizon, decodeRow, readAfter } from './outbox.ts';
 
 export type Reader = {
   /** Everything at or before this position has been handed to `onEvents`; undefined until started. */
@@ -22,7 +23,7 @@ export type ReaderOptions = {
   pool: pg.Pool;
   log: Logger;
   /** Called synchronously, in order, for every batch; must not throw. */
-  onEvents: (events: HubEvent[]) => void;
+  onEvents: (events: OutboxEvent[]) => void;
   onStarted: (p: Position) => void;
   onBadRow?: () => void;
   batchSize?: number;
@@ -78,7 +79,7 @@ export function startReader(opts: ReaderOptions): Reader {
     }
     const r = await readAfter(pool, pos, limit, pageBytes);
     log.debug({ n: r.rows.length, from: String(pos.txid) + '.' + String(pos.id), horizon: String(r.horizon), held: r.held }, 'outbox read');
-    const events: HubEvent[] = [];
+    const events: OutboxEvent[] = [];
     for (const raw of r.rows) {
       const e = decodeRow(raw);
       if (e) {

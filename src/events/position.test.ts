@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { compareCursors } from '../../client/index.ts';
 import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './position.ts';
 
-// The server orders positions (src/db/cursor.ts); the SDK orders the cursor strings it gets
+// The server orders positions (src/events/position.ts); the SDK orders the cursor strings it gets
 // (client/index.ts `compareCursors`, no BigInt). Both must give one and the same order.
 
 const U64 = 2n ** 64n - 1n; // xid8

@@ -2,7 +2,8 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { type Position, encodeCursor } from '../events/position.ts';
-import { type HubEvent, decodeRow } from '../db/outbox.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import { decodeRow } from '../db/outbox.ts';
 import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
@@ -31,7 +32,7 @@ const raw = (id: number, r: { election?: Id | null; committee?: Id | null; topic
   data: r.pad ? JSON.stringify({ pad: 'x'.repeat(r.pad) }) : '{}',
   committed_ms: 1_700_000_000_000,
 });
-const ev = (...args: Parameters<typeof raw>): HubEvent => decodeRow(raw(...args)) as HubEvent;
+const ev = (...args: Parameters<typeof raw>): OutboxEvent => decodeRow(raw(...args)) as OutboxEvent;
 const at = (id: number): Position => ({ txid: TXID, id: BigInt(id) });
 const cursorOf = (frame: string) => /"cursor":"([^"]+)"/.exec(frame)?.[1];
 
@@ -190,7 +191,7 @@ describe('live fan-out', () => {
     expect(cursors(other)).toEqual([events[2]?.cursor]);
     // 3 + 3 + 2 receivers; bytes: each frame's size times its receivers.
     expect(await hub.value('hub_messages_sent_total', { type: 'guarantee_update' })).toBe(7);
-    const size = (e: HubEvent | undefined) => Buffer.byteLength(e?.frame ?? '');
+    const size = (e: OutboxEvent | undefined) => Buffer.byteLength(e?.frame ?? '');
     expect(await hub.value('hub_bytes_sent_total', { type: 'guarantee_update' })).toBe(
       3 * size(events[0]) + 2 * size(events[1]) + 2 * size(events[2]),
     );

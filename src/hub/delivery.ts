@@ -2,7 +2,8 @@ import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { type Position, compare } from '../events/position.ts';
-import { type HubEvent, type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import { type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
@@ -302,7 +303,7 @@ export function createDelivery(opts: {
   };
 
   /** Replays follow the same rule as live delivery, with each row's own election. */
-  const wanted = (claims: Claims, e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
+  const wanted = (claims: Claims, e: OutboxEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
 
   /**
    * Replays `parts` (each: topics and the position after which the socket lacks their
@@ -375,7 +376,7 @@ export function createDelivery(opts: {
      * (what earlier small frames left in the buffers) and after any large frame once enough
      * was published since the last check.
      */
-    publish(events: HubEvent[]) {
+    publish(events: OutboxEvent[]) {
       sentSinceSweep = true;
       if (dueForCheck()) check();
       const now = Date.now();

@@ -9,7 +9,7 @@ import { startReader, type Reader } from './db/reader.ts';
 import { computeSnapshot } from './db/snapshot.ts';
 import { createCommitteeDirectory } from './db/committees.ts';
 import { type Position, encodeCursor } from './events/position.ts';
-import { backlog, prune, prunedPosition } from './db/outbox.ts';
+import { backlog, createHistory, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
 import { type Presence, startPresence } from './cluster/presence.ts';
@@ -206,7 +206,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           publisher: (publisher = app),
           sockets,
           reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
-          pool,
+          history: createHistory(pool),
           ring,
           electionOf: committees.cached,
           maxBuffered: config.MAX_BACKPRESSURE_BYTES,

@@ -3,6 +3,7 @@ import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';
 import { type Position, encodeCursor } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
+import type { History, TopicFilter } from '../events/history.ts';
 
 // Selected as text; queries order by the table's columns (`ob.txid, ob.id`), never these aliases.
 // Ids and jsonb stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
@@ -111,8 +112,6 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number, max
   return { rows, horizon, held: first?.held === true, more: fetched >= limit || rows.length < fetched };
 }
 
-export type TopicFilter = { all: boolean; elections: Id[]; committees: Id[]; topics: string[] };
-
 /**
  * Rows in (after, upTo] that may be on the given topics, for replaying to one socket: a
  * superset (a committee's rows from any election); the caller applies the delivery rule.
@@ -179,4 +178,13 @@ export async function backlog(db: pg.Pool, after: Position): Promise<{ count: nu
   );
   const row = res.rows[0];
   return { count: Number(row?.n ?? 0), oldestAgeSeconds: Math.max(0, row?.age ?? 0) };
+}
+
+/** Replay storage (events/history.ts) over the outbox: what delivery pages through to resume a socket. */
+export function createHistory(db: pg.Pool): History {
+  return {
+    page: async (after, upTo, filter, limit) =>
+      (await readRange(db, after, upTo, filter, limit)).map((raw) => ({ pos: rowPosition(raw), event: decodeRow(raw) })),
+    prunedMark: () => prunedPosition(db),
+  };
 }

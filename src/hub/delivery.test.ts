@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { type Position, encodeCursor } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
-import { decodeRow } from '../db/outbox.ts';
+import { createHistory, decodeRow } from '../db/outbox.ts';
 import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
@@ -143,7 +143,7 @@ function fakeHub(opts: {
     publisher,
     reader,
     // Only a replay the ring cannot cover reads it.
-    pool: (opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool,
+    history: createHistory((opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool),
     ring,
     electionOf: opts.electionOf ?? (() => undefined),
     sockets,

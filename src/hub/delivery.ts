@@ -1,9 +1,8 @@
-import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { type Position, compare } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
-import { type TopicFilter, decodeRow, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import type { History, TopicFilter } from '../events/history.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
@@ -73,7 +72,8 @@ const DIRECT_SEND_BYTES = 16 * 1024;
 export function createDelivery(opts: {
   publisher: Publisher;
   reader: PositionSource;
-  pool: pg.Pool;
+  /** Replay storage: pages of the outbox older than the ring holds, and how far pruning reached. */
+  history: History;
   ring: Ring;
   /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
@@ -339,11 +339,11 @@ export function createDelivery(opts: {
         if (!(await drain(ws))) return undefined;
         continue;
       }
-      const rows = await readRange(opts.pool, lo, head, filterOf(parts), PAGE);
+      const rows = await opts.history.page(lo, head, filterOf(parts), PAGE);
       // Any node may have pruned meanwhile (it records how far atomically with the delete):
       // read the mark after the page, and if it passed where this replay stands, the page
       // may be incomplete: the client must take a fresh snapshot instead.
-      const mark = await prunedPosition(opts.pool);
+      const mark = await opts.history.prunedMark();
       if (compare(mark, pruned) > 0) pruned = mark;
       if (parts.some((p) => compare(p.from, mark) < 0)) {
         if (ws.getUserData().closed) return undefined;
@@ -354,9 +354,9 @@ export function createDelivery(opts: {
       // The replay advances row by row, decodable or not: a page of malformed rows must not
       // make it jump to the head past the good rows that follow them.
       let last: Position | undefined;
-      for (const raw of rows) {
-        last = rowPosition(raw) ?? last;
-        const e = decodeRow(raw);
+      for (const row of rows) {
+        last = row.pos ?? last;
+        const e = row.event;
         if (!e) continue;
         if (wanted(s.claims, e, parts)) {
           if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;

@@ -5,7 +5,6 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Authenticator } from '../auth/jwt.ts';
 import type { ConnectionLimiter } from '../auth/limits.ts';
-import type { CommitteeDirectory } from '../db/committees.ts';
 import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';
 import { type StaticFiles, staticReply } from '../http/static.ts';
@@ -26,6 +25,9 @@ const BAD_FRAMES_BEFORE_CLOSE = 10;
 const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
 
 export type { StaticFiles } from '../http/static.ts';
+
+/** What admission asks of the committee directory (src/db/committees.ts): each committee's election, null for none. */
+export type CommitteeElections = { electionsOf(committeeIds: readonly Id[]): Promise<ReadonlyMap<Id, Id | null>> };
 
 /**
  * Sockets this node accepts: MAX_CONNECTIONS, else the open-file limit less headroom for the
@@ -83,7 +85,7 @@ export function createHubServer(deps: {
   metrics: Metrics;
   auth: Authenticator;
   limiter: ConnectionLimiter;
-  committees: CommitteeDirectory;
+  committees: CommitteeElections;
   routes: Routes;
   delivery: (app: uWS.TemplatedApp, sockets: ReadonlySet<Sock>) => Delivery;
   position: () => Position | undefined;

@@ -19,7 +19,8 @@ import { createDashboardCache, createDashboardNotifier, createInterest } from '.
 import { createRoutes, readiness } from './http/routes.ts';
 import { type Publisher, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
-import { createHubServer, type StaticFiles } from './hub/server.ts';
+import { createHubServer } from './hub/server.ts';
+import type { StaticFiles } from './http/static.ts';
 import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 

@@ -7,7 +7,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { SignJWT } from 'jose';
 import { type ClientState, type HubClient, type HubEvent, type StateDetail, createHubClient } from '../client/index.ts';
 import { type Position, decodeCursor, encodeCursor } from '../src/events/position.ts';
-import { armExpiry } from '../src/hub/server.ts';
+import { armExpiry } from '../src/hub/session.ts';
 import { readiness } from '../src/http/routes.ts';
 import { CloseCode } from '../src/errors.ts';
 import type { Hub } from '../src/main.ts';

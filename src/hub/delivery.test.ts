@@ -8,7 +8,8 @@ import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../even
 import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { createMetrics } from '../metrics/index.ts';
-import { CursorError, type PositionSource, type Publisher, type Session, type Sock, UnavailableError, createDelivery } from './delivery.ts';
+import { CursorError, type PositionSource, type Publisher, type Sock, UnavailableError, createDelivery } from './delivery.ts';
+import type { Session } from './session.ts';
 import { createRing } from './ring.ts';
 
 // The delivery seam against fakes: uWS topics modelled by a map (a message published on a

@@ -6,30 +6,7 @@ import type { History, TopicFilter } from '../events/history.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
-import type { Lease } from '../auth/limits.ts';
-
-/** Per-socket state, kept in the uWebSockets.js user data. */
-export type Session = {
-  readonly id: number;
-  readonly claims: Claims;
-  readonly remote: string;
-  /** Topics the client asked for (and may use). */
-  readonly topics: Set<string>;
-  /** uWS topics actually subscribed: a cover of `topics` in which no two overlap (events/topics.ts). */
-  cover: Set<string>;
-  closed: boolean;
-  /** subscribe/unsubscribe run one at a time, in arrival order. */
-  ops: Promise<void>;
-  drained: (() => void) | undefined;
-  badFrames: number;
-  windowStart: number;
-  windowCount: number;
-  expiry: NodeJS.Timeout | undefined;
-  /** This socket's share of its sub's connection allowance; released on close. */
-  lease: Lease;
-  /** Subscribe the claims' topics on open (false with `?subscribe=none`). */
-  readonly autoSubscribe: boolean;
-};
+import type { Session } from './session.ts';
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {

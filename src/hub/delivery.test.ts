@@ -9,7 +9,7 @@ import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { createMetrics } from '../metrics/index.ts';
 import { CursorError, type PositionSource, type Publisher, type Sock, UnavailableError, createDelivery } from './delivery.ts';
-import type { Session } from './session.ts';
+import { type Session, createSession, markClosed } from './session.ts';
 import { createRing } from './ring.ts';
 
 // The delivery seam against fakes: uWS topics modelled by a map (a message published on a
@@ -74,22 +74,13 @@ function fakeHub(opts: {
   const reader: PositionSource = { position: () => head, waitFor: async () => true, failing: () => false, ...opts.reader };
   let nextId = 1;
   const socket = (c: Partial<Claims> = { role: 'admin' }, stalled = false): FakeSock => {
-    const session: Session = {
+    const session: Session = createSession({
       id: nextId++,
       claims: { sub: `s${nextId}`, role: undefined, elections: [], committees: [], exp: undefined, ...c },
       remote: '127.0.0.1',
-      topics: new Set(),
-      cover: new Set(),
-      closed: false,
-      ops: Promise.resolve(),
-      drained: undefined,
-      badFrames: 0,
-      windowStart: 0,
-      windowCount: 0,
-      expiry: undefined,
       lease: { release: () => undefined },
       autoSubscribe: false,
-    };
+    });
     const ws: FakeSock = {
       session,
       log: [],
@@ -127,7 +118,7 @@ function fakeHub(opts: {
         ws.log.push(['end', code]);
         ws.code = code;
         total.now -= ws.buffered;
-        session.closed = true;
+        markClosed(session);
         for (const set of topics.values()) set.delete(ws);
         sockets.delete(ws);
         delivery.closed(ws);

@@ -6,7 +6,7 @@ import type { History, TopicFilter } from '../events/history.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
-import type { Session } from './session.ts';
+import { type Session, addCover, addTopics, markClosed, onDrained, removeCover, removeTopics, setCover } from './session.ts';
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {
@@ -86,7 +86,7 @@ export function createDelivery(opts: {
     const s = ws.getUserData();
     if (s.closed) return;
     opts.log.warn({ sub: s.claims.sub, err: errorMessage(err) }, 'resume failed: closing with 4009');
-    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    markClosed(s); // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.resumeFailed, 'resume failed: reconnect and resume');
   };
 
@@ -95,7 +95,7 @@ export function createDelivery(opts: {
     if (s.closed) return;
     metrics.slowReaderCloses.inc({ cause });
     opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount(), cause }, 'closing slow reader (4008)');
-    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    markClosed(s); // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
   };
 
@@ -177,12 +177,12 @@ export function createDelivery(opts: {
     // Wait for uWS's drain callback (it fires as the buffer shrinks), up to 10 s.
     const ok = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), 10_000);
-      s.drained = () => {
+      onDrained(s, () => {
         clearTimeout(timer);
         resolve(true);
-      };
+      });
     });
-    s.drained = undefined;
+    onDrained(s, undefined);
     if (!ok) tooSlow(ws, 'socket_limit');
     return ok && !s.closed;
   };
@@ -231,14 +231,14 @@ export function createDelivery(opts: {
     const next = coverOf(s.claims, s.topics, (id) => followed.get(id)?.at ?? UNKNOWN);
     for (const t of s.cover) if (!next.has(t)) ws.unsubscribe(t);
     for (const t of next) if (!s.cover.has(t)) ws.subscribe(t);
-    s.cover = next;
+    setCover(s, next);
   };
 
   const pause = (ws: Sock) => {
     const s = ws.getUserData();
     if (s.closed) return;
     for (const t of s.cover) ws.unsubscribe(t);
-    s.cover = new Set();
+    setCover(s, new Set());
     unfollowAll(ws);
   };
 
@@ -256,10 +256,10 @@ export function createDelivery(opts: {
       const s = ws.getUserData();
       if (s.closed) continue;
       const next = committeeCover(s.claims, s.topics, committee, at);
-      if (s.cover.delete(old)) ws.unsubscribe(old);
+      if (removeCover(s, old)) ws.unsubscribe(old);
       if (next !== undefined && !s.cover.has(next)) {
         ws.subscribe(next);
-        s.cover.add(next);
+        addCover(s, next);
       }
     }
   };
@@ -417,7 +417,7 @@ export function createDelivery(opts: {
         throw new UnavailableError('the hub is not reading the outbox yet');
       }
       if (since === undefined || compare(since, pruned) < 0) {
-        for (const t of topics) s.topics.add(t);
+        addTopics(s, topics);
         applyCover(ws);
         onLive(head, since !== undefined);
         return;
@@ -431,7 +431,7 @@ export function createDelivery(opts: {
       const p0 = reader.position() ?? head;
       const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
       pause(ws);
-      for (const t of topics) s.topics.add(t);
+      addTopics(s, topics);
       const parts: Part[] = [{ topics: new Set(topics), from: since }];
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
@@ -444,7 +444,7 @@ export function createDelivery(opts: {
 
     unsubscribe(ws: Sock, topics: string[]) {
       const s = ws.getUserData();
-      for (const t of topics) s.topics.delete(t);
+      removeTopics(s, topics);
       applyCover(ws);
     },
 

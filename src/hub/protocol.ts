@@ -6,6 +6,7 @@ import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseT
 import { type Position, decodeCursor, encodeCursor } from '../events/position.ts';
 import { CloseCode, ErrorCode, type FrameErrorCode, errorMessage } from '../errors.ts';
 import { type Delivery, type Sock, CursorError, UnavailableError } from './delivery.ts';
+import { addTopics, enqueue, strike, withinRate } from './session.ts';
 
 const BAD_FRAMES_BEFORE_CLOSE = 10;
 const KNOWN_TYPES = new Set(['ping', 'subscribe', 'unsubscribe']);
@@ -51,7 +52,7 @@ export function createProtocol(deps: {
     if (s.closed) return;
     metrics.frameErrors.inc({ code });
     frame(ws, { type: 'error', code, message });
-    if (++s.badFrames >= BAD_FRAMES_BEFORE_CLOSE && !s.closed) {
+    if (strike(s) >= BAD_FRAMES_BEFORE_CLOSE && !s.closed) {
       log.info({ sub: s.claims.sub, remote: s.remote }, 'closing misbehaving client (1008)');
       ws.end(CloseCode.policy, 'repeated bad frames');
     }
@@ -136,22 +137,24 @@ export function createProtocol(deps: {
       return;
     }
     // Subscription changes run one at a time per socket, in arrival order.
-    s.ops = s.ops
-      .then(async () => {
-        if (s.closed) return;
-        if (f.type === 'subscribe') await onSubscribe(ws, f.topics, f.since);
-        else {
-          const topics = [...new Set(f.topics)];
-          const bad = topics.find((t) => !parseTopic(t));
-          if (bad !== undefined) return clientError(ws, ErrorCode.badTopic, `not a topic: ${bad.slice(0, 64)}`);
-          delivery.unsubscribe(ws, topics);
-          frame(ws, { type: 'unsubscribed', topics });
-        }
-      })
-      .catch((err: unknown) => {
-        log.error({ err: errorMessage(err), sub: s.claims.sub }, 'subscription change failed');
-        clientError(ws, ErrorCode.internal, 'subscription failed; retry');
-      });
+    enqueue(s, (ops) =>
+      ops
+        .then(async () => {
+          if (s.closed) return;
+          if (f.type === 'subscribe') await onSubscribe(ws, f.topics, f.since);
+          else {
+            const topics = [...new Set(f.topics)];
+            const bad = topics.find((t) => !parseTopic(t));
+            if (bad !== undefined) return clientError(ws, ErrorCode.badTopic, `not a topic: ${bad.slice(0, 64)}`);
+            delivery.unsubscribe(ws, topics);
+            frame(ws, { type: 'unsubscribed', topics });
+          }
+        })
+        .catch((err: unknown) => {
+          log.error({ err: errorMessage(err), sub: s.claims.sub }, 'subscription change failed');
+          clientError(ws, ErrorCode.internal, 'subscription failed; retry');
+        }),
+    );
   };
 
   return {
@@ -163,7 +166,7 @@ export function createProtocol(deps: {
       if (s.autoSubscribe) {
         const auto = autoTopics(s.claims, config.MAX_TOPICS_PER_CONNECTION);
         dropped = auto.dropped;
-        for (const t of auto.topics) s.topics.add(t);
+        addTopics(s, auto.topics);
         delivery.applyCover(w);
       }
       const cursor = deps.position();
@@ -182,12 +185,7 @@ export function createProtocol(deps: {
     /** A client frame, from the uWS message handler. */
     message(w: Ws, message: ArrayBuffer, isBinary: boolean) {
       const s = w.getUserData();
-      const now = Date.now();
-      if (now - s.windowStart >= 1000) {
-        s.windowStart = now;
-        s.windowCount = 0;
-      }
-      if (++s.windowCount > config.MAX_MESSAGES_PER_SECOND) return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
+      if (!withinRate(s, Date.now(), config.MAX_MESSAGES_PER_SECOND)) return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
       if (message.byteLength > config.MAX_PAYLOAD_BYTES) {
         metrics.frameErrors.inc({ code: 'too_big' });
         return w.end(CloseCode.tooBig, `frame over ${config.MAX_PAYLOAD_BYTES} bytes`);

@@ -12,7 +12,7 @@ import type { Position } from '../events/position.ts';
 import { CloseCode } from '../errors.ts';
 import { serveHttp } from './http.ts';
 import { type CommitteeElections, createProtocol } from './protocol.ts';
-import { type Session, armExpiry } from './session.ts';
+import { type Session, armExpiry, enqueue, markClosed } from './session.ts';
 import { createUpgrade } from './upgrade.ts';
 
 type Ws = uWS.WebSocket<Session> & Sock;
@@ -77,11 +77,13 @@ export function createHubServer(deps: {
       // belongs to the WebSocket; what open() writes there (a send) can make it close the new
       // socket (1006). So nothing touches the socket until cork() has returned; subscription
       // frames queue behind this (s.ops), so connection_success always comes first.
-      s.ops = new Promise<void>((resolve) =>
-        setImmediate(() => {
-          resolve();
-          protocol.welcome(w);
-        }),
+      enqueue(s, () =>
+        new Promise<void>((resolve) =>
+          setImmediate(() => {
+            resolve();
+            protocol.welcome(w);
+          }),
+        ),
       );
     },
 
@@ -92,7 +94,7 @@ export function createHubServer(deps: {
     close: (ws, code) => {
       const w = ws as Ws;
       const s = w.getUserData();
-      s.closed = true;
+      markClosed(s);
       sockets.delete(w);
       delivery.closed(w);
       clearTimeout(s.expiry);

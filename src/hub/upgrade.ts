@@ -9,7 +9,7 @@ import type { Claims } from '../events/topics.ts';
 import type { Position } from '../events/position.ts';
 import { ERRORS, ErrorCode, type HttpErrorCode, errorMessage } from '../errors.ts';
 import { refuse } from './http.ts';
-import type { Session } from './session.ts';
+import { createSession } from './session.ts';
 
 /**
  * The WebSocket upgrade: authentication happens here, before any socket exists (the async
@@ -69,22 +69,7 @@ export function createUpgrade(deps: {
         if (!aborted) refuse(res, ErrorCode.unavailable, 'not_ready');
         return;
       }
-      const session: Session = {
-        id: nextId++,
-        claims,
-        remote,
-        topics: new Set(),
-        cover: new Set(),
-        closed: false,
-        ops: Promise.resolve(),
-        drained: undefined,
-        badFrames: 0,
-        windowStart: 0,
-        windowCount: 0,
-        expiry: undefined,
-        lease,
-        autoSubscribe: query.get('subscribe') !== 'none',
-      };
+      const session = createSession({ id: nextId++, claims, remote, lease, autoSubscribe: query.get('subscribe') !== 'none' });
       res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
     })().catch((err: unknown) => {
       log.error({ err: errorMessage(err) }, 'upgrade failed');

@@ -1,28 +1,40 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import type pg from 'pg';
 import type { Config } from './config/index.ts';
+import { connectionCap } from './config/connection-cap.ts';
 import { type Logger, createLogger, redactUrl } from './log.ts';
 import { createMetrics, type Metrics } from './metrics/index.ts';
 import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
-import { startListener, type Listener } from './db/listener.ts';
-import { startReader, type Reader } from './db/reader.ts';
+import { startListener } from './db/listener.ts';
+import { type Reader, startReader } from './db/reader.ts';
 import { computeSnapshot } from './db/snapshot.ts';
-import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, encodeCursor } from './events/position.ts';
+import { type CommitteeDirectory, createCommitteeDirectory } from './db/committees.ts';
 import { backlog, createHistory, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
-import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
-import { type Presence, startPresence } from './cluster/presence.ts';
-import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
-import { createDashboardCache, createDashboardNotifier, createInterest } from './cache/dashboard.ts';
-import { createRoutes, readiness } from './http/routes.ts';
-import { type Publisher, createDelivery } from './hub/delivery.ts';
-import { createRing } from './hub/ring.ts';
-import { createHubServer } from './hub/server.ts';
+import { createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
+import { startPresence } from './cluster/presence.ts';
+import {
+  type DashboardCache,
+  type DashboardNotifier,
+  type Interest,
+  createDashboardCache,
+  createDashboardNotifier,
+  createInterest,
+} from './cache/dashboard.ts';
+import { createHealth } from './http/health.ts';
+import { createRoutes } from './http/routes.ts';
 import type { StaticFiles } from './http/static.ts';
+import { type Delivery, createDelivery } from './hub/delivery.ts';
+import { createRing } from './hub/ring.ts';
+import { type HubServer, createHubServer } from './hub/server.ts';
+import type { OutboxEvent } from './events/event.ts';
+import { type Position, encodeCursor } from './events/position.ts';
 import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
+import { createReleasers } from './lifecycle/releasers.ts';
 
 export type Hub = {
   readonly port: number;
@@ -35,6 +47,11 @@ export type Hub = {
   readonly log: Logger;
   /** Everything the reader has published so far ends at this cursor. */
   cursor(): string | undefined;
+  /**
+   * Releases everything in reverse order of start-up, each step bounded by SHUTDOWN_TIMEOUT;
+   * rejects with an AggregateError naming every step that failed or hung (the others still
+   * ran). Every call returns the same promise.
+   */
   stop(): Promise<void>;
 };
 
@@ -51,65 +68,41 @@ const DASHBOARD_INTEREST_MS = 60 * 60_000;
 const DASHBOARD_INTEREST_MAX = 10_000;
 
 /**
- * Starts one hub: composes the boundaries and returns a handle whose `stop` releases them
- * in reverse order of start-up (fail readiness, stop accepting, close sockets with 1001,
- * stop the listener and reader, quit Redis, end the pool).
+ * Starts one hub: composes the boundaries, each built once what it uses exists, and returns a
+ * handle whose `stop` releases them in reverse order of start-up (fail readiness, stop
+ * accepting, close sockets with 1001, stop the listener and reader, quit Redis, end the pools).
  */
 export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub> {
   if (!config.DATABASE_URL) throw new Error('DATABASE_URL is required');
+  const databaseUrl = config.DATABASE_URL;
   const log = deps.log ?? createLogger(config.LOG_LEVEL);
   const metrics = createMetrics();
-  const releasers: Array<[string, () => Promise<void> | void]> = [];
-  const release = async () => {
-    for (const [name, fn] of releasers.reverse()) {
-      try {
-        await fn();
-      } catch (err) {
-        log.warn({ step: name, err: errorMessage(err) }, 'shutdown step failed');
-      }
-    }
-    releasers.length = 0;
-  };
+  const releasers = createReleasers({
+    timeoutMs: config.SHUTDOWN_TIMEOUT,
+    onStep: (step, err) => {
+      if (err) log.warn({ step, err: errorMessage(err) }, 'shutdown step failed');
+    },
+  });
 
   try {
     // First up, last down: metrics stay scrapable through start-up and shutdown.
     const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.METRICS_HOST, port: config.METRICS_PORT, log });
-    releasers.push(['metrics listener', () => metricsServer.close()]);
+    releasers.push('metrics listener', () => metricsServer.close());
 
-    const pool = createPool(config.DATABASE_URL, log);
-    releasers.push(['pool', () => pool.end()]);
-    const dashboardPool = createPool(config.DATABASE_URL, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
-    releasers.push(['dashboard pool', () => dashboardPool.end()]);
-
-    let redis: Redis | undefined;
-    if (config.REDIS_URL) {
-      const r = new Redis(config.REDIS_URL, {
-        maxRetriesPerRequest: 1,
-        enableOfflineQueue: false,
-        connectTimeout: 2000,
-        retryStrategy: (times) => Math.min(2000, 100 * times),
-      });
-      let up = false;
-      r.on('ready', () => {
-        up = true;
-        log.info({ redis: redactUrl(config.REDIS_URL ?? '') }, 'redis connected');
-      });
-      r.on('error', (err: Error) => {
-        if (up) log.warn({ err: err.message }, 'redis unavailable: dashboard cache bypassed');
-        up = false;
-      });
-      redis = r;
-      releasers.push(['redis', async () => void (await r.quit().catch(() => r.disconnect()))]);
-    }
+    const pool = createPool(databaseUrl, log);
+    releasers.push('pool', () => pool.end());
+    const dashboardPool = createPool(databaseUrl, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
+    releasers.push('dashboard pool', () => dashboardPool.end());
+    const redis = config.REDIS_URL ? connectRedis(config.REDIS_URL, log) : undefined;
+    if (redis) releasers.push('redis', () => quitRedis(redis));
 
     const auth = await createAuthenticator(config);
     const committees = createCommitteeDirectory(pool, log);
     const nodeId = config.NODE_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-    const limiter: ConnectionLimiter = redis
+    const limiter = redis
       ? createRedisLimiter({ redis, max: config.MAX_CONNECTIONS_PER_SUB, nodeId, leaseTtlMs: config.CONNECTION_LEASE_TTL, log, prefix: config.REDIS_PREFIX })
       : createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
-    releasers.push(['connection leases', () => limiter.stop()]);
-    let presence: Presence | undefined;
+    releasers.push('connection leases', () => limiter.stop());
     const interest = createInterest({ ttlMs: DASHBOARD_INTEREST_MS, max: DASHBOARD_INTEREST_MAX });
     const cache = createDashboardCache({
       compute: (id) => computeSnapshot(dashboardPool, id),
@@ -122,200 +115,76 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       onRequest: (id) => interest.touch(id),
     });
 
-    let reader: Reader | undefined;
-    let listener: Listener | undefined;
-    let ready = false;
-    const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
-    const position = (): Position | undefined => reader?.position();
-    const memoryReport = () => {
-      const m = server.delivery.memory();
-      const p = process.memoryUsage();
-      return {
-        ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
-        buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
-        heap_used_bytes: p.heapUsed,
-        rss_bytes: p.rss,
-      };
-    };
+    const server = createHubServer({ config, log, metrics, maxSockets: connectionCap(config.MAX_CONNECTIONS) });
+    // Runs after the reader and the dashboard updates have stopped publishing into the app.
+    releasers.push('http server', () => server.close());
 
-    const routes = createRoutes({
-      auth,
-      cache,
-      metrics,
-      electionOf: committees.cached,
+    const { reader, delivery, notifier, started } = startPipeline({ config, pool, server, committees, cache, interest, metrics, log });
+    releasers.push('reader', () => reader.stop());
+    // Before the reader: an update waiting for the reader to reach its cursor gives up.
+    releasers.push('dashboard updates', () => notifier.stop());
+
+    const listener = startListener({
+      connectionString: databaseUrl,
       log,
-      health: {
-        ready: () =>
-          readiness({
-            shuttingDown: !ready,
-            listenerConnected: listener?.connected() ?? false,
-            started: position() !== undefined,
-            readerFailure: reader?.failure(),
-            now: Date.now(),
-          }),
-        admin: async () => {
-          const p = position();
-          let lagMs: number | null = null;
-          if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
-          const dbUp = listener?.connected() ?? false;
-          const failure = reader?.failure();
-          const r = readiness({ shuttingDown: !ready, listenerConnected: dbUp, started: p !== undefined, readerFailure: failure, now: Date.now() });
-          const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
-          const nodes = presence ? await presence.nodes().catch(() => []) : [];
-          return {
-            status: r.ok && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
-            ready: r.ok ? true : r.reason,
-            connections: server.connections(),
-            topics: server.topicCounts(),
-            database: {
-              connected: dbUp,
-              cursor: p ? encodeCursor(p) : null,
-              lag_ms: lagMs,
-              // Error texts stay here, behind the admin token: they name databases and hosts.
-              listener_error: listener?.lastError() ?? null,
-              reader: failure
-                ? { failing: true, failed_reads: failure.count, failing_for_ms: Date.now() - failure.since, error: failure.error }
-                : { failing: false, failed_reads: 0, failing_for_ms: 0, error: null },
-            },
-            redis: redisInfo,
-            committee_directory: committees.stats(),
-            memory: memoryReport(),
-            node: nodeId,
-            cluster: {
-              nodes: nodes.length || 1,
-              connections: nodes.length ? nodes.reduce((n, x) => n + x.connections, 0) : server.connections(),
-              members: nodes.length ? nodes : [{ id: nodeId, connections: server.connections(), age_ms: 0, self: true }],
-            },
-          };
-        },
-      },
+      onWake: () => reader.wake(),
+      onState: (up) => metrics.listenerConnected.set(up ? 1 : 0),
     });
+    releasers.push('listener', () => listener.stop());
 
-    let publisher: Publisher | undefined;
-    const server = createHubServer({
-      config,
-      log,
+    const housekeeping = startHousekeeping({
+      pool,
+      retentionMs: config.OUTBOX_RETENTION,
+      everyMs: deps.pruneEveryMs ?? 30_000,
+      position: () => reader.position(),
+      onPruned: (p) => delivery.setPruned(p),
       metrics,
+      log,
+    });
+    releasers.push('housekeeping', () => housekeeping.stop());
+
+    const presence = redis
+      ? startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX })
+      : undefined;
+    if (presence) releasers.push('presence', () => presence.stop());
+
+    let ready = false;
+    const health = createHealth({
+      accepting: () => ready,
+      listener,
+      reader,
+      lagMs: (p) => backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null),
+      redis: redis && { connected: () => redis.status === 'ready' },
+      nodes: presence && (() => presence.nodes()),
+      connections: () => server.connections(),
+      topicCounts: () => server.topicCounts(),
+      committeeDirectory: () => committees.stats(),
+      memory: () => memoryReport(config, delivery),
+      nodeId,
+    });
+    server.serve({
+      routes: createRoutes({ auth, cache, metrics, electionOf: committees.cached, log, health }),
+      staticFiles: deps.staticFiles,
+      delivery,
       auth,
       limiter,
       committees,
-      routes,
-      position,
-      ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
-      delivery: (app, sockets) =>
-        createDelivery({
-          publisher: (publisher = app),
-          sockets,
-          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
-          history: createHistory(pool),
-          ring,
-          electionOf: committees.cached,
-          maxBuffered: config.MAX_BACKPRESSURE_BYTES,
-          maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
-          metrics,
-          log,
-        }),
+      position: () => reader.position(),
     });
-    // Runs after the reader and the dashboard updates have stopped publishing into the app.
-    releasers.push(['http server', () => server.close()]);
+    releasers.push('sockets', (signal) => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', signal));
 
-    // Who gets election E's dashboard_update here: sockets on election:E, and (as it is also
-    // published on election:*) admins, but only for elections fetched from this node lately;
-    // an admin on election:* alone does not make every election's totals recomputed.
-    const subscribers = (topic: string) => publisher?.numSubscribers(topic) ?? 0;
-    const notifier = createDashboardNotifier({
-      cache,
-      debounceMs: config.DASHBOARD_DEBOUNCE,
-      concurrency: DASHBOARD_POOL_SIZE,
-      log,
-      watched: (id) => subscribers(`election:${id}`) > 0 || (interest.has(id) && subscribers(ALL) > 0),
-      delivered: (p) => reader?.waitFor(p, 5000) ?? Promise.resolve(false),
-      publish: (electionId, frame) => {
-        if (interest.has(electionId)) interest.touch(electionId); // still followed: keep it
-        server.delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update');
-      },
-    });
-
-    let started: () => void = () => undefined;
-    const readerStarted = new Promise<void>((resolve) => (started = resolve));
-    reader = startReader({
-      pool,
-      log,
-      onStarted: (p) => {
-        ring.init(p);
-        started();
-      },
-      onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
-      onEvents: (events) => {
-        server.delivery.publish(events);
-        const elections = new Set<Id>();
-        for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
-        if (elections.size > 0) {
-          cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
-          notifier.changed(elections);
-        }
-      },
-    });
-    const r = reader;
-    releasers.push(['reader', () => r.stop()]);
-    // Before the reader: an update waiting for the reader to reach its cursor gives up.
-    releasers.push(['dashboard updates', () => notifier.stop()]);
-
-    listener = startListener({
-      connectionString: config.DATABASE_URL,
-      log,
-      onWake: () => r.wake(),
-      onState: (up) => metrics.listenerConnected.set(up ? 1 : 0),
-    });
-    const l = listener;
-    releasers.push(['listener', () => l.stop()]);
-
-    // Housekeeping: prune past retention (and learn how far pruning reached), sample backlog.
-    let housekeepingStopped = false;
-    const housekeeping = async () => {
-      if (housekeepingStopped) return;
-      try {
-        while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
-        server.delivery.setPruned(await prunedPosition(pool));
-        const p = position();
-        if (p) {
-          const b = await backlog(pool, p);
-          metrics.outboxBacklog.set(b.count);
-          metrics.outboxOldestAge.set(b.oldestAgeSeconds);
-        }
-      } catch (err) {
-        if (!housekeepingStopped) log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
-      }
-    };
-    void housekeeping();
-    const hk = setInterval(() => void housekeeping(), deps.pruneEveryMs ?? 30_000);
-    releasers.push([
-      'housekeeping',
-      () => {
-        housekeepingStopped = true;
-        clearInterval(hk);
-      },
-    ]);
-
-    if (redis) {
-      const p = startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX });
-      presence = p;
-      releasers.push(['presence', () => p.stop()]);
-    }
-    releasers.push(['sockets', () => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', 2000)]);
     // Upgrades need a cursor; give the database a moment, but serve /health and /ready anyway.
     let startTimer: NodeJS.Timeout | undefined;
-    await Promise.race([readerStarted, new Promise((r) => (startTimer = setTimeout(r, 5000)))]);
+    await Promise.race([started, new Promise((r) => (startTimer = setTimeout(r, 5000)))]);
     clearTimeout(startTimer);
     const port = await server.listen(config.HOST, config.PORT);
-    releasers.push(['listen socket', () => server.stopAccepting()]);
+    releasers.push('listen socket', () => server.stopAccepting());
     ready = true;
-    releasers.push(['readiness', () => void (ready = false)]);
+    releasers.push('readiness', () => void (ready = false));
     log.info({ port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST }, 'hub listening');
 
     // A URL for this machine: wildcard binds are reached on loopback; IPv6 literals need brackets.
     const local = (host: string) => (host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host);
-    let stopping: Promise<void> | undefined;
     return {
       port,
       url: `http://${local(config.HOST)}:${port}`,
@@ -324,13 +193,161 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       metrics,
       log,
       cursor: () => {
-        const p = position();
+        const p = reader.position();
         return p ? encodeCursor(p) : undefined;
       },
-      stop: () => (stopping ??= release()),
+      stop: () => releasers.release(),
     };
   } catch (err) {
-    await release();
+    // Each failed step was logged (onStep); the start-up error is the one that says what happened.
+    await releasers.release().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The shared Redis connection (dashboard cache, connection leases, node presence): fails fast
+ * while Redis is down (no offline queue) and reconnects by itself.
+ */
+function connectRedis(url: string, log: Logger): Redis {
+  const r = new Redis(url, {
+    maxRetriesPerRequest: 1,
+    enableOfflineQueue: false,
+    connectTimeout: 2000,
+    retryStrategy: (times) => Math.min(2000, 100 * times),
+  });
+  let up = false;
+  r.on('ready', () => {
+    up = true;
+    log.info({ redis: redactUrl(url) }, 'redis connected');
+  });
+  r.on('error', (err: Error) => {
+    if (up) log.warn({ err: err.message }, 'redis unavailable: dashboard cache bypassed');
+    up = false;
+  });
+  return r;
+}
+
+const quitRedis = async (r: Redis) => void (await r.quit().catch(() => r.disconnect()));
+
+/**
+ * The outbox reader and what it feeds, built in one synchronous step: delivery and the dashboard
+ * updates need the reader's position, the reader hands them every batch. The reader calls back
+ * only once its first read has completed (after an await), when all three exist.
+ */
+function startPipeline(d: {
+  config: Config;
+  pool: pg.Pool;
+  server: HubServer;
+  committees: CommitteeDirectory;
+  cache: DashboardCache;
+  interest: Interest;
+  metrics: Metrics;
+  log: Logger;
+}): { reader: Reader; delivery: Delivery; notifier: DashboardNotifier; started: Promise<void> } {
+  const { config, pool, server, committees, cache, interest, metrics, log } = d;
+  const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
+  let onStarted: () => void = () => undefined;
+  const started = new Promise<void>((resolve) => (onStarted = resolve));
+  const reader = startReader({
+    pool,
+    log,
+    onStarted: (p) => {
+      ring.init(p);
+      onStarted();
+    },
+    onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
+    onEvents: (events) => publish(events),
+  });
+
+  const delivery = createDelivery({
+    publisher: server.publisher,
+    sockets: server.sockets,
+    reader: { position: () => reader.position(), waitFor: (p, ms) => reader.waitFor(p, ms), failing: () => reader.failure() !== undefined },
+    history: createHistory(pool),
+    ring,
+    electionOf: committees.cached,
+    maxBuffered: config.MAX_BACKPRESSURE_BYTES,
+    maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
+    metrics,
+    log,
+  });
+
+  // Who gets election E's dashboard_update here: sockets on election:E, and (as it is also
+  // published on election:*) admins, but only for elections fetched from this node lately;
+  // an admin on election:* alone does not make every election's totals recomputed.
+  const subscribers = (topic: string) => server.publisher.numSubscribers(topic);
+  const notifier = createDashboardNotifier({
+    cache,
+    debounceMs: config.DASHBOARD_DEBOUNCE,
+    concurrency: DASHBOARD_POOL_SIZE,
+    log,
+    watched: (id) => subscribers(`election:${id}`) > 0 || (interest.has(id) && subscribers(ALL) > 0),
+    delivered: (p) => reader.waitFor(p, 5000),
+    publish: (electionId, frame) => {
+      if (interest.has(electionId)) interest.touch(electionId); // still followed: keep it
+      delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update');
+    },
+  });
+
+  function publish(events: OutboxEvent[]) {
+    delivery.publish(events);
+    const elections = new Set<Id>();
+    for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
+    if (elections.size > 0) {
+      cache.invalidate(elections, (events[events.length - 1] as OutboxEvent).pos);
+      notifier.changed(elections);
+    }
+  }
+
+  return { reader, delivery, notifier, started };
+}
+
+/** Outbox housekeeping, now and every `everyMs`: prune past retention (and learn how far pruning reached), sample the backlog. */
+function startHousekeeping(d: {
+  pool: pg.Pool;
+  retentionMs: number;
+  everyMs: number;
+  position: () => Position | undefined;
+  onPruned: (p: Position) => void;
+  metrics: Metrics;
+  log: Logger;
+}): { stop(): void } {
+  const { pool, metrics, log } = d;
+  let housekeepingStopped = false;
+  const housekeeping = async () => {
+    if (housekeepingStopped) return;
+    try {
+      while ((await prune(pool, d.retentionMs)) >= 10_000);
+      d.onPruned(await prunedPosition(pool));
+      const p = d.position();
+      if (p) {
+        const b = await backlog(pool, p);
+        metrics.outboxBacklog.set(b.count);
+        metrics.outboxOldestAge.set(b.oldestAgeSeconds);
+      }
+    } catch (err) {
+      if (!housekeepingStopped) log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
+    }
+  };
+  void housekeeping();
+  const hk = setInterval(() => void housekeeping(), d.everyMs);
+  return {
+    stop() {
+      housekeepingStopped = true;
+      clearInterval(hk);
+    },
+  };
+}
+
+/** /admin/health's memory figures: the ring's contents and what sockets buffer, against their budgets. */
+function memoryReport(config: Config, delivery: Delivery) {
+  const m = delivery.memory();
+  const p = process.memoryUsage();
+  return {
+    ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
+    buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
+    heap_used_bytes: p.heapUsed,
+    rss_bytes: p.rss,
+  };
 }

@@ -1,13 +1,12 @@
 import uWS from 'uWebSockets.js';
 import type { Config } from '../config/index.ts';
-import { connectionCap } from '../config/connection-cap.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Authenticator } from '../auth/jwt.ts';
 import type { ConnectionLimiter } from '../auth/limits.ts';
 import type { Routes } from '../http/routes.ts';
 import type { StaticFiles } from '../http/static.ts';
-import type { Delivery, Sock } from './delivery.ts';
+import type { Delivery, Publisher, Sock } from './delivery.ts';
 import type { Position } from '../events/position.ts';
 import { CloseCode } from '../errors.ts';
 import { serveHttp } from './http.ts';
@@ -17,100 +16,109 @@ import { createUpgrade } from './upgrade.ts';
 
 type Ws = uWS.WebSocket<Session> & Sock;
 
-/**
- * The uWebSockets.js boundary: HTTP routes, the WebSocket upgrade (authentication happens
- * here, before any socket exists), client frames, and the socket lifecycle.
- */
-export function createHubServer(deps: {
-  config: Config;
-  log: Logger;
-  metrics: Metrics;
+/** What `serve` wires to the sockets: everything the upgrade and the client protocol need. */
+export type SocketHandlers = {
+  routes: Routes;
+  staticFiles?: StaticFiles | undefined;
+  delivery: Delivery;
   auth: Authenticator;
   limiter: ConnectionLimiter;
   committees: CommitteeElections;
-  routes: Routes;
-  delivery: (app: uWS.TemplatedApp, sockets: ReadonlySet<Sock>) => Delivery;
+  /** How far the reader has published; upgrades wait for it. */
   position: () => Position | undefined;
-  staticFiles?: StaticFiles;
-}) {
-  const { config, log, metrics, auth, limiter, committees, routes } = deps;
+};
+
+/**
+ * The uWebSockets.js boundary and the socket lifecycle: the app and its open sockets exist
+ * first (delivery publishes into them); `serve` then wires the HTTP routes, the upgrade
+ * (authentication happens there, before any socket exists) and the client protocol to it.
+ */
+export function createHubServer(deps: { config: Config; log: Logger; metrics: Metrics; maxSockets: number }) {
+  const { config, log, metrics, maxSockets } = deps;
   const app = uWS.App();
   const sockets = new Set<Ws>();
-  const delivery = deps.delivery(app, sockets);
   let listenSocket: uWS.us_listen_socket | undefined;
   let accepting = true;
-  const maxSockets = connectionCap(config.MAX_CONNECTIONS);
+  let sweep: NodeJS.Timeout | undefined;
 
-  serveHttp(app, { routes, log, staticFiles: deps.staticFiles });
-  const upgrade = createUpgrade({ config, log, metrics, auth, limiter, position: deps.position, accepting: () => accepting, open: () => sockets.size, maxSockets });
-  const protocol = createProtocol({ config, log, metrics, delivery, committees, position: deps.position });
+  const serve = (h: SocketHandlers) => {
+    if (sweep) throw new Error('the hub server is already serving');
+    const { delivery } = h;
+    serveHttp(app, { routes: h.routes, log, staticFiles: h.staticFiles });
+    const upgrade = createUpgrade({ config, log, metrics, auth: h.auth, limiter: h.limiter, position: h.position, accepting: () => accepting, open: () => sockets.size, maxSockets });
+    const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position });
 
-  app.ws<Session>('/ws', {
-    compression: uWS.DISABLED,
-    // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
-    // it gets a higher hard cap and the contract's limit is enforced below with a 1009 close.
-    maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),
-    idleTimeout: 120,
-    sendPingsAutomatically: true,
-    // uWS silently skips a subscriber over maxBackpressure: keep that far above our own
-    // limit, which the sweep enforces by closing with 4008 (the client then resumes).
-    maxBackpressure: Math.max(64 * 1024 * 1024, config.MAX_BACKPRESSURE_BYTES * 16),
+    app.ws<Session>('/ws', {
+      compression: uWS.DISABLED,
+      // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
+      // it gets a higher hard cap and the contract's limit is enforced below with a 1009 close.
+      maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),
+      idleTimeout: 120,
+      sendPingsAutomatically: true,
+      // uWS silently skips a subscriber over maxBackpressure: keep that far above our own
+      // limit, which the sweep enforces by closing with 4008 (the client then resumes).
+      maxBackpressure: Math.max(64 * 1024 * 1024, config.MAX_BACKPRESSURE_BYTES * 16),
 
-    upgrade,
+      upgrade,
 
-    open: (ws) => {
-      const w = ws as Ws;
-      const s = w.getUserData();
-      sockets.add(w);
-      metrics.connections.inc();
-      metrics.connectionsOpened.inc();
-      metrics.connectionsByRole.inc({ role: s.claims.role ?? 'none' });
-      log.info({ event: 'ws_open', sub: s.claims.sub, role: s.claims.role, remote: s.remote }, 'websocket opened');
-      // Every accepted token has an exp (auth refuses one without).
-      if (s.claims.exp !== undefined) {
-        armExpiry(s, s.claims.exp * 1000, () => {
-          if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
-        });
-      }
-      // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
-      // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
-      // belongs to the WebSocket; what open() writes there (a send) can make it close the new
-      // socket (1006). So nothing touches the socket until cork() has returned; subscription
-      // frames queue behind this (s.ops), so connection_success always comes first.
-      enqueue(s, () =>
-        new Promise<void>((resolve) =>
-          setImmediate(() => {
-            resolve();
-            protocol.welcome(w);
-          }),
-        ),
-      );
-    },
+      open: (ws) => {
+        const w = ws as Ws;
+        const s = w.getUserData();
+        sockets.add(w);
+        metrics.connections.inc();
+        metrics.connectionsOpened.inc();
+        metrics.connectionsByRole.inc({ role: s.claims.role ?? 'none' });
+        log.info({ event: 'ws_open', sub: s.claims.sub, role: s.claims.role, remote: s.remote }, 'websocket opened');
+        // Every accepted token has an exp (auth refuses one without).
+        if (s.claims.exp !== undefined) {
+          armExpiry(s, s.claims.exp * 1000, () => {
+            if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
+          });
+        }
+        // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
+        // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
+        // belongs to the WebSocket; what open() writes there (a send) can make it close the new
+        // socket (1006). So nothing touches the socket until cork() has returned; subscription
+        // frames queue behind this (s.ops), so connection_success always comes first.
+        enqueue(s, () =>
+          new Promise<void>((resolve) =>
+            setImmediate(() => {
+              resolve();
+              protocol.welcome(w);
+            }),
+          ),
+        );
+      },
 
-    message: (ws, message, isBinary) => protocol.message(ws as Ws, message, isBinary),
+      message: (ws, message, isBinary) => protocol.message(ws as Ws, message, isBinary),
 
-    drain: (ws) => delivery.drained(ws as Ws),
+      drain: (ws) => delivery.drained(ws as Ws),
 
-    close: (ws, code) => {
-      const w = ws as Ws;
-      const s = w.getUserData();
-      markClosed(s);
-      sockets.delete(w);
-      delivery.closed(w);
-      clearTimeout(s.expiry);
-      s.drained?.();
-      s.lease.release();
-      metrics.connections.dec();
-      metrics.connectionsClosed.inc({ code: String(code) });
-      metrics.connectionsByRole.dec({ role: s.claims.role ?? 'none' });
-      log.info({ event: 'ws_close', sub: s.claims.sub, role: s.claims.role, remote: s.remote, code }, 'websocket closed');
-    },
-  });
+      close: (ws, code) => {
+        const w = ws as Ws;
+        const s = w.getUserData();
+        markClosed(s);
+        sockets.delete(w);
+        delivery.closed(w);
+        clearTimeout(s.expiry);
+        s.drained?.();
+        s.lease.release();
+        metrics.connections.dec();
+        metrics.connectionsClosed.inc({ code: String(code) });
+        metrics.connectionsByRole.dec({ role: s.claims.role ?? 'none' });
+        log.info({ event: 'ws_close', sub: s.claims.sub, role: s.claims.role, remote: s.remote, code }, 'websocket closed');
+      },
+    });
 
-  const sweep = setInterval(() => delivery.sweep(), 50);
+    sweep = setInterval(() => delivery.sweep(), 50);
+  };
 
   return {
-    delivery,
+    /** Where delivery publishes: uWS topics, serialized once and fanned out by uWS. */
+    publisher: app as Publisher,
+    /** The open sockets (delivery walks them for its buffer checks). */
+    sockets: sockets as ReadonlySet<Sock>,
+    serve,
     listen: (host: string, port: number) =>
       new Promise<number>((resolve, reject) => {
         app.listen(host, port, (token) => {
@@ -131,14 +139,16 @@ export function createHubServer(deps: {
       if (listenSocket) uWS.us_listen_socket_close(listenSocket);
       listenSocket = undefined;
     },
-    /** Closes every socket with `code` ("going away, reconnect and resume"). */
-    async closeAll(code: number, reason: string, timeoutMs: number) {
+    /**
+     * Closes every socket with `code` ("going away, reconnect and resume") and waits until their
+     * close handlers ran, or until `signal` aborts (the shutdown step's timeout).
+     */
+    async closeAll(code: number, reason: string, signal: AbortSignal) {
       for (const ws of [...sockets]) {
         const s = ws.getUserData();
         if (!s.closed) ws.end(code, reason);
       }
-      const deadline = Date.now() + timeoutMs;
-      while (sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      while (sockets.size > 0 && !signal.aborted) await new Promise((r) => setTimeout(r, 20));
     },
     /** Last: after the reader has stopped publishing into the app. */
     close() {

@@ -22,8 +22,11 @@ const ids = (s: string | undefined, flag: string): number[] => {
 
 class UsageError extends Error {}
 
-/** Signals: the first starts an orderly stop, a second forces exit. */
-export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void }): void {
+/**
+ * Signals: the first starts an orderly stop (exit 0, or 1 when a shutdown step failed or hung
+ * past SHUTDOWN_TIMEOUT), a second forces exit (130).
+ */
+export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void; error: (o: object, m: string) => void }): void {
   let signalled = false;
   const handler = (sig: NodeJS.Signals) => {
     if (signalled) {
@@ -33,7 +36,11 @@ export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: ob
     log.info({ signal: sig }, 'shutting down');
     void stop().then(
       () => process.exit(0),
-      () => process.exit(1),
+      (err: unknown) => {
+        const steps = err instanceof AggregateError ? err.errors.map(errorMessage) : [];
+        log.error({ err: errorMessage(err), steps }, 'shutdown failed');
+        process.exit(1);
+      },
     );
   };
   process.on('SIGINT', handler);

@@ -73,8 +73,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         const { startHub } = await import('./main.ts');
         const { staticFilesFrom } = await import('./http/static.ts');
         const log = createLogger(checked.config.LOG_LEVEL);
-        const hub = await startHub(checked.config, { log, staticFiles: staticFilesFrom() });
-        onShutdownSignals(hub.stop, log);
+        const starting = startHub(checked.config, { log, staticFiles: staticFilesFrom() });
+        // Handlers first: a signal during start-up, or right as "hub listening" is logged, stops
+        // the hub once it has started instead of killing the process on the spot.
+        onShutdownSignals(() => starting.then((hub) => hub.stop()), log);
+        await starting;
         await new Promise(() => undefined);
         return 0;
       }

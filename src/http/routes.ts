@@ -51,7 +51,7 @@ export function bearer(header: string): string | undefined {
   return m?.[1];
 }
 
-/** The HTTP routes as plain functions of their inputs; hub/server.ts wires them to uWS. */
+/** The HTTP routes as plain functions of their inputs; hub/http.ts wires them to uWS. */
 export function createRoutes(deps: {
   auth: Authenticator;
   cache: DashboardCache;

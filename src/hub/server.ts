@@ -51,7 +51,7 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
     app.ws<Session>('/ws', {
       compression: uWS.DISABLED,
       // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
-      // it gets a higher hard cap and the contract's limit is enforced below with a 1009 close.
+      // it gets a higher hard cap and MAX_PAYLOAD_BYTES is enforced by protocol.ts with a 1009 close.
       maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),
       idleTimeout: 120,
       sendPingsAutomatically: true,

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type Env, formatConfigErrors, parseConfig } from './config/index.ts';
 import { migrate } from './db/migrate.ts';
@@ -21,6 +22,14 @@ const ids = (s: string | undefined, flag: string): number[] => {
 };
 
 class UsageError extends Error {}
+
+/**
+ * The demo (embedded PostgreSQL, simulator, demo runner) lives in demo/, outside the production
+ * tree. It is imported by URL, not by a literal path, so that the compiler does not pull it into
+ * the build of src/; demo/run.ts checks that it matches this shape.
+ */
+const DEMO = new URL('../demo/run.ts', import.meta.url);
+export type DemoModule = { runDemo(env: Env): Promise<number> };
 
 /**
  * Signals: the first starts an orderly stop (exit 0, or 1 when a shutdown step failed or hung
@@ -112,7 +121,12 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         return 0;
       }
       case 'demo': {
-        const { runDemo } = await import('./demo/run.ts');
+        // demo/ is outside src/, so neither dist/ nor the image has it: it runs from a checkout.
+        if (!import.meta.url.endsWith('.ts') || !existsSync(DEMO)) {
+          console.error('election-hub demo: the demo is not part of this installation; run it from a checkout: npm ci && npm run demo');
+          return 2;
+        }
+        const { runDemo } = (await import(DEMO.href)) as DemoModule;
         return await runDemo(env);
       }
       case undefined:

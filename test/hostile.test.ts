@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { capturedLogs, connect, eventsReceived, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
-import { findFreePort } from '../src/demo/embedded-postgres.ts';
+import { findFreePort } from '../demo/embedded-postgres.ts';
 
 let db: TestDatabase;
 let e1: number;

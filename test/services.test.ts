@@ -5,8 +5,8 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startEmbeddedPostgres } from '../src/demo/embedded-postgres.ts';
-import { seedDemo, startSimulator } from '../src/demo/simulator.ts';
+import { startEmbeddedPostgres } from '../demo/embedded-postgres.ts';
+import { seedDemo, startSimulator } from '../demo/simulator.ts';
 
 /** Pids of live processes whose command line mentions `needle` (Linux /proc). */
 async function processesMentioning(needle: string): Promise<number[]> {

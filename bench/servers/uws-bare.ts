@@ -4,7 +4,7 @@
  * given size in batches per event-loop turn, as the hub's reader publishes pages of the
  * outbox. No authentication, no database, no JSON per send.
  */
-import uWS from 'uWebSockets.js';
+import { uWS } from '../../src/hub/uws.ts';
 import { wallNow } from '../lib/clock.ts';
 import { notify, serve } from '../lib/rpc.ts';
 

@@ -1,3 +1,13 @@
+/*
+ * auth/: who a connection is (JWT verification, this file) and how many sockets a `sub` may hold
+ * (limits.ts: local counts, or leases in Redis shared by the nodes).
+ *
+ * Lifecycle: the authenticator is made once per hub (a JWKS is fetched lazily and cached by
+ * jose); Redis leases are renewed while a socket lives and released on close, and expire with a
+ * node that dies. Invariants: algorithms are pinned to the one configured key kind, `none` never
+ * passes, a token must carry `exp`, and claims are validated and never wider than they name.
+ * While Redis is down the limiter counts locally: degraded, never refusing everyone.
+ */
 import { SignJWT, createRemoteJWKSet, errors, importSPKI, jwtVerify, type JWTVerifyGetKey, type KeyObject } from 'jose';
 import { z } from 'zod';
 import type { Config } from '../config/index.ts';

@@ -1,3 +1,13 @@
+/*
+ * cache/: dashboard snapshots (GET /dashboard/{id}) and the `dashboard_update` frames.
+ *
+ * Lifecycle: the cache and the notifier are made by `startHub`; the notifier is stopped before
+ * the reader (an update waiting for the reader gives up). Invariants: a snapshot is never
+ * older than a change this node has seen (freshness by cursor, not by deleting keys); an update
+ * goes out only after every event up to its cursor was delivered; work is bounded per
+ * statement (only watched elections are recomputed, on their own pool, a fixed number at once);
+ * per-election state is bounded. Redis trouble degrades to computing from PostgreSQL.
+ */
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';

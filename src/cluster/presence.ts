@@ -1,3 +1,10 @@
+/*
+ * cluster/: node presence in Redis, for /admin/health (how many nodes, their connections).
+ *
+ * Lifecycle: started by `startHub` when REDIS_URL is set, stopped early in shutdown. Invariant:
+ * presence is informational only; delivery never depends on it (each node reads the outbox
+ * itself), and a node not heard from within three intervals drops out of the list.
+ */
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';

@@ -1,3 +1,11 @@
+/*
+ * config/: the environment, parsed once at start-up.
+ *
+ * Lifecycle: `parseConfig` runs once (the CLI, the demo, tests); the result is frozen and passed
+ * down, so no module reads `process.env` itself. Invariants: every problem is reported at once,
+ * one line per variable, and a bad configuration stops the process with exit 2 before anything
+ * listens; nothing is logged-and-ignored. Empty strings mean unset.
+ */
 import { createPublicKey } from 'node:crypto';
 import { z } from 'zod';
 

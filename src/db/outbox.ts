@@ -1,3 +1,15 @@
+/*
+ * db/: everything that speaks SQL to the hub's schema: migrations, pools, the listener, the
+ * outbox reader and its queries (this file, with the replay storage `History` delivery pages
+ * through), snapshots, the committee directory. Positions and cursors are in events/position.ts.
+ *
+ * Lifecycle: `startHub` creates the pools, then the reader (it starts at the current horizon),
+ * then the listener; it stops them in reverse. Invariants (docs/ARCHITECTURE.md sections 1, 2
+ * and 5): the outbox is the truth and NOTIFY only wakes the reader; rows are read in (txid, id)
+ * order below the horizon, so nothing is skipped and every node sees the same order; a
+ * snapshot's cursor makes snapshot + events after it = the database. Rows are outside input:
+ * validated (events/schema.ts), a malformed one is counted and passed by its position.
+ */
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';

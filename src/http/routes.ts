@@ -1,3 +1,12 @@
+/*
+ * http/: the HTTP routes as plain functions of their inputs (this file) and the static dashboard
+ * page (static.ts); hub/http.ts wires both to uWebSockets.js.
+ *
+ * Lifecycle: made once per hub; the static files are built (when stale) and compressed at
+ * start-up, not per request. Invariants: a protected route checks its token (and the token's
+ * rights to what it names) before any work; `/ready` carries only a reason class (error texts
+ * name databases and hosts and stay behind the admin token in `/admin/health`).
+ */
 import type { Authenticator } from '../auth/jwt.ts';
 import type { DashboardCache } from '../cache/dashboard.ts';
 import type { Metrics } from '../metrics/index.ts';

@@ -1,4 +1,4 @@
-import type uWS from 'uWebSockets.js';
+import type { uWS } from './uws.ts';
 import type { Logger } from '../log.ts';
 import type { Routes, HttpReply } from '../http/routes.ts';
 import { bearer } from '../http/routes.ts';

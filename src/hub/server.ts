@@ -1,4 +1,20 @@
-import uWS from 'uWebSockets.js';
+/*
+ * hub/: the uWebSockets.js boundary. server.ts is the app and the socket lifecycle; http.ts the
+ * HTTP plumbing and routes; upgrade.ts the upgrade (the token is verified before any socket
+ * exists); protocol.ts the client frames; session.ts the per-socket state (written only there);
+ * delivery.ts live fan-out, replay and backpressure; ring.ts the replay ring; uws.ts the only
+ * module that loads the native uWebSockets.js build. The hub never sees the database: replays
+ * page through `History`, the reader's position through `PositionSource`.
+ *
+ * Lifecycle: `startHub` creates the server (the app and its open sockets), then the reader and
+ * delivery that publish into it, then `serve` wires routes, upgrade and protocol; on stop,
+ * readiness fails, the listen socket closes, sockets are closed with 1001, the reader stops, and
+ * the app closes last. Invariants (docs/ARCHITECTURE.md sections 3, 4, 6, 7): each event is
+ * serialized once and fanned out by uWS topics, no per-socket loop per event; a socket gets
+ * every event at most once (covers); replay and live meet in one synchronous step; a slow socket
+ * is closed with 4008 and a resume that cannot be completed with 4009, never skipped.
+ */
+import { uWS, uwsBuild } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -35,6 +51,7 @@ export type SocketHandlers = {
  */
 export function createHubServer(deps: { config: Config; log: Logger; metrics: Metrics; maxSockets: number }) {
   const { config, log, metrics, maxSockets } = deps;
+  log.info({ uws: uwsBuild.package, binary: uwsBuild.binary }, 'uWebSockets.js native build loaded');
   const app = uWS.App();
   const sockets = new Set<Ws>();
   let listenSocket: uWS.us_listen_socket | undefined;
@@ -45,7 +62,18 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
     if (sweep) throw new Error('the hub server is already serving');
     const { delivery } = h;
     serveHttp(app, { routes: h.routes, log, staticFiles: h.staticFiles });
-    const upgrade = createUpgrade({ config, log, metrics, auth: h.auth, limiter: h.limiter, position: h.position, accepting: () => accepting, open: () => sockets.size, maxSockets });
+    const upgrade = createUpgrade({
+      config,
+      log,
+      metrics,
+      auth: h.auth,
+      limiter: h.limiter,
+      position: h.position,
+      accepting: () => accepting,
+      open: () => sockets.size,
+      anyOpen: () => sockets.values().next().value,
+      maxSockets,
+    });
     const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position });
 
     app.ws<Session>('/ws', {
@@ -75,11 +103,9 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
             if (!s.closed) w.end(CloseCode.tokenExpired, 'token expired');
           });
         }
-        // uWS bug (uNetworking/uWebSockets#1928, fixed upstream by PR #1929, not in this build):
-        // after an async upgrade inside res.cork(), cork() reads a flag from memory that now
-        // belongs to the WebSocket; what open() writes there (a send) can make it close the new
-        // socket (1006). So nothing touches the socket until cork() has returned; subscription
-        // frames queue behind this (s.ops), so connection_success always comes first.
+        // Nothing is sent from open() itself (with the cork() bug that upgradeAfterAwait avoids, a
+        // send here made it close the new socket); subscription frames queue behind this (s.ops),
+        // so connection_success always comes first.
         enqueue(s, () =>
           new Promise<void>((resolve) =>
             setImmediate(() => {

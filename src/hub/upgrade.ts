@@ -1,4 +1,5 @@
-import type uWS from 'uWebSockets.js';
+import type { us_socket_context_t } from 'uWebSockets.js';
+import { type uWS, upgradeAfterAwait } from './uws.ts';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
@@ -28,12 +29,14 @@ export function createUpgrade(deps: {
   accepting: () => boolean;
   /** Sockets open now; with the upgrades in flight at most `maxSockets`. */
   open: () => number;
+  /** Any open socket, to cork the upgrade on (see upgradeAfterAwait in uws.ts). */
+  anyOpen: () => uWS.WebSocket<unknown> | undefined;
   maxSockets: number;
 }) {
   const { config, log, metrics, auth, limiter } = deps;
   let nextId = 1;
   let upgrading = 0;
-  return (res: uWS.HttpResponse, req: uWS.HttpRequest, context: uWS.us_socket_context_t) => {
+  return (res: uWS.HttpResponse, req: uWS.HttpRequest, context: us_socket_context_t) => {
     const key = req.getHeader('sec-websocket-key');
     const protocols = req.getHeader('sec-websocket-protocol');
     const extensions = req.getHeader('sec-websocket-extensions');
@@ -70,7 +73,7 @@ export function createUpgrade(deps: {
         return;
       }
       const session = createSession({ id: nextId++, claims, remote, lease, autoSubscribe: query.get('subscribe') !== 'none' });
-      res.cork(() => res.upgrade(session, key, viaProtocol ?? '', extensions, context));
+      upgradeAfterAwait(res, () => res.upgrade(session, key, viaProtocol ?? '', extensions, context), deps.anyOpen());
     })().catch((err: unknown) => {
       log.error({ err: errorMessage(err) }, 'upgrade failed');
       if (!aborted) refuse(res, ErrorCode.internal);

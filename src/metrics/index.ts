@@ -1,3 +1,11 @@
+/*
+ * metrics/: one prom-client registry per hub (this file) and its own listener (server.ts).
+ *
+ * Lifecycle: the metrics listener starts first and stops last, so a hub is scrapable through
+ * start-up and shutdown; it is apart from the public port (404 there). Invariant: every label
+ * value comes from a bounded list (outside text maps to `other`), so nothing a client sends can
+ * grow the number of series.
+ */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CloseCode, FRAME_ERROR_CODES } from '../errors.ts';
 

@@ -9,7 +9,7 @@ import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { errorMessage } from '../../src/errors.ts';
 import { redactUrl } from '../../src/log.ts';
-import { findFreePort, startEmbeddedPostgres } from '../../src/demo/embedded-postgres.ts';
+import { findFreePort, startEmbeddedPostgres } from '../../demo/embedded-postgres.ts';
 import { type Releasers, createReleasers } from '../../src/lifecycle/releasers.ts';
 
 declare module 'vitest' {

@@ -1,3 +1,12 @@
+/*
+ * demo/: `npm run demo`: embedded PostgreSQL (embedded-postgres.ts), the reference schema and demo
+ * elections, a simulator writing changes (simulator.ts), and a hub serving the dashboard page.
+ * Outside src/: not in the build (dist/) nor the container image; the CLI imports it by URL.
+ *
+ * Lifecycle: started in that order; SIGINT/SIGTERM (also during start-up) stops everything in
+ * reverse order; a second signal forces the exit. The tests reuse embedded-postgres.ts and the
+ * simulator.
+ */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -5,17 +14,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { type Env, formatConfigErrors, parseConfig } from '../config/index.ts';
-import { migrate } from '../db/migrate.ts';
-import { signToken } from '../auth/jwt.ts';
-import { createLogger } from '../log.ts';
-import { errorMessage } from '../errors.ts';
-import { createReleasers } from '../lifecycle/releasers.ts';
-import { type StaticFile, type StaticFiles, buildWeb, staticFile, staticFilesFrom } from '../http/static.ts';
+import { type Env, formatConfigErrors, parseConfig } from '../src/config/index.ts';
+import { migrate } from '../src/db/migrate.ts';
+import { signToken } from '../src/auth/jwt.ts';
+import { createLogger } from '../src/log.ts';
+import { errorMessage } from '../src/errors.ts';
+import { createReleasers } from '../src/lifecycle/releasers.ts';
+import { type StaticFile, type StaticFiles, buildWeb, staticFile, staticFilesFrom } from '../src/http/static.ts';
 import { startEmbeddedPostgres } from './embedded-postgres.ts';
 import { seedDemo, startSimulator } from './simulator.ts';
+import type { DemoModule } from '../src/cli.ts';
 
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../', import.meta.url));
 const DATABASE = 'election_hub_demo';
 const ADMIN_TOKEN_TTL = '24h';
 
@@ -132,7 +142,7 @@ export async function runDemo(env: Env): Promise<number> {
 
     // 4. The hub, serving the page with the demo's election names built in.
     const config = Object.freeze({ ...checked.config, DATABASE_URL: databaseUrl });
-    const { startHub } = await import('../main.ts');
+    const { startHub } = await import('../src/main.ts');
     const log = createLogger(config.LOG_LEVEL);
     const hub = await startHub(config, { log, staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections) }).catch((err: unknown) => {
       const msg = errorMessage(err);
@@ -262,3 +272,6 @@ export function withDirectory(files: StaticFiles, elections: DemoElection[]): St
     return page;
   };
 }
+
+// src/cli.ts imports this module by URL (src/ must not depend on demo/): this keeps the two in step.
+runDemo satisfies DemoModule['runDemo'];

@@ -1,5 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
-import { errorMessage } from '../errors.ts';
+import { errorMessage } from '../src/errors.ts';
 
 export interface SimulatorOptions {
   pool: Pool;

@@ -34,6 +34,7 @@ import type { OutboxEvent } from './events/event.ts';
 import { type Position, encodeCursor } from './events/position.ts';
 import { ALL, type Id, eventTopics } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
+import { type Lifecycle, type LifecycleEmitter, createLifecycle } from './lifecycle/events.ts';
 import { createReleasers } from './lifecycle/releasers.ts';
 
 export type Hub = {
@@ -47,6 +48,13 @@ export type Hub = {
   readonly log: Logger;
   /** Everything the reader has published so far ends at this cursor. */
   cursor(): string | undefined;
+  /**
+   * How far pruning had reached (a cursor) when housekeeping last looked, by this node or
+   * another; undefined before its first look. Replays re-read the mark themselves.
+   */
+  prunedMark(): string | undefined;
+  /** Facts as they happen: reader reads, pruning learned, listener up/down (src/lifecycle/events.ts). */
+  readonly events: Lifecycle;
   /**
    * Releases everything in reverse order of start-up, each step bounded by SHUTDOWN_TIMEOUT;
    * rejects with an AggregateError naming every step that failed or hung (the others still
@@ -77,6 +85,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
   const databaseUrl = config.DATABASE_URL;
   const log = deps.log ?? createLogger(config.LOG_LEVEL);
   const metrics = createMetrics();
+  const lifecycle = createLifecycle(log);
   const releasers = createReleasers({
     timeoutMs: config.SHUTDOWN_TIMEOUT,
     onStep: (step, err) => {
@@ -119,7 +128,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push('http server', () => server.close());
 
-    const { reader, delivery, notifier, started } = startPipeline({ config, pool, server, committees, cache, interest, metrics, log });
+    const { reader, delivery, notifier, started } = startPipeline({ config, pool, server, committees, cache, interest, metrics, lifecycle, log });
     releasers.push('reader', () => reader.stop());
     // Before the reader: an update waiting for the reader to reach its cursor gives up.
     releasers.push('dashboard updates', () => notifier.stop());
@@ -128,16 +137,24 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       connectionString: databaseUrl,
       log,
       onWake: () => reader.wake(),
-      onState: (up) => metrics.listenerConnected.set(up ? 1 : 0),
+      onState: (up) => {
+        metrics.listenerConnected.set(up ? 1 : 0);
+        lifecycle.emit(up ? 'listener:up' : 'listener:down', {});
+      },
     });
     releasers.push('listener', () => listener.stop());
 
+    let prunedMark: Position | undefined;
     const housekeeping = startHousekeeping({
       pool,
       retentionMs: config.OUTBOX_RETENTION,
       everyMs: deps.pruneEveryMs ?? 30_000,
       position: () => reader.position(),
-      onPruned: (p) => delivery.setPruned(p),
+      onPruned: (mark) => {
+        delivery.setPruned(mark);
+        prunedMark = mark;
+        lifecycle.emit('pruned', { mark });
+      },
       metrics,
       log,
     });
@@ -196,6 +213,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         const p = reader.position();
         return p ? encodeCursor(p) : undefined;
       },
+      prunedMark: () => (prunedMark ? encodeCursor(prunedMark) : undefined),
+      events: lifecycle,
       stop: () => releasers.release(),
     };
   } catch (err) {
@@ -243,9 +262,10 @@ function startPipeline(d: {
   cache: DashboardCache;
   interest: Interest;
   metrics: Metrics;
+  lifecycle: LifecycleEmitter;
   log: Logger;
 }): { reader: Reader; delivery: Delivery; notifier: DashboardNotifier; started: Promise<void> } {
-  const { config, pool, server, committees, cache, interest, metrics, log } = d;
+  const { config, pool, server, committees, cache, interest, metrics, lifecycle, log } = d;
   const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
   let onStarted: () => void = () => undefined;
   const started = new Promise<void>((resolve) => (onStarted = resolve));
@@ -255,7 +275,9 @@ function startPipeline(d: {
     onStarted: (p) => {
       ring.init(p);
       onStarted();
+      lifecycle.emit('reader:started', { position: p });
     },
+    onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
     onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
     onEvents: (events) => publish(events),
   });
@@ -303,7 +325,7 @@ function startPipeline(d: {
   return { reader, delivery, notifier, started };
 }
 
-/** Outbox housekeeping, now and every `everyMs`: prune past retention (and learn how far pruning reached), sample the backlog. */
+/** Outbox housekeeping, now and every `everyMs`: prune past retention (and learn how far pruning reached: `onPruned`), sample the backlog. */
 function startHousekeeping(d: {
   pool: pg.Pool;
   retentionMs: number;

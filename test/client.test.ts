@@ -14,7 +14,7 @@ import {
 } from '../client/index.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { startTestHub, token, waitUntil } from './support/hub.ts';
+import { MARKER, outboxHead, reached, readPast, startTestHub, token, waitUntil, when } from './support/hub.ts';
 
 let db: TestDatabase;
 let e1: number;
@@ -194,7 +194,9 @@ describe('client SDK against a real hub', () => {
       }
       expect(terminated).toBeGreaterThan(0);
       await waitUntil(() => createdIds(events).length >= 200, 30_000, `200 events (have ${events.length})`);
-      await new Promise((r) => setTimeout(r, 200)); // nothing extra trickles in
+      // Nothing extra trickles in: a marker published after the rows arrives after anything they caused.
+      await writer.query(`SELECT hub.publish('user:viewer-c', '${MARKER}', '{}')`);
+      await waitUntil(() => events.some((e) => e.type === MARKER), 10_000, 'the marker');
       expect(createdIds(events)).toEqual(inserted);
       expectStrictlyIncreasing(events);
     } finally {
@@ -208,14 +210,14 @@ describe('client SDK against a real hub', () => {
     const jwt = await token({ sub: 'viewer-e', elections: [e1] });
     const { client, states } = open({ url: wsUrl(hub), token: jwt, heartbeat: { intervalMs: 20, timeoutMs: 1000 } });
     await waitUntil(() => client.state() === 'open', 10_000, 'open');
-    await new Promise((r) => setTimeout(r, 100));
     const socket = liveSocket();
-    expect(socket.sent.filter((f) => f.includes('"ping"')).length).toBeGreaterThan(1);
+    await waitUntil(() => socket.sent.filter((f) => f.includes('"ping"')).length > 1, 5000, 'heartbeat pings');
 
     await client.close();
     expect(client.state()).toBe('closed');
     expect(socket.readyState).toBe(WebSocket.CLOSED);
     const seen = { states: states.length, sent: socket.sent.length, sockets: sockets.length };
+    // About time, not an event: nothing happens during 15 heartbeat intervals after close().
     await new Promise((r) => setTimeout(r, 300));
     expect({ states: states.length, sent: socket.sent.length, sockets: sockets.length }).toEqual(seen);
     expect(states.at(-1)?.[0]).toBe('closed');
@@ -226,6 +228,7 @@ describe('client SDK against a real hub', () => {
     await waitUntil(() => waitingStates.some(([s]) => s === 'reconnecting'), 5000, 'reconnecting');
     await waiting.close();
     const n = { states: waitingStates.length, sockets: sockets.length };
+    // About time, not an event: no retry during 6 backoff periods after close().
     await new Promise((r) => setTimeout(r, 300));
     expect({ states: waitingStates.length, sockets: sockets.length }).toEqual(n);
     expect(waiting.state()).toBe('closed');
@@ -260,6 +263,9 @@ describe('client SDK against a real hub', () => {
     const hub = await startHub();
     const before = [await insertGuarantee(db.pool), await insertGuarantee(db.pool, c2)];
     void before;
+    // A snapshot counts rows only once the horizon has passed them (until then their events come
+    // after its cursor); the hub having read them is that fact.
+    await readPast(hub, db.pool);
     const jwt = await token({ sub: 'dash', elections: [e1] });
     const dash = await snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
     clients.push(dash);
@@ -322,10 +328,11 @@ describe('resync', () => {
     reachable = false;
     await hub.stop();
     for (let i = 0; i < 5; i++) await insertGuarantee(db.pool);
+    const written = await outboxHead(db.pool);
     hub = await startTestHub(db.url, { OUTBOX_RETENTION: '1ms' });
     hubs.push(hub);
-    await waitUntil(async () => Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM hub.outbox')).rows[0]?.n) === 0, 10_000, 'pruned');
-    await new Promise((r) => setTimeout(r, 300)); // the hub records how far it pruned after deleting
+    const pruning = hub;
+    await when(pruning, 'pruned', () => reached(pruning.prunedMark(), written), 'the hub to prune the rows written while away');
     reachable = true;
 
     const expected = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);

@@ -258,10 +258,16 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
       if (msg.type() === 'error' && !msg.text().includes('ERR_CONNECTION_REFUSED')) problems.push(`console: ${msg.text()}`);
     });
     const first = elections[0]!;
+    /** Waits until the running simulator has made `n` more writes. */
+    const moreWrites = async (n: number, what: string) => {
+      const sim = simulator!;
+      const from = sim.stats().writes;
+      await waitUntil(() => sim.stats().writes >= from + n, 30_000, what);
+    };
 
     // Some history before the page opens, then quiet: the page must show exactly the snapshot.
     simulator = startSimulator({ pool: db.pool, electionIds: elections.map((e) => e.id), ratePerSecond: 40 });
-    await new Promise((r) => setTimeout(r, 1500));
+    await moreWrites(60, 'some history');
     await simulator.stop();
 
     await page.goto(`${hub!.url}/#token=${viewer}`);
@@ -282,7 +288,8 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
       { timeout: 15_000 },
     );
     await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length >= 3, undefined, { timeout: 15_000 });
-    await new Promise((r) => setTimeout(r, 1200)); // a few flashes in flight make a livelier picture
+    // Cosmetic, about time: flashes caught mid-animation make a livelier screenshot (nothing is asserted on it).
+    await new Promise((r) => setTimeout(r, 1200));
     await fs.mkdir(path.join(ROOT, 'artifacts'), { recursive: true });
     await page.screenshot({ path: path.join(ROOT, 'artifacts', 'dashboard.png') });
 
@@ -299,7 +306,7 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     await hub!.stop();
     hub = undefined;
     await page.waitForSelector('#link[data-state="reconnecting"]', { timeout: 10_000 });
-    await new Promise((r) => setTimeout(r, 1500)); // writes the page cannot see yet
+    await moreWrites(30, 'writes the page cannot see yet');
     hub = await startTestHub(db.url, { PORT: String(port) }, { staticFiles: files });
     expect(hub.port).toBe(port);
     await page.waitForFunction(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(-3).includes('resynced'), undefined, {
@@ -309,7 +316,7 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     expect(states.slice(states.indexOf('reconnecting'))).toContain('resynced');
 
     // Keep writing a little on the new hub, then stop: every count must be there.
-    await new Promise((r) => setTimeout(r, 2000));
+    await moreWrites(40, 'writes on the new hub');
     await simulator.stop();
     simulator = undefined;
     await waitForMatch(page, 'the page to catch up after the restart');

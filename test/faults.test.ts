@@ -12,7 +12,7 @@ import { readiness } from '../src/http/routes.ts';
 import { CloseCode } from '../src/errors.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, connect, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
+import { SECRET, connect, headCursor, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 
 let db: TestDatabase;
 let root: pg.Client;
@@ -49,11 +49,14 @@ const startHub = async (env: Record<string, string> = {}) => {
   return h;
 };
 
-/** The position before every transaction not yet committed: a cursor from "now". */
-const nowCursor = async (): Promise<string> => {
-  const r = await db.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x');
-  return encodeCursor({ txid: BigInt(r.rows[0]?.x ?? '0'), id: 0n });
-};
+/**
+ * A cursor from "now": the last outbox row written so far. (Not the horizon: another test
+ * file's open transaction can hold it below rows this file wrote earlier.)
+ */
+const nowCursor = () => headCursor(db.pool);
+
+/** Ring of 100 events: the 3 000 rows stay out of memory even if a held horizon made the hub read them live. */
+const SMALL_RING = { REPLAY_BUFFER_EVENTS: '100' };
 
 /** The outbox's cursors after `since`, in the one global order. */
 const outboxAfter = async (since: string): Promise<string[]> => {
@@ -79,7 +82,7 @@ describe('a resume whose PostgreSQL read fails', () => {
   it('closes the socket with 4009 instead of going live over the gap (issue scenario: 3 000 rows, fresh hub, database refusing)', async () => {
     const since = await nowCursor();
     for (let i = 0; i < 3; i++) await write(1000);
-    const hub = await startHub(); // its ring starts at the head: the replay must come from PostgreSQL
+    const hub = await startHub(SMALL_RING); // its ring starts at the head: the replay must come from PostgreSQL
     const c = await connect(hub, { token: await token({ sub: 'ops', role: 'admin' }), query: 'subscribe=none' });
     await c.next((f) => f.type === 'connection_success');
     await lockOut();
@@ -99,7 +102,7 @@ describe('a resume whose PostgreSQL read fails', () => {
   it('an SDK client resumes through the outage and ends with every event (3 005 of 3 005), in order', async () => {
     const since = await nowCursor();
     for (let i = 0; i < 3; i++) await write(1000);
-    const hub = await startHub();
+    const hub = await startHub(SMALL_RING);
     await lockOut();
     const events: HubEvent[] = [];
     const states: Array<[ClientState, StateDetail]> = [];

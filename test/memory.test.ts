@@ -187,7 +187,10 @@ describe('memory budgets', () => {
       [e1, c1],
     );
     await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'small' FROM generate_series(1, 5)`, [e1, c1]);
-    const all = await readAfter(db.pool, from, 1000);
+    // Rows are read below the cluster-wide horizon: another test file's open transaction may hold
+    // it back for a while, so wait for the fact (all 15 readable) rather than assume it.
+    let all = await readAfter(db.pool, from, 1000);
+    await waitUntil(async () => (all = await readAfter(db.pool, from, 1000)).rows.length >= 15, 30_000, 'the 15 rows below the horizon');
     expect(all.rows).toHaveLength(15);
     expect(all.more).toBe(false);
 

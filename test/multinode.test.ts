@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, type Frame, type TestClient, connect, eventsReceived, redisPrefix, startTestHub, token, waitUntil } from './support/hub.ts';
+import { SECRET, type Frame, type TestClient, connect, eventsReceived, redisPrefix, startTestHub, token, untilMarker, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { compare, decodeCursor } from '../src/events/position.ts';
 
@@ -76,8 +76,7 @@ describe('several hubs on one database and one Redis', () => {
       }),
     );
     const streams = await Promise.all(cs.map((c) => eventsReceived(c, 200, 30_000)));
-    await new Promise((r) => setTimeout(r, 300));
-    for (const c of cs) expect(c.events()).toHaveLength(200);
+    for (const c of cs) expect(await untilMarker(db.pool, c)).toHaveLength(200);
     expect(new Set(streams[0]?.map((f) => (f.data as { voter_name: string }).voter_name)).size).toBe(200);
     expect(cursors(streams[1] as Frame[])).toEqual(cursors(streams[0] as Frame[]));
     expect(cursors(streams[2] as Frame[])).toEqual(cursors(streams[0] as Frame[]));
@@ -94,8 +93,7 @@ describe('several hubs on one database and one Redis', () => {
     const c = await open(hubs[2] as Hub, { token: admins[4] as string, query: 'subscribe=none' });
     c.send({ type: 'subscribe', topics: ['election:*'], since: String(first[4]?.cursor) });
     const rest = await eventsReceived(c, 20);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(c.events()).toHaveLength(20);
+    expect(await untilMarker(db.pool, c, 'election:*')).toHaveLength(20);
     expect(rest.map((f) => (f.data as { count: number }).count)).toEqual(Array.from({ length: 20 }, (_, i) => i + 6));
     await c.close();
   });
@@ -161,12 +159,19 @@ describe('several hubs on one database and one Redis', () => {
     const viewers = await Promise.all(hubs.map((_, i) => token({ sub: `cache-viewer-${i}`, elections: [e1] })));
     const cs = await Promise.all(hubs.map((h, i) => open(h, { token: viewers[i] as string })));
     for (const c of cs) await c.next((f) => f.type === 'connection_success');
-    await new Promise((r) => setTimeout(r, 600)); // earlier tests' dashboard updates settle
+    // Earlier tests' dashboard updates settle: one more row, and its dashboard_update on every node
+    // (an update pending from before is the one that carries it), so none is pending when counting starts.
+    await db.pool.query(`INSERT INTO attendance (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
+    const settled = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1])).rows[0]?.n);
+    for (const c of cs) {
+      await waitUntil(() => c.frames.some((f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === settled), 10_000, 'the settling update on every node');
+    }
+    const seen = cs.map((c) => c.events().length);
     const before = await computations(hubs);
     await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 300)`, [e1, c1]);
     const n = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1])).rows[0]?.n);
     // As soon as every node has seen the burst, all of them want a fresh snapshot at once.
-    for (const c of cs) await waitUntil(() => c.events().length > 0, 10_000, 'the burst on every node');
+    for (const [i, c] of cs.entries()) await waitUntil(() => c.events().length > (seen[i] ?? 0), 10_000, 'the burst on every node');
     const concurrent = await Promise.all(
       hubs.flatMap((h, i) => [0, 1, 2].map(() => fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewers[i]}` } }).then((r) => r.json() as Promise<{ totals: { attendance: number } }>))),
     );
@@ -202,7 +207,10 @@ describe('several hubs on one database and one Redis', () => {
     const got = c.events();
     const r = await open(hubs[0] as Hub, { token: admins[0] as string, query: 'subscribe=none' });
     r.send({ type: 'subscribe', topics: ['election:*'], since: String(got[got.length - 1]?.cursor) });
-    await new Promise((res) => setTimeout(res, 300));
+    // Writes go on across the move: some before the resume is live, some after.
+    await r.next((f) => f.type === 'subscribed');
+    const live = written;
+    await waitUntil(() => written >= live + 20, 10_000, 'writes after the resume');
     writing = false;
     await writer;
     await waitUntil(() => got.length + r.events().length >= written, 15_000, 'all events after the move');

@@ -1,7 +1,22 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
+import {
+  type Frame,
+  type TestClient,
+  connect,
+  eventsReceived,
+  outboxHead,
+  reached,
+  readAgain,
+  readPast,
+  roundTrip,
+  startTestHub,
+  token,
+  untilMarker,
+  waitUntil,
+  when,
+} from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { compare, decodeCursor } from '../src/events/position.ts';
 
@@ -55,8 +70,7 @@ describe('lossless, ordered delivery', () => {
     })();
     await writer;
     const events = await eventsReceived(c, 200, 30_000);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(c.events()).toHaveLength(200);
+    expect(await untilMarker(db.pool, c)).toHaveLength(200);
     expect(events.map((f) => (f.data as { voter_name: string }).voter_name)).toEqual(Array.from({ length: 200 }, (_, i) => `k${i}`));
     expect(inCursorOrder(events)).toBe(true);
     await waitUntil(async () => (await fetch(`${hub.url}/ready`)).status === 200, 10_000, 'ready again');
@@ -74,7 +88,9 @@ describe('lossless, ordered delivery', () => {
     await early.query('BEGIN');
     await early.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'early')`, [e1, c1]);
     await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'late')`, [e1, c1]);
-    await new Promise((r) => setTimeout(r, 500));
+    // The hub has read the outbox since 'late' committed (and sent whatever it read: the pong follows it).
+    await readAgain(hub);
+    await roundTrip(c);
     // Delivering 'late' now would move every cursor past 'early': it waits instead.
     expect(c.events()).toHaveLength(0);
     await early.query('COMMIT');
@@ -88,8 +104,7 @@ describe('lossless, ordered delivery', () => {
     const r = await resume(hub, ['election:*'], last);
     await insert(db.pool, 1);
     const after = await eventsReceived(r, 1);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(r.events()).toHaveLength(1);
+    expect(await untilMarker(db.pool, r, 'election:*')).toHaveLength(1);
     expect(compare(pos(after[0] as Frame), decodeCursor(last) ?? { txid: 0n, id: 0n })).toBeGreaterThan(0);
     await r.close();
     await hub.stop();
@@ -104,9 +119,7 @@ describe('lossless, ordered delivery', () => {
     await c.close();
     for (let i = 0; i < 30; i++) await insert(db.pool, 1);
     // Let the hub read past the writes, so all 30 are replayed (not some replayed, some live).
-    const h = await db.pool.query<{ x: string }>('SELECT pg_snapshot_xmin(pg_current_snapshot())::text x');
-    const target = { txid: BigInt(h.rows[0]?.x ?? '0'), id: 0n };
-    await waitUntil(() => compare(decodeCursor(hub.cursor()) ?? { txid: 0n, id: 0n }, target) >= 0, 5000, 'hub past the writes');
+    await readPast(hub, db.pool);
     const r = await resume(hub, ['election:*'], String(seen?.cursor));
     // Replayed events come before `subscribed`.
     const subscribedAt = r.frames.findIndex((f) => f.type === 'subscribed');
@@ -116,8 +129,7 @@ describe('lossless, ordered delivery', () => {
     })();
     await live;
     const all = await eventsReceived(r, 40);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(r.events()).toHaveLength(40);
+    expect(await untilMarker(db.pool, r, 'election:*')).toHaveLength(40);
     expect(new Set(rowIds(all)).size).toBe(40);
     expect(inCursorOrder(all)).toBe(true);
     await r.close();
@@ -138,15 +150,15 @@ describe('lossless, ordered delivery', () => {
         written += 7;
       }
     })();
-    await new Promise((r) => setTimeout(r, 400));
     // The ring holds only 50 events: the replay must page from PostgreSQL, then hand over.
+    await waitUntil(() => written >= 140, 30_000, 'more rows than the ring holds');
     const r = await resume(hub, ['election:*'], start);
-    await new Promise((res) => setTimeout(res, 400));
+    const resumedAt = written;
+    await waitUntil(() => written >= resumedAt + 70, 30_000, 'writes after the seam');
     writing = false;
     await writer;
     const all = await eventsReceived(r, written, 30_000);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(r.events()).toHaveLength(written);
+    expect(await untilMarker(db.pool, r, 'election:*')).toHaveLength(written);
     expect(inCursorOrder(all)).toBe(true);
     await r.close();
     await hub.stop();
@@ -193,8 +205,7 @@ describe('lossless, ordered delivery', () => {
     const r = await resume(hub, ['election:*'], String(before[before.length - 1]?.cursor));
     await insert(db.pool, 5);
     const after = await eventsReceived(r, 30);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(r.events()).toHaveLength(30);
+    expect(await untilMarker(db.pool, r, 'election:*')).toHaveLength(30);
     expect(inCursorOrder([...before, ...after])).toBe(true);
     await r.close();
     await hub.stop();
@@ -205,15 +216,23 @@ describe('lossless, ordered delivery', () => {
     const c = await connect(hub, { token: admin });
     await c.next((f) => f.type === 'connection_success');
     await insert(db.pool, 3);
-    const [first] = await eventsReceived(c, 3);
+    const three = await eventsReceived(c, 3);
+    const first = three[0];
+    const third = pos(three[2] as Frame);
     await c.close();
-    await new Promise((r) => setTimeout(r, 1500));
+    await waitUntil(async () => {
+      const r = await db.pool.query<{ old: boolean }>(`SELECT max(committed_at) < now() - interval '1 second' AS old FROM hub.outbox WHERE (txid, id) <= ($1::text::xid8, $2::bigint)`, [
+        third.txid.toString(),
+        third.id.toString(),
+      ]);
+      return r.rows[0]?.old === true;
+    }, 10_000, 'the three rows to be older than the retention');
     await insert(db.pool, 1);
     await waitUntil(async () => {
       const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox WHERE committed_at < now() - interval '1 second'`);
       return r.rows[0]?.n === '0';
-    }, 10_000, 'pruning');
-    await new Promise((r) => setTimeout(r, 1200)); // the hub learns how far pruning went
+    }, 30_000, 'pruning');
+    await when(hub, 'pruned', () => reached(hub.prunedMark(), third), `the hub to learn that pruning passed ${String(three[2]?.cursor)}`);
     const r = await connect(hub, { token: admin, query: 'subscribe=none' });
     r.send({ type: 'subscribe', topics: ['election:*'], since: String(first?.cursor) });
     expect(await r.next((f) => f.type === 'resync' || f.type === 'subscribed')).toMatchObject({ type: 'resync', topics: ['election:*'] });
@@ -233,12 +252,16 @@ describe('pruning by another node', () => {
     await first.close();
     await old.stop();
     await insert(db.pool, 5);
-    // B learns how far pruning went only every 30 s (the production default)…
-    const b = await startTestHub(db.url, {}, { pruneEveryMs: 30_000 });
-    await new Promise((r) => setTimeout(r, 300));
+    const written = await outboxHead(db.pool);
+    // B learns how far pruning went only every 30 s (the production default): once at start…
+    // (Its ring of one event keeps the five rows out of B's memory even when a held horizon
+    // made B read them live: the resume must go to PostgreSQL.)
+    const b = await startTestHub(db.url, { REPLAY_BUFFER_EVENTS: '1' }, { pruneEveryMs: 30_000 });
+    await when(b, 'pruned', () => b.prunedMark() !== undefined, "B's first look at the pruned mark");
+    expect(reached(b.prunedMark(), written)).toBe(false);
     // …while node A prunes everything in between.
     const a = await startTestHub(db.url, { OUTBOX_RETENTION: '1ms' });
-    await waitUntil(async () => Number((await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM hub.outbox')).rows[0]?.n) === 0, 10_000, 'pruned');
+    await when(a, 'pruned', () => reached(a.prunedMark(), written), 'A to prune the five rows');
     const again = await connect(b, { token: admin, query: 'subscribe=none' });
     await again.next((f) => f.type === 'connection_success');
     again.send({ type: 'subscribe', topics: ['election:*'], since: cs.cursor });
@@ -255,6 +278,7 @@ describe('snapshot + since = the database', () => {
     const hub = await startTestHub(db.url);
     const viewer = await token({ sub: 'snap', elections: [e1] });
     let writing = true;
+    let rounds = 0;
     const long = new pg.Client({ connectionString: db.url });
     await long.connect();
     await long.query('BEGIN');
@@ -265,19 +289,23 @@ describe('snapshot + since = the database', () => {
         await db.pool.query(`UPDATE votes SET count = count + 1 WHERE id = (SELECT max(id) FROM votes WHERE election_id = $1)`, [e1]);
         await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
         await db.pool.query(`DELETE FROM guarantees WHERE id = (SELECT min(id) FROM guarantees WHERE election_id = $1 AND voter_name IS NULL)`, [e1]);
+        rounds++;
       }
     });
-    await new Promise((r) => setTimeout(r, 300));
+    await waitUntil(() => rounds >= 15, 30_000, 'writes before the snapshot');
     const snap = (await (await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewer}` } })).json()) as {
       cursor: string;
       totals: { guarantees: number; votes: number };
     };
     const c = await connect(hub, { token: viewer, query: 'subscribe=none' });
     c.send({ type: 'subscribe', topics: [`election:${e1}`], since: snap.cursor });
-    await new Promise((r) => setTimeout(r, 300));
+    await c.next((f) => f.type === 'subscribed');
+    const beforeCommit = rounds;
+    await waitUntil(() => rounds >= beforeCommit + 15, 30_000, 'writes after the resume');
     await long.query('COMMIT');
     await long.end();
-    await new Promise((r) => setTimeout(r, 300));
+    const afterCommit = rounds;
+    await waitUntil(() => rounds >= afterCommit + 15, 30_000, 'writes after the long transaction');
     writing = false;
     await Promise.all(writers);
     const q = await db.pool.query<{ g: string; v: string }>(

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startEmbeddedPostgres } from '../demo/embedded-postgres.ts';
 import { seedDemo, startSimulator } from '../demo/simulator.ts';
+import { waitUntil } from './support/hub.ts';
 
 /** Pids of live processes whose command line mentions `needle` (Linux /proc). */
 async function processesMentioning(needle: string): Promise<number[]> {
@@ -154,12 +155,11 @@ describe('simulator', () => {
     const logs: string[] = [];
     const sim = startSimulator({ pool, electionIds, ratePerSecond: 200, log: (m) => logs.push(m) });
     try {
-      const deadline = Date.now() + 10_000;
       let seen = await counts();
-      while ((seen.guarantees === 0 || seen.attendance === 0 || seen.votes === 0) && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
+      await waitUntil(async () => {
         seen = await counts();
-      }
+        return seen.guarantees > 0 && seen.attendance > 0 && seen.votes > 0;
+      }, 10_000, 'writes to all three tables');
       expect(seen.guarantees).toBeGreaterThan(0);
       expect(seen.attendance).toBeGreaterThan(0);
       expect(seen.votes).toBeGreaterThan(0);
@@ -169,7 +169,8 @@ describe('simulator', () => {
     expect(sim.stats().writes).toBeGreaterThan(0);
     expect(logs.filter((l) => !l.includes('bulk insert'))).toEqual([]);
 
-    // After stop() resolves nothing more is written.
+    // After stop() resolves nothing more is written. About time, not an event: a 300 ms window
+    // (the simulator writes every few ms at this rate) in which the counts must not move.
     const after = await counts();
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(await counts()).toEqual(after);
@@ -183,11 +184,7 @@ describe('simulator', () => {
     const logs: string[] = [];
     const sim = startSimulator({ pool, electionIds, ratePerSecond: 200, log: (m) => logs.push(m) });
     try {
-      const deadline = Date.now() + 5000;
-      while (!logs.some((l) => l.includes('"votes" does not exist')) && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-      expect(logs.some((l) => l.includes('"votes" does not exist'))).toBe(true);
+      await waitUntil(() => logs.some((l) => l.includes('"votes" does not exist')), 5000, 'the failing statement in the log');
     } finally {
       await sim.stop();
       await pool.query('ALTER TABLE votes_hidden RENAME TO votes');
@@ -197,9 +194,8 @@ describe('simulator', () => {
   it('waits instead of failing when the elections have no committees', async () => {
     const logs: string[] = [];
     const sim = startSimulator({ pool, electionIds: [987654321], log: (m) => logs.push(m) });
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await waitUntil(() => logs.some((l) => l.includes('no committees')), 5000, 'the simulator to say it waits');
     await sim.stop();
     expect(sim.stats()).toEqual({ writes: 0, bulk: 0 });
-    expect(logs.some((l) => l.includes('no committees'))).toBe(true);
   });
 });

@@ -40,7 +40,7 @@ function attach(c: Light, url: string, resume: boolean): Promise<void> {
       // last cursor once it had one), so every attach eventually settles.
       if (!c.done && c.ws === ws && (resume || !opened)) {
         c.retries++;
-        setTimeout(() => attach(c, url, resume).then(resolve, resolve), 50 + Math.random() * 200);
+        setTimeout(() => void attach(c, url, resume).then(resolve, resolve), 50 + Math.random() * 200);
       }
     });
     ws.on('open', () => {
@@ -74,31 +74,41 @@ async function inBatches<T>(items: T[], size: number, fn: (t: T) => Promise<void
   for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(fn));
 }
 
-const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(await (await fetch(`${hub.metricsUrl}/metrics`)).text())?.[1]);
+const scrape = async () => (await fetch(`${hub.metricsUrl}/metrics`)).text();
+const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(await scrape())?.[1]);
 
 it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes go on; every client ends complete; memory returns near baseline`, async () => {
   const tokens = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => token({ sub: `storm-${i}`, elections: [e1] })));
   const clients: Light[] = tokens.map((t) => ({ token: t, last: { txid: 0n, id: 0n }, events: 0, ws: undefined, ordered: true, closes: [], retries: 0, done: false }));
   await inBatches(clients, 250, (c) => attach(c, hub.url, false));
   const start = new Map(clients.map((c) => [c, c.last]));
-  await new Promise((r) => setTimeout(r, 1000));
+  // The baseline has all of them open and counted by the hub.
+  await waitUntil(async () => new RegExp(`^hub_connections ${CLIENTS}$`, 'm').test(await scrape()), 20_000, `hub_connections ${CLIENTS}`);
   const baseline = await heapUsed();
 
   let writing = true;
+  let written = 0;
   const writer = (async () => {
     while (writing) {
       await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
+      written++;
       await new Promise((r) => setTimeout(r, 50));
     }
   })();
-  await new Promise((r) => setTimeout(r, 500));
+  /** Waits until the writer has written `n` more rows (writes before, during and after the drop). */
+  const moreRows = async (n: number, what: string) => {
+    const from = written;
+    await waitUntil(() => written >= from + n, 30_000, what);
+  };
+  await moreRows(10, 'writes before the drop');
   // Everyone's network drops at once.
   for (const c of clients) c.ws?.terminate();
-  await new Promise((r) => setTimeout(r, 500));
+  await waitUntil(async () => /^hub_connections 0$/m.test(await scrape()), 20_000, 'the hub to see every socket drop');
+  await moreRows(10, 'writes while everyone is away');
   const t0 = Date.now();
   await inBatches(clients, 500, (c) => attach(c, hub.url, true));
   const reconnectMs = Date.now() - t0;
-  await new Promise((r) => setTimeout(r, 500));
+  await moreRows(10, 'writes after everyone resumed');
   writing = false;
   await writer;
 
@@ -118,7 +128,7 @@ it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes g
 
   for (const c of clients) c.done = true;
   for (const c of clients) c.ws?.close();
-  await waitUntil(async () => /^hub_connections 0$/m.test(await (await fetch(`${hub.metricsUrl}/metrics`)).text()), 20_000, 'all closed');
+  await waitUntil(async () => /^hub_connections 0$/m.test(await scrape()), 20_000, 'all closed');
   // Memory back near the baseline (which had all 5 000 sockets open): nothing retained per storm.
   let after = await heapUsed();
   await waitUntil(async () => (after = await heapUsed()) < baseline * 1.5 + 32e6, 20_000, `heap back near baseline (${after})`);

@@ -26,8 +26,10 @@ it('sockets accepted after the async upgrade stay open, whatever the sub', async
       ws.on('error', () => undefined);
       results[`${sub}${query}`] = await new Promise<string>((res) => {
         ws.on('close', (code) => res(`closed ${code}`));
+        // Open means usable: after connection_success, a ping gets its pong (a socket the bug closed gets neither).
         ws.on('message', (m) => {
-          if (String(m).includes('connection_success')) setTimeout(() => res('open'), 150);
+          if (String(m).includes('connection_success')) ws.send('{"type":"ping"}');
+          if (String(m).includes('"pong"')) res('open');
         });
       });
       ws.terminate();

@@ -26,6 +26,8 @@ export type ReaderOptions = {
   onEvents: (events: OutboxEvent[]) => void;
   onStarted: (p: Position) => void;
   onBadRow?: () => void;
+  /** Called after every completed read, with the cursor after it and whether rows are held back. */
+  onRead?: (p: Position, held: boolean) => void;
   batchSize?: number;
   /** A page stops before the row that would take its data past this many bytes (one row always comes). */
   pageBytes?: number;
@@ -107,6 +109,7 @@ export function startReader(opts: ReaderOptions): Reader {
     // every few ms, at most 10 ms apart, so delivery follows within ~10 ms of that commit.
     heldDelay = r.held ? Math.min(10, Math.max(2, heldDelay * 2)) : 0;
     settle();
+    opts.onRead?.(pos, r.held);
     return !complete;
   };
 

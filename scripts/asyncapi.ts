@@ -30,7 +30,7 @@ const SUMMARY: Record<string, string> = {
   pong: 'Answer to `ping`.',
   error: `An error answer; the connection stays open unless the client keeps misbehaving (then 1008). Codes (src/errors.ts): ${FRAME_ERROR_CODES.map((c) => `${c}: ${ERRORS[c].meaning}`).join('; ')}.`,
   dashboard_update:
-    "An election's full totals with a cursor consistent with them, coalesced (at most one per election per DASHBOARD_DEBOUNCE), published only after every event up to its cursor was delivered: replace the totals, then apply later events.",
+    "An election's totals, at most one per election per DASHBOARD_DEBOUNCE, on election:{id} and dashboard:{id} (not on election:* alone). `base` null: the full state (every committee; the first update after any subscribe, resubscribe or resume, and after a recomputation); else only the committees changed since `base`, the cursor of the previous update on this connection. Apply it if `base` is null (replace) or equals the cursor of the last update applied (overwrite the listed committees); anything else is a broken chain: fetch GET /dashboard/{id} again. Totals are absolute.",
   guarantee_update: 'A captured change of a `guarantees` row.',
   attendance_update: 'A captured change of an `attendance` row.',
   voting_update: 'A captured change of a `votes` row.',
@@ -173,7 +173,7 @@ export function generateAsyncApi(): Json {
         address: '/ws',
         title: 'WebSocket',
         description:
-          'Topics: election:* (admin), election:{id}, committee:{id}, user:{sub}. An event of committee C in election E is on committee:C, election:E and election:*; a connection gets it once. On open the hub subscribes what the token claims name unless `?subscribe=none`.',
+          "Topics: election:* (admin), election:{id}, committee:{id}, dashboard:{id} (only that election's dashboard_update frames; allowed wherever election:{id} is), user:{sub}. An event of committee C in election E is on committee:C, election:E and election:*; a connection gets it once, and each dashboard_update once. On open the hub subscribes what the token claims name unless `?subscribe=none`.",
         messages: Object.fromEntries(Object.keys(messages).map((n) => [n, { $ref: `#/components/messages/${n}` }])),
         bindings: {
           ws: {

@@ -10,20 +10,14 @@ import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
 import { startListener } from './db/listener.ts';
 import { type Reader, startReader } from './db/reader.ts';
-import { computeSnapshot } from './db/snapshot.ts';
+import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { type CommitteeDirectory, createCommitteeDirectory } from './db/committees.ts';
-import { backlog, createHistory, prune, prunedPosition } from './db/outbox.ts';
+import { backlog, createHistory, currentHorizon, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
 import { startPresence } from './cluster/presence.ts';
-import {
-  type DashboardCache,
-  type DashboardNotifier,
-  type Interest,
-  createDashboardCache,
-  createDashboardNotifier,
-  createInterest,
-} from './cache/dashboard.ts';
+import { type DashboardCache, type Interest, createDashboardCache, createInterest } from './cache/dashboard.ts';
+import { type LiveDashboards, createLiveDashboards } from './cache/live-dashboards.ts';
 import { createHealth } from './http/health.ts';
 import { createRoutes } from './http/routes.ts';
 import type { StaticFiles } from './http/static.ts';
@@ -31,8 +25,8 @@ import { type Delivery, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
 import { type HubServer, createHubServer } from './hub/server.ts';
 import type { OutboxEvent } from './events/event.ts';
-import { type Position, encodeCursor } from './events/position.ts';
-import { ALL, type Id, eventTopics } from './events/topics.ts';
+import { type Position, compare, encodeCursor } from './events/position.ts';
+import { type Id, dashboardTopic } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
 import { type Lifecycle, type LifecycleEmitter, createLifecycle } from './lifecycle/events.ts';
 import { createReleasers } from './lifecycle/releasers.ts';
@@ -71,7 +65,7 @@ export type HubDeps = { log?: Logger; staticFiles?: StaticFiles; pruneEveryMs?: 
  * computations run at once on this node.
  */
 const DASHBOARD_POOL_SIZE = 2;
-/** How long a snapshot request (GET /dashboard/{id}) keeps that election's updates coming. */
+/** How long a snapshot request (GET /dashboard/{id}) keeps that election's totals maintained here. */
 const DASHBOARD_INTEREST_MS = 60 * 60_000;
 const DASHBOARD_INTEREST_MAX = 10_000;
 
@@ -121,17 +115,16 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       metrics,
       log,
       prefix: config.REDIS_PREFIX,
-      onRequest: (id) => interest.touch(id),
     });
 
     const server = createHubServer({ config, log, metrics, maxSockets: connectionCap(config.MAX_CONNECTIONS) });
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push('http server', () => server.close());
 
-    const { reader, delivery, notifier, started } = startPipeline({ config, pool, server, committees, cache, interest, metrics, lifecycle, log });
+    const { reader, delivery, dashboards, started } = startPipeline({ config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log });
     releasers.push('reader', () => reader.stop());
     // Before the reader: an update waiting for the reader to reach its cursor gives up.
-    releasers.push('dashboard updates', () => notifier.stop());
+    releasers.push('dashboard updates', () => dashboards.stop());
 
     const listener = startListener({
       connectionString: databaseUrl,
@@ -154,6 +147,9 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         delivery.setPruned(mark);
         prunedMark = mark;
         lifecycle.emit('pruned', { mark });
+        // Pruned past this node's reader (it fell behind the retention): the totals' chain has a gap.
+        const p = reader.position();
+        if (p && compare(mark, p) > 0) dashboards.resyncAll('gap');
       },
       metrics,
       log,
@@ -180,13 +176,21 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       nodeId,
     });
     server.serve({
-      routes: createRoutes({ auth, cache, metrics, electionOf: committees.cached, log, health }),
+      // GET /dashboard/{id} is answered from the maintained totals.
+      routes: createRoutes({ auth, cache: { get: (id) => dashboards.snapshot(id) }, metrics, electionOf: committees.cached, log, health }),
       staticFiles: deps.staticFiles,
       delivery,
       auth,
       limiter,
       committees,
       position: () => reader.position(),
+      // A socket starts receiving these elections' dashboards: the full state first.
+      onDashboards: (ws, ids) => {
+        for (const id of ids) {
+          const full = dashboards.joined(id);
+          if (full !== undefined) delivery.send(ws, full, 'dashboard_update');
+        }
+      },
     });
     releasers.push('sockets', (signal) => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', signal));
 
@@ -250,13 +254,14 @@ function connectRedis(url: string, log: Logger): Redis {
 const quitRedis = async (r: Redis) => void (await r.quit().catch(() => r.disconnect()));
 
 /**
- * The outbox reader and what it feeds, built in one synchronous step: delivery and the dashboard
- * updates need the reader's position, the reader hands them every batch. The reader calls back
- * only once its first read has completed (after an await), when all three exist.
+ * The outbox reader and what it feeds, built in one synchronous step: delivery and the live
+ * dashboards need the reader's position, the reader hands them every batch. The reader calls
+ * back only once its first read has completed (after an await), when all three exist.
  */
 function startPipeline(d: {
   config: Config;
   pool: pg.Pool;
+  dashboardPool: pg.Pool;
   server: HubServer;
   committees: CommitteeDirectory;
   cache: DashboardCache;
@@ -264,8 +269,8 @@ function startPipeline(d: {
   metrics: Metrics;
   lifecycle: LifecycleEmitter;
   log: Logger;
-}): { reader: Reader; delivery: Delivery; notifier: DashboardNotifier; started: Promise<void> } {
-  const { config, pool, server, committees, cache, interest, metrics, lifecycle, log } = d;
+}): { reader: Reader; delivery: Delivery; dashboards: LiveDashboards; started: Promise<void> } {
+  const { config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log } = d;
   const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
   let onStarted: () => void = () => undefined;
   const started = new Promise<void>((resolve) => (onStarted = resolve));
@@ -278,7 +283,11 @@ function startPipeline(d: {
       lifecycle.emit('reader:started', { position: p });
     },
     onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
-    onBadRow: () => metrics.frameErrors.inc({ code: 'bad_outbox_row' }),
+    onBadRow: () => {
+      metrics.frameErrors.inc({ code: 'bad_outbox_row' });
+      // A skipped row is a gap in the totals' chain: recompute what is held.
+      dashboards.resyncAll('gap');
+    },
     onEvents: (events) => publish(events),
   });
 
@@ -295,34 +304,37 @@ function startPipeline(d: {
     log,
   });
 
-  // Who gets election E's dashboard_update here: sockets on election:E, and (as it is also
-  // published on election:*) admins, but only for elections fetched from this node lately;
-  // an admin on election:* alone does not make every election's totals recomputed.
-  const subscribers = (topic: string) => server.publisher.numSubscribers(topic);
-  const notifier = createDashboardNotifier({
-    cache,
-    debounceMs: config.DASHBOARD_DEBOUNCE,
-    concurrency: DASHBOARD_POOL_SIZE,
-    log,
-    watched: (id) => subscribers(`election:${id}`) > 0 || (interest.has(id) && subscribers(ALL) > 0),
+  // Dashboards: totals maintained from the stream (src/cache/live-dashboards.ts); their updates
+  // go to the dashboard:{id} topic's sockets.
+  const dashboards = createLiveDashboards({
+    compute: (id, o) => cache.refresh(id, o),
+    position: () => reader.position(),
     delivered: (p) => reader.waitFor(p, 5000),
-    publish: (electionId, frame) => {
-      if (interest.has(electionId)) interest.touch(electionId); // still followed: keep it
-      delivery.publishFrame(eventTopics({ electionId, committeeId: null, topic: null }), frame, 'dashboard_update');
-    },
+    horizon: async () => (await currentHorizon(pool)).horizon, // one trivial query: not behind computations
+    subscribers: (id) => server.publisher.numSubscribers(dashboardTopic(id)),
+    interested: (id) => interest.has(id),
+    onRequest: (id) => interest.touch(id),
+    publish: (id, frame) => delivery.publishFrame([dashboardTopic(id)], frame, 'dashboard_update'),
+    debounceMs: config.DASHBOARD_DEBOUNCE,
+    verifyMs: config.DASHBOARD_VERIFY_INTERVAL,
+    watched: () => watchedFingerprint(dashboardPool),
+    metrics,
+    log,
   });
 
   function publish(events: OutboxEvent[]) {
     delivery.publish(events);
+    dashboards.apply(events);
     const elections = new Set<Id>();
-    for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
-    if (elections.size > 0) {
-      cache.invalidate(elections, (events[events.length - 1] as OutboxEvent).pos);
-      notifier.changed(elections);
+    for (const e of events) {
+      if (e.kind === 'app') continue;
+      if (e.electionId !== null) elections.add(e.electionId);
+      if (e.old?.electionId) elections.add(e.old.electionId); // a row moved out of it
     }
+    if (elections.size > 0) cache.invalidate(elections, (events[events.length - 1] as OutboxEvent).pos);
   }
 
-  return { reader, delivery, notifier, started };
+  return { reader, delivery, dashboards, started };
 }
 
 /** Outbox housekeeping, now and every `everyMs`: prune past retention (and learn how far pruning reached: `onPruned`), sample the backlog. */

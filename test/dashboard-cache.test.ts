@@ -2,7 +2,7 @@
 // whatever the number of elections it touches (issue 15, item 6).
 import type { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { createDashboardCache, createDashboardNotifier, createInterest } from '../src/cache/dashboard.ts';
+import { createDashboardCache, createInterest } from '../src/cache/dashboard.ts';
 import { type Position, encodeCursor } from '../src/events/position.ts';
 import { createLogger } from '../src/log.ts';
 import { type Metrics, createMetrics } from '../src/metrics/index.ts';
@@ -141,89 +141,6 @@ describe('dashboard cache', () => {
     await Promise.all([...background, request]);
     expect(most).toBe(2);
     expect(order.slice(0, 3)).toEqual(['1', '2', '99']);
-  });
-});
-
-describe('dashboard notifier', () => {
-  const setup = (opts: { watched: (id: string) => boolean; delivered?: () => Promise<boolean> }) => {
-    const computed: string[] = [];
-    const published: string[] = [];
-    const gate: { open: (() => void) | undefined } = { open: undefined };
-    let hold = false;
-    const notifier = createDashboardNotifier({
-      cache: {
-        refresh: async (id) => {
-          computed.push(id);
-          if (hold) await new Promise<void>((r) => (gate.open = r));
-          return JSON.stringify(snapshot(id, at(computed.length)));
-        },
-      },
-      debounceMs: 40,
-      watched: opts.watched,
-      delivered: opts.delivered ?? (async () => true),
-      publish: (id, frame) => {
-        expect(frame.startsWith('{"type":"dashboard_update","election_id":')).toBe(true);
-        published.push(id);
-      },
-      concurrency: 2,
-      log,
-    });
-    return { notifier, computed, published, gate, holdNext: (v: boolean) => (hold = v) };
-  };
-
-  it('recomputes only watched elections, each once per burst, and leaves no state behind', async () => {
-    const t = setup({ watched: (id) => Number(id) % 1000 === 0 });
-    const ids = Array.from({ length: 20_000 }, (_, i) => String(i + 1));
-    t.notifier.changed(ids);
-    t.notifier.changed(ids);
-    await waitUntil(() => t.published.length === 20, 5000, 'the 20 watched elections');
-    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
-    expect(t.computed.sort((a, b) => Number(a) - Number(b))).toEqual(ids.filter((id) => Number(id) % 1000 === 0));
-    t.notifier.stop();
-  });
-
-  it('a change during a computation gives exactly one more update after it', async () => {
-    const t = setup({ watched: () => true });
-    t.holdNext(true);
-    t.notifier.changed(['1']);
-    await waitUntil(() => t.gate.open !== undefined, 2000, 'computing');
-    t.notifier.changed(['1']);
-    t.notifier.changed(['1']);
-    t.holdNext(false);
-    t.gate.open?.();
-    await waitUntil(() => t.published.length === 2, 2000, 'the second update');
-    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
-    expect(t.computed).toEqual(['1', '1']);
-    t.notifier.stop();
-  });
-
-  it('publishes an update only once the reader delivered everything up to its cursor, never before', async () => {
-    let reached = false;
-    let asked = 0;
-    const t = setup({
-      watched: () => true,
-      delivered: async () => {
-        asked++;
-        await new Promise((r) => setTimeout(r, 10));
-        return reached;
-      },
-    });
-    t.notifier.changed(['5']);
-    await waitUntil(() => asked >= 3, 2000, 'waiting for the reader');
-    expect(t.published).toEqual([]);
-    reached = true;
-    await waitUntil(() => t.published.length === 1, 2000, 'published');
-    t.notifier.stop();
-  });
-
-  it('an election nobody watches any more when its turn comes is not computed', async () => {
-    let watching = true;
-    const t = setup({ watched: () => watching });
-    t.notifier.changed(['3']);
-    watching = false;
-    await waitUntil(() => t.notifier.pending() === 0, 2000, 'idle');
-    expect(t.computed).toEqual([]);
-    t.notifier.stop();
   });
 });
 

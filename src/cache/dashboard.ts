@@ -20,8 +20,11 @@ import { type Position, ZERO, compare, decodeCursor } from '../events/position.t
 export type DashboardCache = {
   /** A request's snapshot as JSON (serialized once), or null for an unknown election; computed ahead of updates. */
   get(electionId: Id): Promise<string | null>;
-  /** A snapshot at least as new as every change seen so far (computed once across nodes). */
-  refresh(electionId: Id): Promise<string | null>;
+  /**
+   * A snapshot at least as new as every change seen so far and as `o.min` (computed once across
+   * nodes: another node's result is taken when it is new enough), counted as `o.reason`.
+   */
+  refresh(electionId: Id, o?: RefreshOptions): Promise<string | null>;
   /**
    * Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted.
    * Cheap for any number of elections: O(n) in memory, Redis deletions in bounded chunks.
@@ -29,6 +32,15 @@ export type DashboardCache = {
   invalidate(electionIds: Iterable<Id>, seen: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
+};
+
+export type RefreshOptions = {
+  /** The label of hub_dashboard_computations_total if it computes (default: first_use or change). */
+  reason?: 'first_use' | 'change' | 'resync' | 'verify';
+  /** The snapshot's cursor must be at or after this. */
+  min?: Position;
+  /** Somebody waits for the answer: ahead of background computations. */
+  urgent?: boolean;
 };
 
 export type DashboardCacheOptions = {
@@ -136,15 +148,15 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       }
     } else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
-  const fresh = (id: Id, json: string | undefined): json is string => {
+  const fresh = (id: Id, json: string | undefined, min?: Position): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
-    return c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0;
+    return c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0 && (min === undefined || compare(c, min) >= 0);
   };
 
-  const computeAndStore = (id: Id, urgent: boolean): Promise<string> =>
+  const computeAndStore = (id: Id, urgent: boolean, reason?: RefreshOptions['reason']): Promise<string> =>
     slot(urgent, async () => {
-      metrics.dashboardComputations.inc({ reason: lastChange.has(id) ? 'change' : 'first_use' });
+      metrics.dashboardComputations.inc({ reason: reason ?? (lastChange.has(id) ? 'change' : 'first_use') });
       const snap = await opts.compute(id);
       if (!snap) return NONE; // not cached: the election may be created any moment
       const json = JSON.stringify(snap);
@@ -153,14 +165,14 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     });
 
   /** One computation per burst: locally single-flight, across nodes a short Redis lock. */
-  const obtain = async (id: Id, urgent: boolean): Promise<string> => {
-    if (!redis || !redisUp()) return computeAndStore(id, urgent);
+  const obtain = async (id: Id, urgent: boolean, o: RefreshOptions): Promise<string> => {
+    if (!redis || !redisUp()) return computeAndStore(id, urgent, o.reason);
     const deadline = Date.now() + lockWaitMs;
     while (Date.now() < deadline) {
       const got = await redis.set(LOCK(id), token, 'PX', lockWaitMs, 'NX').catch(warn('dashboard lock failed'));
       if (got === 'OK') {
         try {
-          return await computeAndStore(id, urgent);
+          return await computeAndStore(id, urgent, o.reason);
         } finally {
           // Release only our own lock.
           await redis
@@ -176,19 +188,21 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       if (!redisUp()) break;
       await new Promise((r) => setTimeout(r, 15));
       const other = await read(id);
-      if (fresh(id, other)) return other;
+      if (fresh(id, other, o.min)) return other;
     }
-    return computeAndStore(id, urgent);
+    return computeAndStore(id, urgent, o.reason);
   };
 
-  const refresh = (id: Id, urgent = false): Promise<string | null> => {
+  const refresh = (id: Id, o: RefreshOptions = {}): Promise<string | null> => {
+    const urgent = o.urgent ?? false;
     const running = inflight.get(id);
-    const p = (running ?? Promise.resolve(undefined)).then(async (prev) => {
+    // A failed computation of somebody else's is no answer for this one: compute again.
+    const p = (running ?? Promise.resolve(undefined)).catch(() => undefined).then(async (prev) => {
       // A computation that began before the latest change may be stale: check, then redo.
-      if (prev !== undefined && prev !== null && fresh(id, prev)) return prev;
+      if (prev !== undefined && prev !== null && fresh(id, prev, o.min)) return prev;
       const cached = await read(id);
-      if (fresh(id, cached)) return cached;
-      const json = await obtain(id, urgent);
+      if (fresh(id, cached, o.min)) return cached;
+      const json = await obtain(id, urgent, o);
       return json === NONE ? null : json;
     });
     const tracked = p.finally(() => {
@@ -230,9 +244,9 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
         return hit;
       }
       metrics.cacheRequests.inc({ result: 'miss' });
-      return refresh(id, true);
+      return refresh(id, { urgent: true });
     },
-    refresh: (id) => refresh(id),
+    refresh,
     invalidate(ids, seen) {
       for (const id of ids) {
         const prev = lastChange.get(id);
@@ -288,133 +302,3 @@ export function createInterest(opts: { ttlMs: number; max: number; now?: () => n
 }
 
 export type Interest = ReturnType<typeof createInterest>;
-
-export type DashboardNotifier = {
-  /** Elections whose data changed: the watched ones get a `dashboard_update`, coalesced per election. */
-  changed(electionIds: Iterable<Id>): void;
-  /** Elections waiting for (or in) a computation; for tests and health. */
-  pending(): number;
-  stop(): void;
-};
-
-/**
- * Turns changes into `dashboard_update` frames, with work bounded whatever a statement touches:
- *
- * - Only elections `watched` on this node are recomputed; the others were only marked stale
- *   by the cache (cheap, in memory) and are computed when somebody asks for them.
- * - Per election at most one update per `debounceMs`, and one computation at a time: a change
- *   during a computation schedules exactly one more after it. Pending elections wait in one
- *   queue (each once), drained `concurrency` at a time.
- * - An update is published only once the reader has delivered every event up to its cursor
- *   (`delivered`): a client replaces its totals with it and then applies the events that
- *   follow, so an update ahead of the stream would count the events in between twice. If the
- *   reader is behind (the database is failing), the update waits for it; it never goes early.
- *
- * This is the seam a stream-maintained total (issue 11) replaces: `watched` says who needs
- * numbers, the queue says which elections need them next.
- */
-export function createDashboardNotifier(opts: {
-  cache: Pick<DashboardCache, 'refresh'>;
-  debounceMs: number;
-  /** Does somebody on this node receive this election's `dashboard_update`? */
-  watched: (electionId: Id) => boolean;
-  /** Resolves true once the reader has delivered every event up to `cursor`, false after a while. */
-  delivered: (cursor: Position) => Promise<boolean>;
-  publish: (electionId: Id, frame: string) => void;
-  /** Computations in flight for updates (the cache bounds computations overall). */
-  concurrency?: number;
-  log: Logger;
-}): DashboardNotifier {
-  const concurrency = Math.max(1, opts.concurrency ?? 2);
-  const timers = new Map<Id, NodeJS.Timeout>(); // debouncing
-  const ready = new Set<Id>(); // due, in arrival order
-  const busy = new Set<Id>(); // computing, or waiting for the reader
-  const again = new Set<Id>(); // changed while busy
-  const lastSent = new Map<Id, number>();
-  let computing = 0;
-  let pruneAt = 64;
-  let stopped = false;
-
-  const schedule = (id: Id) => {
-    const since = Date.now() - (lastSent.get(id) ?? 0);
-    const delay = Math.max(20, opts.debounceMs - since);
-    timers.set(
-      id,
-      setTimeout(() => {
-        timers.delete(id);
-        ready.add(id);
-        pump();
-      }, delay),
-    );
-  };
-
-  // Only the last debounce interval matters: older send times are forgotten (amortized O(1)).
-  const sent = (id: Id) => {
-    const t = Date.now();
-    lastSent.delete(id);
-    lastSent.set(id, t);
-    if (lastSent.size < pruneAt) return;
-    for (const [k, at] of lastSent) {
-      if (t - at < opts.debounceMs) break;
-      lastSent.delete(k);
-    }
-    pruneAt = Math.max(64, lastSent.size * 2);
-  };
-
-  const fire = async (id: Id) => {
-    busy.add(id);
-    computing++;
-    let holding = true;
-    const release = () => {
-      if (!holding) return;
-      holding = false;
-      computing--;
-      pump();
-    };
-    try {
-      if (stopped || !opts.watched(id)) return;
-      const json = await opts.cache.refresh(id);
-      release();
-      if (!json || stopped) return;
-      const cursor = cursorOf(json);
-      if (cursor) while (!(await opts.delivered(cursor))) if (stopped) return;
-      if (stopped) return;
-      opts.publish(id, `{"type":"dashboard_update",${json.slice(1)}`);
-      sent(id);
-    } catch (err) {
-      opts.log.warn({ electionId: id, err: errorMessage(err) }, 'dashboard update failed');
-    } finally {
-      release();
-      busy.delete(id);
-      if (again.delete(id) && !stopped && !timers.has(id) && !ready.has(id)) schedule(id);
-    }
-  };
-
-  function pump(): void {
-    while (!stopped && computing < concurrency && ready.size > 0) {
-      const id = ready.values().next().value as Id;
-      ready.delete(id);
-      void fire(id);
-    }
-  }
-
-  return {
-    changed(ids) {
-      if (stopped) return;
-      for (const id of ids) {
-        if (timers.has(id) || ready.has(id)) continue;
-        if (!opts.watched(id)) continue;
-        if (busy.has(id)) again.add(id);
-        else schedule(id);
-      }
-    },
-    pending: () => timers.size + ready.size + busy.size,
-    stop() {
-      stopped = true;
-      for (const t of timers.values()) clearTimeout(t);
-      timers.clear();
-      ready.clear();
-      again.clear();
-    },
-  };
-}

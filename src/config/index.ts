@@ -97,6 +97,8 @@ const envSchema = z
     REPLAY_BUFFER_BYTES: int(0, 2 ** 40).default(64 * 1024 * 1024),
     MAX_TOTAL_BUFFERED_BYTES: int(65_536, 2 ** 40).default(256 * 1024 * 1024),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
+    // How often each held election's stream-maintained totals are checked against a full computation (0: never).
+    DASHBOARD_VERIFY_INTERVAL: duration('DASHBOARD_VERIFY_INTERVAL').default(10 * 60_000),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
     NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),

@@ -23,6 +23,19 @@ const COLUMNS = `ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, o
   ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
   (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
+/*
+ * What the totals need of a row (OutboxEvent.count, .old), read in SQL, never by parsing the row:
+ * a vote's `count` (the contract's name for it), and an update's previous election and
+ * committee, through the watched table's column names (the first table of the kind, as the
+ * snapshot does: kinds are expected to share column names). `old` is only read for updates.
+ */
+const TOTALS_COLUMNS = `CASE WHEN ob.kind = 'vote' THEN ob.data ->> 'count' END AS vote_count,
+  hub.to_bigint(ob.old ->> w.ecol)::text AS old_election_id, hub.to_bigint(ob.old ->> w.ccol)::text AS old_committee_id,
+  CASE WHEN ob.kind = 'vote' AND w.ecol IS NOT NULL THEN ob.old ->> 'count' END AS old_count`;
+const TOTALS_WATCHED = `tw AS (SELECT DISTINCT ON (kind) kind, election_column::text AS ecol, committee_column::text AS ccol
+       FROM hub.watched ORDER BY kind, tbl::text)`;
+const TOTALS_JOIN = `LEFT JOIN tw w ON ob.action = 'updated' AND w.kind = ob.kind`;
+
 type RawRow = Record<string, unknown>;
 
 /** The position of any selected row, decodable or not (replays and the reader advance row by row). */
@@ -47,6 +60,11 @@ export function decodeRow(raw: RawRow): OutboxEvent | undefined {
   // bigint::text is canonical (no leading zeros): these are the ids topics name.
   const electionId: Id | null = r.election_id;
   const committeeId: Id | null = r.committee_id;
+  const num = (v: string | null | undefined) => (v === null || v === undefined ? null : Number(v) || 0);
+  const old =
+    r.action === 'updated' && (r.old_election_id !== undefined || r.old_committee_id !== undefined || r.old_count !== undefined)
+      ? { electionId: r.old_election_id ?? null, committeeId: r.old_committee_id ?? null, count: num(r.old_count) }
+      : null;
   // Built by concatenation so a row's jsonb text (its key and data) is never parsed and
   // re-serialized: large rows cost no JSON work, and bigints keep every digit.
   const frame = app
@@ -65,6 +83,8 @@ export function decodeRow(raw: RawRow): OutboxEvent | undefined {
     topics: routeTopics({ electionId, committeeId, topic: r.topic }),
     frame,
     committedAtMs: committedMs,
+    count: num(r.vote_count),
+    old,
   };
 }
 
@@ -99,20 +119,21 @@ export async function readAfter(db: pg.Pool, after: Position, limit: number, max
   // their sizes cuts the page (data stays a TOAST pointer until a row is kept and selected).
   const res = await db.query({
     name: 'hub_read_after',
-    text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+    text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x), ${TOTALS_WATCHED}
      SELECT s.x::text AS horizon,
             -- max(txid) is one step down the primary key, whatever the statistics say
             -- (an EXISTS here could turn into a full scan of the outbox on stale stats).
             coalesce((SELECT max(h.txid) FROM hub.outbox h) >= s.x, false) AS held,
             o.*
      FROM s LEFT JOIN LATERAL (
-       SELECT ${COLUMNS}, ob.fetched::int AS fetched FROM (
+       SELECT ${COLUMNS}, ob.fetched::int AS fetched, ${TOTALS_COLUMNS} FROM (
          SELECT l.*, sum(l.bytes) OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) - l.bytes AS before, count(*) OVER () AS fetched
          FROM (
            SELECT ob.*, ${DATA_BYTES} AS bytes FROM hub.outbox ob
            WHERE (ob.txid, ob.id) > ($1::text::xid8, $2::bigint) AND ob.txid < s.x
            ORDER BY ob.txid, ob.id LIMIT $3) l
        ) ob
+       ${TOTALS_JOIN}
        WHERE ob.before < $4
        ORDER BY ob.txid, ob.id) o ON true`,
     values: [after.txid.toString(), after.id.toString(), limit, maxBytes],

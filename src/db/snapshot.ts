@@ -120,3 +120,12 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
     client.release();
   }
 }
+
+/**
+ * A fingerprint of `hub.watched` (every column of every row): when it changes, what the totals
+ * count changed, and every maintained dashboard is recomputed.
+ */
+export async function watchedFingerprint(db: Pick<pg.Pool, 'query'>): Promise<string> {
+  const r = await db.query<{ f: string }>(`SELECT coalesce(md5(string_agg(w::text, ',' ORDER BY w.tbl::text)), '') AS f FROM hub.watched w`);
+  return r.rows[0]?.f ?? '';
+}

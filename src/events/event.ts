@@ -16,4 +16,12 @@ export type OutboxEvent = {
   /** The JSON frame sent to every socket. */
   readonly frame: string;
   readonly committedAtMs: number;
+  /**
+   * What the dashboard totals need (src/cache/totals.ts), selected in SQL so no row is parsed:
+   * `count` is a vote's `count` (null for other kinds), `old` an update's previous election,
+   * committee and count. Only the reader's pages (`readAfter`) select them; replayed rows
+   * carry null (replays never feed the totals).
+   */
+  readonly count: number | null;
+  readonly old: { readonly electionId: Id | null; readonly committeeId: Id | null; readonly count: number | null } | null;
 };

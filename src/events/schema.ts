@@ -9,10 +9,12 @@ export const Topic = z
   .string()
   .max(220)
   .regex(
-    /^(election:(\*|0|[1-9][0-9]{0,18})|committee:(0|[1-9][0-9]{0,18})|user:[^\s]{1,200})$/,
-    'not a topic: election:*, election:{id}, committee:{id} or user:{sub}, ids without leading zeros',
+    /^(election:(\*|0|[1-9][0-9]{0,18})|(committee|dashboard):(0|[1-9][0-9]{0,18})|user:[^\s]{1,200})$/,
+    'not a topic: election:*, election:{id}, committee:{id}, dashboard:{id} or user:{sub}, ids without leading zeros',
   )
-  .describe('election:*, election:{id}, committee:{id} or user:{sub}; ids are bigints written without leading zeros (one spelling per topic)');
+  .describe(
+    "election:*, election:{id}, committee:{id}, dashboard:{id} (only that election's dashboard_update frames; allowed wherever election:{id} is) or user:{sub}; ids are bigints written without leading zeros (one spelling per topic)",
+  );
 
 /** A bigint id in a frame: exact either way. */
 export const IdValue = z
@@ -28,7 +30,7 @@ export const PingFrame = z.object({ type: z.literal('ping') });
 const RequestedTopic = z
   .string()
   .max(220)
-  .describe('election:*, election:{id}, committee:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)');
+  .describe('election:*, election:{id}, committee:{id}, dashboard:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)');
 
 export const SubscribeFrame = z.object({
   type: z.literal('subscribe'),
@@ -85,7 +87,17 @@ export const DashboardSnapshot = z.object({
 });
 export type DashboardSnapshot = z.infer<typeof DashboardSnapshot>;
 
-export const DashboardUpdate = DashboardSnapshot.extend({ type: z.literal('dashboard_update') });
+export const DashboardUpdate = DashboardSnapshot.extend({
+  type: z.literal('dashboard_update'),
+  cursor: Cursor.describe('Position of these numbers in the global order; the next update of this election on this connection has it as `base`'),
+  base: Cursor.nullable().describe(
+    "null: the full state (every committee; replace what you have). Else the cursor of this election's previous dashboard_update on this connection: apply only if it equals the cursor of the last update you applied (overwrite the listed committees); anything else is a broken chain: fetch GET /dashboard/{id} again",
+  ),
+  totals: Counts,
+  committees: z
+    .array(CommitteeCounts)
+    .describe('With base null, every committee; else only the committees whose numbers changed since base, with their absolute numbers'),
+});
 export type DashboardUpdate = z.infer<typeof DashboardUpdate>;
 
 export const ConnectionSuccess = z.object({ type: z.literal('connection_success'), sub: z.string(), topics: z.array(Topic), cursor: Cursor });
@@ -118,6 +130,11 @@ export const OutboxRow = z.object({
   row_id: z.string().nullable(),
   data: z.string().nullable(),
   committed_ms: z.number().finite(),
+  // Selected by the reader only (db/outbox.ts TOTALS_COLUMNS): what the dashboard totals need.
+  vote_count: z.string().max(64).nullable().optional(),
+  old_election_id: SqlBigint.nullable().optional(),
+  old_committee_id: SqlBigint.nullable().optional(),
+  old_count: z.string().max(64).nullable().optional(),
 });
 export type OutboxRow = z.infer<typeof OutboxRow>;
 

@@ -5,8 +5,14 @@
  * decimal text (no leading zeros), so ids beyond 2^53 stay exact. Frames carry them as JSON
  * numbers when they are safe integers and as JSON strings otherwise (`jsonId`).
  *
- * Topics have one spelling: `election:*`, `election:{id}`, `committee:{id}`, `user:{sub}`,
- * ids without leading zeros and within the bigint range; anything else is not a topic.
+ * Topics have one spelling: `election:*`, `election:{id}`, `committee:{id}`, `dashboard:{id}`,
+ * `user:{sub}`, ids without leading zeros and within the bigint range; anything else is not a topic.
+ *
+ * Dashboards. Election E's `dashboard_update` frames are published once, on the internal topic
+ * `d:E` (`dashboardTopic`), which the cover of both `election:E` and `dashboard:E` contains: a
+ * socket on both gets each update once, and `dashboard:E` carries nothing else (no rows).
+ * `election:*` alone does not receive dashboard updates (an admin following every row does
+ * not make every election's totals maintained); an admin may subscribe any `dashboard:E`.
  *
  * The delivery rule (live and replay alike), for a row of committee C in election E
  * (either may be null), and a socket with claims K that requested the topics T:
@@ -67,6 +73,7 @@ export type ParsedTopic =
   | { kind: 'all' }
   | { kind: 'election'; id: Id }
   | { kind: 'committee'; id: Id }
+  | { kind: 'dashboard'; id: Id }
   | { kind: 'user'; sub: string };
 
 export const ALL = 'election:*';
@@ -83,6 +90,11 @@ export function parseTopic(topic: string): ParsedTopic | undefined {
     const id = parseId(m[1]);
     return id === undefined ? undefined : { kind: 'committee', id };
   }
+  m = /^dashboard:(\d+)$/.exec(topic);
+  if (m?.[1]) {
+    const id = parseId(m[1]);
+    return id === undefined ? undefined : { kind: 'dashboard', id };
+  }
   m = /^user:(\S{1,200})$/.exec(topic);
   if (m?.[1]) return { kind: 'user', sub: m[1] };
   return undefined;
@@ -98,6 +110,19 @@ export function eventTopics(e: { electionId: Id | number | null; committeeId: Id
   if (e.electionId !== null) topics.push(`election:${e.electionId}`);
   topics.push(ALL);
   return topics;
+}
+
+/** Where election E's `dashboard_update` frames are published (covered by `election:E` and `dashboard:E`). */
+export const dashboardTopic = (election: Id) => `d:${election}`;
+
+/** The elections whose dashboard a set of requested topics receives (`election:E`, `dashboard:E`). */
+export function dashboardsOf(topics: Iterable<string>): Id[] {
+  const out = new Set<Id>();
+  for (const t of topics) {
+    const p = parseTopic(t);
+    if (p?.kind === 'election' || p?.kind === 'dashboard') out.add(p.id);
+  }
+  return [...out];
 }
 
 /** Where committee C's rows go while they come from election key `at` ('' = no election). */
@@ -157,6 +182,7 @@ export function admitByClaims(c: Claims, topic: ParsedTopic): boolean | 'lookup'
     case 'all':
       return false;
     case 'election':
+    case 'dashboard':
       return holdsElection(c, topic.id);
     case 'committee':
       if (holdsCommittee(c, topic.id)) return true;
@@ -200,8 +226,11 @@ export function coverOf(c: Claims, topics: ReadonlySet<string>, at: (committee: 
     const p = parseTopic(t);
     if (!p) continue;
     if (p.kind === 'user') cover.add(t);
-    else if (all) cover.add(ALL);
-    else if (p.kind === 'election') cover.add(t);
+    else if (p.kind === 'dashboard') cover.add(dashboardTopic(p.id));
+    else if (p.kind === 'election') {
+      cover.add(dashboardTopic(p.id)); // the election's totals, whatever covers its rows
+      cover.add(all ? ALL : t);
+    } else if (all) cover.add(ALL);
     else if (p.kind === 'committee') {
       const u = committeeCover(c, topics, p.id, at(p.id));
       if (u) cover.add(u);

@@ -63,7 +63,8 @@ export function bearer(header: string): string | undefined {
 /** The HTTP routes as plain functions of their inputs; hub/http.ts wires them to uWS. */
 export function createRoutes(deps: {
   auth: Authenticator;
-  cache: DashboardCache;
+  /** Snapshots for GET /dashboard/{id} (JSON, null: no such election). */
+  cache: Pick<DashboardCache, 'get'>;
   metrics: Metrics;
   health: HealthSource;
   electionOf: ElectionOf;

@@ -273,7 +273,7 @@ export function createDelivery(opts: {
         if (p.kind === 'all') f.all = true;
         else if (p.kind === 'election') f.elections.push(p.id);
         else if (p.kind === 'committee') f.committees.push(p.id);
-        else f.topics.push(t);
+        else if (p.kind === 'user') f.topics.push(t); // dashboard:{id} carries no rows
       }
     }
     return f;

@@ -2,7 +2,7 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import { ClientFrame } from '../events/schema.ts';
-import { type Claims, type Id, admitByClaims, claimTopics, holdsElection, parseTopic } from '../events/topics.ts';
+import { type Claims, type Id, admitByClaims, claimTopics, dashboardsOf, holdsElection, parseTopic } from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../events/position.ts';
 import { CloseCode, ErrorCode, type FrameErrorCode, errorMessage } from '../errors.ts';
 import { type Delivery, type Sock, CursorError, UnavailableError } from './delivery.ts';
@@ -42,6 +42,8 @@ export function createProtocol(deps: {
   delivery: Delivery;
   committees: CommitteeElections;
   position: () => Position | undefined;
+  /** A socket starts receiving these elections' dashboards (see SocketHandlers in server.ts). */
+  onDashboards?: ((ws: Sock, elections: Id[]) => void) | undefined;
 }) {
   const { config, log, metrics, delivery, committees } = deps;
 
@@ -106,6 +108,8 @@ export function createProtocol(deps: {
       await delivery.subscribe(ws, ok, since, (cursor, resync) => {
         if (resync) frame(ws, { type: 'resync', topics: ok });
         frame(ws, { type: 'subscribed', topics: ok, cursor: encodeCursor(cursor) });
+        const elections = dashboardsOf(ok);
+        if (elections.length > 0) deps.onDashboards?.(ws, elections);
       });
     } catch (err) {
       if (err instanceof CursorError) return clientError(ws, ErrorCode.badCursor, err.message);
@@ -180,6 +184,8 @@ export function createProtocol(deps: {
           message: `the token names ${s.topics.size + dropped} topics; subscribed ${s.topics.size} (at most ${config.MAX_TOPICS_PER_CONNECTION} per connection)`,
         });
       }
+      const elections = dashboardsOf(s.topics);
+      if (elections.length > 0) deps.onDashboards?.(w, elections);
     },
 
     /** A client frame, from the uWS message handler. */

@@ -27,6 +27,8 @@ const event = (n: number, bytes: number, topics: readonly string[] = ['election:
     topics,
     frame: head + 'x'.repeat(Math.max(0, bytes - head.length - tail.length)) + tail,
     committedAtMs: Date.now(),
+    count: null,
+    old: null,
   };
 };
 const ids = (events: Iterable<OutboxEvent>) => [...events].map((e) => Number(e.pos.id));

@@ -24,6 +24,7 @@ import type { Routes } from '../http/routes.ts';
 import type { StaticFiles } from '../http/static.ts';
 import type { Delivery, Publisher, Sock } from './delivery.ts';
 import type { Position } from '../events/position.ts';
+import type { Id } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import { serveHttp } from './http.ts';
 import { type CommitteeElections, createProtocol } from './protocol.ts';
@@ -42,6 +43,12 @@ export type SocketHandlers = {
   committees: CommitteeElections;
   /** How far the reader has published; upgrades wait for it. */
   position: () => Position | undefined;
+  /**
+   * A socket starts receiving these elections' `dashboard_update` frames (it subscribed, or
+   * resubscribed or resumed, `election:E` or `dashboard:E`, or was auto-subscribed): called
+   * synchronously as it goes live, so what is sent here comes before any later update.
+   */
+  onDashboards?: ((ws: Sock, elections: Id[]) => void) | undefined;
 };
 
 /**
@@ -74,7 +81,7 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
       anyOpen: () => sockets.values().next().value,
       maxSockets,
     });
-    const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position });
+    const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position, onDashboards: h.onDashboards });
 
     app.ws<Session>('/ws', {
       compression: uWS.DISABLED,

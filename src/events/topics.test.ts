@@ -9,7 +9,7 @@ import {
   claimTopics,
   committeeCover,
   committeeIn,
-  coverOf,
+  coverOf, coverOf as coverOfAll,
   eventTopics,
   idValue,
   jsonId,
@@ -143,6 +143,8 @@ describe('routing', () => {
 
   it('coverOf: election:* swallows every non-user topic; user topics stay', () => {
     const at = () => '1';
+    // Election topics also join their dashboard channel d:E (dashboard_update frames only, no rows).
+    const coverOf = (...args: Parameters<typeof coverOfAll>) => new Set([...coverOfAll(...args)].filter((t) => !t.startsWith('d:')));
     expect(coverOf(admin, new Set([ALL, 'election:1', 'committee:7', 'user:ana']), at)).toEqual(new Set([ALL, 'user:ana']));
     expect(coverOf(admin, new Set(['election:1', 'committee:7', 'committee:8']), (c) => (c === '7' ? '1' : '2'))).toEqual(
       new Set(['election:1', 'c:2:8']),
@@ -221,7 +223,7 @@ describe('the live cover (property)', () => {
         const cover = coverOf(c as Claims, new Set(requested), (x) => where[x] ?? UNKNOWN);
         const hits = routeTopics(r).filter((t) => cover.has(t));
         expect(hits.length).toBeLessThanOrEqual(1);
-        for (const t of cover) expect(t === ALL || t.startsWith('election:') || t.startsWith('user:') || t.startsWith('c:')).toBe(true);
+        for (const t of cover) expect(t === ALL || t.startsWith('election:') || t.startsWith('user:') || t.startsWith('c:') || t.startsWith('d:')).toBe(true);
         for (const t of cover) if (t.startsWith('c:')) expect(requested).toContain(`committee:${t.split(':')[2]}`);
       }),
       { numRuns: 1000 },

@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { signToken } from '../src/auth/jwt.ts';
-import { compare, decodeCursor, type Position } from '../src/db/cursor.ts';
+import { compare, decodeCursor, type Position } from '../src/events/position.ts';
 import { createBenchDatabase } from './lib/db.ts';
 import { RESULTS, killAll, spawnTs } from './lib/procs.ts';
 import { sleep } from './lib/clock.ts';

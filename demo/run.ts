@@ -19,6 +19,7 @@ import { migrate } from '../src/db/migrate.ts';
 import { signToken } from '../src/auth/jwt.ts';
 import { createLogger } from '../src/log.ts';
 import { errorMessage } from '../src/errors.ts';
+import { createReleasers } from '../src/lifecycle/releasers.ts';
 import { type StaticFile, type StaticFiles, buildWeb, staticFile, staticFilesFrom } from '../src/http/static.ts';
 import { startEmbeddedPostgres } from './embedded-postgres.ts';
 import { seedDemo, startSimulator } from './simulator.ts';
@@ -29,8 +30,6 @@ const DATABASE = 'election_hub_demo';
 const ADMIN_TOKEN_TTL = '24h';
 
 export type DemoElection = { id: number; name: string; committees: Array<{ id: number; name: string }> };
-
-type Releaser = [name: string, release: () => Promise<void> | void];
 
 const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
@@ -78,21 +77,16 @@ export async function runDemo(env: Env): Promise<number> {
   });
   for (const sig of SIGNALS) process.on(sig, onSignal);
 
-  const releasers: Releaser[] = [];
-  const stopAll = async (): Promise<boolean> => {
-    let clean = true;
-    for (const [name, release] of releasers.reverse()) {
-      try {
-        await release();
-        note(`stopped ${name}`);
-      } catch (err) {
-        clean = false;
-        process.stderr.write(`demo: stopping ${name} failed: ${errorMessage(err)}\n`);
-      }
-    }
-    releasers.length = 0;
-    return clean;
-  };
+  // Stopped last first, each step within SHUTDOWN_TIMEOUT; each outcome is printed as it happens.
+  const releasers = createReleasers({
+    timeoutMs: checked.config.SHUTDOWN_TIMEOUT,
+    onStep: (name, err) => (err ? void process.stderr.write(`demo: ${err.message}\n`) : note(`stopped ${name}`)),
+  });
+  /** True when every step stopped cleanly. */
+  const stopAll = (): Promise<boolean> => releasers.release().then(
+    () => true,
+    () => false,
+  );
   // A stop that hangs must not keep the terminal: after the timeout the process exits anyway.
   const shutdown = async (): Promise<number> => {
     say(`\n${signalled ?? 'stop'}: shutting down`);
@@ -122,10 +116,10 @@ export async function runDemo(env: Env): Promise<number> {
     note(`starting PostgreSQL (data in ${clusterDir})…`);
     const server = await startEmbeddedPostgres({ dataDir: clusterDir, log: quiet ? undefined : (m) => note(`postgres: ${m}`) });
     const disarm = stopOrphanOnExit(clusterDir);
-    releasers.push(['PostgreSQL', async () => {
+    releasers.push('PostgreSQL', async () => {
       await server.stop();
       disarm();
-    }]);
+    });
     if (signalled) return await shutdown();
 
     const databaseUrl = await ensureDatabase(server.url, DATABASE);
@@ -138,12 +132,12 @@ export async function runDemo(env: Env): Promise<number> {
       // Ctrl-C in a terminal reaches PostgreSQL too; its connections then end on their own.
       if (!signalled) process.stderr.write(`demo: idle database connection failed: ${err.message}\n`);
     });
-    releasers.push(['simulator pool', () => pool.end()]);
+    releasers.push('simulator pool', () => pool.end());
     const electionIds = await seedDemo(pool);
     const elections = await describeElections(pool, electionIds);
     const rate = Number(env.DEMO_RATE ?? '') || 5;
     const simulator = startSimulator({ pool, electionIds, ratePerSecond: rate, log: quiet ? undefined : note });
-    releasers.push(['simulator', () => simulator.stop()]);
+    releasers.push('simulator', () => simulator.stop());
     if (signalled) return await shutdown();
 
     // 4. The hub, serving the page with the demo's election names built in.
@@ -157,7 +151,7 @@ export async function runDemo(env: Env): Promise<number> {
         : /cannot listen/.test(msg) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
       throw new Error(`the hub did not start${busy}: ${errorMessage(err)}`, { cause: err });
     });
-    releasers.push(['hub', () => hub.stop()]);
+    releasers.push('hub', () => hub.stop());
 
     const token = await signToken(secret, {
       sub: 'demo-admin',

@@ -31,8 +31,11 @@ class UsageError extends Error {}
 const DEMO = new URL('../demo/run.ts', import.meta.url);
 export type DemoModule = { runDemo(env: Env): Promise<number> };
 
-/** Signals: the first starts an orderly stop, a second forces exit. */
-export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void }): void {
+/**
+ * Signals: the first starts an orderly stop (exit 0, or 1 when a shutdown step failed or hung
+ * past SHUTDOWN_TIMEOUT), a second forces exit (130).
+ */
+export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void; error: (o: object, m: string) => void }): void {
   let signalled = false;
   const handler = (sig: NodeJS.Signals) => {
     if (signalled) {
@@ -42,7 +45,11 @@ export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: ob
     log.info({ signal: sig }, 'shutting down');
     void stop().then(
       () => process.exit(0),
-      () => process.exit(1),
+      (err: unknown) => {
+        const steps = err instanceof AggregateError ? err.errors.map(errorMessage) : [];
+        log.error({ err: errorMessage(err), steps }, 'shutdown failed');
+        process.exit(1);
+      },
     );
   };
   process.on('SIGINT', handler);
@@ -75,8 +82,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         const { startHub } = await import('./main.ts');
         const { staticFilesFrom } = await import('./http/static.ts');
         const log = createLogger(checked.config.LOG_LEVEL);
-        const hub = await startHub(checked.config, { log, staticFiles: staticFilesFrom() });
-        onShutdownSignals(hub.stop, log);
+        const starting = startHub(checked.config, { log, staticFiles: staticFilesFrom() });
+        // Handlers first: a signal during start-up, or right as "hub listening" is logged, stops
+        // the hub once it has started instead of killing the process on the spot.
+        onShutdownSignals(() => starting.then((hub) => hub.stop()), log);
+        await starting;
         await new Promise(() => undefined);
         return 0;
       }

@@ -70,7 +70,7 @@ export function httpError(code: HttpErrorCode, reason?: string): { status: numbe
 }
 
 /**
- * WebSocket close codes (contract section 5). After 1001, 4008 and 4009 a client reconnects
+ * WebSocket close codes (README, WebSocket protocol). After 1001, 4008 and 4009 a client reconnects
  * and resumes with its last cursor: nothing is lost.
  */
 export const CloseCode = {

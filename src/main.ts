@@ -1,29 +1,35 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
+import type pg from 'pg';
 import type { Config } from './config/index.ts';
+import { connectionCap } from './config/connection-cap.ts';
 import { type Logger, createLogger, redactUrl } from './log.ts';
 import { createMetrics, type Metrics } from './metrics/index.ts';
 import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
-import { startListener, type Listener } from './db/listener.ts';
-import { startReader, type Reader } from './db/reader.ts';
+import { startListener } from './db/listener.ts';
+import { type Reader, startReader } from './db/reader.ts';
 import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
-import { createCommitteeDirectory } from './db/committees.ts';
-import { type Position, compare, encodeCursor } from './db/cursor.ts';
-import { backlog, commitFrontier, prune, prunedPosition } from './db/outbox.ts';
+import { type CommitteeDirectory, createCommitteeDirectory } from './db/committees.ts';
+import { backlog, commitFrontier, createHistory, prune, prunedPosition } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
-import { type ConnectionLimiter, createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
-import { type Presence, startPresence } from './cluster/presence.ts';
-import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
-import { createDashboardCache, createInterest } from './cache/dashboard.ts';
+import { createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
+import { startPresence } from './cluster/presence.ts';
+import { type DashboardCache, type Interest, createDashboardCache, createInterest } from './cache/dashboard.ts';
 import { type LiveDashboards, createLiveDashboards } from './cache/live-dashboards.ts';
-import { createRoutes, readiness } from './http/routes.ts';
-import { type Publisher, createDelivery } from './hub/delivery.ts';
+import { createHealth } from './http/health.ts';
+import { createRoutes } from './http/routes.ts';
+import type { StaticFiles } from './http/static.ts';
+import { type Delivery, createDelivery } from './hub/delivery.ts';
 import { createRing } from './hub/ring.ts';
-import { createHubServer, type StaticFiles } from './hub/server.ts';
+import { type HubServer, createHubServer } from './hub/server.ts';
+import type { OutboxEvent } from './events/event.ts';
+import { type Position, compare, encodeCursor } from './events/position.ts';
 import { type Id, dashboardTopic } from './events/topics.ts';
 import { CloseCode, errorMessage } from './errors.ts';
-import { type Lifecycle, createLifecycle } from './lifecycle.ts';
+import { type Lifecycle, type LifecycleEmitter, createLifecycle } from './lifecycle/events.ts';
+import { createReleasers } from './lifecycle/releasers.ts';
 
 export type Hub = {
   readonly port: number;
@@ -41,8 +47,13 @@ export type Hub = {
    * another; undefined before its first look. Replays re-read the mark themselves.
    */
   prunedMark(): string | undefined;
-  /** Facts as they happen: reader reads, pruning learned, listener up/down (src/lifecycle.ts). */
+  /** Facts as they happen: reader reads, pruning learned, listener up/down (src/lifecycle/events.ts). */
   readonly events: Lifecycle;
+  /**
+   * Releases everything in reverse order of start-up, each step bounded by SHUTDOWN_TIMEOUT;
+   * rejects with an AggregateError naming every step that failed or hung (the others still
+   * ran). Every call returns the same promise.
+   */
   stop(): Promise<void>;
 };
 
@@ -59,66 +70,42 @@ const DASHBOARD_INTEREST_MS = 60 * 60_000;
 const DASHBOARD_INTEREST_MAX = 10_000;
 
 /**
- * Starts one hub: composes the boundaries and returns a handle whose `stop` releases them
- * in reverse order of start-up (fail readiness, stop accepting, close sockets with 1001,
- * stop the listener and reader, quit Redis, end the pool).
+ * Starts one hub: composes the boundaries, each built once what it uses exists, and returns a
+ * handle whose `stop` releases them in reverse order of start-up (fail readiness, stop
+ * accepting, close sockets with 1001, stop the listener and reader, quit Redis, end the pools).
  */
 export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub> {
   if (!config.DATABASE_URL) throw new Error('DATABASE_URL is required');
+  const databaseUrl = config.DATABASE_URL;
   const log = deps.log ?? createLogger(config.LOG_LEVEL);
   const metrics = createMetrics();
   const lifecycle = createLifecycle(log);
-  const releasers: Array<[string, () => Promise<void> | void]> = [];
-  const release = async () => {
-    for (const [name, fn] of releasers.reverse()) {
-      try {
-        await fn();
-      } catch (err) {
-        log.warn({ step: name, err: errorMessage(err) }, 'shutdown step failed');
-      }
-    }
-    releasers.length = 0;
-  };
+  const releasers = createReleasers({
+    timeoutMs: config.SHUTDOWN_TIMEOUT,
+    onStep: (step, err) => {
+      if (err) log.warn({ step, err: errorMessage(err) }, 'shutdown step failed');
+    },
+  });
 
   try {
     // First up, last down: metrics stay scrapable through start-up and shutdown.
     const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.METRICS_HOST, port: config.METRICS_PORT, log });
-    releasers.push(['metrics listener', () => metricsServer.close()]);
+    releasers.push('metrics listener', () => metricsServer.close());
 
-    const pool = createPool(config.DATABASE_URL, log);
-    releasers.push(['pool', () => pool.end()]);
-    const dashboardPool = createPool(config.DATABASE_URL, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
-    releasers.push(['dashboard pool', () => dashboardPool.end()]);
-
-    let redis: Redis | undefined;
-    if (config.REDIS_URL) {
-      const r = new Redis(config.REDIS_URL, {
-        maxRetriesPerRequest: 1,
-        enableOfflineQueue: false,
-        connectTimeout: 2000,
-        retryStrategy: (times) => Math.min(2000, 100 * times),
-      });
-      let up = false;
-      r.on('ready', () => {
-        up = true;
-        log.info({ redis: redactUrl(config.REDIS_URL ?? '') }, 'redis connected');
-      });
-      r.on('error', (err: Error) => {
-        if (up) log.warn({ err: err.message }, 'redis unavailable: dashboard cache bypassed');
-        up = false;
-      });
-      redis = r;
-      releasers.push(['redis', async () => void (await r.quit().catch(() => r.disconnect()))]);
-    }
+    const pool = createPool(databaseUrl, log);
+    releasers.push('pool', () => pool.end());
+    const dashboardPool = createPool(databaseUrl, log, DASHBOARD_POOL_SIZE, 'election-hub-dashboard');
+    releasers.push('dashboard pool', () => dashboardPool.end());
+    const redis = config.REDIS_URL ? connectRedis(config.REDIS_URL, log) : undefined;
+    if (redis) releasers.push('redis', () => quitRedis(redis));
 
     const auth = await createAuthenticator(config);
     const committees = createCommitteeDirectory(pool, log);
     const nodeId = config.NODE_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-    const limiter: ConnectionLimiter = redis
+    const limiter = redis
       ? createRedisLimiter({ redis, max: config.MAX_CONNECTIONS_PER_SUB, nodeId, leaseTtlMs: config.CONNECTION_LEASE_TTL, log, prefix: config.REDIS_PREFIX })
       : createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
-    releasers.push(['connection leases', () => limiter.stop()]);
-    let presence: Presence | undefined;
+    releasers.push('connection leases', () => limiter.stop());
     const interest = createInterest({ ttlMs: DASHBOARD_INTEREST_MS, max: DASHBOARD_INTEREST_MAX });
     const cache = createDashboardCache({
       compute: (id) => computeSnapshot(dashboardPool, id),
@@ -129,229 +116,96 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       log,
       prefix: config.REDIS_PREFIX,
     });
-    // Dashboards: totals maintained from the stream (src/cache/live-dashboards.ts), set up
-    // once the server exists (it publishes their updates).
-    let dashboards: LiveDashboards | undefined;
 
-    let reader: Reader | undefined;
-    let listener: Listener | undefined;
-    let ready = false;
-    const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
-    const position = (): Position | undefined => reader?.position();
-    const memoryReport = () => {
-      const m = server.delivery.memory();
-      const p = process.memoryUsage();
-      return {
-        ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
-        buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
-        heap_used_bytes: p.heapUsed,
-        rss_bytes: p.rss,
-      };
-    };
-
-    const routes = createRoutes({
-      auth,
-      // GET /dashboard/{id} is answered from the maintained totals.
-      cache: { get: (id) => (dashboards ? dashboards.snapshot(id) : Promise.reject(new Error('not started'))) },
-      metrics,
-      electionOf: committees.cached,
-      log,
-      health: {
-        ready: () =>
-          readiness({
-            shuttingDown: !ready,
-            listenerConnected: listener?.connected() ?? false,
-            started: position() !== undefined,
-            readerFailure: reader?.failure(),
-            now: Date.now(),
-          }),
-        admin: async () => {
-          const p = position();
-          let lagMs: number | null = null;
-          if (p) lagMs = await backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null);
-          const dbUp = listener?.connected() ?? false;
-          const failure = reader?.failure();
-          const r = readiness({ shuttingDown: !ready, listenerConnected: dbUp, started: p !== undefined, readerFailure: failure, now: Date.now() });
-          const redisInfo = { configured: redis !== undefined, connected: redis?.status === 'ready' };
-          const nodes = presence ? await presence.nodes().catch(() => []) : [];
-          return {
-            status: r.ok && !(redisInfo.configured && !redisInfo.connected) ? 'ok' : 'degraded',
-            ready: r.ok ? true : r.reason,
-            connections: server.connections(),
-            topics: server.topicCounts(),
-            database: {
-              connected: dbUp,
-              cursor: p ? encodeCursor(p) : null,
-              lag_ms: lagMs,
-              // Error texts stay here, behind the admin token: they name databases and hosts.
-              listener_error: listener?.lastError() ?? null,
-              reader: failure
-                ? { failing: true, failed_reads: failure.count, failing_for_ms: Date.now() - failure.since, error: failure.error }
-                : { failing: false, failed_reads: 0, failing_for_ms: 0, error: null },
-            },
-            redis: redisInfo,
-            committee_directory: committees.stats(),
-            memory: memoryReport(),
-            node: nodeId,
-            cluster: {
-              nodes: nodes.length || 1,
-              connections: nodes.length ? nodes.reduce((n, x) => n + x.connections, 0) : server.connections(),
-              members: nodes.length ? nodes : [{ id: nodeId, connections: server.connections(), age_ms: 0, self: true }],
-            },
-          };
-        },
-      },
-    });
-
-    let publisher: Publisher | undefined;
-    const server = createHubServer({
-      config,
-      log,
-      metrics,
-      auth,
-      limiter,
-      committees,
-      routes,
-      position,
-      // A socket starts receiving these elections' dashboards: the full state first.
-      onDashboards: (ws, ids) => {
-        for (const id of ids) {
-          const full = dashboards?.joined(id);
-          if (full !== undefined) server.delivery.send(ws, full, 'dashboard_update');
-        }
-      },
-      ...(deps.staticFiles ? { staticFiles: deps.staticFiles } : {}),
-      delivery: (app, sockets) =>
-        createDelivery({
-          publisher: (publisher = app),
-          sockets,
-          reader: { position, waitFor: (p, ms) => reader?.waitFor(p, ms) ?? Promise.resolve(false), failing: () => reader?.failure() !== undefined },
-          pool,
-          ring,
-          electionOf: committees.cached,
-          maxBuffered: config.MAX_BACKPRESSURE_BYTES,
-          maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
-          metrics,
-          log,
-        }),
-    });
+    const server = createHubServer({ config, log, metrics, maxSockets: connectionCap(config.MAX_CONNECTIONS) });
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
-    releasers.push(['http server', () => server.close()]);
+    releasers.push('http server', () => server.close());
 
-    const live = createLiveDashboards({
-      compute: (id, o) => cache.refresh(id, o),
-      position,
-      delivered: (p) => reader?.waitFor(p, 5000) ?? Promise.resolve(false),
-      horizon: async () => ({ seq: await commitFrontier(pool), id: 0n }), // one trivial query: not behind computations
-      subscribers: (id) => publisher?.numSubscribers(dashboardTopic(id)) ?? 0,
-      interested: (id) => interest.has(id),
-      onRequest: (id) => interest.touch(id),
-      publish: (id, frame) => server.delivery.publishFrame([dashboardTopic(id)], frame, 'dashboard_update'),
-      debounceMs: config.DASHBOARD_DEBOUNCE,
-      verifyMs: config.DASHBOARD_VERIFY_INTERVAL,
-      watched: () => watchedFingerprint(dashboardPool),
-      metrics,
-      log,
-    });
-    dashboards = live;
-
-    let started: () => void = () => undefined;
-    const readerStarted = new Promise<void>((resolve) => (started = resolve));
-    reader = startReader({
-      pool,
-      log,
-      onStarted: (p) => {
-        ring.init(p);
-        started();
-        lifecycle.emit('reader:started', { position: p });
-      },
-      onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
-      onBadRow: () => {
-        metrics.frameErrors.inc({ code: 'bad_outbox_row' });
-        // A skipped row is a gap in the totals' chain: recompute what is held.
-        live.resyncAll('gap');
-      },
-      onEvents: (events) => {
-        server.delivery.publish(events);
-        live.apply(events);
-        const elections = new Set<Id>();
-        for (const e of events) {
-          if (e.kind === 'app') continue;
-          if (e.electionId !== null) elections.add(e.electionId);
-          if (e.old?.electionId) elections.add(e.old.electionId); // a row moved out of it
-        }
-        if (elections.size > 0) cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
-      },
-    });
-    const r = reader;
-    releasers.push(['reader', () => r.stop()]);
+    const { reader, delivery, dashboards, started } = startPipeline({ config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log });
+    releasers.push('reader', () => reader.stop());
     // Before the reader: an update waiting for the reader to reach its cursor gives up.
-    releasers.push(['dashboard updates', () => live.stop()]);
+    releasers.push('dashboard updates', () => dashboards.stop());
 
-    listener = startListener({
-      connectionString: config.DATABASE_URL,
+    const listener = startListener({
+      connectionString: databaseUrl,
       log,
-      onWake: () => r.wake(),
+      onWake: () => reader.wake(),
       onState: (up) => {
         metrics.listenerConnected.set(up ? 1 : 0);
         lifecycle.emit(up ? 'listener:up' : 'listener:down', {});
       },
     });
-    const l = listener;
-    releasers.push(['listener', () => l.stop()]);
+    releasers.push('listener', () => listener.stop());
 
-    // Housekeeping: prune past retention (and learn how far pruning reached), sample backlog.
-    let housekeepingStopped = false;
     let prunedMark: Position | undefined;
-    const housekeeping = async () => {
-      if (housekeepingStopped) return;
-      try {
-        while ((await prune(pool, config.OUTBOX_RETENTION)) >= 10_000);
-        const mark = await prunedPosition(pool);
-        server.delivery.setPruned(mark);
+    const housekeeping = startHousekeeping({
+      pool,
+      retentionMs: config.OUTBOX_RETENTION,
+      everyMs: deps.pruneEveryMs ?? 30_000,
+      position: () => reader.position(),
+      onPruned: (mark) => {
+        delivery.setPruned(mark);
         prunedMark = mark;
         lifecycle.emit('pruned', { mark });
-        const p = position();
         // Pruned past this node's reader (it fell behind the retention): the totals' chain has a gap.
-        if (p && compare(mark, p) > 0) live.resyncAll('gap');
-        if (p) {
-          const b = await backlog(pool, p);
-          metrics.outboxBacklog.set(b.count);
-          metrics.outboxOldestAge.set(b.oldestAgeSeconds);
-        }
-      } catch (err) {
-        if (!housekeepingStopped) log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
-      }
-    };
-    void housekeeping();
-    const hk = setInterval(() => void housekeeping(), deps.pruneEveryMs ?? 30_000);
-    releasers.push([
-      'housekeeping',
-      () => {
-        housekeepingStopped = true;
-        clearInterval(hk);
+        const p = reader.position();
+        if (p && compare(mark, p) > 0) dashboards.resyncAll('gap');
       },
-    ]);
+      metrics,
+      log,
+    });
+    releasers.push('housekeeping', () => housekeeping.stop());
 
-    if (redis) {
-      const p = startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX });
-      presence = p;
-      releasers.push(['presence', () => p.stop()]);
-    }
-    releasers.push(['sockets', () => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', 2000)]);
+    const presence = redis
+      ? startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX })
+      : undefined;
+    if (presence) releasers.push('presence', () => presence.stop());
+
+    let ready = false;
+    const health = createHealth({
+      accepting: () => ready,
+      listener,
+      reader,
+      lagMs: (p) => backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null),
+      redis: redis && { connected: () => redis.status === 'ready' },
+      nodes: presence && (() => presence.nodes()),
+      connections: () => server.connections(),
+      topicCounts: () => server.topicCounts(),
+      committeeDirectory: () => committees.stats(),
+      memory: () => memoryReport(config, delivery),
+      nodeId,
+    });
+    server.serve({
+      // GET /dashboard/{id} is answered from the maintained totals.
+      routes: createRoutes({ auth, cache: { get: (id) => dashboards.snapshot(id) }, metrics, electionOf: committees.cached, log, health }),
+      staticFiles: deps.staticFiles,
+      delivery,
+      auth,
+      limiter,
+      committees,
+      position: () => reader.position(),
+      // A socket starts receiving these elections' dashboards: the full state first.
+      onDashboards: (ws, ids) => {
+        for (const id of ids) {
+          const full = dashboards.joined(id);
+          if (full !== undefined) delivery.send(ws, full, 'dashboard_update');
+        }
+      },
+    });
+    releasers.push('sockets', (signal) => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', signal));
+
     // Upgrades need a cursor; give the database a moment, but serve /health and /ready anyway.
     let startTimer: NodeJS.Timeout | undefined;
-    await Promise.race([readerStarted, new Promise((r) => (startTimer = setTimeout(r, 5000)))]);
+    await Promise.race([started, new Promise((r) => (startTimer = setTimeout(r, 5000)))]);
     clearTimeout(startTimer);
     const port = await server.listen(config.HOST, config.PORT);
-    releasers.push(['listen socket', () => server.stopAccepting()]);
+    releasers.push('listen socket', () => server.stopAccepting());
     ready = true;
-    releasers.push(['readiness', () => void (ready = false)]);
+    releasers.push('readiness', () => void (ready = false));
     log.info({ port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST }, 'hub listening');
 
     // A URL for this machine: wildcard binds are reached on loopback; IPv6 literals need brackets.
     const local = (host: string) => (host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host);
-    let stopping: Promise<void> | undefined;
     return {
       port,
       url: `http://${local(config.HOST)}:${port}`,
@@ -360,15 +214,174 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       metrics,
       log,
       cursor: () => {
-        const p = position();
+        const p = reader.position();
         return p ? encodeCursor(p) : undefined;
       },
       prunedMark: () => (prunedMark ? encodeCursor(prunedMark) : undefined),
       events: lifecycle,
-      stop: () => (stopping ??= release()),
+      stop: () => releasers.release(),
     };
   } catch (err) {
-    await release();
+    // Each failed step was logged (onStep); the start-up error is the one that says what happened.
+    await releasers.release().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The shared Redis connection (dashboard cache, connection leases, node presence): fails fast
+ * while Redis is down (no offline queue) and reconnects by itself.
+ */
+function connectRedis(url: string, log: Logger): Redis {
+  const r = new Redis(url, {
+    maxRetriesPerRequest: 1,
+    enableOfflineQueue: false,
+    connectTimeout: 2000,
+    retryStrategy: (times) => Math.min(2000, 100 * times),
+  });
+  let up = false;
+  r.on('ready', () => {
+    up = true;
+    log.info({ redis: redactUrl(url) }, 'redis connected');
+  });
+  r.on('error', (err: Error) => {
+    if (up) log.warn({ err: err.message }, 'redis unavailable: dashboard cache bypassed');
+    up = false;
+  });
+  return r;
+}
+
+const quitRedis = async (r: Redis) => void (await r.quit().catch(() => r.disconnect()));
+
+/**
+ * The outbox reader and what it feeds, built in one synchronous step: delivery and the live
+ * dashboards need the reader's position, the reader hands them every batch. The reader calls
+ * back only once its first read has completed (after an await), when all three exist.
+ */
+function startPipeline(d: {
+  config: Config;
+  pool: pg.Pool;
+  dashboardPool: pg.Pool;
+  server: HubServer;
+  committees: CommitteeDirectory;
+  cache: DashboardCache;
+  interest: Interest;
+  metrics: Metrics;
+  lifecycle: LifecycleEmitter;
+  log: Logger;
+}): { reader: Reader; delivery: Delivery; dashboards: LiveDashboards; started: Promise<void> } {
+  const { config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log } = d;
+  const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
+  let onStarted: () => void = () => undefined;
+  const started = new Promise<void>((resolve) => (onStarted = resolve));
+  const reader = startReader({
+    pool,
+    log,
+    onStarted: (p) => {
+      ring.init(p);
+      onStarted();
+      lifecycle.emit('reader:started', { position: p });
+    },
+    onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
+    onBadRow: () => {
+      metrics.frameErrors.inc({ code: 'bad_outbox_row' });
+      // A skipped row is a gap in the totals' chain: recompute what is held.
+      dashboards.resyncAll('gap');
+    },
+    onEvents: (events) => publish(events),
+  });
+
+  const delivery = createDelivery({
+    publisher: server.publisher,
+    sockets: server.sockets,
+    reader: { position: () => reader.position(), waitFor: (p, ms) => reader.waitFor(p, ms), failing: () => reader.failure() !== undefined },
+    history: createHistory(pool),
+    ring,
+    electionOf: committees.cached,
+    maxBuffered: config.MAX_BACKPRESSURE_BYTES,
+    maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
+    metrics,
+    log,
+  });
+
+  // Dashboards: totals maintained from the stream (src/cache/live-dashboards.ts); their updates
+  // go to the dashboard:{id} topic's sockets.
+  const dashboards = createLiveDashboards({
+    compute: (id, o) => cache.refresh(id, o),
+    position: () => reader.position(),
+    delivered: (p) => reader.waitFor(p, 5000),
+    horizon: async () => ({ seq: await commitFrontier(pool), id: 0n }), // one trivial query: not behind computations
+    subscribers: (id) => server.publisher.numSubscribers(dashboardTopic(id)),
+    interested: (id) => interest.has(id),
+    onRequest: (id) => interest.touch(id),
+    publish: (id, frame) => delivery.publishFrame([dashboardTopic(id)], frame, 'dashboard_update'),
+    debounceMs: config.DASHBOARD_DEBOUNCE,
+    verifyMs: config.DASHBOARD_VERIFY_INTERVAL,
+    watched: () => watchedFingerprint(dashboardPool),
+    metrics,
+    log,
+  });
+
+  function publish(events: OutboxEvent[]) {
+    delivery.publish(events);
+    dashboards.apply(events);
+    const elections = new Set<Id>();
+    for (const e of events) {
+      if (e.kind === 'app') continue;
+      if (e.electionId !== null) elections.add(e.electionId);
+      if (e.old?.electionId) elections.add(e.old.electionId); // a row moved out of it
+    }
+    if (elections.size > 0) cache.invalidate(elections, (events[events.length - 1] as OutboxEvent).pos);
+  }
+
+  return { reader, delivery, dashboards, started };
+}
+
+/** Outbox housekeeping, now and every `everyMs`: prune past retention (and learn how far pruning reached: `onPruned`), sample the backlog. */
+function startHousekeeping(d: {
+  pool: pg.Pool;
+  retentionMs: number;
+  everyMs: number;
+  position: () => Position | undefined;
+  onPruned: (p: Position) => void;
+  metrics: Metrics;
+  log: Logger;
+}): { stop(): void } {
+  const { pool, metrics, log } = d;
+  let housekeepingStopped = false;
+  const housekeeping = async () => {
+    if (housekeepingStopped) return;
+    try {
+      while ((await prune(pool, d.retentionMs)) >= 10_000);
+      d.onPruned(await prunedPosition(pool));
+      const p = d.position();
+      if (p) {
+        const b = await backlog(pool, p);
+        metrics.outboxBacklog.set(b.count);
+        metrics.outboxOldestAge.set(b.oldestAgeSeconds);
+      }
+    } catch (err) {
+      if (!housekeepingStopped) log.warn({ err: errorMessage(err) }, 'outbox housekeeping failed');
+    }
+  };
+  void housekeeping();
+  const hk = setInterval(() => void housekeeping(), d.everyMs);
+  return {
+    stop() {
+      housekeepingStopped = true;
+      clearInterval(hk);
+    },
+  };
+}
+
+/** /admin/health's memory figures: the ring's contents and what sockets buffer, against their budgets. */
+function memoryReport(config: Config, delivery: Delivery) {
+  const m = delivery.memory();
+  const p = process.memoryUsage();
+  return {
+    ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
+    buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
+    heap_used_bytes: p.heapUsed,
+    rss_bytes: p.rss,
+  };
 }

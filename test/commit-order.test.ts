@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { ZERO, compare, decodeCursor, encodeCursor } from '../src/db/cursor.ts';
+import { ZERO, compare, decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { migrate } from '../src/db/migrate.ts';
 import { computeSnapshot } from '../src/db/snapshot.ts';
 import { prune, prunedPosition } from '../src/db/outbox.ts';

@@ -3,7 +3,7 @@
 import type { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { createDashboardCache, createInterest } from '../src/cache/dashboard.ts';
-import { type Position, encodeCursor } from '../src/db/cursor.ts';
+import { type Position, encodeCursor } from '../src/events/position.ts';
 import { createLogger } from '../src/log.ts';
 import { type Metrics, createMetrics } from '../src/metrics/index.ts';
 import type { DashboardSnapshot } from '../src/events/schema.ts';

@@ -14,7 +14,7 @@ import { buildWeb, staticFilesFrom } from '../src/http/static.ts';
 import { type DemoElection, describeElections, withDirectory } from '../demo/run.ts';
 import { type Simulator, seedDemo, startSimulator } from '../demo/simulator.ts';
 import { findFreePort } from '../demo/embedded-postgres.ts';
-import type { StaticFiles } from '../src/hub/server.ts';
+import type { StaticFiles } from '../src/http/static.ts';
 import { type TestDatabase, createTestDatabase } from './support/db.ts';
 import { startTestHub, token as signTestToken, waitUntil } from './support/hub.ts';
 

@@ -1,7 +1,7 @@
 // The live-dashboards driver alone (no services): fake computations, a fake reader position.
 import { describe, expect, it } from 'vitest';
 import { createLiveDashboards } from '../src/cache/live-dashboards.ts';
-import { type Position, compare, encodeCursor } from '../src/db/cursor.ts';
+import { type Position, compare, encodeCursor } from '../src/events/position.ts';
 import type { TotalsEvent } from '../src/cache/totals.ts';
 import { createLogger } from '../src/log.ts';
 import { createMetrics } from '../src/metrics/index.ts';

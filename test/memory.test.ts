@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, token, waitUntil } from './support/hub.ts';
 import { spawnHub, type HubProcess } from './support/hub-process.ts';
-import { compare, decodeCursor, type Position } from '../src/db/cursor.ts';
+import { compare, decodeCursor, type Position } from '../src/events/position.ts';
 import { commitFrontier, readAfter } from '../src/db/outbox.ts';
 
 /*

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, type Frame, type TestClient, connect, eventsReceived, redisPrefix, startTestHub, token, untilMarker, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { ZERO, compare, decodeCursor } from '../src/db/cursor.ts';
+import { ZERO, compare, decodeCursor } from '../src/events/position.ts';
 
 let db: TestDatabase;
 let hubs: Hub[] = [];

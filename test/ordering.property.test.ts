@@ -4,7 +4,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type TestClient, connect, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { compare, decodeCursor, encodeCursor, type Position } from '../src/db/cursor.ts';
+import { compare, decodeCursor, encodeCursor, type Position } from '../src/events/position.ts';
 import { eventTopics } from '../src/events/topics.ts';
 
 let db: TestDatabase;

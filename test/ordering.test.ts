@@ -18,7 +18,7 @@ import {
   when,
 } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { ZERO, compare, decodeCursor } from '../src/db/cursor.ts';
+import { ZERO, compare, decodeCursor } from '../src/events/position.ts';
 
 let db: TestDatabase;
 let e1: number;

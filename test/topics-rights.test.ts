@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, headCursor, readPast, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
-import { decodeCursor, encodeCursor } from '../src/db/cursor.ts';
+import { decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { RowEvent } from '../src/events/schema.ts';
 import { createCommitteeDirectory } from '../src/db/committees.ts';
 import { createLogger } from '../src/log.ts';

@@ -8,7 +8,7 @@
 // anything else: broken) never see a broken chain and hold the model's numbers after each cut.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type Position, compare, encodeCursor } from '../src/db/cursor.ts';
+import { type Position, compare, encodeCursor } from '../src/events/position.ts';
 import type { DashboardSnapshot } from '../src/events/schema.ts';
 import { type Counts, type TotalsEvent, createTotalsBook, effectsOf } from '../src/cache/totals.ts';
 

@@ -15,7 +15,7 @@ import type { DashboardSnapshot } from '../events/schema.ts';
 import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 import { randomBytes } from 'node:crypto';
-import { type Position, ZERO, compare, decodeCursor } from '../db/cursor.ts';
+import { type Position, ZERO, compare, decodeCursor } from '../events/position.ts';
 
 export type DashboardCache = {
   /** A request's snapshot as JSON (serialized once), or null for an unknown election; computed ahead of updates. */

@@ -1,6 +1,6 @@
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
-import { type Position, ZERO, compare } from '../db/cursor.ts';
+import { type Position, ZERO, compare } from '../events/position.ts';
 import { DashboardSnapshot } from '../events/schema.ts';
 import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';

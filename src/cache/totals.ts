@@ -24,8 +24,8 @@
  * Memory per held election: O(committees) plus the events buffered during a computation
  * (bounded: past `maxBuffered` the computation is 'stale' and is redone from a newer position).
  */
-import { type Position, compare, decodeCursor, encodeCursor } from '../db/cursor.ts';
-import type { HubEvent } from '../db/outbox.ts';
+import { type Position, compare, decodeCursor, encodeCursor } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
 import type { DashboardSnapshot } from '../events/schema.ts';
 import { type Id, compareIds, idValue } from '../events/topics.ts';
 
@@ -40,7 +40,7 @@ export const FIELD_OF_KIND: Readonly<Record<string, Field>> = {
 };
 
 /** What the totals read of an outbox event. */
-export type TotalsEvent = Pick<HubEvent, 'pos' | 'kind' | 'action' | 'electionId' | 'committeeId' | 'count' | 'old'>;
+export type TotalsEvent = Pick<OutboxEvent, 'pos' | 'kind' | 'action' | 'electionId' | 'committeeId' | 'count' | 'old'>;
 
 /** One event's effect on one committee of one election. */
 export type Effect = { readonly election: Id; readonly committee: Id; readonly field: Field; readonly delta: number };

@@ -1,6 +1,7 @@
 /*
  * db/: everything that speaks SQL to the hub's schema: migrations, pools, the listener, the
- * outbox reader and its queries (this file), cursors, snapshots, the committee directory.
+ * outbox reader and its queries (this file, with the replay storage `History` delivery pages
+ * through), snapshots, the committee directory. Positions and cursors are in events/position.ts.
  *
  * Lifecycle: `startHub` creates the pools, then the reader (it starts at the current horizon),
  * then the listener; it stops them in reverse. Invariants (docs/ARCHITECTURE.md sections 1, 2
@@ -12,32 +13,9 @@
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';
-import { type Position, encodeCursor } from './cursor.ts';
-
-/** An outbox event, decoded once and serialized once. */
-export type HubEvent = {
-  readonly pos: Position;
-  readonly cursor: string;
-  readonly kind: string;
-  readonly action: string;
-  readonly type: string;
-  readonly electionId: Id | null;
-  readonly committeeId: Id | null;
-  readonly topic: string | null;
-  /** uWS topics it is published on (c:E:C, election:E, election:* or one user topic; see events/topics.ts). */
-  readonly topics: readonly string[];
-  /** The JSON frame sent to every socket. */
-  readonly frame: string;
-  readonly committedAtMs: number;
-  /**
-   * What the dashboard totals need (src/cache/totals.ts), selected in SQL so no row is parsed:
-   * `count` is a vote's `count` (null for other kinds), `old` an update's previous election,
-   * committee and count. Only the reader's pages (`readAfter`) select them; replayed rows
-   * carry null (replays never feed the totals).
-   */
-  readonly count: number | null;
-  readonly old: { readonly electionId: Id | null; readonly committeeId: Id | null; readonly count: number | null } | null;
-};
+import { type Position, encodeCursor } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import type { History, TopicFilter } from '../events/history.ts';
 
 // Selected as text; queries order by the columns (`ob.seq, ob.id`), never these aliases. `seq` is
 // the commit key (sql/006_commit_order.sql), `committed_ms` the time the transaction took it.
@@ -47,7 +25,7 @@ const COLUMNS = `ob.seq::text AS seq, ob.id::text AS id, ob.kind, ob.action, ob.
   (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
 /*
- * What the totals need of a row (HubEvent.count, .old), read in SQL, never by parsing the row:
+ * What the totals need of a row (OutboxEvent.count, .old), read in SQL, never by parsing the row:
  * a vote's `count` (the contract's name for it), and an update's previous election and
  * committee, through the watched table's column names (the first table of the kind, as the
  * snapshot does: kinds are expected to share column names). `old` is only read for updates.
@@ -76,7 +54,7 @@ export function rowSeq(raw: RawRow): bigint | undefined {
 }
 
 /** Turns a selected row into an event; undefined (and counted by the caller) if malformed. */
-export function decodeRow(raw: RawRow): HubEvent | undefined {
+export function decodeRow(raw: RawRow): OutboxEvent | undefined {
   const parsed = OutboxRow.safeParse(raw);
   if (!parsed.success) return undefined;
   const r = parsed.data;
@@ -184,8 +162,6 @@ export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, lim
   return { rows, more: fetched >= limit || rows.length < fetched };
 }
 
-export type TopicFilter = { all: boolean; elections: Id[]; committees: Id[]; topics: string[] };
-
 /**
  * Rows in (after, upTo] that may be on the given topics, for replaying to one socket: a
  * superset (a committee's rows from any election); the caller applies the delivery rule.
@@ -287,4 +263,14 @@ export async function backlog(db: pg.Pool, after: Position): Promise<{ count: nu
   );
   const row = res.rows[0];
   return { count: Number(row?.n ?? 0), oldestAgeSeconds: Math.max(0, row?.age ?? 0) };
+}
+
+/** Replay storage (events/history.ts) over the outbox: what delivery pages through to resume a socket. */
+export function createHistory(db: pg.Pool): History {
+  return {
+    page: async (after, upTo, filter, limit) =>
+      (await readRange(db, after, upTo, filter, limit)).map((raw) => ({ pos: rowPosition(raw), event: decodeRow(raw) })),
+    prunedMark: () => prunedPosition(db),
+    legacyCursorKnown: (p) => legacyCursorKnown(db, p),
+  };
 }

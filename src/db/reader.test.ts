@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FIRST_SEQ } from './cursor.ts';
+import { FIRST_SEQ } from '../events/position.ts';
 import { holeBefore } from './reader.ts';
 
 // The reader delivers rows in key order up to the first key that may still be committing

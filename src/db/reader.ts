@@ -1,8 +1,9 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
-import { FIRST_SEQ, type Position, compare } from './cursor.ts';
-import { type HubEvent, commitFrontier, decodeRow, readAfter, rowPosition, rowSeq } from './outbox.ts';
+import { FIRST_SEQ, type Position, compare } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import { commitFrontier, decodeRow, readAfter, rowPosition, rowSeq } from './outbox.ts';
 
 export type Reader = {
   /** Everything at or before this position has been handed to `onEvents`; undefined until started. */
@@ -22,7 +23,7 @@ export type ReaderOptions = {
   pool: pg.Pool;
   log: Logger;
   /** Called synchronously, in order, for every batch; must not throw. */
-  onEvents: (events: HubEvent[]) => void;
+  onEvents: (events: OutboxEvent[]) => void;
   onStarted: (p: Position) => void;
   onBadRow?: () => void;
   /** Called after every completed read, with the cursor after it and whether rows are held back. */
@@ -123,7 +124,7 @@ export function startReader(opts: ReaderOptions): Reader {
     if (resolved) await frontier();
     const from: Position = pos;
     const r = await readAfter(pool, from, limit, pageBytes);
-    const events: HubEvent[] = [];
+    const events: OutboxEvent[] = [];
     let last = from.id > 0n ? from.seq : from.seq - 1n;
     let blocked: bigint | undefined;
     for (const raw of r.rows) {

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { escapeIdentifier } from 'pg';
 import type { DashboardSnapshot } from '../events/schema.ts';
 import { type Id, compareIds, idValue } from '../events/topics.ts';
-import { encodeCursor } from './cursor.ts';
+import { encodeCursor } from '../events/position.ts';
 import { commitFrontier } from './outbox.ts';
 
 type Counts = { guarantees: number; attendance: number; votes: number };

@@ -1,6 +1,6 @@
 /*
  * http/: the HTTP routes as plain functions of their inputs (this file) and the static dashboard
- * page (static.ts); hub/server.ts wires both to uWebSockets.js.
+ * page (static.ts); hub/http.ts wires both to uWebSockets.js.
  *
  * Lifecycle: made once per hub; the static files are built (when stale) and compressed at
  * start-up, not per request. Invariants: a protected route checks its token (and the token's
@@ -60,7 +60,7 @@ export function bearer(header: string): string | undefined {
   return m?.[1];
 }
 
-/** The HTTP routes as plain functions of their inputs; hub/server.ts wires them to uWS. */
+/** The HTTP routes as plain functions of their inputs; hub/http.ts wires them to uWS. */
 export function createRoutes(deps: {
   auth: Authenticator;
   /** Snapshots for GET /dashboard/{id} (JSON, null: no such election). */

@@ -1,13 +1,15 @@
 import fc from 'fast-check';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { FIRST_SEQ, type Position, encodeCursor } from '../db/cursor.ts';
-import { type HubEvent, decodeRow } from '../db/outbox.ts';
+import { FIRST_SEQ, type Position, encodeCursor } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import { createHistory, decodeRow } from '../db/outbox.ts';
 import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { createMetrics } from '../metrics/index.ts';
-import { CursorError, type PositionSource, type Publisher, type Session, type Sock, UnavailableError, createDelivery } from './delivery.ts';
+import { CursorError, type PositionSource, type Publisher, type Sock, UnavailableError, createDelivery } from './delivery.ts';
+import { type Session, createSession, markClosed } from './session.ts';
 import { createRing } from './ring.ts';
 
 // The delivery seam against fakes: uWS topics modelled by a map (a message published on a
@@ -32,7 +34,7 @@ const raw = (id: number, r: { election?: Id | null; committee?: Id | null; topic
   data: r.pad ? JSON.stringify({ pad: 'x'.repeat(r.pad) }) : '{}',
   committed_ms: 1_700_000_000_000,
 });
-const ev = (...args: Parameters<typeof raw>): HubEvent => decodeRow(raw(...args)) as HubEvent;
+const ev = (...args: Parameters<typeof raw>): OutboxEvent => decodeRow(raw(...args)) as OutboxEvent;
 const at = (id: number): Position => ({ seq: SEQ, id: BigInt(id) });
 const cursorOf = (frame: string) => /"cursor":"([^"]+)"/.exec(frame)?.[1];
 
@@ -73,22 +75,13 @@ function fakeHub(opts: {
   const reader: PositionSource = { position: () => head, waitFor: async () => true, failing: () => false, ...opts.reader };
   let nextId = 1;
   const socket = (c: Partial<Claims> = { role: 'admin' }, stalled = false): FakeSock => {
-    const session: Session = {
+    const session: Session = createSession({
       id: nextId++,
       claims: { sub: `s${nextId}`, role: undefined, elections: [], committees: [], exp: undefined, ...c },
       remote: '127.0.0.1',
-      topics: new Set(),
-      cover: new Set(),
-      closed: false,
-      ops: Promise.resolve(),
-      drained: undefined,
-      badFrames: 0,
-      windowStart: 0,
-      windowCount: 0,
-      expiry: undefined,
       lease: { release: () => undefined },
       autoSubscribe: false,
-    };
+    });
     const ws: FakeSock = {
       session,
       log: [],
@@ -126,7 +119,7 @@ function fakeHub(opts: {
         ws.log.push(['end', code]);
         ws.code = code;
         total.now -= ws.buffered;
-        session.closed = true;
+        markClosed(session);
         for (const set of topics.values()) set.delete(ws);
         sockets.delete(ws);
         delivery.closed(ws);
@@ -143,7 +136,7 @@ function fakeHub(opts: {
     publisher,
     reader,
     // Only a replay the ring cannot cover reads it.
-    pool: (opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool,
+    history: createHistory((opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool),
     ring,
     electionOf: opts.electionOf ?? (() => undefined),
     sockets,
@@ -191,7 +184,7 @@ describe('live fan-out', () => {
     expect(cursors(other)).toEqual([events[2]?.cursor]);
     // 3 + 3 + 2 receivers; bytes: each frame's size times its receivers.
     expect(await hub.value('hub_messages_sent_total', { type: 'guarantee_update' })).toBe(7);
-    const size = (e: HubEvent | undefined) => Buffer.byteLength(e?.frame ?? '');
+    const size = (e: OutboxEvent | undefined) => Buffer.byteLength(e?.frame ?? '');
     expect(await hub.value('hub_bytes_sent_total', { type: 'guarantee_update' })).toBe(
       3 * size(events[0]) + 2 * size(events[1]) + 2 * size(events[2]),
     );

@@ -1,35 +1,12 @@
-import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
-import { FIRST_SEQ, type Position, ZERO, compare } from '../db/cursor.ts';
-import { type HubEvent, type TopicFilter, decodeRow, legacyCursorKnown, prunedPosition, readRange, rowPosition } from '../db/outbox.ts';
+import { FIRST_SEQ, type Position, ZERO, compare } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
+import type { History, TopicFilter } from '../events/history.ts';
 import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
-import type { Lease } from '../auth/limits.ts';
-
-/** Per-socket state, kept in the uWebSockets.js user data. */
-export type Session = {
-  readonly id: number;
-  readonly claims: Claims;
-  readonly remote: string;
-  /** Topics the client asked for (and may use). */
-  readonly topics: Set<string>;
-  /** uWS topics actually subscribed: a cover of `topics` in which no two overlap (events/topics.ts). */
-  cover: Set<string>;
-  closed: boolean;
-  /** subscribe/unsubscribe run one at a time, in arrival order. */
-  ops: Promise<void>;
-  drained: (() => void) | undefined;
-  badFrames: number;
-  windowStart: number;
-  windowCount: number;
-  expiry: NodeJS.Timeout | undefined;
-  /** This socket's share of its sub's connection allowance; released on close. */
-  lease: Lease;
-  /** Subscribe the claims' topics on open (false with `?subscribe=none`). */
-  readonly autoSubscribe: boolean;
-};
+import { type Session, addCover, addTopics, markClosed, onDrained, removeCover, removeTopics, setCover } from './session.ts';
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {
@@ -72,7 +49,8 @@ const DIRECT_SEND_BYTES = 16 * 1024;
 export function createDelivery(opts: {
   publisher: Publisher;
   reader: PositionSource;
-  pool: pg.Pool;
+  /** Replay storage: pages of the outbox older than the ring holds, and how far pruning reached. */
+  history: History;
   ring: Ring;
   /** Cached committee → election (a hint for a committee's first socket; rows correct it). */
   electionOf: ElectionOf;
@@ -108,7 +86,7 @@ export function createDelivery(opts: {
     const s = ws.getUserData();
     if (s.closed) return;
     opts.log.warn({ sub: s.claims.sub, err: errorMessage(err) }, 'resume failed: closing with 4009');
-    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    markClosed(s); // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.resumeFailed, 'resume failed: reconnect and resume');
   };
 
@@ -117,7 +95,7 @@ export function createDelivery(opts: {
     if (s.closed) return;
     metrics.slowReaderCloses.inc({ cause });
     opts.log.info({ sub: s.claims.sub, buffered: ws.getBufferedAmount(), cause }, 'closing slow reader (4008)');
-    s.closed = true; // no further sends; the close handler finishes the bookkeeping
+    markClosed(s); // no further sends; the close handler finishes the bookkeeping
     ws.end(CloseCode.tooSlow, 'too slow: resume with your last cursor');
   };
 
@@ -199,12 +177,12 @@ export function createDelivery(opts: {
     // Wait for uWS's drain callback (it fires as the buffer shrinks), up to 10 s.
     const ok = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), 10_000);
-      s.drained = () => {
+      onDrained(s, () => {
         clearTimeout(timer);
         resolve(true);
-      };
+      });
     });
-    s.drained = undefined;
+    onDrained(s, undefined);
     if (!ok) tooSlow(ws, 'socket_limit');
     return ok && !s.closed;
   };
@@ -253,14 +231,14 @@ export function createDelivery(opts: {
     const next = coverOf(s.claims, s.topics, (id) => followed.get(id)?.at ?? UNKNOWN);
     for (const t of s.cover) if (!next.has(t)) ws.unsubscribe(t);
     for (const t of next) if (!s.cover.has(t)) ws.subscribe(t);
-    s.cover = next;
+    setCover(s, next);
   };
 
   const pause = (ws: Sock) => {
     const s = ws.getUserData();
     if (s.closed) return;
     for (const t of s.cover) ws.unsubscribe(t);
-    s.cover = new Set();
+    setCover(s, new Set());
     unfollowAll(ws);
   };
 
@@ -278,10 +256,10 @@ export function createDelivery(opts: {
       const s = ws.getUserData();
       if (s.closed) continue;
       const next = committeeCover(s.claims, s.topics, committee, at);
-      if (s.cover.delete(old)) ws.unsubscribe(old);
+      if (removeCover(s, old)) ws.unsubscribe(old);
       if (next !== undefined && !s.cover.has(next)) {
         ws.subscribe(next);
-        s.cover.add(next);
+        addCover(s, next);
       }
     }
   };
@@ -302,7 +280,7 @@ export function createDelivery(opts: {
   };
 
   /** Replays follow the same rule as live delivery, with each row's own election. */
-  const wanted = (claims: Claims, e: HubEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
+  const wanted = (claims: Claims, e: OutboxEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
 
   /**
    * Replays `parts` (each: topics and the position after which the socket lacks their
@@ -338,11 +316,11 @@ export function createDelivery(opts: {
         if (!(await drain(ws))) return undefined;
         continue;
       }
-      const rows = await readRange(opts.pool, lo, head, filterOf(parts), PAGE);
+      const rows = await opts.history.page(lo, head, filterOf(parts), PAGE);
       // Any node may have pruned meanwhile (it records how far atomically with the delete):
       // read the mark after the page, and if it passed where this replay stands, the page
       // may be incomplete: the client must take a fresh snapshot instead.
-      const mark = await prunedPosition(opts.pool);
+      const mark = await opts.history.prunedMark();
       if (compare(mark, pruned) > 0) pruned = mark;
       if (parts.some((p) => compare(p.from, mark) < 0)) {
         if (ws.getUserData().closed) return undefined;
@@ -353,9 +331,9 @@ export function createDelivery(opts: {
       // The replay advances row by row, decodable or not: a page of malformed rows must not
       // make it jump to the head past the good rows that follow them.
       let last: Position | undefined;
-      for (const raw of rows) {
-        last = rowPosition(raw) ?? last;
-        const e = decodeRow(raw);
+      for (const row of rows) {
+        last = row.pos ?? last;
+        const e = row.event;
         if (!e) continue;
         if (wanted(s.claims, e, parts)) {
           if (!send(ws, e.frame, e.type, e.kind === 'app')) return undefined;
@@ -375,7 +353,7 @@ export function createDelivery(opts: {
      * (what earlier small frames left in the buffers) and after any large frame once enough
      * was published since the last check.
      */
-    publish(events: HubEvent[]) {
+    publish(events: OutboxEvent[]) {
       sentSinceSweep = true;
       if (dueForCheck()) check();
       const now = Date.now();
@@ -443,14 +421,14 @@ export function createDelivery(opts: {
         // A cursor of the order before commit keys (sql/006_commit_order.sql): exact up to the
         // migration; one issued after it by a hub of the previous version cannot be placed.
         try {
-          stale = !(await legacyCursorKnown(opts.pool, since));
+          stale = !(await opts.history.legacyCursorKnown(since));
         } catch (err) {
           return resumeFailed(ws, err);
         }
         if (s.closed) return;
       }
       if (since === undefined || stale) {
-        for (const t of topics) s.topics.add(t);
+        addTopics(s, topics);
         applyCover(ws);
         onLive(reader.position() ?? head, since !== undefined);
         return;
@@ -464,7 +442,7 @@ export function createDelivery(opts: {
       const p0 = reader.position() ?? head;
       const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
       pause(ws);
-      for (const t of topics) s.topics.add(t);
+      addTopics(s, topics);
       const parts: Part[] = [{ topics: new Set(topics), from: since }];
       if (others.size > 0) parts.push({ topics: others, from: p0 });
       try {
@@ -477,7 +455,7 @@ export function createDelivery(opts: {
 
     unsubscribe(ws: Sock, topics: string[]) {
       const s = ws.getUserData();
-      for (const t of topics) s.topics.delete(t);
+      removeTopics(s, topics);
       applyCover(ws);
     },
 

@@ -2,15 +2,15 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type Position, compare, encodeCursor } from '../db/cursor.ts';
-import type { HubEvent } from '../db/outbox.ts';
+import { type Position, compare, encodeCursor } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
 import { createRing, frameBytes } from './ring.ts';
 
 const KB = 1024;
 const MB = 1024 * 1024;
 
 /** An event at (100, n) whose frame is `bytes` long. */
-const event = (n: number, bytes: number, topics: readonly string[] = ['election:1']): HubEvent => {
+const event = (n: number, bytes: number, topics: readonly string[] = ['election:1']): OutboxEvent => {
   const pos: Position = { seq: 100n, id: BigInt(n) };
   const cursor = encodeCursor(pos);
   const head = `{"type":"guarantee_update","n":${n},"pad":"`;
@@ -31,7 +31,7 @@ const event = (n: number, bytes: number, topics: readonly string[] = ['election:
     old: null,
   };
 };
-const ids = (events: Iterable<HubEvent>) => [...events].map((e) => Number(e.pos.id));
+const ids = (events: Iterable<OutboxEvent>) => [...events].map((e) => Number(e.pos.id));
 
 describe('replay ring', () => {
   it('is bounded by the bytes of its frames; it still holds every event above its floor', () => {
@@ -97,7 +97,7 @@ describe('replay ring', () => {
             const tail = [...ring.after(floor)];
             const n = Number(e.pos.id);
             const evicted = n - tail.length;
-            if (evicted > 0) floor = (pushed[evicted - 1] as HubEvent).pos;
+            if (evicted > 0) floor = (pushed[evicted - 1] as OutboxEvent).pos;
             expect(tail).toEqual(pushed.slice(evicted, n));
             expect(held).toEqual({ events: tail.length, bytes: tail.reduce((s, x) => s + frameBytes(x.frame), 0) });
             // It keeps as much as fits: the next older event would break a limit.
@@ -122,7 +122,7 @@ describe('replay ring', () => {
       fc.asyncProperty(fc.integer({ min: 1, max: 50 }), fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 60 }), async (maxEvents, kbs) => {
         const ring = createRing({ events: maxEvents, bytes: 256 * KB });
         ring.init({ seq: 100n, id: 0n });
-        const refs: Array<WeakRef<HubEvent>> = [];
+        const refs: Array<WeakRef<OutboxEvent>> = [];
         // Built in a function of its own, so no local variable keeps one alive.
         const fill = () => {
           kbs.forEach((kb, i) => {

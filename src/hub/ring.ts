@@ -1,5 +1,5 @@
-import { type Position, compare } from '../db/cursor.ts';
-import type { HubEvent } from '../db/outbox.ts';
+import { type Position, compare } from '../events/position.ts';
+import type { OutboxEvent } from '../events/event.ts';
 
 /** Bytes a frame costs to keep and to send: its UTF-8 length. */
 export const frameBytes = (frame: string) => Buffer.byteLength(frame, 'utf8');
@@ -14,13 +14,13 @@ export const frameBytes = (frame: string) => Buffer.byteLength(frame, 'utf8');
 export function createRing(limits: { events: number; bytes: number }) {
   // Slots before `start` are evicted (undefined); the array is compacted now and then, which
   // moves only pointers.
-  let events: Array<HubEvent | undefined> = [];
+  let events: Array<OutboxEvent | undefined> = [];
   let sizes: number[] = [];
   let start = 0;
   let bytes = 0;
   let floor: Position | undefined;
 
-  const at = (i: number) => events[i] as HubEvent;
+  const at = (i: number) => events[i] as OutboxEvent;
 
   const firstAfter = (p: Position) => {
     let lo = start;
@@ -51,7 +51,7 @@ export function createRing(limits: { events: number; bytes: number }) {
       floor ??= p;
     },
     /** Appends the next published event; `size` is its frame's byte count if already known. */
-    push(e: HubEvent, size = frameBytes(e.frame)) {
+    push(e: OutboxEvent, size = frameBytes(e.frame)) {
       events.push(e);
       sizes.push(size);
       bytes += size;
@@ -61,7 +61,7 @@ export function createRing(limits: { events: number; bytes: number }) {
       return floor !== undefined && compare(p, floor) >= 0;
     },
     /** Events after `p`, in order. Iterate synchronously: a push may compact the array. */
-    *after(p: Position): Generator<HubEvent> {
+    *after(p: Position): Generator<OutboxEvent> {
       for (let i = firstAfter(p); i < events.length; i++) yield at(i);
     },
     /** What it holds now: for metrics and /admin/health. */

@@ -13,7 +13,7 @@ import { CloseCode, FRAME_ERROR_CODES } from '../errors.ts';
 export const OTHER = 'other';
 
 /**
- * Every label value the hub can export (CONTRACT section 7): a label value never comes from free
+ * Every label value the hub can export (README, Operations): a label value never comes from free
  * text in a token, a client frame or a row, or one token with `role: <random>` per connection
  * (or one odd close code from a client) would grow a new series each time. Each value here
  * exists at 0 from the start, so a quiet hub shows zeros, not "No data".
@@ -26,7 +26,7 @@ export const LABEL_VALUES = {
     'connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update',
     'guarantee_update', 'attendance_update', 'voting_update', 'app_event', OTHER,
   ],
-  /** Watched kinds (CONTRACT section 3) and application events. */
+  /** Watched kinds (the reference tables', README "Database side") and application events. */
   kind: ['guarantee', 'attendance', 'vote', 'app', OTHER],
   action: ['created', 'updated', 'deleted', 'truncated', 'published', OTHER],
   /** Close codes the hub sends or a client commonly sends; a client may send any 1000-4999. */

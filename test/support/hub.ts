@@ -5,8 +5,8 @@ import { type Env, parseConfig } from '../../src/config/index.ts';
 import { type Hub, type HubDeps, startHub } from '../../src/main.ts';
 import { createLogger } from '../../src/log.ts';
 import { type TokenRequest, signToken } from '../../src/auth/jwt.ts';
-import { type Position, ZERO, compare, decodeCursor, encodeCursor } from '../../src/db/cursor.ts';
-import type { LifecycleEvent, LifecycleEvents } from '../../src/lifecycle.ts';
+import { type Position, ZERO, compare, decodeCursor, encodeCursor } from '../../src/events/position.ts';
+import type { LifecycleEvent, LifecycleEvents } from '../../src/lifecycle/events.ts';
 
 export const SECRET = 'test-secret-0123456789abcdef-0123456789';
 

@@ -10,6 +10,7 @@ import type { TestProject } from 'vitest/node';
 import { errorMessage } from '../../src/errors.ts';
 import { redactUrl } from '../../src/log.ts';
 import { findFreePort, startEmbeddedPostgres } from '../../demo/embedded-postgres.ts';
+import { type Releasers, createReleasers } from '../../src/lifecycle/releasers.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -23,6 +24,8 @@ const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 const PROBE_TIMEOUT_MS = 2000;
 const REDIS_START_TIMEOUT_MS = 10_000;
+/** How long each teardown step (stopping PostgreSQL or Redis, removing a directory) may take. */
+const STOP_TIMEOUT_MS = 30_000;
 
 type Teardown = () => Promise<void>;
 
@@ -33,13 +36,9 @@ type Teardown = () => Promise<void>;
  * The returned teardown stops only what this setup started.
  */
 export default async function setup(project: TestProject): Promise<Teardown> {
-  const releasers: Teardown[] = [];
-  const teardown: Teardown = async () => {
-    // Last started, first stopped; keep going so one failure does not leak the other service.
-    const failures: unknown[] = [];
-    for (const release of releasers.reverse()) await release().catch((err: unknown) => failures.push(err));
-    if (failures.length > 0) throw new AggregateError(failures, 'stopping test services failed');
-  };
+  // Last started, first stopped; one failure does not leak the other service (all failures are thrown together).
+  const releasers = createReleasers({ timeoutMs: STOP_TIMEOUT_MS });
+  const teardown: Teardown = () => releasers.release();
   try {
     project.provide('databaseUrl', await resolvePostgres(releasers));
     project.provide('redisUrl', await resolveRedis(releasers));
@@ -50,7 +49,7 @@ export default async function setup(project: TestProject): Promise<Teardown> {
   return teardown;
 }
 
-async function resolvePostgres(releasers: Teardown[]): Promise<string> {
+async function resolvePostgres(releasers: Releasers): Promise<string> {
   const configured = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
   const problem = await probePostgres(configured);
   if (problem === undefined) return configured;
@@ -59,13 +58,13 @@ async function resolvePostgres(releasers: Teardown[]): Promise<string> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'election-hub-test-pg-'));
   // Under root the server runs as the `postgres` account, which must be able to enter the temp dir.
   await fs.chmod(dir, 0o755);
-  releasers.push(() => fs.rm(dir, { recursive: true, force: true }));
+  releasers.push('embedded PostgreSQL directory', () => fs.rm(dir, { recursive: true, force: true }));
   const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'data') });
-  releasers.push(() => server.stop());
+  releasers.push('embedded PostgreSQL', () => server.stop());
   return server.url;
 }
 
-async function resolveRedis(releasers: Teardown[]): Promise<string> {
+async function resolveRedis(releasers: Releasers): Promise<string> {
   const configured = process.env.REDIS_URL || DEFAULT_REDIS_URL;
   const problem = await probeRedis(configured);
   if (problem === undefined) return configured;
@@ -82,7 +81,7 @@ async function resolveRedis(releasers: Teardown[]): Promise<string> {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output = collectOutput(child);
-  releasers.push(() => stopChild(child));
+  releasers.push('redis-server', () => stopChild(child));
   const url = `redis://127.0.0.1:${port}`;
   await waitForRedis(url, child, output);
   return url;

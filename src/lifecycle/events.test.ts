@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from './log.ts';
-import { createLifecycle } from './lifecycle.ts';
+import { createLogger } from '../log.ts';
+import { createLifecycle } from './events.ts';
 
 const logged: string[] = [];
 const log = createLogger(

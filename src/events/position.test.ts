@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compareCursors } from '../../client/index.ts';
-import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './cursor.ts';
+import { type Position, ZERO, compare, decodeCursor, encodeCursor } from './position.ts';
 
-// The server orders positions (src/db/cursor.ts); the SDK orders the cursor strings it gets
+// The server orders positions (src/events/position.ts); the SDK orders the cursor strings it gets
 // (client/index.ts `compareCursors`, no BigInt). Both must give one and the same order.
 
 const I64 = 2n ** 63n - 1n; // bigint: commit keys and row ids (sql/006_commit_order.sql)

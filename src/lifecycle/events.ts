@@ -1,6 +1,6 @@
-import type { Logger } from './log.ts';
-import type { Position } from './db/cursor.ts';
-import { errorMessage } from './errors.ts';
+import type { Logger } from '../log.ts';
+import type { Position } from '../events/position.ts';
+import { errorMessage } from '../errors.ts';
 
 /**
  * Facts one hub reports as they happen (graphile/worker's `events`): for operators' hooks and

@@ -43,7 +43,7 @@ const peakRssMb = (pid: number) => Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSyn
 
 const db = await createBenchDatabase(ADMIN_URL);
 const pool = new pg.Pool({ connectionString: db.url, max: 2 });
-let failed = false;
+let failed: boolean | undefined; // set once the run completes; undefined (a throw) is a failure
 try {
   await pool.query(`INSERT INTO elections (id, name) OVERRIDING SYSTEM VALUE VALUES (1, 'E1')`);
   await pool.query(`INSERT INTO committees (id, election_id, name) OVERRIDING SYSTEM VALUE VALUES (1, 1, 'C1')`);
@@ -150,4 +150,4 @@ try {
   await pool.end();
   await db.drop();
 }
-process.exitCode = failed ? 1 : 0;
+process.exitCode = failed === false ? 0 : 1;

@@ -51,7 +51,7 @@ export async function spawnTs<A extends Api>(name: string, file: string, opts: S
     return { child, ready };
   } catch (err) {
     await child.kill(1000);
-    throw new Error(`${(err as Error).message}\n--- ${logFile} (tail) ---\n${tail(logFile)}`);
+    throw new Error(`${(err as Error).message}\n--- ${logFile} (tail) ---\n${tail(logFile)}`, { cause: err });
   }
 }
 

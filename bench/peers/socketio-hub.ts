@@ -49,7 +49,9 @@ httpServer.listen(0, '127.0.0.1', () => {
   serve({
     async stop() {
       io.disconnectSockets(true);
-      await new Promise<void>((r) => io.close(() => r()));
+      await new Promise<void>((r) => {
+        void io.close(() => r());
+      });
       await listener.stop();
       await pool.end();
       pubClient.disconnect();

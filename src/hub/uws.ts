@@ -187,6 +187,7 @@ export const uwsBuild: UwsBuild = loaded.build;
 /** The loaded uWebSockets.js module (its types are those of the `uWebSockets.js` package). */
 export const uWS: typeof Types = loaded.uws;
 // Type names under the same identifier, so `uWS.WebSocket<T>` reads as it did with the package import.
+// eslint-disable-next-line @typescript-eslint/no-namespace -- type-only merge with the value above (uWS.WebSocket<T> etc.)
 export declare namespace uWS {
   type WebSocket<T> = Types.WebSocket<T>;
   type TemplatedApp = Types.TemplatedApp;

@@ -142,6 +142,32 @@ describe('dashboard cache', () => {
     expect(most).toBe(2);
     expect(order.slice(0, 3)).toEqual(['1', '2', '99']);
   });
+  // Commit keys (sql/006_commit_order.sql) move only with outbox rows: a write that bypassed the
+  // triggers, or a change of hub.watched, leaves every cursor where it was.
+  it('a fresh refresh computes anew although the cached snapshot is at `min`, and stores its result', async () => {
+    for (const fake of [undefined, fakeRedis()]) {
+      const metrics = createMetrics();
+      let guarantees = 1;
+      const cache = createDashboardCache({
+        compute: async (id) => ({ ...snapshot(id, at(10)), totals: { guarantees, attendance: 0, votes: 0 } }),
+        redis: fake?.redis,
+        extraKeys: [],
+        metrics,
+        log,
+      });
+      const first = JSON.parse((await cache.refresh('1', { reason: 'first_use', min: at(10) })) ?? '{}');
+      expect(first.totals.guarantees).toBe(1);
+      guarantees = 5; // changed in the database; no cursor moved
+      const stale = JSON.parse((await cache.refresh('1', { reason: 'resync', min: at(10) })) ?? '{}');
+      expect(stale.totals.guarantees).toBe(1); // by cursor it is fresh: shared
+      const fresh = JSON.parse((await cache.refresh('1', { reason: 'verify', min: at(10), fresh: true })) ?? '{}');
+      expect(fresh.totals.guarantees).toBe(5);
+      expect(await counter(metrics)).toBe(2);
+      const after = JSON.parse((await cache.refresh('1', { min: at(10) })) ?? '{}');
+      expect(after.totals.guarantees).toBe(5); // the fresh one was stored
+      expect(await counter(metrics)).toBe(2);
+    }
+  });
 });
 
 describe('interest', () => {

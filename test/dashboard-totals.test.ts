@@ -412,16 +412,20 @@ describe('full computations only where the chain breaks', () => {
       `INSERT INTO extra_guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 6)`,
       [e1, cs1[1]],
     );
-    await db.pool.query(`SELECT hub.watch('extra_guarantees', 'guarantee')`);
-    const expected = (await aggregate(e1)).totals.guarantees + 6;
-    await waitUntil(
-      () => d.numbers()?.totals.guarantees === expected,
-      15_000,
-      `guarantees ${expected} with the new table (have ${d.numbers()?.totals.guarantees})`,
-    );
-    expect(await clusterComputations('resync')).toBeGreaterThan(resyncs);
-    await db.pool.query(`DELETE FROM hub.watched WHERE tbl = 'extra_guarantees'::regclass`);
-    await db.pool.query(`DROP TABLE extra_guarantees`);
+    try {
+      await db.pool.query(`SELECT hub.watch('extra_guarantees', 'guarantee')`);
+      const expected = (await aggregate(e1)).totals.guarantees + 6;
+      await waitUntil(
+        () => d.numbers()?.totals.guarantees === expected,
+        15_000,
+        `guarantees ${expected} with the new table (have ${d.numbers()?.totals.guarantees})`,
+      );
+      expect(await clusterComputations('resync')).toBeGreaterThan(resyncs);
+    } finally {
+      // Also when it fails: a table left watched would make the later tests' aggregates wrong.
+      await db.pool.query(`DELETE FROM hub.watched WHERE tbl = 'extra_guarantees'::regclass`);
+      await db.pool.query(`DROP TABLE extra_guarantees`);
+    }
     expect(d.broken()).toEqual([]);
     await c.close();
   }, 60_000);

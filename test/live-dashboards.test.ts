@@ -29,11 +29,12 @@ function setup(opts: { verifyMs?: number } = {}) {
   let position: Position = at(5);
   const waiters: Array<{ p: Position; resolve: (ok: boolean) => void }> = [];
   const published: Array<{ base: string | null; cursor: string; totals: { guarantees: number } }> = [];
-  const computed: Array<{ reason: string; min: Position }> = [];
+  const computed: Array<{ reason: string; min: Position; fresh: boolean }> = [];
+  let watched = 'a';
   let answer: (min: Position) => Promise<string | null> = async () => snapshot(at(10), 3);
   const live = createLiveDashboards({
     compute: (_id, o) => {
-      computed.push({ reason: o.reason, min: o.min });
+      computed.push({ reason: o.reason, min: o.min, fresh: o.fresh });
       return answer(o.min);
     },
     position: () => position,
@@ -46,6 +47,8 @@ function setup(opts: { verifyMs?: number } = {}) {
     publish: (_id, frame) => published.push(JSON.parse(frame) as (typeof published)[number]),
     debounceMs: 30,
     verifyMs: opts.verifyMs ?? 0,
+    watched: async () => watched,
+    watchedCheckMs: 50,
     metrics: createMetrics(),
     log: createLogger('silent'),
   });
@@ -58,7 +61,14 @@ function setup(opts: { verifyMs?: number } = {}) {
       else waiters.push(w);
     }
   };
-  return { live, published, computed, read, setAnswer: (f: typeof answer) => (answer = f) };
+  return {
+    live,
+    published,
+    computed,
+    read,
+    setAnswer: (f: typeof answer) => (answer = f),
+    setWatched: (w: string) => (watched = w),
+  };
 }
 
 describe('live dashboards', () => {
@@ -125,5 +135,28 @@ describe('live dashboards', () => {
     const last = t.published[t.published.length - 1];
     expect(last?.base).toBe(t.published[t.published.length - 2]?.cursor);
     t.live.stop();
+  });
+
+  it('a verification and a resync after a change of hub.watched compute anew; first use and a TRUNCATE may share', async () => {
+    const t = setup({ verifyMs: 300 });
+    t.setAnswer(async () => snapshot(at(5), 3));
+    t.live.joined('1');
+    await waitUntil(() => t.published.length >= 1, 2000, 'the full state');
+    await waitUntil(() => t.computed.some((c) => c.reason === 'verify'), 3000, 'a verification');
+    // What they look for moves no cursor: a snapshot computed before it has the cursor asked for.
+    t.setWatched('b');
+    await waitUntil(() => t.computed.some((c) => c.reason === 'resync'), 3000, 'the resync');
+    t.read(at(6), [
+      { pos: { seq: 6n, id: 1n }, kind: 'guarantee', action: 'truncated', electionId: null, committeeId: null, count: null, old: null },
+    ]);
+    t.setAnswer(async () => snapshot(at(6), 0));
+    await waitUntil(() => t.computed.filter((c) => c.reason === 'resync').length >= 2, 3000, 'the resync after the TRUNCATE');
+    t.live.stop();
+    const seen = t.computed.map((c) => `${c.reason}:${c.fresh}`);
+    expect(seen[0]).toBe('first_use:false');
+    expect(seen).toContain('verify:true');
+    expect(seen.filter((x) => x.startsWith('verify:'))).not.toContain('verify:false');
+    const resyncs = seen.filter((x) => x.startsWith('resync:'));
+    expect(resyncs.slice(0, 2)).toEqual(['resync:true', 'resync:false']);
   });
 });

@@ -41,6 +41,13 @@ export type RefreshOptions = {
   min?: Position;
   /** Somebody waits for the answer: ahead of background computations. */
   urgent?: boolean;
+  /**
+   * Computed by this call, never taken from the cache, a computation in flight or another node:
+   * the caller looks for a change the stream does not carry (a write that bypassed the triggers,
+   * a change of hub.watched). Such a change moves no cursor, so a snapshot computed before it
+   * can have the very cursor `min` asks for. The result is stored (it is the newest).
+   */
+  fresh?: boolean;
 };
 
 export type DashboardCacheOptions = {
@@ -198,6 +205,10 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     const running = inflight.get(id);
     // A failed computation of somebody else's is no answer for this one: compute again.
     const p = (running ?? Promise.resolve(undefined)).catch(() => undefined).then(async (prev) => {
+      if (o.fresh) {
+        const json = await computeAndStore(id, urgent, o.reason);
+        return json === NONE ? null : json;
+      }
       // A computation that began before the latest change may be stale: check, then redo.
       if (prev !== undefined && prev !== null && fresh(id, prev, o.min)) return prev;
       const cached = await read(id);

@@ -34,8 +34,14 @@ export type LiveDashboardsOptions = {
   /**
    * A computed snapshot as JSON (null: no such election) at least as new as `min` (shared
    * across nodes through the cache: src/cache/dashboard.ts `refresh`), counted by `reason`.
+   * `fresh`: computed by this call, never a cached or shared one (a verification, a resync
+   * after a change of hub.watched: what they look for moves no position, so a snapshot
+   * computed before it can carry the very cursor `min` asks for).
    */
-  compute: (id: Id, o: { reason: ComputationReason; min: Position; urgent: boolean }) => Promise<string | null>;
+  compute: (
+    id: Id,
+    o: { reason: ComputationReason; min: Position; urgent: boolean; fresh: boolean },
+  ) => Promise<string | null>;
   /** The reader's position: every event up to it has been applied. */
   position: () => Position | undefined;
   /** Resolves true once the reader has reached `p` (false after a while). */
@@ -101,6 +107,8 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
   const loads = new Map<Id, Promise<boolean>>();
   /** What the next computation of a load counts as (a resync during a load makes it 'resync'). */
   const reasons = new Map<Id, ComputationReason>();
+  /** Elections whose next load must be computed anew (hub.watched changed since their numbers). */
+  const uncached = new Set<Id>();
   const retries = new Map<Id, { timer: NodeJS.Timeout; delay: number }>();
   /** Elections found absent: not computed again for a while, whatever events name them. */
   const absent = new Map<Id, number>();
@@ -128,6 +136,7 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
     const r = retries.get(id);
     if (r) clearTimeout(r.timer);
     retries.delete(id);
+    uncached.delete(id);
     book.drop(id);
   };
 
@@ -193,6 +202,8 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
 
   /** Computes `id` until it is live (true) or known absent (false); a resync meanwhile computes again. */
   const runLoad = async (id: Id, urgent: boolean): Promise<boolean> => {
+    // Once asked for, every attempt of this load is computed anew (one superseded by a resync too).
+    let fresh = false;
     for (let tries = 0; ; tries++) {
       if (stopped) return false;
       await startPosition();
@@ -200,11 +211,14 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       const from = opts.position() ?? ZERO;
       const attempt = book.begin(id, 'load', from);
       const reason = reasons.get(id) ?? 'first_use';
+      // Taken before the computation: a change of hub.watched during it marks it again.
+      if (uncached.delete(id)) fresh = true;
       let json: string | null;
       try {
-        json = await opts.compute(id, { reason, min: from, urgent });
+        json = await opts.compute(id, { reason, min: from, urgent, fresh });
       } catch (err) {
         book.fail(id, attempt);
+        if (fresh) uncached.add(id);
         throw err;
       }
       if (book.attempt(id) !== attempt) {
@@ -290,7 +304,7 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       const attempt = book.begin(id, 'verify', from);
       let json: string | null;
       try {
-        json = await opts.compute(id, { reason: 'verify', min: from, urgent: false });
+        json = await opts.compute(id, { reason: 'verify', min: from, urgent: false, fresh: true });
       } catch (err) {
         book.fail(id, attempt);
         throw err;
@@ -354,6 +368,8 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
         m.timer = undefined;
       }
       reasons.set(id, 'resync');
+      // A TRUNCATE or a gap is in the order (a snapshot past it has it); hub.watched is not.
+      if (cause === 'watched') uncached.add(id);
       void ensure(id, 'resync', false).catch(() => undefined);
     }
   }

@@ -49,6 +49,22 @@ const publicKey = z.string().transform((pem, ctx) => {
   }
 });
 
+/** `WS_COMPRESSION` values; `dedicated` is `dedicated-4kb` (src/hub/server.ts maps them to uWS's options). */
+export const WS_COMPRESSION_MODES = [
+  'off',
+  'shared',
+  'dedicated',
+  'dedicated-3kb',
+  'dedicated-4kb',
+  'dedicated-8kb',
+  'dedicated-16kb',
+  'dedicated-32kb',
+  'dedicated-64kb',
+  'dedicated-128kb',
+  'dedicated-256kb',
+] as const;
+export type WsCompression = (typeof WS_COMPRESSION_MODES)[number];
+
 const envSchema = z
   .object({
     DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
@@ -89,6 +105,11 @@ const envSchema = z
     REPLAY_BUFFER_BYTES: int(0, 2 ** 40).default(64 * 1024 * 1024),
     MAX_TOTAL_BUFFERED_BYTES: int(65_536, 2 ** 40).default(256 * 1024 * 1024),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
+    // permessage-deflate for clients that offer it (browsers do): `off`, `shared` (one
+    // compressor for all sockets, no context kept between frames) or `dedicated` (a sliding
+    // window per socket; `dedicated-<n>kb` picks uWS's per-socket memory). Default chosen by
+    // measurement: docs/BENCHMARKS.md "Compression".
+    WS_COMPRESSION: z.enum(WS_COMPRESSION_MODES).default('shared'),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
     NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),

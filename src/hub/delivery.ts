@@ -33,7 +33,7 @@ export type Session = {
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {
-  send(message: string, isBinary?: boolean): number;
+  send(message: string, isBinary?: boolean, compress?: boolean): number;
   getBufferedAmount(): number;
   subscribe(topic: string): boolean;
   unsubscribe(topic: string): boolean;
@@ -42,7 +42,7 @@ export type Sock = {
 };
 
 export type Publisher = {
-  publish(topic: string, message: string, isBinary?: boolean): boolean;
+  publish(topic: string, message: string, isBinary?: boolean, compress?: boolean): boolean;
   numSubscribers(topic: string): number;
 };
 
@@ -61,6 +61,13 @@ export class UnavailableError extends Error {}
 type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
+
+/**
+ * Every frame is sent with uWS's compress flag: it deflates only for sockets that negotiated
+ * permessage-deflate (WS_COMPRESSION not `off` and the client offered it), once per receiving
+ * socket; the rest get the frame as it is.
+ */
+const COMPRESS = true;
 
 /**
  * uWS's App.publish sends a message of at least this size (its cork buffer) to every
@@ -181,7 +188,7 @@ export function createDelivery(opts: {
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
   const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
-    ws.send(frame, false);
+    ws.send(frame, false, COMPRESS);
     const label = typeLabel(type, app);
     metrics.messagesSent.inc({ type: label });
     metrics.bytesSent.inc({ type: label }, frameBytes(frame));
@@ -385,7 +392,7 @@ export function createDelivery(opts: {
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
-          publisher.publish(t, e.frame, false);
+          publisher.publish(t, e.frame, false, COMPRESS);
         }
         ring.push(e, bytes);
         metrics.events.inc({ kind: e.kind, action: e.action });
@@ -405,7 +412,7 @@ export function createDelivery(opts: {
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
-        publisher.publish(t, frame, false);
+        publisher.publish(t, frame, false, COMPRESS);
       }
       if (receivers > 0) sent(type, bytes, receivers);
     },

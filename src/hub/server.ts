@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import uWS from 'uWebSockets.js';
-import type { Config } from '../config/index.ts';
+import type { Config, WsCompression } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Authenticator } from '../auth/jwt.ts';
@@ -41,6 +41,28 @@ export function connectionCap(configured: number | undefined): number {
     // Not Linux: no known limit to stay under.
   }
   return Number.MAX_SAFE_INTEGER;
+}
+
+/**
+ * uWS's permessage-deflate option for `WS_COMPRESSION`. Negotiated only with clients that offer
+ * the extension; the others get the same frames uncompressed. Client frames (small: ping,
+ * subscribe) use the shared decompressor, which asks clients not to keep their context.
+ */
+export function compressionOption(mode: WsCompression): uWS.CompressOptions {
+  const compressor: Record<WsCompression, uWS.CompressOptions> = {
+    off: uWS.DISABLED,
+    shared: uWS.SHARED_COMPRESSOR,
+    dedicated: uWS.DEDICATED_COMPRESSOR_4KB,
+    'dedicated-3kb': uWS.DEDICATED_COMPRESSOR_3KB,
+    'dedicated-4kb': uWS.DEDICATED_COMPRESSOR_4KB,
+    'dedicated-8kb': uWS.DEDICATED_COMPRESSOR_8KB,
+    'dedicated-16kb': uWS.DEDICATED_COMPRESSOR_16KB,
+    'dedicated-32kb': uWS.DEDICATED_COMPRESSOR_32KB,
+    'dedicated-64kb': uWS.DEDICATED_COMPRESSOR_64KB,
+    'dedicated-128kb': uWS.DEDICATED_COMPRESSOR_128KB,
+    'dedicated-256kb': uWS.DEDICATED_COMPRESSOR_256KB,
+  };
+  return mode === 'off' ? uWS.DISABLED : compressor[mode] | uWS.SHARED_DECOMPRESSOR;
 }
 
 /** setTimeout's largest delay (2^31 - 1 ms, ~24.8 days); a longer one fires at once (Node: after 1 ms). */
@@ -293,7 +315,7 @@ export function createHubServer(deps: {
   };
 
   app.ws<Session>('/ws', {
-    compression: uWS.DISABLED,
+    compression: compressionOption(config.WS_COMPRESSION),
     // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
     // it gets a higher hard cap and the contract's limit is enforced below with a 1009 close.
     maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),

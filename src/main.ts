@@ -211,6 +211,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
           electionOf: committees.cached,
           maxBuffered: config.MAX_BACKPRESSURE_BYTES,
           maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
+          compressMinBytes: config.WS_COMPRESSION_MIN_BYTES,
           metrics,
           log,
         }),

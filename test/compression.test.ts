@@ -54,12 +54,12 @@ async function open(hub: Hub, offer: boolean): Promise<Opened> {
 }
 
 /** Writes rows with realistic, repetitive content; returns their ids. */
-async function writeRows(n: number): Promise<number[]> {
+async function writeRows(n: number, name = (i: number) => `Voter ${i} Al-Mutairi`): Promise<number[]> {
   const ids: number[] = [];
   for (let i = 0; i < n; i++) {
     const r = await db.pool.query<{ id: number }>(
       `INSERT INTO guarantees (election_id, committee_id, voter_name, status) VALUES ($1, $2, $3, 'pledged') RETURNING id`,
-      [e1, c1, `Voter ${i} Al-Mutairi`],
+      [e1, c1, name(i)],
     );
     ids.push(Number(r.rows[0]?.id));
   }
@@ -80,11 +80,13 @@ describe('WS_COMPRESSION', () => {
     expect(!bad.ok && bad.errors.join('\n')).toMatch(/^WS_COMPRESSION: /m);
     const dflt = parseConfig(base);
     expect(dflt.ok && dflt.config.WS_COMPRESSION).toBe('shared');
+    expect(dflt.ok && dflt.config.WS_COMPRESSION_MIN_BYTES).toBe(1024);
+    expect(parseConfig({ ...base, WS_COMPRESSION_MIN_BYTES: '-1' }).ok).toBe(false);
   });
 
   for (const mode of ['shared', 'dedicated'] as const) {
     it(`${mode}: negotiated with a client that offers it, not with one that does not; same frames, fewer bytes`, async () => {
-      const hub = await startTestHub(db.url, { WS_COMPRESSION: mode });
+      const hub = await startTestHub(db.url, { WS_COMPRESSION: mode, WS_COMPRESSION_MIN_BYTES: '0' });
       hubs.push(hub);
       const deflate = await open(hub, true);
       const plain = await open(hub, false);
@@ -109,6 +111,29 @@ describe('WS_COMPRESSION', () => {
       await waitUntil(() => deflate.frames.some((f) => f.type === 'pong'), 5000, 'pong');
     });
   }
+
+  it('WS_COMPRESSION_MIN_BYTES: smaller frames go as they are, larger ones deflated', async () => {
+    const hub = await startTestHub(db.url, { WS_COMPRESSION: 'shared', WS_COMPRESSION_MIN_BYTES: '1024' });
+    hubs.push(hub);
+    const deflate = await open(hub, true);
+    const plain = await open(hub, false);
+    expect(deflate.extensions).toMatch(/^permessage-deflate\b/);
+    const wire = () => [deflate.wire(), plain.wire()] as const;
+
+    // ~300-byte row events: the same bytes on both sockets.
+    const [d0, p0] = wire();
+    const small = await writeRows(20);
+    await waitUntil(() => rows(deflate).length === small.length && rows(plain).length === small.length, 15_000, 'small rows');
+    const [d1, p1] = wire();
+    expect(d1 - d0).toBe(p1 - p0);
+
+    // Rows of ~3 KB (a long, repetitive name): deflated.
+    const big = await writeRows(5, (i) => `Voter ${i} ${'Al-Mutairi '.repeat(300)}`);
+    await waitUntil(() => rows(deflate).length === small.length + big.length && rows(plain).length === small.length + big.length, 15_000, 'big rows');
+    const [d2, p2] = wire();
+    expect(d2 - d1).toBeLessThan((p2 - p1) / 4);
+    expect(rows(deflate)).toEqual(rows(plain));
+  });
 
   it('off: never negotiated, whatever the client offers', async () => {
     const hub = await startTestHub(db.url, { WS_COMPRESSION: 'off' });

@@ -110,6 +110,9 @@ const envSchema = z
     // window per socket; `dedicated-<n>kb` picks uWS's per-socket memory). Default chosen by
     // measurement: docs/BENCHMARKS.md "Compression".
     WS_COMPRESSION: z.enum(WS_COMPRESSION_MODES).default('shared'),
+    // Frames smaller than this go uncompressed even to sockets that negotiated deflate: deflate
+    // runs once per receiving socket, and small row events save little for their CPU.
+    WS_COMPRESSION_MIN_BYTES: int(0, 16 * 1024 * 1024).default(1024),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
     NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),

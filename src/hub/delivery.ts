@@ -62,12 +62,6 @@ type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
 
-/**
- * Every frame is sent with uWS's compress flag: it deflates only for sockets that negotiated
- * permessage-deflate (WS_COMPRESSION not `off` and the client offered it), once per receiving
- * socket; the rest get the frame as it is.
- */
-const COMPRESS = true;
 
 /**
  * uWS's App.publish sends a message of at least this size (its cork buffer) to every
@@ -89,6 +83,13 @@ export function createDelivery(opts: {
   maxBuffered: number;
   /** MAX_TOTAL_BUFFERED_BYTES: all sockets' buffers together. */
   maxTotalBuffered: number;
+  /**
+   * WS_COMPRESSION_MIN_BYTES: frames of at least this many bytes are sent with uWS's compress
+   * flag, which deflates them for each socket that negotiated permessage-deflate (once per
+   * receiving socket: the cost is per delivery); smaller ones, and every frame to the other
+   * sockets, go as they are. Default 0: all.
+   */
+  compressMinBytes?: number;
   metrics: Pick<
     Metrics,
     'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses' | 'replayBufferBytes' | 'replayBufferEvents' | 'bufferedBytes'
@@ -96,6 +97,7 @@ export function createDelivery(opts: {
   log: Logger;
 }) {
   const { publisher, reader, ring, metrics, sockets } = opts;
+  const compressMin = opts.compressMinBytes ?? 0;
   let pruned: Position = { txid: 0n, id: 0n };
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
@@ -188,10 +190,11 @@ export function createDelivery(opts: {
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
   const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
-    ws.send(frame, false, COMPRESS);
+    const bytes = frameBytes(frame);
+    ws.send(frame, false, bytes >= compressMin);
     const label = typeLabel(type, app);
     metrics.messagesSent.inc({ type: label });
-    metrics.bytesSent.inc({ type: label }, frameBytes(frame));
+    metrics.bytesSent.inc({ type: label }, bytes);
     if (ws.getBufferedAmount() > opts.maxBuffered) {
       tooSlow(ws, 'socket_limit');
       return false;
@@ -392,7 +395,7 @@ export function createDelivery(opts: {
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
-          publisher.publish(t, e.frame, false, COMPRESS);
+          publisher.publish(t, e.frame, false, bytes >= compressMin);
         }
         ring.push(e, bytes);
         metrics.events.inc({ kind: e.kind, action: e.action });
@@ -412,7 +415,7 @@ export function createDelivery(opts: {
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
-        publisher.publish(t, frame, false, COMPRESS);
+        publisher.publish(t, frame, false, bytes >= compressMin);
       }
       if (receivers > 0) sent(type, bytes, receivers);
     },

@@ -94,6 +94,14 @@ const envSchema = z
       .refine((keys) => keys.every((k) => k.includes('{election_id}')), 'every template must contain {election_id}'),
     MAX_CONNECTIONS_PER_SUB: int(1, 1_000_000).default(20),
     MAX_PAYLOAD_BYTES: int(64, 16 * 1024 * 1024).default(16384),
+    // permessage-deflate for clients that offer it (browsers do): `off`, `shared` (one
+    // compressor for all sockets, no context kept between frames) or `dedicated` (a sliding
+    // window per socket; `dedicated-<n>kb` picks uWS's per-socket memory). Default chosen by
+    // measurement: docs/BENCHMARKS.md "Compression".
+    WS_COMPRESSION: z.enum(WS_COMPRESSION_MODES).default('shared'),
+    // Frames smaller than this go uncompressed even to sockets that negotiated deflate: deflate
+    // runs once per receiving socket, and small row events save little for their CPU.
+    WS_COMPRESSION_MIN_BYTES: int(0, 16 * 1024 * 1024).default(1024),
     MAX_BACKPRESSURE_BYTES: int(1024, 1024 * 1024 * 1024).default(1048576),
     MAX_TOPICS_PER_CONNECTION: int(1, 100_000).default(200),
     MAX_CONNECTIONS: int(1, 10_000_000).optional(),
@@ -105,14 +113,6 @@ const envSchema = z
     REPLAY_BUFFER_BYTES: int(0, 2 ** 40).default(64 * 1024 * 1024),
     MAX_TOTAL_BUFFERED_BYTES: int(65_536, 2 ** 40).default(256 * 1024 * 1024),
     DASHBOARD_DEBOUNCE: duration('DASHBOARD_DEBOUNCE').default(250),
-    // permessage-deflate for clients that offer it (browsers do): `off`, `shared` (one
-    // compressor for all sockets, no context kept between frames) or `dedicated` (a sliding
-    // window per socket; `dedicated-<n>kb` picks uWS's per-socket memory). Default chosen by
-    // measurement: docs/BENCHMARKS.md "Compression".
-    WS_COMPRESSION: z.enum(WS_COMPRESSION_MODES).default('shared'),
-    // Frames smaller than this go uncompressed even to sockets that negotiated deflate: deflate
-    // runs once per receiving socket, and small row events save little for their CPU.
-    WS_COMPRESSION_MIN_BYTES: int(0, 16 * 1024 * 1024).default(1024),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
     REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
     NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),

@@ -444,7 +444,7 @@ export function createHubClient(opts: HubClientOptions): HubClient {
         // Token expired: a token function is asked for a fresh one (at once the first time, then
         // with backoff, should it keep handing out stale tokens); a fixed token cannot recover.
         if (typeof opts.token === 'function') scheduleReconnect(detail, attempt === 0 ? 0 : undefined);
-        else shutdown(detail);
+        else void shutdown(detail);
       } else if (ev.code === 4009) {
         // The hub could not complete the replay: reconnect (with backoff) and resume again.
         scheduleReconnect(detail);

@@ -29,7 +29,12 @@ afterAll(async () => {
   await db?.drop();
 });
 
-type Opened = { ws: WebSocket; extensions: string; wire: () => number; frames: Array<{ type: string; [k: string]: unknown }> };
+type Opened = {
+  ws: WebSocket;
+  extensions: string;
+  wire: () => number;
+  frames: Array<{ type: string; [k: string]: unknown }>;
+};
 
 /** A `ws` client (offering permessage-deflate or not) that counts the bytes it reads off the socket. */
 async function open(hub: Hub, offer: boolean): Promise<Opened> {
@@ -97,7 +102,11 @@ describe('WS_COMPRESSION', () => {
       const w0 = [deflate.wire(), plain.wire()];
 
       const ids = await writeRows(40);
-      await waitUntil(() => rows(deflate).length === ids.length && rows(plain).length === ids.length, 15_000, 'the rows on both sockets');
+      await waitUntil(
+        () => rows(deflate).length === ids.length && rows(plain).length === ids.length,
+        15_000,
+        'the rows on both sockets',
+      );
       // The same frames, decoded.
       expect(rows(deflate)).toEqual(rows(plain));
       expect(rows(deflate).map((f) => f.id)).toEqual(ids);
@@ -123,13 +132,21 @@ describe('WS_COMPRESSION', () => {
     // ~300-byte row events: the same bytes on both sockets.
     const [d0, p0] = wire();
     const small = await writeRows(20);
-    await waitUntil(() => rows(deflate).length === small.length && rows(plain).length === small.length, 15_000, 'small rows');
+    await waitUntil(
+      () => rows(deflate).length === small.length && rows(plain).length === small.length,
+      15_000,
+      'small rows',
+    );
     const [d1, p1] = wire();
     expect(d1 - d0).toBe(p1 - p0);
 
     // Rows of ~3 KB (a long, repetitive name): deflated.
     const big = await writeRows(5, (i) => `Voter ${i} ${'Al-Mutairi '.repeat(300)}`);
-    await waitUntil(() => rows(deflate).length === small.length + big.length && rows(plain).length === small.length + big.length, 15_000, 'big rows');
+    await waitUntil(
+      () => rows(deflate).length === small.length + big.length && rows(plain).length === small.length + big.length,
+      15_000,
+      'big rows',
+    );
     const [d2, p2] = wire();
     expect(d2 - d1).toBeLessThan((p2 - p1) / 4);
     expect(rows(deflate)).toEqual(rows(plain));

@@ -40,11 +40,18 @@ export type Negotiated = { deflate: boolean; serverNoContextTakeover: boolean; w
 
 /** Parses the server's `Sec-WebSocket-Extensions` answer. */
 export function negotiated(header: string | undefined): Negotiated {
-  const ext = (header ?? '').split(',').map((e) => e.trim()).find((e) => e.startsWith('permessage-deflate'));
+  const ext = (header ?? '')
+    .split(',')
+    .map((e) => e.trim())
+    .find((e) => e.startsWith('permessage-deflate'));
   if (!ext) return { deflate: false, serverNoContextTakeover: false, windowBits: 15 };
   const params = ext.split(';').map((p) => p.trim());
   const wb = params.find((p) => p.startsWith('server_max_window_bits'));
-  return { deflate: true, serverNoContextTakeover: params.includes('server_no_context_takeover'), windowBits: wb ? Number(wb.split('=')[1]) : 15 };
+  return {
+    deflate: true,
+    serverNoContextTakeover: params.includes('server_no_context_takeover'),
+    windowBits: wb ? Number(wb.split('=')[1]) : 15,
+  };
 }
 
 export type Counters = {
@@ -105,7 +112,9 @@ export class DeflateConn {
     this.sock = net.connect({ host: o.host, port: o.port });
     this.sock.setNoDelay(true);
     this.sock.on('connect', () => {
-      const extra = Object.entries(o.headers ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      const extra = Object.entries(o.headers ?? {})
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('');
       this.sock.write(
         `GET ${o.path} HTTP/1.1\r\nHost: ${o.host}:${o.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
@@ -174,7 +183,12 @@ export class DeflateConn {
       const l7 = b1 & 0x7f;
       const hl = l7 < 126 ? 2 : l7 === 126 ? 4 : 10;
       if (n - i < hl) break;
-      const len = l7 < 126 ? l7 : l7 === 126 ? buf.readUInt16BE(i + 2) : buf.readUInt32BE(i + 2) * 2 ** 32 + buf.readUInt32BE(i + 6);
+      const len =
+        l7 < 126
+          ? l7
+          : l7 === 126
+            ? buf.readUInt16BE(i + 2)
+            : buf.readUInt32BE(i + 2) * 2 ** 32 + buf.readUInt32BE(i + 6);
       if (n - i < hl + len) break;
       const payload = buf.subarray(i + hl, i + hl + len);
       i += hl + len;
@@ -210,7 +224,10 @@ export class DeflateConn {
     if (!this.o.decode) return; // `inflated` counts only decoded connections' compressed messages
     const input = Buffer.concat([...this.parts, TAIL]);
     const keep = this.ext.deflate && !this.ext.serverNoContextTakeover;
-    const out = inflateRawSync(input, { finishFlush: constants.Z_SYNC_FLUSH, ...(keep && this.history.length > 0 ? { dictionary: this.history } : {}) });
+    const out = inflateRawSync(input, {
+      finishFlush: constants.Z_SYNC_FLUSH,
+      ...(keep && this.history.length > 0 ? { dictionary: this.history } : {}),
+    });
     c.inflated += out.length;
     if (keep) this.remember(out);
     if (this.opcode === 1) this.o.onText?.(out.toString('utf8'), this);

@@ -6,7 +6,20 @@
  * Content varies like an election night's: names, statuses, timestamps, ids and cursors.
  */
 
-const FIRST = ['Ahmad', 'Fatima', 'Yousef', 'Mariam', 'Khaled', 'Noura', 'Abdullah', 'Sara', 'Hamad', 'Dana', 'Faisal', 'Layla'];
+const FIRST = [
+  'Ahmad',
+  'Fatima',
+  'Yousef',
+  'Mariam',
+  'Khaled',
+  'Noura',
+  'Abdullah',
+  'Sara',
+  'Hamad',
+  'Dana',
+  'Faisal',
+  'Layla',
+];
 const FAMILY = ['Al-Sabah', 'Al-Mutairi', 'Al-Ajmi', 'Al-Enezi', 'Al-Rashidi', 'Al-Kandari', 'Al-Shammari', 'Al-Azmi'];
 const CANDIDATES = ['Candidate A', 'Candidate B', 'Candidate C', 'Candidate D', 'Candidate E', 'Candidate F'];
 const STATUS = ['pledged', 'confirmed', 'withdrawn'];
@@ -27,7 +40,8 @@ export function rng(seed = 0x9e3779b9): () => number {
 const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
 
 /** PostgreSQL's timestamptz text in a jsonb value. */
-const pgTime = (ms: number, micros: number) => `${new Date(ms).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}+00:00`;
+const pgTime = (ms: number, micros: number) =>
+  `${new Date(ms).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}+00:00`;
 
 export type RowFrames = { next(nowMs: number): { frame: string; committee: number } };
 
@@ -35,7 +49,13 @@ export type RowFrames = { next(nowMs: number): { frame: string; committee: numbe
  * Row events for one election: `committees` committee ids from `firstCommittee`; the mix of an
  * election night (pledges, confirmations, check-ins, vote counts, a few deletes).
  */
-export function rowFrames(opts: { election: number; firstCommittee: number; committees: number; firstId?: number; seed?: number }): RowFrames {
+export function rowFrames(opts: {
+  election: number;
+  firstCommittee: number;
+  committees: number;
+  firstId?: number;
+  seed?: number;
+}): RowFrames {
   const r = rng(opts.seed);
   let id = opts.firstId ?? 1_000_000;
   let txid = 7_340_000;
@@ -81,7 +101,11 @@ export function dashboardFrames(opts: { election: number; firstCommittee: number
   const r = rng(opts.seed ?? 7);
   const per = new Map<number, Counts>();
   for (let k = 0; k < opts.committees; k++) {
-    per.set(opts.firstCommittee + k, { guarantees: 2000 + Math.floor(r() * 3000), attendance: 1000 + Math.floor(r() * 1500), votes: 5 + Math.floor(r() * 40) });
+    per.set(opts.firstCommittee + k, {
+      guarantees: 2000 + Math.floor(r() * 3000),
+      attendance: 1000 + Math.floor(r() * 1500),
+      votes: 5 + Math.floor(r() * 40),
+    });
   }
   let seq = 48_000_000;
   let last: string | null = null;
@@ -122,7 +146,11 @@ export function dashboardFrames(opts: { election: number; firstCommittee: number
       if (dirty.size === 0) return undefined;
       seq += 97;
       const cursor = `4dbk.${seq.toString(36)}`;
-      const f = frame([...dirty].sort((a, b) => a - b), last, cursor);
+      const f = frame(
+        [...dirty].sort((a, b) => a - b),
+        last,
+        cursor,
+      );
       dirty.clear();
       last = cursor;
       return f;

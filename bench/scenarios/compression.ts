@@ -40,7 +40,9 @@ const size = SIZES[mode];
 const RATE = 300;
 const DEBOUNCE_MS = 250;
 /** `mode` or `mode>=N` (frames under N bytes sent uncompressed: WS_COMPRESSION_MIN_BYTES). */
-const MODES = (flags.modes ?? 'off,shared,shared>=1024,dedicated-4kb,dedicated-32kb,dedicated-256kb,dedicated-4kb>=1024').split(',');
+const MODES = (
+  flags.modes ?? 'off,shared,shared>=1024,dedicated-4kb,dedicated-32kb,dedicated-256kb,dedicated-4kb>=1024'
+).split(',');
 /**
  * The updates-only run publishes deltas 4× as often (from rows generated 4× as fast, so each
  * delta is as large as at the real rate): enough deliveries to measure their CPU. A server
@@ -49,7 +51,8 @@ const MODES = (flags.modes ?? 'off,shared,shared>=1024,dedicated-4kb,dedicated-3
 const UPDATE_SPEEDUP = 4;
 const LOG_DIR = join(RESULTS, 'logs');
 const T0 = wallNow();
-const log = (msg: string) => process.stderr.write(`[compression ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+const log = (msg: string) =>
+  process.stderr.write(`[compression ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 
 type Part = {
   /** Deliveries the server made (frames × subscribers) and the messages the clients counted. */
@@ -96,12 +99,27 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
   const connect = async (half: 0 | 1) => {
     for (const [group, n] of groups) {
       const count = half === 0 ? Math.floor(n / 2) : n - Math.floor(n / 2);
-      await Promise.all(workers.map((w, k) => w.call('connect', { host: '127.0.0.1', port, group, count: split(count, k, workers.length), concurrency: 16, sampleEvery: 0 })));
+      await Promise.all(
+        workers.map((w, k) =>
+          w.call('connect', {
+            host: '127.0.0.1',
+            port,
+            group,
+            count: split(count, k, workers.length),
+            concurrency: 16,
+            sampleEvery: 0,
+          }),
+        ),
+      );
     }
     await sleep(300);
   };
   const run = (seconds: number, publishRows: boolean, publishUpdates: boolean, speedup = 1) =>
-    child.call('run', { seconds, rowsPerSecond: RATE * speedup, debounceMs: DEBOUNCE_MS / speedup, publishRows, publishUpdates }, 120_000 + seconds * 1000);
+    child.call(
+      'run',
+      { seconds, rowsPerSecond: RATE * speedup, debounceMs: DEBOUNCE_MS / speedup, publishRows, publishUpdates },
+      120_000 + seconds * 1000,
+    );
   const rss = async () => {
     await child.call('gc', undefined);
     await sleep(200);
@@ -130,7 +148,10 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
     const speedup = kind === 'updates' ? UPDATE_SPEEDUP : 1;
     const r = await run(size.seconds, kind === 'rows', kind === 'updates', speedup);
     // What the run costs without sending (making the frames, the timer) is not the deliveries'.
-    r.cpuSeconds = Math.max(0, r.cpuSeconds - (kind === 'updates' ? idleFastCpuPerSecond : idleCpuPerSecond) * r.seconds);
+    r.cpuSeconds = Math.max(
+      0,
+      r.cpuSeconds - (kind === 'updates' ? idleFastCpuPerSecond : idleCpuPerSecond) * r.seconds,
+    );
     await sleep(500);
     const s = await stats();
     const wire = (s.election?.wire ?? 0) + (kind === 'updates' ? (s.totals?.wire ?? 0) : 0);
@@ -147,7 +168,10 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
       // Frame plus its 2-4 byte WebSocket header.
       framePerMessage: frameBytes / Math.max(1, frames) + (frameBytes / Math.max(1, frames) < 126 ? 2 : 4),
       perSecond: frames / r.seconds / speedup,
-      behind: kind === 'rows' ? r.rows < 0.9 * RATE * r.seconds : r.updates < 0.9 * (r.seconds * 1000 * speedup) / DEBOUNCE_MS,
+      behind:
+        kind === 'rows'
+          ? r.rows < 0.9 * RATE * r.seconds
+          : r.updates < (0.9 * (r.seconds * 1000 * speedup)) / DEBOUNCE_MS,
     };
   };
   try {
@@ -175,7 +199,10 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
       negotiated: (s.election?.negotiated ?? 0) + (s.totals?.negotiated ?? 0),
       rows,
       updates,
-      election: { wirePerSec: perSec(rows).wire + perSec(updates).wire, rawPerSec: perSec(rows).raw + perSec(updates).raw },
+      election: {
+        wirePerSec: perSec(rows).wire + perSec(updates).wire,
+        rawPerSec: perSec(rows).raw + perSec(updates).raw,
+      },
       totals: { wirePerSec: perSec(updates).wire, rawPerSec: perSec(updates).raw },
       rssPerConnBytes: (rssB - rssA) / added,
       closed: Object.values(s).reduce((n, g) => n + g.conns - g.open, 0),
@@ -189,9 +216,15 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
 const kb = (b: number) => `${(b / 1024).toFixed(1)} KB`;
 
 async function main() {
-  log(`mode ${mode}: ${size.election} whole-election + ${size.totals} totals-only dashboards, ${RATE} rows/s, updates every ${DEBOUNCE_MS} ms, ${size.seconds} s per case`);
+  log(
+    `mode ${mode}: ${size.election} whole-election + ${size.totals} totals-only dashboards, ${RATE} rows/s, updates every ${DEBOUNCE_MS} ms, ${size.seconds} s per case`,
+  );
   const workers = (
-    await Promise.all(Array.from({ length: size.workers }, (_, k) => spawnTs<DeflateClientsApi>(`deflate-clients-${k}`, 'bench/workers/deflate-clients.ts', { logDir: LOG_DIR })))
+    await Promise.all(
+      Array.from({ length: size.workers }, (_, k) =>
+        spawnTs<DeflateClientsApi>(`deflate-clients-${k}`, 'bench/workers/deflate-clients.ts', { logDir: LOG_DIR }),
+      ),
+    )
   ).map((s) => s.child);
   const results: Result[] = [];
   const cases: Array<[string, boolean]> = [...MODES.map((m) => [m, true] as [string, boolean]), ['shared', false]];
@@ -207,8 +240,12 @@ async function main() {
         `${r.closed ? `, ${r.closed} closed` : ''}${lost ? `, ${lost} deliveries missing` : ''}`,
     );
   }
-  console.log(`\npermessage-deflate — mode ${mode}, ${new Date().toISOString()}; ${size.election} whole-election + ${size.totals} totals-only dashboards, ${RATE} rows/s, a delta every ${DEBOUNCE_MS} ms, ${size.seconds} s per frame kind`);
-  console.log('| WS_COMPRESSION | clients | row event on the wire | row CPU/delivery | dashboard delta on the wire | delta CPU/delivery | whole-election dashboard | totals-only dashboard | RSS/connection |');
+  console.log(
+    `\npermessage-deflate — mode ${mode}, ${new Date().toISOString()}; ${size.election} whole-election + ${size.totals} totals-only dashboards, ${RATE} rows/s, a delta every ${DEBOUNCE_MS} ms, ${size.seconds} s per frame kind`,
+  );
+  console.log(
+    '| WS_COMPRESSION | clients | row event on the wire | row CPU/delivery | dashboard delta on the wire | delta CPU/delivery | whole-election dashboard | totals-only dashboard | RSS/connection |',
+  );
   console.log('|---|---|---|---|---|---|---|---|---|');
   const pctOf = (a: number, b: number) => `${((a / b) * 100).toFixed(0)}%`;
   for (const r of results) {

@@ -62,10 +62,16 @@ const api = {
    * measure the other's cost alone; the rows still move the counts). Returns what was
    * published and the CPU seconds this process used meanwhile (uWS's sends and deflates included).
    */
-  async run(a: { seconds: number; rowsPerSecond: number; debounceMs: number; publishRows: boolean; publishUpdates: boolean }) {
+  async run(a: {
+    seconds: number;
+    rowsPerSecond: number;
+    debounceMs: number;
+    publishRows: boolean;
+    publishUpdates: boolean;
+  }) {
     const c0 = cpu();
     const t0 = Date.now();
-    let published = { rows: 0, rowBytes: 0, updates: 0, updateBytes: 0 };
+    const published = { rows: 0, rowBytes: 0, updates: 0, updateBytes: 0 };
     let nextUpdate = t0 + a.debounceMs;
     let generated = 0;
     const subs = { rows: app.numSubscribers('rows'), dash: app.numSubscribers('dash') };
@@ -98,9 +104,7 @@ const api = {
     await sleep(200);
     const seconds = (Date.now() - t0) / 1000;
     const used = cpu() - c0;
-    const out = { ...published, subs, seconds, cpuSeconds: used };
-    published = { rows: 0, rowBytes: 0, updates: 0, updateBytes: 0 };
-    return out;
+    return { ...published, subs, seconds, cpuSeconds: used };
   },
   state: () => ({ connections, negotiated, mode }),
   memory: () => process.memoryUsage(),

@@ -84,7 +84,13 @@ const blank = (): GroupStats => ({
   closeCodes: {},
 });
 
-type Update = { type: string; cursor: string; base?: string | null; totals: { guarantees: number; attendance: number; votes: number }; committees: Array<{ committee_id: number | string; guarantees: number; attendance: number; votes: number }> };
+type Update = {
+  type: string;
+  cursor: string;
+  base?: string | null;
+  totals: { guarantees: number; attendance: number; votes: number };
+  committees: Array<{ committee_id: number | string; guarantees: number; attendance: number; votes: number }>;
+};
 
 function onText(st: ConnState, probe: number | undefined, text: string) {
   // Row events start with {"type":"guarantee_update" / "attendance_update" / "voting_update".
@@ -122,7 +128,14 @@ function onText(st: ConnState, probe: number | undefined, text: string) {
 
 const api = {
   /** Opens `count` connections of `group`, `concurrency` at a time; every `sampleEvery`-th records probes. */
-  async connect(a: { host: string; port: number; group: Group; count: number; concurrency: number; sampleEvery: number }) {
+  async connect(a: {
+    host: string;
+    port: number;
+    group: Group;
+    count: number;
+    concurrency: number;
+    sampleEvery: number;
+  }) {
     let next = 0;
     let failed = 0;
     const failures: Record<string, number> = {};

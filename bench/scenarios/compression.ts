@@ -106,6 +106,7 @@ async function measure(workers: Array<Child<DeflateClientsApi>>, caseName: strin
             port,
             group,
             count: split(count, k, workers.length),
+            first: 0,
             concurrency: 16,
             sampleEvery: 0,
           }),

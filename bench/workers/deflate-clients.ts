@@ -6,14 +6,17 @@
  * the cursor of the last applied update: overwrite the listed committees; else a broken chain),
  * and latency probes read from a probe committee's vote count.
  */
+import { signToken } from '../../src/auth/jwt.ts';
 import { wallNow } from '../lib/clock.ts';
 import { DeflateConn } from '../lib/deflate-ws.ts';
 import { notify, serve } from '../lib/rpc.ts';
 
 export type Group = {
   name: string;
-  /** Path and query of the upgrade (e.g. `/ws?token=…&subscribe=none`). */
+  /** Path and query of the upgrade (e.g. `/ws?token={token}&subscribe=none`); `{token}` is replaced by `auth`'s token. */
   path: string;
+  /** Each connection gets a token of its own (sub `<sub>-<group>-<n>`: the hub limits sockets per sub). */
+  auth?: { secret: string; sub: string; elections: number[] };
   offer: boolean;
   /** Frames sent once the upgrade succeeded (e.g. a subscribe). */
   send?: string[];
@@ -133,12 +136,21 @@ const api = {
     port: number;
     group: Group;
     count: number;
+    /** Index of this worker's first connection among the group's (for distinct subs). */
+    first: number;
     concurrency: number;
     sampleEvery: number;
   }) {
     let next = 0;
     let failed = 0;
     const failures: Record<string, number> = {};
+    // Tokens are signed before the clock starts.
+    const paths: string[] = [];
+    for (let j = 0; j < a.count; j++) {
+      const auth = a.group.auth;
+      const token = auth ? await signToken(auth.secret, { sub: `${auth.sub}-${a.group.name}-${a.first + j}`, elections: auth.elections, ttl: '2h' }) : '';
+      paths.push(a.group.path.replace('{token}', encodeURIComponent(token)));
+    }
     const t0 = wallNow();
     const lane = async () => {
       for (;;) {
@@ -163,7 +175,7 @@ const api = {
         const conn = new DeflateConn({
           host: a.host,
           port: a.port,
-          path: a.group.path,
+          path: paths[j] as string,
           offer: a.group.offer,
           decode: a.group.decode,
           onText: (text) => onText(st, a.group.probeCommittee, text),
@@ -229,8 +241,8 @@ const api = {
   },
 
   /** Probe arrivals ([sequence, wall ms]) of the sampled connections. */
-  probes(): Array<Array<[number, number]>> {
-    return conns.filter((st) => st.sampled && st.probes.length > 0).map((st) => st.probes);
+  probes(a: { group: string }): Array<Array<[number, number]>> {
+    return conns.filter((st) => st.group === a.group && st.sampled && st.probes.length > 0).map((st) => st.probes);
   },
 
   /** Each decoding connection's dashboard as it applied it, for comparison with the database. */

@@ -525,22 +525,140 @@ export function createHubClient(opts: HubClientOptions): HubClient {
 
 // ---- dashboards ---------------------------------------------------------------------------
 
+/**
+ * A `dashboard_update` as the hub sends it: `base` null is the full state (every committee);
+ * else `committees` lists only those changed since the update whose cursor is `base`.
+ * (A frame without `base`, from a hub older than the delta protocol, is a full state.)
+ */
+export type DashboardFrame = Omit<DashboardUpdate, 'base'> & { base?: string | null };
+
+/** What applying one update did to a dashboard's state. */
+export type ChainStep =
+  /** A full state replaced what was there. */
+  | { kind: 'replaced' }
+  /** A delta chained on the last update applied: these committees were overwritten. */
+  | { kind: 'applied'; committees: Array<number | string> }
+  /** Another election's update, or one older than the state held (after a refetch). */
+  | { kind: 'ignored' }
+  /** Neither a full state nor chained on the last applied update: fetch the state again. */
+  | { kind: 'broken' };
+
+export type DashboardChain = {
+  /** The state held (undefined until a full state or a snapshot arrived). */
+  current(): DashboardSnapshot | undefined;
+  /** The cursor of the last update applied (undefined: none yet on this connection, or a snapshot since). */
+  chain(): string | undefined;
+  /** Applies an update by the contract's rule (CONTRACT §5): base null replaces, base = chain() overwrites the listed committees. */
+  update(frame: DashboardFrame): ChainStep;
+  /**
+   * Takes a snapshot from `GET /dashboard/{id}` unless the state held is newer. Deltas no longer
+   * chain on it (their `base` is the cursor of an update, not of a snapshot): the next full
+   * state does. Returns whether it was taken.
+   */
+  snapshot(s: DashboardSnapshot): boolean;
+  /** A new connection: only a full state starts its chain. */
+  restart(): void;
+};
+
+const sameId = (a: number | string, b: number | string) => String(a) === String(b);
+
+/**
+ * The chain rule of `dashboard_update` frames for one election, as a small state machine
+ * (the SDK and the dashboard page use it; it does no I/O).
+ */
+export function createDashboardChain(electionId: number | string): DashboardChain {
+  let current: DashboardSnapshot | undefined;
+  let chain: string | undefined;
+  /** committee id (text) → counts; `current.committees` is rebuilt from it after a delta. */
+  let byId = new Map<string, DashboardSnapshot['committees'][number]>();
+
+  const take = (s: { election_id: number | string; cursor: string; totals: DashboardSnapshot['totals']; committees: DashboardSnapshot['committees'] }) => {
+    byId = new Map(s.committees.map((c) => [String(c.committee_id), { committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes }]));
+    current = { election_id: s.election_id, cursor: s.cursor, totals: { ...s.totals }, committees: [...byId.values()] };
+  };
+
+  return {
+    current: () => current,
+    chain: () => chain,
+    update(f) {
+      if (!sameId(f.election_id, electionId)) return { kind: 'ignored' };
+      if (f.base === null || f.base === undefined) {
+        take(f);
+        chain = f.cursor;
+        return { kind: 'replaced' };
+      }
+      if (current === undefined || chain === undefined || f.base !== chain) return { kind: 'broken' };
+      const listed: Array<number | string> = [];
+      let added = false;
+      for (const c of f.committees) {
+        const key = String(c.committee_id);
+        if (!byId.has(key)) added = true;
+        byId.set(key, { committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes });
+        listed.push(c.committee_id);
+      }
+      let committees = [...byId.values()];
+      // The full state lists committees in id order; one that appears later goes to its place.
+      if (added) committees = committees.sort((a, b) => compareIdText(String(a.committee_id), String(b.committee_id)));
+      current = { election_id: current.election_id, cursor: f.cursor, totals: { ...f.totals }, committees };
+      if (added) byId = new Map(committees.map((c) => [String(c.committee_id), c]));
+      chain = f.cursor;
+      return { kind: 'applied', committees: listed };
+    },
+    snapshot(s) {
+      if (!sameId(s.election_id, electionId)) return false;
+      if (current !== undefined && compareCursors(s.cursor, current.cursor) < 0) return false;
+      take(s);
+      chain = undefined;
+      return true;
+    },
+    restart() {
+      chain = undefined;
+    },
+  };
+}
+
+/** Orders decimal id texts numerically (ids beyond 2^53 travel as strings). */
+const compareIdText = (a: string, b: string): number => {
+  const na = a.startsWith('-');
+  const nb = b.startsWith('-');
+  if (na !== nb) return na ? -1 : 1;
+  const sign = na ? -1 : 1;
+  const x = na ? a.slice(1) : a;
+  const y = na ? b.slice(1) : b;
+  if (x.length !== y.length) return (x.length < y.length ? -1 : 1) * sign;
+  return (x < y ? -1 : x > y ? 1 : 0) * sign;
+};
+
 export type DashboardOptions = Omit<HubClientOptions, 'topics' | 'since'> & {
   /** A number, or a decimal string (ids of 2^53 and above only travel exactly as strings). */
   electionId: number | string;
+  /**
+   * Follow only the totals (topic `dashboard:{id}`): dashboard updates and no row events, a
+   * small fraction of the bytes. Default false: `election:{id}`, updates and every row.
+   */
+  totalsOnly?: boolean;
   /** `http(s)://host` of the hub; default derived from `url` (ws→http, wss→https, without `/ws`). */
   httpUrl?: Source;
   /** fetch implementation; default `globalThis.fetch`. */
   fetch?: typeof globalThis.fetch;
+  /**
+   * The hub sends the full state right after the subscription; if none has come this long
+   * after the start (a hub still computing a very large election, or not reachable),
+   * `GET /dashboard/{id}` is asked instead (401, 403 and 404 reject the promise). Default 10 s.
+   */
+  firstStateTimeoutMs?: number;
 };
+
+/** What changed in a dashboard's state: everything, or these committees (the totals may change either way). */
+export type DashboardChange = { full: true } | { full: false; committees: Array<number | string> };
 
 export type DashboardSubscription = {
   /** The underlying client (state, cursor, typed frames). */
   client: HubClient;
-  /** The current totals: the snapshot, then every newer `dashboard_update`. */
+  /** The current state: the last full state with every update chained on it. */
   snapshot(): DashboardSnapshot;
-  onSnapshot(handler: (snapshot: DashboardSnapshot) => void): Unsubscribe;
-  /** Row and application events after the snapshot, once each, in cursor order (a feed). */
+  onSnapshot(handler: (snapshot: DashboardSnapshot, change: DashboardChange) => void): Unsubscribe;
+  /** Row and application events, once each, in cursor order (a feed); none with `totalsOnly`. */
   onEvent(handler: (event: HubEvent) => void): Unsubscribe;
   close(): Promise<void>;
 };
@@ -566,63 +684,140 @@ const httpOf = (wsUrl: string) => {
 };
 
 /**
- * Fetches an election's dashboard snapshot, then follows it live: subscribes `election:{id}`
- * since the snapshot's cursor (so the feed holds exactly the events after the snapshot) and
- * replaces the totals with every newer `dashboard_update` (totals are never computed from
- * row events). After every reconnect, and on `resync` (the client was away longer than the
- * hub keeps events), the snapshot is fetched again; after a `resync` the events missed while
- * away are not replayed to the feed.
+ * Follows an election's dashboard over one resuming connection: subscribes `election:{id}`
+ * (or `dashboard:{id}` with `totalsOnly`); the hub answers with the full state (the promise
+ * resolves with it: no separate snapshot request), then deltas. Each update is applied by the
+ * chain rule (`createDashboardChain`). A broken chain is repaired twice over: the topic is
+ * subscribed again (the hub answers a resubscription with a fresh full state, on which the
+ * chain starts again) and `GET /dashboard/{id}` is fetched meanwhile, as the contract says.
+ * After every reconnect the client resumes after its cursor (the feed misses nothing) and the
+ * hub sends the full state again; after a `resync` too.
  */
 export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<DashboardSubscription> {
   const { electionId } = opts;
+  const topic = `${opts.totalsOnly ? 'dashboard' : 'election'}:${electionId}`;
   const httpUrl = async () => (opts.httpUrl !== undefined ? resolve(opts.httpUrl) : httpOf(await resolve(opts.url)));
   const load = async () => fetchDashboard({ httpUrl: await httpUrl(), electionId, token: await resolve(opts.token), ...(opts.fetch ? { fetch: opts.fetch } : {}) });
+  const maxMs = opts.backoff?.maxMs ?? 10_000;
+  const initialMs = opts.backoff?.initialMs ?? 250;
+  const firstStateTimeoutMs = opts.firstStateTimeoutMs ?? 10_000;
 
-  let current = await load();
-  const snapshotHandlers = new Set<(s: DashboardSnapshot) => void>();
-  const replace = (next: DashboardSnapshot) => {
-    // Frames write ids below 2^53 as numbers, larger ones as strings: compare their text.
-    if (String(next.election_id) !== String(electionId) || compareCursors(next.cursor, current.cursor) < 0) return;
-    current = { election_id: next.election_id, cursor: next.cursor, totals: next.totals, committees: next.committees };
-    for (const h of [...snapshotHandlers]) safely(h, current);
+  const chain = createDashboardChain(electionId);
+  const snapshotHandlers = new Set<(s: DashboardSnapshot, c: DashboardChange) => void>();
+  const tell = (change: DashboardChange) => {
+    const s = chain.current();
+    if (s) for (const h of [...snapshotHandlers]) safely(h, s, change);
   };
 
-  const client = createHubClient({ ...opts, topics: [`election:${electionId}`], since: current.cursor });
-  client.on('dashboard_update', replace);
-
-  let refetch: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
-  const reload = (attempt: number) => {
-    clearTimeout(refetch);
-    refetch = undefined;
-    load().then(replace, () => {
-      if (stopped) return;
-      const cap = Math.min(opts.backoff?.maxMs ?? 10_000, (opts.backoff?.initialMs ?? 250) * 2 ** Math.min(attempt, 30));
-      refetch = setTimeout(() => reload(attempt + 1), Math.round(Math.random() * cap));
-    });
+  let first: { resolve: () => void; reject: (err: unknown) => void } | undefined;
+  const ready = new Promise<void>((res, rej) => (first = { resolve: res, reject: rej }));
+  const settled = () => {
+    first?.resolve();
+    first = undefined;
   };
-  client.on('resync', () => {
-    if (!stopped) reload(0);
+  const failFirst = (err: unknown) => {
+    first?.reject(err);
+    first = undefined;
+  };
+
+  /** Full states applied so far: a snapshot fetched before the latest one is not taken. */
+  let fulls = 0;
+  let repairing = false;
+  let repairTimer: ReturnType<typeof setTimeout> | undefined;
+  let firstTimer: ReturnType<typeof setTimeout> | undefined;
+  let attempt = 0;
+
+  const fetchSnapshot = () => {
+    const before = fulls;
+    load().then(
+      (s) => {
+        if (stopped || fulls !== before) return; // a full state came meanwhile: it is newer and chains
+        if (chain.snapshot(s)) tell({ full: true });
+        settled();
+      },
+      (err: unknown) => {
+        if (stopped || !first) return; // a repair's fetch: the resubscription's full state repairs anyway
+        const status = (err as { status?: number } | null)?.status;
+        if (status === 401 || status === 403 || status === 404) return failFirst(err);
+        // No state yet and the hub not reachable over HTTP either: ask again, with backoff.
+        const cap = Math.min(maxMs, initialMs * 2 ** Math.min(attempt++, 30));
+        clearTimeout(firstTimer);
+        firstTimer = setTimeout(() => {
+          if (!stopped && chain.current() === undefined) fetchSnapshot();
+        }, Math.round(cap / 2 + (Math.random() * cap) / 2));
+      },
+    );
+  };
+
+  /** A broken chain: resubscribe (a full state follows) and fetch the snapshot meanwhile; retried with backoff until a full state arrives. */
+  const repair = () => {
+    if (stopped || repairing) return;
+    repairing = true;
+    if (client.state() === 'open') client.subscribe([topic]);
+    fetchSnapshot();
+    const cap = Math.min(maxMs, initialMs * 2 ** Math.min(attempt++, 30));
+    clearTimeout(repairTimer);
+    repairTimer = setTimeout(() => {
+      repairing = false;
+      if (!stopped && chain.chain() === undefined) repair();
+    }, Math.max(1000, cap));
+  };
+
+  const client = createHubClient({ ...opts, topics: [topic] });
+  client.on('dashboard_update', (frame) => {
+    if (stopped) return;
+    const step = chain.update(frame as DashboardFrame);
+    if (step.kind === 'replaced') {
+      fulls++;
+      repairing = false;
+      attempt = 0;
+      clearTimeout(repairTimer);
+      clearTimeout(firstTimer);
+      tell({ full: true });
+      settled();
+    } else if (step.kind === 'applied') {
+      tell({ full: false, committees: step.committees });
+    } else if (step.kind === 'broken') {
+      repair();
+    }
   });
-  // After a reconnect the replayed events change the numbers, but no dashboard_update follows
-  // them unless something new is written: take a fresh snapshot each time the client resumes.
-  let subscriptions = 0;
-  client.on('subscribed', () => {
-    if (++subscriptions > 1 && !stopped) reload(0);
+  // A new connection's chain starts with its first full state.
+  client.on('connection_success', () => chain.restart());
+  // The full state follows the subscription at once. Should it not come (a hub still
+  // computing a large election, or one that cannot be reached), the snapshot is asked for over
+  // HTTP, which also tells a refused token (401/403) or an unknown election (404).
+  firstTimer = setTimeout(() => {
+    if (!stopped && chain.current() === undefined) fetchSnapshot();
+  }, firstStateTimeoutMs);
+  client.on('error', (e) => {
+    if (first && (e.code === 'forbidden_topic' || e.code === 'bad_topic')) failFirst(Object.assign(new Error(`${topic}: ${e.code}: ${e.message}`), { code: e.code }));
   });
+  client.onState((state, detail) => {
+    if (state === 'closed' && first) failFirst(Object.assign(new Error(`connection closed before the first state (${detail.code ?? 'no code'})`), detail));
+  });
+
+  const close = async () => {
+    stopped = true;
+    clearTimeout(repairTimer);
+    clearTimeout(firstTimer);
+    await client.close();
+  };
+  try {
+    await ready;
+  } catch (err) {
+    await close();
+    throw err;
+  }
 
   return {
     client,
-    snapshot: () => current,
+    snapshot: () => chain.current() as DashboardSnapshot,
     onSnapshot(handler) {
       snapshotHandlers.add(handler);
       return () => void snapshotHandlers.delete(handler);
     },
     onEvent: (handler) => client.onEvent(handler),
-    async close() {
-      stopped = true;
-      clearTimeout(refetch);
-      await client.close();
-    },
+    close,
   };
 }

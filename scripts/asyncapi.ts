@@ -160,7 +160,8 @@ export function generateAsyncApi(): Json {
       hub: {
         host: 'localhost:8080',
         protocol: 'ws',
-        description: 'An election-hub node (wss behind TLS termination).',
+        description:
+          'An election-hub node (wss behind TLS termination). permessage-deflate is negotiated when the client offers it (WS_COMPRESSION, default shared: no context between frames); frames of at least WS_COMPRESSION_MIN_BYTES (1024) are compressed, smaller ones sent as they are.',
         security: [
           { $ref: '#/components/securitySchemes/queryToken' },
           { $ref: '#/components/securitySchemes/bearer' },

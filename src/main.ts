@@ -300,6 +300,7 @@ function startPipeline(d: {
     electionOf: committees.cached,
     maxBuffered: config.MAX_BACKPRESSURE_BYTES,
     maxTotalBuffered: config.MAX_TOTAL_BUFFERED_BYTES,
+    compressMinBytes: config.WS_COMPRESSION_MIN_BYTES,
     metrics,
     log,
   });

@@ -3,15 +3,21 @@ import pg from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
 import {
   type ClientState,
+  type DashboardChange,
+  type DashboardFrame,
+  type DashboardSnapshot,
   type HubClient,
   type HubClientOptions,
   type HubEvent,
   type StateDetail,
   type WebSocketConstructor,
   compareCursors,
+  createDashboardChain,
   createHubClient,
   snapshotAndSubscribe,
 } from '../client/index.ts';
+import fc from 'fast-check';
+import { encodeCursor } from '../src/events/position.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { MARKER, outboxHead, reached, readPast, startTestHub, token, waitUntil, when } from './support/hub.ts';
@@ -259,33 +265,70 @@ describe('client SDK against a real hub', () => {
     await waitUntil(() => createdIds(events).includes(id), 10_000, 'event after refresh');
   });
 
-  it('snapshotAndSubscribe: totals follow dashboard_update, the feed holds exactly the events after the snapshot', async () => {
+  const countOf = async (table: 'guarantees' | 'attendance') =>
+    Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${table} WHERE election_id = $1`, [e1])).rows[0]?.n);
+
+  it('snapshotAndSubscribe: the full state comes over the socket (no HTTP request), deltas chain on it, the feed has the rows', async () => {
     const hub = await startHub();
-    const before = [await insertGuarantee(db.pool), await insertGuarantee(db.pool, c2)];
-    void before;
-    // A snapshot counts rows only once the horizon has passed them (until then their events come
-    // after its cursor); the hub having read them is that fact.
+    await insertGuarantee(db.pool);
+    await insertGuarantee(db.pool, c2);
+    // A snapshot counts rows only once the hub has read them (until then their events come after
+    // its cursor): wait for that fact.
     await readPast(hub, db.pool);
     const jwt = await token({ sub: 'dash', elections: [e1] });
-    const dash = await snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
+    const fetches: string[] = [];
+    const dash = await snapshotAndSubscribe({
+      url: wsUrl(hub),
+      token: jwt,
+      electionId: e1,
+      WebSocket: WS,
+      backoff: { initialMs: 20, maxMs: 300 },
+      fetch: (input, init) => (fetches.push(String(input)), fetch(input, init)),
+    });
+    clients.push(dash);
+    const changes: DashboardChange[] = [];
+    dash.onSnapshot((_s, change) => changes.push(change));
+    const feed: HubEvent[] = [];
+    dash.onEvent((e) => feed.push(e));
+    const first = dash.snapshot().cursor;
+    await waitUntil(async () => dash.snapshot().totals.guarantees === (await countOf('guarantees')), 10_000, 'the state to count the rows written before');
+    expect(fetches).toEqual([]); // the state came as the first dashboard_update (base null)
+
+    const after: number[] = [];
+    for (let i = 0; i < 5; i++) after.push(await insertGuarantee(db.pool, i % 2 ? c1 : c2));
+    const expected = await countOf('guarantees');
+    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    await waitUntil(() => createdIds(feed).length >= 5, 10_000, 'feed');
+    expect(createdIds(feed)).toEqual(after);
+    expect(compareCursors(dash.snapshot().cursor, first)).toBeGreaterThan(0);
+    expect(dash.snapshot().committees.reduce((n, c) => n + c.guarantees, 0)).toBe(expected);
+    // Deltas, each listing only the committees that changed.
+    const deltas = changes.filter((c): c is Extract<DashboardChange, { full: false }> => !c.full);
+    expect(deltas.length).toBeGreaterThan(0);
+    for (const d of deltas) expect(d.committees.every((c) => c === c1 || c === c2)).toBe(true);
+    expect(fetches).toEqual([]);
+  });
+
+  it('snapshotAndSubscribe totalsOnly: dashboard:{id} brings the totals and no row events', async () => {
+    const hub = await startHub();
+    const jwt = await token({ sub: 'dash-totals', elections: [e1] });
+    const dash = await snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, totalsOnly: true, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
     clients.push(dash);
     const feed: HubEvent[] = [];
     dash.onEvent((e) => feed.push(e));
-    const count = async () => Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);
-    expect(dash.snapshot().totals.guarantees).toBe(await count());
-    const first = dash.snapshot().cursor;
-
-    await waitUntil(() => dash.client.state() === 'open', 10_000, 'open');
-    const after: number[] = [];
-    for (let i = 0; i < 5; i++) after.push(await insertGuarantee(db.pool, i % 2 ? c1 : c2));
-    const expected = await count();
+    expect(dash.client.topics()).toEqual([`dashboard:${e1}`]);
+    for (let i = 0; i < 3; i++) await insertGuarantee(db.pool);
+    const expected = await countOf('guarantees');
     await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
-    await waitUntil(() => feed.length >= 5, 10_000, 'feed');
-    expect(createdIds(feed)).toEqual(after);
-    expect(feed.every((e) => compareCursors(e.cursor, first) > 0)).toBe(true);
-    expect(compareCursors(dash.snapshot().cursor, first)).toBeGreaterThan(0);
-    const perCommittee = dash.snapshot().committees.reduce((n, c) => n + c.guarantees, 0);
-    expect(perCommittee).toBe(expected);
+    expect(feed).toEqual([]);
+    const frames = sockets.flatMap((sk) => (sk as RecordingWebSocket).sent);
+    expect(frames.some((f) => f.includes(`"dashboard:${e1}"`))).toBe(true);
+  });
+
+  it('snapshotAndSubscribe: a token that may not see the election is refused (the promise rejects)', async () => {
+    const hub = await startHub();
+    const jwt = await token({ sub: 'dash-other', elections: [e1 + 1000] });
+    await expect(snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } })).rejects.toThrow(/forbidden_topic/);
   });
 
   it('snapshotAndSubscribe: totals are right after a hub restart even when nothing is written afterwards', async () => {
@@ -298,7 +341,7 @@ describe('client SDK against a real hub', () => {
     await hub.stop();
     // Written while no hub runs; after the restart nothing else is written.
     for (let i = 0; i < 5; i++) await insertGuarantee(db.pool);
-    const expected = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);
+    const expected = await countOf('guarantees');
     hub = await startHub();
     url = wsUrl(hub);
     await waitUntil(() => dash.snapshot().totals.guarantees === expected, 15_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
@@ -306,7 +349,7 @@ describe('client SDK against a real hub', () => {
 });
 
 describe('resync', () => {
-  it('snapshotAndSubscribe re-fetches the snapshot when the hub pruned past the resume cursor', async () => {
+  it('snapshotAndSubscribe after the hub pruned past the resume cursor: resync, and the full state that follows is right', async () => {
     let hub = await startHub();
     const jwt = await token({ sub: 'dash-resync', elections: [e1] });
     let reachable = true;
@@ -431,5 +474,228 @@ describe('browser bundle', () => {
     const text = r.outputFiles[0]?.text ?? '';
     expect(text).not.toMatch(/from\s*["']node:|require\(/);
     expect(text.length).toBeLessThan(20_000);
+  });
+});
+
+// ---- dashboards: the chain rule -------------------------------------------------------------
+
+type C = { committee_id: number; guarantees: number; attendance: number; votes: number };
+const counts = (id: number, g: number, a = 0, v = 0): C => ({ committee_id: id, guarantees: g, attendance: a, votes: v });
+const sum = (cs: C[]) => cs.reduce((t, c) => ({ guarantees: t.guarantees + c.guarantees, attendance: t.attendance + c.attendance, votes: t.votes + c.votes }), { guarantees: 0, attendance: 0, votes: 0 });
+const frameOf = (cursor: string, base: string | null, committees: C[], all: C[], election = 1): DashboardFrame => ({
+  type: 'dashboard_update',
+  election_id: election,
+  cursor,
+  base,
+  totals: sum(all),
+  committees,
+});
+
+describe('createDashboardChain', () => {
+  it('base null replaces; a delta whose base is the last applied cursor overwrites only the listed committees', () => {
+    const chain = createDashboardChain(1);
+    expect(chain.current()).toBeUndefined();
+    const all = [counts(1, 10), counts(2, 20), counts(3, 30)];
+    expect(chain.update(frameOf('1.a', null, all, all))).toEqual({ kind: 'replaced' });
+    expect(chain.chain()).toBe('1.a');
+    const next = [counts(1, 10), counts(2, 25), counts(3, 30)];
+    expect(chain.update(frameOf('1.b', '1.a', [counts(2, 25)], next))).toEqual({ kind: 'applied', committees: [2] });
+    expect(chain.current()).toEqual({ election_id: 1, cursor: '1.b', totals: sum(next), committees: next });
+    // A committee that appears in a delta takes its place in id order.
+    const grown = [...next, counts(4, 1)];
+    const withNew = [counts(0, 7), ...grown];
+    expect(chain.update(frameOf('1.c', '1.b', [counts(4, 1), counts(0, 7)], withNew)).kind).toBe('applied');
+    expect(chain.current()?.committees.map((c) => c.committee_id)).toEqual([0, 1, 2, 3, 4]);
+    // A full state replaces everything, even committees that are gone from it.
+    expect(chain.update(frameOf('1.d', null, [counts(9, 1)], [counts(9, 1)])).kind).toBe('replaced');
+    expect(chain.current()?.committees).toEqual([counts(9, 1)]);
+  });
+
+  it('anything else is a broken chain: an unknown base, a delta before any state, a delta after a restart', () => {
+    const chain = createDashboardChain(1);
+    const all = [counts(1, 1)];
+    expect(chain.update(frameOf('1.b', '1.a', all, all)).kind).toBe('broken'); // no state yet
+    chain.update(frameOf('1.a', null, all, all));
+    expect(chain.update(frameOf('1.c', '1.b', all, all)).kind).toBe('broken'); // missed 1.b
+    expect(chain.current()?.cursor).toBe('1.a'); // a broken delta changes nothing
+    chain.restart(); // a new connection: only its first full state starts a chain
+    expect(chain.update(frameOf('1.b', '1.a', all, all)).kind).toBe('broken');
+    expect(chain.update(frameOf('1.b', null, all, all)).kind).toBe('replaced');
+  });
+
+  it("another election's updates are ignored; ids compare as text (2^53 and beyond travel as strings)", () => {
+    const big = createDashboardChain('9007199254740993');
+    const all = [counts(1, 1)];
+    expect(big.update(frameOf('1.a', null, all, all, 1)).kind).toBe('ignored');
+    expect(big.update({ ...frameOf('1.a', null, all, all), election_id: '9007199254740993' }).kind).toBe('replaced');
+    const n = createDashboardChain(7);
+    expect(n.update({ ...frameOf('1.a', null, all, all), election_id: '7' }).kind).toBe('replaced');
+  });
+
+  it('an update without base (a hub older than the delta protocol) is a full state', () => {
+    const chain = createDashboardChain(1);
+    const all = [counts(1, 1)];
+    const { base: _b, ...old } = frameOf('1.a', null, all, all);
+    expect(chain.update(old).kind).toBe('replaced');
+  });
+
+  it('a fetched snapshot is taken unless older than the state held; deltas chain again only from the next full state', () => {
+    const chain = createDashboardChain(1);
+    const all = [counts(1, 1), counts(2, 2)];
+    chain.update(frameOf('2.a', null, all, all));
+    const snap = (cursor: string, cs: C[]): DashboardSnapshot => ({ election_id: 1, cursor, totals: sum(cs), committees: cs });
+    expect(chain.snapshot(snap('1.z', [counts(1, 0)]))).toBe(false); // older: kept what it has
+    expect(chain.current()?.cursor).toBe('2.a');
+    expect(chain.snapshot(snap('2.c', [counts(1, 5), counts(2, 2)]))).toBe(true);
+    expect(chain.current()?.totals.guarantees).toBe(7);
+    expect(chain.chain()).toBeUndefined();
+    // The hub's next delta chains on its previous update, not on the snapshot: broken, so the
+    // client repairs (resubscribes) and the full state that answers starts the chain again.
+    expect(chain.update(frameOf('2.d', '2.a', [counts(1, 6)], [counts(1, 6), counts(2, 2)])).kind).toBe('broken');
+    expect(chain.update(frameOf('2.d', null, [counts(1, 6), counts(2, 2)], [counts(1, 6), counts(2, 2)])).kind).toBe('replaced');
+  });
+
+  it('property: a client applying the frames by the rule ends equal to the hub state; a lost update always breaks the chain', () => {
+    // The hub's side, as the contract describes it: a full state, then deltas listing the
+    // committees whose numbers changed since the previous update (absolute numbers).
+    const step = fc.array(fc.tuple(fc.integer({ min: 1, max: 8 }), fc.integer({ min: -3, max: 5 })), { minLength: 0, maxLength: 6 });
+    fc.assert(
+      fc.property(fc.array(step, { minLength: 1, maxLength: 30 }), fc.option(fc.integer({ min: 1, max: 29 }), { nil: undefined }), (steps, lose) => {
+        const state = new Map<number, C>();
+        const frames: DashboardFrame[] = [];
+        let prev: string | null = null;
+        steps.forEach((changes, i) => {
+          const before = new Map([...state].map(([k, v]) => [k, { ...v }]));
+          for (const [id, d] of changes) {
+            const c = state.get(id) ?? counts(id, 0);
+            state.set(id, { ...c, guarantees: Math.max(0, c.guarantees + d), votes: c.votes + (d > 0 ? d : 0) });
+          }
+          const all = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
+          const changed = all.filter((c) => JSON.stringify(before.get(c.committee_id)) !== JSON.stringify(c));
+          const cursor = encodeCursor({ seq: BigInt(i + 1), id: 0n });
+          frames.push(frameOf(cursor, prev, prev === null ? all : changed, all));
+          prev = cursor;
+        });
+        const chain = createDashboardChain(1);
+        const kinds = frames.filter((_, i) => i !== lose).map((f) => chain.update(f).kind);
+        if (lose === undefined || lose >= frames.length) {
+          expect(kinds.every((k) => k !== 'broken')).toBe(true);
+          const want = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
+          expect(chain.current()?.committees).toEqual(want);
+          expect(chain.current()?.totals).toEqual(sum(want));
+        } else if (lose < frames.length - 1) {
+          // The frame after the lost one does not chain, nor does any later one.
+          expect(kinds.slice(lose)).toEqual(Array(frames.length - 1 - lose).fill('broken'));
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('snapshotAndSubscribe against a scripted server', () => {
+  let server: WebSocketServer | undefined;
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()));
+    for (const c of server?.clients ?? []) c.terminate();
+    await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    server = undefined;
+  });
+
+  type Conn = { ws: WebSocket; frames: Array<{ type: string; topics?: string[]; since?: string }> };
+  const listen = async (onSubscribe: (conn: Conn, topics: string[], n: number) => void) => {
+    const conns: Conn[] = [];
+    const s = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (p) => [...p][0] ?? false });
+    s.on('connection', (ws) => {
+      const conn: Conn = { ws, frames: [] };
+      conns.push(conn);
+      let n = 0;
+      ws.on('message', (d) => {
+        const f = JSON.parse(d.toString()) as Conn['frames'][number];
+        conn.frames.push(f);
+        if (f.type === 'subscribe') {
+          ws.send(JSON.stringify({ type: 'subscribed', topics: f.topics, cursor: '5.0' }));
+          onSubscribe(conn, f.topics ?? [], n++);
+        }
+      });
+      ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: [], cursor: '5.0' }));
+    });
+    await new Promise((r) => s.on('listening', r));
+    server = s;
+    return { url: `ws://127.0.0.1:${(s.address() as { port: number }).port}/ws`, conns };
+  };
+  const send = (conn: Conn, f: DashboardFrame) => conn.ws.send(JSON.stringify(f));
+  const A = [counts(1, 10), counts(2, 20)];
+  const noFetch: typeof fetch = () => Promise.reject(new Error('no HTTP expected'));
+
+  it('resolves with the first full state, applies deltas, and tells which committees changed', async () => {
+    const { url } = await listen((conn) => {
+      send(conn, frameOf('6.0', null, A, A));
+      setTimeout(() => send(conn, frameOf('6.1', '6.0', [counts(2, 21)], [counts(1, 10), counts(2, 21)])), 100);
+    });
+    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: noFetch });
+    clients.push(dash);
+    const changes: DashboardChange[] = [];
+    dash.onSnapshot((_s, c) => changes.push(c));
+    await waitUntil(() => dash.snapshot().cursor === '6.1', 5000, 'the delta');
+    expect(dash.snapshot().committees).toEqual([counts(1, 10), counts(2, 21)]);
+    expect(dash.snapshot().totals.guarantees).toBe(31);
+    expect(changes).toEqual([{ full: false, committees: [2] }]);
+  });
+
+  it('a broken chain: the topic is subscribed again and the snapshot fetched; the full state that follows starts the chain again', async () => {
+    let fetched = 0;
+    const fakeFetch: typeof fetch = async () => {
+      fetched++;
+      return new Response(JSON.stringify({ election_id: 1, cursor: '6.5', totals: sum([counts(1, 11), counts(2, 22)]), committees: [counts(1, 11), counts(2, 22)] }), { status: 200 });
+    };
+    const { url, conns } = await listen((conn, _topics, n) => {
+      if (n === 0) {
+        send(conn, frameOf('6.0', null, A, A));
+        send(conn, frameOf('6.2', '6.1', [counts(1, 11)], [counts(1, 11), counts(2, 20)])); // 6.1 never came
+      } else {
+        // The answer to the resubscription: a full state, then a delta on it.
+        setTimeout(() => {
+          send(conn, frameOf('6.6', null, [counts(1, 12), counts(2, 22)], [counts(1, 12), counts(2, 22)]));
+          send(conn, frameOf('6.7', '6.6', [counts(2, 23)], [counts(1, 12), counts(2, 23)]));
+        }, 100);
+      }
+    });
+    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: fakeFetch, httpUrl: 'http://127.0.0.1:9' });
+    clients.push(dash);
+    await waitUntil(() => dash.snapshot().cursor === '6.7', 5000, `the repaired chain (at ${dash.snapshot().cursor})`);
+    expect(dash.snapshot().committees).toEqual([counts(1, 12), counts(2, 23)]);
+    const subs = conns[0]?.frames.filter((f) => f.type === 'subscribe') ?? [];
+    expect(subs.map((f) => f.topics)).toEqual([['election:1'], ['election:1']]);
+    expect(subs[1]?.since).toBeUndefined();
+    expect(fetched).toBe(1);
+  });
+
+  it('after a reconnect the new connection resumes from the cursor and its full state replaces the old one', async () => {
+    const { url, conns } = await listen((conn) => {
+      if (conns.length === 1) {
+        send(conn, frameOf('6.0', null, A, A));
+        setTimeout(() => conn.ws.close(1001, 'restart'), 50);
+      } else {
+        send(conn, frameOf('7.0', null, [counts(1, 50), counts(2, 60)], [counts(1, 50), counts(2, 60)]));
+      }
+    });
+    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: noFetch, backoff: { initialMs: 10, maxMs: 50 } });
+    clients.push(dash);
+    await waitUntil(() => dash.snapshot().cursor === '7.0', 5000, 'the state of the second connection');
+    expect(dash.snapshot().totals.guarantees).toBe(110);
+    expect(conns[1]?.frames.find((f) => f.type === 'subscribe')).toMatchObject({ topics: ['election:1'], since: expect.any(String) });
+  });
+
+  it('no full state in time: GET /dashboard/{id} is asked; a 404 rejects', async () => {
+    const { url } = await listen(() => undefined);
+    const missing: typeof fetch = async () => new Response('{"error":"not_found"}', { status: 404 });
+    await expect(
+      snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: missing, httpUrl: 'http://127.0.0.1:9', firstStateTimeoutMs: 100 }),
+    ).rejects.toMatchObject({ status: 404 });
+    const ok: typeof fetch = async () => new Response(JSON.stringify({ election_id: 1, cursor: '6.0', totals: sum(A), committees: A }), { status: 200 });
+    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: ok, httpUrl: 'http://127.0.0.1:9', firstStateTimeoutMs: 100 });
+    clients.push(dash);
+    expect(dash.snapshot().totals.guarantees).toBe(30);
   });
 });

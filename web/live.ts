@@ -1,18 +1,31 @@
-// The page's data layer, on the client SDK (client/index.ts): dashboard snapshots over HTTP,
-// changes over one resuming WebSocket for every election the page shows.
+// The page's data layer, on the client SDK (client/index.ts): one resuming WebSocket for every
+// election the page shows.
 //
-// Counter rule: totals come from a snapshot (`GET /dashboard/{id}`) and are replaced by every
-// newer `dashboard_update` frame (the hub sends one at most every 250 ms per election, and it
-// includes every event before it). Row events only feed the list of recent changes. Newer is
-// decided by cursor, so a snapshot that answers late never undoes a fresher update.
+// Counter rule (CONTRACT §5): after the subscription the hub sends each election's full state
+// (a `dashboard_update` with `base: null`), then deltas listing only the committees that
+// changed; each is applied by the SDK's chain rule (createDashboardChain). A broken chain is
+// repaired by subscribing the election again (the hub answers with a full state) and fetching
+// `GET /dashboard/{id}` meanwhile. Row events only feed the list of recent changes; the page
+// never computes totals from them.
 //
 // After the socket drops (a hub restarting closes it with 1001) the SDK reconnects with backoff
-// and resumes after its last cursor, so the feed misses nothing; the page also takes a fresh
-// snapshot of every election, because the changes made while it was away produce no
-// `dashboard_update` of their own if nothing is written after the reconnect.
-import { type DashboardSnapshot, type HubEvent, type RowEvent, compareCursors, createHubClient, fetchDashboard } from '../client/index.ts';
+// and resumes after its last cursor, so the feed misses nothing, and the hub sends every
+// election's full state again, so the counters include what changed while the page was away.
+// An admin token without an election list follows `election:*` (rows of every election, to
+// discover them) and `dashboard:{id}` for each election shown (`election:*` carries no totals).
+import {
+  type DashboardChain,
+  type DashboardChange,
+  type DashboardFrame,
+  type DashboardSnapshot,
+  type HubEvent,
+  type RowEvent,
+  createDashboardChain,
+  createHubClient,
+  fetchDashboard,
+} from '../client/index.ts';
 
-export type { RowEvent };
+export type { DashboardChange, RowEvent };
 export type Snapshot = DashboardSnapshot;
 export type Counts = DashboardSnapshot['totals'];
 export type CommitteeCounts = DashboardSnapshot['committees'][number];
@@ -41,7 +54,8 @@ export type LiveOptions = {
   elections: Id[];
   /** Learn elections from `election:*` (admin tokens): any election that changes gets shown. */
   discover: boolean;
-  onSnapshot(snapshot: Snapshot, source: 'snapshot' | 'update'): void;
+  /** An election's dashboard changed: all of it (`change.full`) or the listed committees (and the totals). */
+  onDashboard(snapshot: Snapshot, change: DashboardChange): void;
   onEvent(event: RowEvent): void;
   onState(state: LinkState, detail: string): void;
   /** The token was refused (401/403) or expired: reconnecting cannot help. */
@@ -53,18 +67,31 @@ export type LiveOptions = {
 export type Live = { watch(electionId: Id): void; close(): void };
 
 const ROW_TYPES = new Set(['guarantee_update', 'attendance_update', 'voting_update']);
+/** With no full state this long after the start (or a reconnect), ask GET /dashboard/{id}. */
+const FIRST_STATE_MS = 4000;
 
 const statusOf = (err: unknown): number | undefined => (err as { status?: number } | null)?.status;
 const refused = (err: unknown) => statusOf(err) === 401 || statusOf(err) === 403;
-const message = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
-/** Starts following `opts.elections`; snapshots first, so the socket resumes from them. */
+type Followed = {
+  chain: DashboardChain;
+  /** Full states applied: a snapshot fetched before the latest one is dropped. */
+  fulls: number;
+  repairing: boolean;
+  timer: ReturnType<typeof setTimeout> | undefined;
+};
+
+/** Starts following `opts.elections` over one socket. */
 export function startLive(opts: LiveOptions): Live {
-  const current = new Map<Id, Snapshot>();
-  const known = new Set<Id>(opts.elections);
+  const followed = new Map<string, Followed>();
+  const ids = new Map<string, Id>();
   let closed = false;
-  let client: ReturnType<typeof createHubClient> | undefined;
-  let retry: ReturnType<typeof setTimeout> | undefined;
+  /** Elections still without their full state since the last reconnect (then: "resynced"). */
+  let catchingUp: Set<string> | undefined;
+  let catchUpTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const dashboardTopic = (id: Id) => (opts.discover ? `dashboard:${id}` : `election:${id}`);
+  const key = (id: Id) => String(id);
 
   const fatal = (text: string) => {
     if (closed) return;
@@ -72,121 +99,162 @@ export function startLive(opts: LiveOptions): Live {
     opts.onFatal(text);
   };
 
-  /** Keeps the newest of what we have and `next`; tells the page when it changed. */
-  const apply = (next: Snapshot, source: 'snapshot' | 'update') => {
-    const have = current.get(next.election_id);
-    if (have && compareCursors(next.cursor, have.cursor) < 0) return;
-    const snap: Snapshot = { election_id: next.election_id, cursor: next.cursor, totals: next.totals, committees: next.committees };
-    current.set(next.election_id, snap);
-    opts.onSnapshot(snap, source);
-  };
-
-  const load = async (id: Id): Promise<Snapshot | undefined> => {
-    try {
-      return await fetchDashboard({ httpUrl: opts.origin, electionId: id, token: opts.token });
-    } catch (err) {
-      if (statusOf(err) === 404) {
-        known.delete(id);
-        return undefined;
-      }
-      throw err;
+  const follow = (id: Id): Followed => {
+    let f = followed.get(key(id));
+    if (!f) {
+      f = { chain: createDashboardChain(id), fulls: 0, repairing: false, timer: undefined };
+      followed.set(key(id), f);
+      ids.set(key(id), id);
     }
+    return f;
+  };
+  for (const id of opts.elections) follow(id);
+
+  const caughtUp = (id: Id) => {
+    if (!catchingUp?.delete(key(id)) || catchingUp.size > 0) return;
+    catchingUp = undefined;
+    clearTimeout(catchUpTimer);
+    opts.onState('resynced', 'caught up after reconnecting');
   };
 
-  const refreshAll = async () => {
-    const snaps = await Promise.all([...known].map(load));
-    for (const s of snaps) if (s) apply(s, 'snapshot');
-    return snaps.filter((s): s is Snapshot => s !== undefined);
-  };
-
-  function follow(since: string | undefined): void {
-    const topics = opts.discover ? ['election:*'] : [...known].map((id) => `election:${id}`);
-    const c = createHubClient({
-      url: `${opts.origin.replace(/^http/, 'ws')}/ws`,
-      token: opts.token,
-      topics,
-      ...(since !== undefined ? { since } : {}),
-    });
-    client = c;
-    let lost = false;
-    c.onState((state, detail) => {
-      if (closed) return;
-      if (state === 'reconnecting') {
-        lost = true;
-        const why = detail.code === 1001 ? 'the hub is restarting' : detail.code ? `connection lost (${detail.code})` : 'connection lost';
-        opts.onState('reconnecting', `${why}; retrying${detail.retryInMs !== undefined ? ` in ${detail.retryInMs} ms` : ''}`);
-      } else if (state === 'open') {
-        if (!lost) return opts.onState('connected', 'live');
-        // Back: the SDK resumes the events; the counters get a fresh snapshot.
-        refreshAll().then(
-          () => opts.onState('resynced', 'caught up after reconnecting'),
-          (err: unknown) => (refused(err) ? fatal(`the hub refused the token (${statusOf(err)})`) : opts.onState('resynced', 'resumed; snapshot pending')),
-        );
-      } else if (state === 'closed' && detail.code === 4001) {
-        fatal('the token expired: sign in again');
-      }
-    });
-    c.on('dashboard_update', (frame) => {
-      if (known.has(frame.election_id)) apply(frame, 'update');
-      else if (opts.discover) watch(frame.election_id);
-    });
-    c.onEvent((event: HubEvent) => {
-      if (!ROW_TYPES.has(event.type)) return;
-      const row = event as RowEvent;
-      if (row.election_id === null) return;
-      if (known.has(row.election_id)) opts.onEvent(row);
-      else if (opts.discover) watch(row.election_id);
-    });
-    c.on('resync', (frame) => {
-      // The hub no longer holds our cursor: the snapshots are the truth again.
-      void refreshAll().then(
-        () => opts.onState('resynced', `history expired for ${frame.topics.join(', ')}: took fresh snapshots`),
-        () => undefined,
-      );
-    });
-  }
-
-  /** First snapshots, retried while the hub cannot be reached; then the socket from their cursor. */
-  const begin = (attempt: number) => {
-    refreshAll().then(
-      (snaps) => {
-        if (closed) return;
-        // Resume from the oldest snapshot: each election's feed then starts at (or before) its own.
-        const since = snaps.map((s) => s.cursor).sort(compareCursors)[0];
-        follow(since);
+  /** GET /dashboard/{id}: the first state when the socket has not brought it, or meanwhile during a repair. */
+  const fetchSnapshot = (id: Id, f: Followed) => {
+    const before = f.fulls;
+    fetchDashboard({ httpUrl: opts.origin, electionId: id, token: opts.token }).then(
+      (snap) => {
+        if (closed || f.fulls !== before) return; // a full state came meanwhile: newer, and deltas chain on it
+        if (f.chain.snapshot(snap)) opts.onDashboard(f.chain.current() as Snapshot, { full: true });
+        caughtUp(id);
       },
       (err: unknown) => {
-        if (closed) return;
         if (refused(err)) return fatal(`the hub refused the token (${statusOf(err)})`);
-        const delay = Math.min(5000, 250 * 2 ** attempt);
-        opts.onState('connecting', `${message(err)}; retrying in ${delay} ms`);
-        retry = setTimeout(() => begin(attempt + 1), delay);
+        if (statusOf(err) === 404) {
+          // Not an election (any longer): stop following it.
+          followed.delete(key(id));
+          caughtUp(id);
+        }
       },
     );
   };
 
+  /** Asks GET /dashboard/{id} for elections whose full state has not come in time. */
+  const armFirstState = (id: Id, f: Followed) => {
+    clearTimeout(f.timer);
+    f.timer = setTimeout(() => {
+      if (!closed && f.chain.chain() === undefined) fetchSnapshot(id, f);
+    }, FIRST_STATE_MS);
+  };
+
+  const repair = (id: Id, f: Followed) => {
+    if (f.repairing || closed) return;
+    f.repairing = true;
+    if (client.state() === 'open') client.subscribe([dashboardTopic(id)]);
+    fetchSnapshot(id, f);
+    clearTimeout(f.timer);
+    f.timer = setTimeout(() => {
+      f.repairing = false;
+      if (!closed && f.chain.chain() === undefined) repair(id, f);
+    }, 3000);
+  };
+
+  const topics = opts.discover
+    ? ['election:*', ...[...ids.values()].map((id) => `dashboard:${id}`)]
+    : [...ids.values()].map((id) => `election:${id}`);
+  const client = createHubClient({ url: `${opts.origin.replace(/^http/, 'ws')}/ws`, token: opts.token, topics });
+  for (const [k, f] of followed) armFirstState(ids.get(k) as Id, f);
+
+  let lost = false;
+  client.onState((state, detail) => {
+    if (closed) return;
+    if (state === 'reconnecting') {
+      lost = true;
+      const why =
+        detail.code === 1001
+          ? 'the hub is restarting'
+          : detail.code
+            ? `connection lost (${detail.code})`
+            : 'connection lost';
+      opts.onState(
+        'reconnecting',
+        `${why}; retrying${detail.retryInMs !== undefined ? ` in ${detail.retryInMs} ms` : ''}`,
+      );
+    } else if (state === 'open') {
+      if (!lost) return opts.onState('connected', 'live');
+      // Back: the SDK resumes the events; each election's full state follows its subscription.
+      lost = false;
+      catchingUp = new Set(followed.keys());
+      for (const [k, f] of followed) armFirstState(ids.get(k) as Id, f);
+      clearTimeout(catchUpTimer);
+      catchUpTimer = setTimeout(() => {
+        if (catchingUp) opts.onState('resynced', 'resumed; some totals pending');
+        catchingUp = undefined;
+      }, FIRST_STATE_MS * 2);
+      if (catchingUp.size === 0) {
+        catchingUp = undefined;
+        clearTimeout(catchUpTimer);
+        opts.onState('resynced', 'caught up after reconnecting');
+      }
+    } else if (state === 'closed' && detail.code === 4001) {
+      fatal('the token expired: sign in again');
+    }
+  });
+  // A new connection: each election's chain starts again with its first full state.
+  client.on('connection_success', () => {
+    for (const f of followed.values()) f.chain.restart();
+  });
+  client.on('dashboard_update', (frame) => {
+    if (closed) return;
+    const f = followed.get(key(frame.election_id));
+    if (!f) {
+      if (opts.discover) watch(frame.election_id);
+      return;
+    }
+    const step = f.chain.update(frame as DashboardFrame);
+    const snap = f.chain.current() as Snapshot;
+    if (step.kind === 'replaced') {
+      f.fulls++;
+      f.repairing = false;
+      clearTimeout(f.timer);
+      opts.onDashboard(snap, { full: true });
+      caughtUp(frame.election_id);
+    } else if (step.kind === 'applied') {
+      opts.onDashboard(snap, { full: false, committees: step.committees });
+    } else if (step.kind === 'broken') {
+      repair(frame.election_id, f);
+    }
+  });
+  client.onEvent((event: HubEvent) => {
+    if (closed || !ROW_TYPES.has(event.type)) return;
+    const row = event as RowEvent;
+    if (row.election_id === null) return;
+    if (followed.has(key(row.election_id))) opts.onEvent(row);
+    else if (opts.discover) watch(row.election_id);
+  });
+  client.on('error', (e) => {
+    if (e.code === 'forbidden_topic') fatal(`the hub refused a topic: ${e.message}`);
+  });
+  client.on('resync', (frame) => {
+    // The hub no longer holds our cursor: the full states that follow are the truth again.
+    opts.onState('resynced', `history expired for ${frame.topics.join(', ')}: took fresh totals`);
+  });
+
+  opts.onState('connecting', 'connecting');
+
   function watch(id: Id): void {
-    if (known.has(id) || closed) return;
-    known.add(id);
+    if (followed.has(key(id)) || closed) return;
+    const f = follow(id);
     opts.onElection?.(id);
-    load(id).then(
-      (snap) => {
-        if (!snap || closed) return;
-        apply(snap, 'snapshot');
-        // Live from now: the snapshot already counts everything before it.
-        if (!opts.discover) client?.subscribe([`election:${id}`]);
-      },
-      (err: unknown) => (refused(err) ? fatal(`the hub refused the token (${statusOf(err)})`) : undefined),
-    );
+    // Live from now: the full state that answers the subscription counts everything before.
+    client.subscribe([dashboardTopic(id)]);
+    armFirstState(id, f);
   }
 
   function close(): void {
     closed = true;
-    clearTimeout(retry);
-    void client?.close();
+    clearTimeout(catchUpTimer);
+    for (const f of followed.values()) clearTimeout(f.timer);
+    void client.close();
   }
 
-  opts.onState('connecting', 'loading snapshots');
-  begin(0);
   return { watch, close };
 }

@@ -57,6 +57,22 @@ const publicKey = z.string().transform((pem, ctx) => {
   }
 });
 
+/** `WS_COMPRESSION` values; `dedicated` is `dedicated-4kb` (src/hub/server.ts maps them to uWS's options). */
+export const WS_COMPRESSION_MODES = [
+  'off',
+  'shared',
+  'dedicated',
+  'dedicated-3kb',
+  'dedicated-4kb',
+  'dedicated-8kb',
+  'dedicated-16kb',
+  'dedicated-32kb',
+  'dedicated-64kb',
+  'dedicated-128kb',
+  'dedicated-256kb',
+] as const;
+export type WsCompression = (typeof WS_COMPRESSION_MODES)[number];
+
 const envSchema = z
   .object({
     DATABASE_URL: url(['postgres:', 'postgresql:']).optional(),
@@ -86,6 +102,14 @@ const envSchema = z
       .refine((keys) => keys.every((k) => k.includes('{election_id}')), 'every template must contain {election_id}'),
     MAX_CONNECTIONS_PER_SUB: int(1, 1_000_000).default(20),
     MAX_PAYLOAD_BYTES: int(64, 16 * 1024 * 1024).default(16384),
+    // permessage-deflate for clients that offer it (browsers do): `off`, `shared` (one
+    // compressor for all sockets, no context kept between frames) or `dedicated` (a sliding
+    // window per socket; `dedicated-<n>kb` picks uWS's per-socket memory). Default chosen by
+    // measurement: docs/BENCHMARKS.md "Compression".
+    WS_COMPRESSION: z.enum(WS_COMPRESSION_MODES).default('shared'),
+    // Frames smaller than this go uncompressed even to sockets that negotiated deflate: deflate
+    // runs once per receiving socket, and small row events save little for their CPU.
+    WS_COMPRESSION_MIN_BYTES: int(0, 16 * 1024 * 1024).default(1024),
     MAX_BACKPRESSURE_BYTES: int(1024, 1024 * 1024 * 1024).default(1048576),
     MAX_TOPICS_PER_CONNECTION: int(1, 100_000).default(200),
     MAX_CONNECTIONS: int(1, 10_000_000).optional(),

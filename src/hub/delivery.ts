@@ -10,7 +10,7 @@ import { type Session, addCover, addTopics, markClosed, onDrained, removeCover, 
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {
-  send(message: string, isBinary?: boolean): number;
+  send(message: string, isBinary?: boolean, compress?: boolean): number;
   getBufferedAmount(): number;
   subscribe(topic: string): boolean;
   unsubscribe(topic: string): boolean;
@@ -19,7 +19,7 @@ export type Sock = {
 };
 
 export type Publisher = {
-  publish(topic: string, message: string, isBinary?: boolean): boolean;
+  publish(topic: string, message: string, isBinary?: boolean, compress?: boolean): boolean;
   numSubscribers(topic: string): number;
 };
 
@@ -38,6 +38,7 @@ export class UnavailableError extends Error {}
 type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
+
 
 /**
  * uWS's App.publish sends a message of at least this size (its cork buffer) to every
@@ -60,6 +61,13 @@ export function createDelivery(opts: {
   maxBuffered: number;
   /** MAX_TOTAL_BUFFERED_BYTES: all sockets' buffers together. */
   maxTotalBuffered: number;
+  /**
+   * WS_COMPRESSION_MIN_BYTES: frames of at least this many bytes are sent with uWS's compress
+   * flag, which deflates them for each socket that negotiated permessage-deflate (once per
+   * receiving socket: the cost is per delivery); smaller ones, and every frame to the other
+   * sockets, go as they are. Default 0: all.
+   */
+  compressMinBytes?: number;
   metrics: Pick<
     Metrics,
     'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses' | 'replayBufferBytes' | 'replayBufferEvents' | 'bufferedBytes'
@@ -67,6 +75,7 @@ export function createDelivery(opts: {
   log: Logger;
 }) {
   const { publisher, reader, ring, metrics, sockets } = opts;
+  const compressMin = opts.compressMinBytes ?? 0;
   let pruned: Position = ZERO;
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
@@ -159,10 +168,11 @@ export function createDelivery(opts: {
   /** Sends one frame to one socket (replies, replays); false once the socket is gone. */
   const send = (ws: Sock, frame: string, type: string, app = false): boolean => {
     if (ws.getUserData().closed) return false;
-    ws.send(frame, false);
+    const bytes = frameBytes(frame);
+    ws.send(frame, false, bytes >= compressMin);
     const label = typeLabel(type, app);
     metrics.messagesSent.inc({ type: label });
-    metrics.bytesSent.inc({ type: label }, frameBytes(frame));
+    metrics.bytesSent.inc({ type: label }, bytes);
     if (ws.getBufferedAmount() > opts.maxBuffered) {
       tooSlow(ws, 'socket_limit');
       return false;
@@ -363,7 +373,7 @@ export function createDelivery(opts: {
         let receivers = 0;
         for (const t of e.topics) {
           receivers += publisher.numSubscribers(t);
-          publisher.publish(t, e.frame, false);
+          publisher.publish(t, e.frame, false, bytes >= compressMin);
         }
         ring.push(e, bytes);
         metrics.events.inc({ kind: e.kind, action: e.action });
@@ -383,7 +393,7 @@ export function createDelivery(opts: {
       let receivers = 0;
       for (const t of topics) {
         receivers += publisher.numSubscribers(t);
-        publisher.publish(t, frame, false);
+        publisher.publish(t, frame, false, bytes >= compressMin);
       }
       if (receivers > 0) sent(type, bytes, receivers);
     },

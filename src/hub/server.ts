@@ -15,7 +15,7 @@
  * is closed with 4008 and a resume that cannot be completed with 4009, never skipped.
  */
 import { uWS, uwsBuild } from './uws.ts';
-import type { Config } from '../config/index.ts';
+import type { Config, WsCompression } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import type { Authenticator } from '../auth/jwt.ts';
@@ -32,6 +32,28 @@ import { type Session, armExpiry, enqueue, markClosed } from './session.ts';
 import { createUpgrade } from './upgrade.ts';
 
 type Ws = uWS.WebSocket<Session> & Sock;
+
+/**
+ * uWS's permessage-deflate option for `WS_COMPRESSION`. Negotiated only with clients that offer
+ * the extension; the others get the same frames uncompressed. Client frames (small: ping,
+ * subscribe) use the shared decompressor, which asks clients not to keep their context.
+ */
+export function compressionOption(mode: WsCompression): uWS.CompressOptions {
+  const compressor: Record<WsCompression, uWS.CompressOptions> = {
+    off: uWS.DISABLED,
+    shared: uWS.SHARED_COMPRESSOR,
+    dedicated: uWS.DEDICATED_COMPRESSOR_4KB,
+    'dedicated-3kb': uWS.DEDICATED_COMPRESSOR_3KB,
+    'dedicated-4kb': uWS.DEDICATED_COMPRESSOR_4KB,
+    'dedicated-8kb': uWS.DEDICATED_COMPRESSOR_8KB,
+    'dedicated-16kb': uWS.DEDICATED_COMPRESSOR_16KB,
+    'dedicated-32kb': uWS.DEDICATED_COMPRESSOR_32KB,
+    'dedicated-64kb': uWS.DEDICATED_COMPRESSOR_64KB,
+    'dedicated-128kb': uWS.DEDICATED_COMPRESSOR_128KB,
+    'dedicated-256kb': uWS.DEDICATED_COMPRESSOR_256KB,
+  };
+  return mode === 'off' ? uWS.DISABLED : compressor[mode] | uWS.SHARED_DECOMPRESSOR;
+}
 
 /** What `serve` wires to the sockets: everything the upgrade and the client protocol need. */
 export type SocketHandlers = {
@@ -84,7 +106,7 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
     const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position, onDashboards: h.onDashboards });
 
     app.ws<Session>('/ws', {
-      compression: uWS.DISABLED,
+      compression: compressionOption(config.WS_COMPRESSION),
       // uWS answers an oversize frame by dropping the connection (the client sees 1006), so
       // it gets a higher hard cap and MAX_PAYLOAD_BYTES is enforced by protocol.ts with a 1009 close.
       maxPayloadLength: Math.max(1024 * 1024, config.MAX_PAYLOAD_BYTES * 4),

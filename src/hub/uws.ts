@@ -194,4 +194,5 @@ export declare namespace uWS {
   type HttpResponse = Types.HttpResponse;
   type HttpRequest = Types.HttpRequest;
   type us_listen_socket = Types.us_listen_socket;
+  type CompressOptions = Types.CompressOptions;
 }

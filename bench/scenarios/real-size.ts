@@ -40,12 +40,52 @@ const { values: flags } = parseArgs({
 });
 type Mode = 'smoke' | 'quick' | 'full';
 const mode: Mode = flags.smoke ? 'smoke' : flags.quick ? 'quick' : 'full';
-type Size = { committees: number; guarantees: number; attendance: number; votes: number; rate: number; seconds: number; election: number; totals: number; workers: number };
+type Size = {
+  committees: number;
+  guarantees: number;
+  attendance: number;
+  votes: number;
+  rate: number;
+  seconds: number;
+  election: number;
+  totals: number;
+  workers: number;
+};
 const SIZES: Record<Mode, Size> = {
-  smoke: { committees: 300, guarantees: 20_000, attendance: 10_000, votes: 3000, rate: 100, seconds: 5, election: 10, totals: 20, workers: 1 },
-  quick: { committees: 300, guarantees: 200_000, attendance: 100_000, votes: 3000, rate: 300, seconds: 20, election: 100, totals: 400, workers: 2 },
+  smoke: {
+    committees: 300,
+    guarantees: 20_000,
+    attendance: 10_000,
+    votes: 3000,
+    rate: 100,
+    seconds: 5,
+    election: 10,
+    totals: 20,
+    workers: 1,
+  },
+  quick: {
+    committees: 300,
+    guarantees: 200_000,
+    attendance: 100_000,
+    votes: 3000,
+    rate: 300,
+    seconds: 20,
+    election: 100,
+    totals: 400,
+    workers: 2,
+  },
   // The issue's size (20 000 dashboards); needs a bigger machine than this 2-core one.
-  full: { committees: 300, guarantees: 1_000_000, attendance: 500_000, votes: 3000, rate: 300, seconds: 60, election: 2000, totals: 18_000, workers: 4 },
+  full: {
+    committees: 300,
+    guarantees: 1_000_000,
+    attendance: 500_000,
+    votes: 3000,
+    rate: 300,
+    seconds: 60,
+    election: 2000,
+    totals: 18_000,
+    workers: 4,
+  },
 };
 const size = SIZES[mode];
 const CASES = (flags.modes ?? 'off,shared>=1024,shared>=0,dedicated>=1024').split(',');
@@ -53,7 +93,8 @@ const ADMIN_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:543
 const SECRET = `bench-${randomBytes(16).toString('hex')}`;
 const LOG_DIR = join(RESULTS, 'logs');
 const T0 = wallNow();
-const log = (msg: string) => process.stderr.write(`[real-size ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+const log = (msg: string) =>
+  process.stderr.write(`[real-size ${((wallNow() - T0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 const ELECTION = 1;
 const PROBE_COMMITTEE = size.committees + 1;
 const SAMPLE_EVERY = 5;
@@ -67,24 +108,29 @@ async function seed(url: string): Promise<{ probeVote: number; voteIds: [number,
   try {
     await c.query(`SET session_replication_role = replica`);
     await c.query(`INSERT INTO elections (id, name) VALUES ($1, 'Real size')`, [ELECTION]);
-    await c.query(`INSERT INTO committees (id, election_id, name) SELECT k, $1, 'Committee ' || k FROM generate_series(1, $2::int) k`, [ELECTION, PROBE_COMMITTEE]);
+    await c.query(
+      `INSERT INTO committees (id, election_id, name) SELECT k, $1, 'Committee ' || k FROM generate_series(1, $2::int) k`,
+      [ELECTION, PROBE_COMMITTEE],
+    );
     await c.query(
       `INSERT INTO guarantees (election_id, committee_id, voter_name, status)
        SELECT $1, 1 + g % $2::int, 'Voter ' || g, (ARRAY['pledged', 'confirmed', 'withdrawn'])[1 + g % 3] FROM generate_series(1, $3::int) g`,
       [ELECTION, size.committees, size.guarantees],
     );
-    await c.query(`INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, 1 + g % $2::int, 'Voter ' || g FROM generate_series(1, $3::int) g`, [
-      ELECTION,
-      size.committees,
-      size.attendance,
-    ]);
+    await c.query(
+      `INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, 1 + g % $2::int, 'Voter ' || g FROM generate_series(1, $3::int) g`,
+      [ELECTION, size.committees, size.attendance],
+    );
     const v = await c.query<{ lo: string; hi: string }>(
       `WITH ins AS (INSERT INTO votes (election_id, committee_id, candidate, count)
          SELECT $1, 1 + g % $2::int, 'Candidate ' || (1 + g % 6), 1 + (g * 7919) % 500 FROM generate_series(1, $3::int) g RETURNING id)
        SELECT min(id)::text AS lo, max(id)::text AS hi FROM ins`,
       [ELECTION, size.committees, size.votes - 1],
     );
-    const p = await c.query<{ id: string }>(`INSERT INTO votes (election_id, committee_id, candidate, count) VALUES ($1, $2, 'probe', 0) RETURNING id`, [ELECTION, PROBE_COMMITTEE]);
+    const p = await c.query<{ id: string }>(
+      `INSERT INTO votes (election_id, committee_id, candidate, count) VALUES ($1, $2, 'probe', 0) RETURNING id`,
+      [ELECTION, PROBE_COMMITTEE],
+    );
     await c.query('ANALYZE');
     return { probeVote: Number(p.rows[0]?.id), voteIds: [Number(v.rows[0]?.lo), Number(v.rows[0]?.hi)] };
   } finally {
@@ -93,7 +139,9 @@ async function seed(url: string): Promise<{ probeVote: number; voteIds: [number,
 }
 
 type Counts = { guarantees: number; attendance: number; votes: number };
-async function aggregate(pool: pg.Pool): Promise<{ totals: Counts; committees: Map<string, [number, number, number]> }> {
+async function aggregate(
+  pool: pg.Pool,
+): Promise<{ totals: Counts; committees: Map<string, [number, number, number]> }> {
   const r = await pool.query<{ committee_id: string; g: string; a: string; v: string }>(
     `SELECT c.id::text AS committee_id,
             (SELECT count(*) FROM guarantees x WHERE x.election_id = $1 AND x.committee_id = c.id)::text AS g,
@@ -116,14 +164,25 @@ async function aggregate(pool: pg.Pool): Promise<{ totals: Counts; committees: M
 
 // ---- the writer ----------------------------------------------------------------------------
 
-type Written = { statements: number; rows: number; errors: number; probes: Array<[number, number]>; bulk: number; behindMs: number };
+type Written = {
+  statements: number;
+  rows: number;
+  errors: number;
+  probes: Array<[number, number]>;
+  bulk: number;
+  behindMs: number;
+};
 
 /**
  * `rate` statements per second for `seconds`, in ticks of 100 ms over a pool: the mix of an
  * election night, plus the probe every tick and one 2 000-row statement halfway. Counts the
  * rows each statement changed: that many row events must reach every whole-election dashboard.
  */
-async function write(pool: pg.Pool, ids: { probeVote: number; voteIds: [number, number] }, firstProbe: number): Promise<Written> {
+async function write(
+  pool: pg.Pool,
+  ids: { probeVote: number; voteIds: [number, number] },
+  firstProbe: number,
+): Promise<Written> {
   const out: Written = { statements: 0, rows: 0, errors: 0, probes: [], bulk: 0, behindMs: 0 };
   const committee = () => 1 + Math.floor(Math.random() * size.committees);
   const guarantee = () => 1 + Math.floor(Math.random() * size.guarantees);
@@ -131,9 +190,21 @@ async function write(pool: pg.Pool, ids: { probeVote: number; voteIds: [number, 
   const vote = () => ids.voteIds[0] + Math.floor(Math.random() * (ids.voteIds[1] - ids.voteIds[0] + 1));
   const statement = (): [string, unknown[]] => {
     const roll = Math.random();
-    if (roll < 0.4) return [`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [ELECTION, committee(), `Voter ${randomBytes(4).toString('hex')}`]];
-    if (roll < 0.65) return [`INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [ELECTION, committee(), `Voter ${randomBytes(4).toString('hex')}`]];
-    if (roll < 0.75) return [`UPDATE guarantees SET status = $2, updated_at = now() WHERE id = $1`, [guarantee(), Math.random() < 0.8 ? 'confirmed' : 'withdrawn']];
+    if (roll < 0.4)
+      return [
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`,
+        [ELECTION, committee(), `Voter ${randomBytes(4).toString('hex')}`],
+      ];
+    if (roll < 0.65)
+      return [
+        `INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`,
+        [ELECTION, committee(), `Voter ${randomBytes(4).toString('hex')}`],
+      ];
+    if (roll < 0.75)
+      return [
+        `UPDATE guarantees SET status = $2, updated_at = now() WHERE id = $1`,
+        [guarantee(), Math.random() < 0.8 ? 'confirmed' : 'withdrawn'],
+      ];
     if (roll < 0.8) return [`UPDATE guarantees SET committee_id = $2 WHERE id = $1`, [guarantee(), committee()]];
     if (roll < 0.85) return [`DELETE FROM attendance WHERE id = $1`, [attendance()]];
     return [`UPDATE votes SET count = count + $2 WHERE id = $1`, [vote(), 1 + Math.floor(Math.random() * 20)]];
@@ -174,9 +245,10 @@ async function write(pool: pg.Pool, ids: { probeVote: number; voteIds: [number, 
     }
     if (tick === Math.floor(ticks / 2)) {
       pending.push(
-        run(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, 1 + (g * 7) % $2::int, 'Bulk ' || g FROM generate_series(1, 2000) g`, [ELECTION, size.committees]).then(
-          () => void (out.bulk = 2000),
-        ),
+        run(
+          `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, 1 + (g * 7) % $2::int, 'Bulk ' || g FROM generate_series(1, 2000) g`,
+          [ELECTION, size.committees],
+        ).then(() => void (out.bulk = 2000)),
       );
     }
     await sleep(Math.max(0, t0 + (tick + 1) * 100 - wallNow()));
@@ -195,12 +267,26 @@ async function startHub(url: string, env: Record<string, string>): Promise<Hub> 
   const { child, ready } = await spawnTs<HubProcessApi>(`hub-${env.WS_COMPRESSION}`, 'bench/hub-process.ts', {
     logDir: LOG_DIR,
     fdLimit: 200_000,
-    env: { DATABASE_URL: url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_URL: '', ...env },
+    env: {
+      DATABASE_URL: url,
+      JWT_SECRET: SECRET,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      METRICS_PORT: '0',
+      LOG_LEVEL: 'info',
+      REDIS_URL: '',
+      ...env,
+    },
     nodeArgs: ['--expose-gc'],
   });
   const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
   const deadline = Date.now() + 30_000;
-  while ((await fetch(`http://127.0.0.1:${port}/ready`).then((r) => r.status, () => 0)) !== 200) {
+  while (
+    (await fetch(`http://127.0.0.1:${port}/ready`).then(
+      (r) => r.status,
+      () => 0,
+    )) !== 200
+  ) {
     if (Date.now() > deadline) throw new Error('hub never became ready');
     await sleep(50);
   }
@@ -232,7 +318,18 @@ type CaseResult = {
   dashboards: { election: number; totals: number };
   written: Omit<Written, 'probes'> & { probes: number };
   seconds: number;
-  perDashboard: Record<'election' | 'totals', { wireKBs: number; updatesKBs: number; rowsKBs: number; updates: number; rows: number; fulls: number; broken: number }>;
+  perDashboard: Record<
+    'election' | 'totals',
+    {
+      wireKBs: number;
+      updatesKBs: number;
+      rowsKBs: number;
+      updates: number;
+      rows: number;
+      fulls: number;
+      broken: number;
+    }
+  >;
   negotiated: number;
   lost: number;
   duplicates: number;
@@ -248,12 +345,32 @@ type CaseResult = {
   wrong: { election: number; totals: number; compared: number };
 };
 
-async function runCase(db: BenchDatabase, pool: pg.Pool, workers: Array<Child<DeflateClientsApi>>, ids: { probeVote: number; voteIds: [number, number] }, name: string, firstProbe: number): Promise<CaseResult> {
+async function runCase(
+  db: BenchDatabase,
+  pool: pg.Pool,
+  workers: Array<Child<DeflateClientsApi>>,
+  ids: { probeVote: number; voteIds: [number, number] },
+  name: string,
+  firstProbe: number,
+): Promise<CaseResult> {
   const [compression, min] = name.split('>=');
-  const hub = await startHub(db.url, { WS_COMPRESSION: compression ?? 'off', ...(min !== undefined ? { WS_COMPRESSION_MIN_BYTES: min } : {}) });
+  const hub = await startHub(db.url, {
+    WS_COMPRESSION: compression ?? 'off',
+    ...(min !== undefined ? { WS_COMPRESSION_MIN_BYTES: min } : {}),
+  });
   try {
     const groups: Array<[Group, number]> = [
-      [{ name: 'election', path: '/ws?token={token}', offer: true, decode: true, probeCommittee: PROBE_COMMITTEE, auth: { secret: SECRET, sub: `rs-${name}`, elections: [ELECTION] } }, size.election],
+      [
+        {
+          name: 'election',
+          path: '/ws?token={token}',
+          offer: true,
+          decode: true,
+          probeCommittee: PROBE_COMMITTEE,
+          auth: { secret: SECRET, sub: `rs-${name}`, elections: [ELECTION] },
+        },
+        size.election,
+      ],
       [
         {
           name: 'totals',
@@ -270,7 +387,8 @@ async function runCase(db: BenchDatabase, pool: pg.Pool, workers: Array<Child<De
     // Each kind on workers of its own (when there are two or more): a worker busy inflating
     // whole-election traffic must not delay the totals-only dashboards' probes.
     const split = Math.max(1, Math.floor(workers.length / 2));
-    const workersOf = (g: string) => (workers.length < 2 ? workers : g === 'election' ? workers.slice(0, split) : workers.slice(split));
+    const workersOf = (g: string) =>
+      workers.length < 2 ? workers : g === 'election' ? workers.slice(0, split) : workers.slice(split);
     const connect = async (half: 0 | 1) => {
       for (const [group, n] of groups) {
         const count = half === 0 ? Math.floor(n / 2) : n - Math.floor(n / 2);
@@ -282,7 +400,19 @@ async function runCase(db: BenchDatabase, pool: pg.Pool, workers: Array<Child<De
             const c = Math.floor(count / mine.length) + (k < count % mine.length ? 1 : 0);
             const f = first;
             first += c;
-            return w.call('connect', { host: '127.0.0.1', port: hub.port, group, count: c, first: f, concurrency: 16, sampleEvery: SAMPLE_EVERY }, 120_000);
+            return w.call(
+              'connect',
+              {
+                host: '127.0.0.1',
+                port: hub.port,
+                group,
+                count: c,
+                first: f,
+                concurrency: 16,
+                sampleEvery: SAMPLE_EVERY,
+              },
+              120_000,
+            );
           }),
         );
       }
@@ -366,8 +496,9 @@ async function runCase(db: BenchDatabase, pool: pg.Pool, workers: Array<Child<De
           const same =
             JSON.stringify(d.totals) === JSON.stringify(truth.totals) &&
             [...truth.committees].every(([k, v]) => JSON.stringify(d.committees[k]) === JSON.stringify(v));
-          if (!same && g === 'election') wrongE++;
-          else if (!same) wrongT++;
+          if (same) continue;
+          if (g === 'election') wrongE++;
+          else wrongT++;
         }
       }
     }
@@ -387,7 +518,12 @@ async function runCase(db: BenchDatabase, pool: pg.Pool, workers: Array<Child<De
     const e = s.election;
     const t = s.totals;
     const deliveries = (e?.messages ?? 0) + (t?.messages ?? 0);
-    const sub = (a: Record<string, number>, b: Record<string, number>) => Object.fromEntries(Object.keys(a).map((k) => [k, (a[k] ?? 0) - (b[k] ?? 0)]).filter(([, v]) => v !== 0));
+    const sub = (a: Record<string, number>, b: Record<string, number>) =>
+      Object.fromEntries(
+        Object.keys(a)
+          .map((k) => [k, (a[k] ?? 0) - (b[k] ?? 0)])
+          .filter(([, v]) => v !== 0),
+      );
     const closeCodes: Record<string, Record<string, number>> = {};
     for (const [k, g] of Object.entries(s)) if (Object.keys(g.closeCodes).length) closeCodes[k] = g.closeCodes;
     await Promise.all(workers.map((w) => w.call('closeAll', undefined)));
@@ -428,7 +564,23 @@ async function statsOf(workers: Array<Child<DeflateClientsApi>>): Promise<Record
         out[k] = { ...g, closeCodes: { ...g.closeCodes } };
         continue;
       }
-      for (const f of ['conns', 'open', 'negotiated', 'wire', 'messages', 'payload', 'inflated', 'rows', 'rowBytes', 'updates', 'updateBytes', 'fulls', 'otherBytes', 'broken'] as const) o[f] += g[f];
+      for (const f of [
+        'conns',
+        'open',
+        'negotiated',
+        'wire',
+        'messages',
+        'payload',
+        'inflated',
+        'rows',
+        'rowBytes',
+        'updates',
+        'updateBytes',
+        'fulls',
+        'otherBytes',
+        'broken',
+      ] as const)
+        o[f] += g[f];
       o.minRows = Math.min(o.minRows, g.minRows);
       o.maxRows = Math.max(o.maxRows, g.maxRows);
       for (const [c, n] of Object.entries(g.closeCodes)) o.closeCodes[c] = (o.closeCodes[c] ?? 0) + n;
@@ -455,7 +607,14 @@ async function main() {
     const ids = await seed(db.url);
     log(`seeded (${((wallNow() - T0) / 1000).toFixed(1)} s)`);
     const workers = (
-      await Promise.all(Array.from({ length: size.workers }, (_, k) => spawnTs<DeflateClientsApi>(`rs-clients-${k}`, 'bench/workers/deflate-clients.ts', { logDir: LOG_DIR, fdLimit: 200_000 })))
+      await Promise.all(
+        Array.from({ length: size.workers }, (_, k) =>
+          spawnTs<DeflateClientsApi>(`rs-clients-${k}`, 'bench/workers/deflate-clients.ts', {
+            logDir: LOG_DIR,
+            fdLimit: 200_000,
+          }),
+        ),
+      )
     ).map((x) => x.child);
     let probe = 0;
     for (const c of CASES) {

@@ -39,7 +39,6 @@ type Part = { topics: Set<string>; from: Position };
 
 const PAGE = 1000;
 
-
 /**
  * uWS's App.publish sends a message of at least this size (its cork buffer) to every
  * subscriber at once, so buffers grow during the call; smaller ones are queued once in the

@@ -39,7 +39,8 @@ const rows = Math.ceil((totalMb * 1024) / rowKb / perStatement) * perStatement;
 const SECRET = 'bench-secret-0123456789abcdef-0123456789';
 const ADMIN_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 
-const peakRssMb = (pid: number) => Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+const peakRssMb = (pid: number) =>
+  Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
 
 const db = await createBenchDatabase(ADMIN_URL);
 const pool = new pg.Pool({ connectionString: db.url, max: 2 });
@@ -57,7 +58,14 @@ try {
   const readerToken = await signToken(SECRET, { sub: 'bench-reader', elections: [1] });
 
   // The healthy reader: reads as fast as it can, resumes after any close.
-  const r = { events: 0, bytes: 0, ordered: true, closes: [] as number[], last: undefined as string | undefined, done: false };
+  const r = {
+    events: 0,
+    bytes: 0,
+    ordered: true,
+    closes: [] as number[],
+    last: undefined as string | undefined,
+    done: false,
+  };
   let lastPos: Position | undefined;
   let ws: WebSocket | undefined;
   let opened!: () => void;
@@ -100,7 +108,9 @@ try {
   const sampler = (async () => {
     while (sampling && child.alive) {
       try {
-        const h = (await (await fetch(`http://127.0.0.1:${port}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as {
+        const h = (await (
+          await fetch(`http://127.0.0.1:${port}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })
+        ).json()) as {
           memory?: { heap_used_bytes: number; ring: { bytes: number }; buffered: { bytes: number } };
         };
         if (h.memory) {
@@ -138,11 +148,19 @@ try {
   ws?.close();
 
   const mb = (n: number) => (n / 1024 / 1024).toFixed(0);
-  console.log(`memory bench: ${rows} rows × ${rowKb} KB (${flags.incompressible ? 'incompressible' : 'compressible'}) = ${mb(rows * rowKb * 1024)} MB, hub heap cap ${heapMb} MB`);
+  console.log(
+    `memory bench: ${rows} rows × ${rowKb} KB (${flags.incompressible ? 'incompressible' : 'compressible'}) = ${mb(rows * rowKb * 1024)} MB, hub heap cap ${heapMb} MB`,
+  );
   console.log(`  hub alive: ${alive ? 'yes' : `NO (see ${child.logFile})`}`);
-  console.log(`  reader: ${r.events}/${rows} rows, ${mb(r.bytes)} MB, in order: ${r.ordered}, closes: ${r.closes.length ? r.closes.join(',') : 'none'}`);
-  console.log(`  ${written} rows written in ${writeS.toFixed(1)} s (${((written * rowKb) / 1024 / writeS).toFixed(0)} MB/s); reader done after ${totalS.toFixed(1)} s`);
-  console.log(`  hub peak RSS ${rss.toFixed(0)} MB, peak heap used ${mb(peak.heap)} MB, ring peak ${mb(peak.ring)} MB, buffered peak ${mb(peak.buffered)} MB (sampled every 250 ms)`);
+  console.log(
+    `  reader: ${r.events}/${rows} rows, ${mb(r.bytes)} MB, in order: ${r.ordered}, closes: ${r.closes.length ? r.closes.join(',') : 'none'}`,
+  );
+  console.log(
+    `  ${written} rows written in ${writeS.toFixed(1)} s (${((written * rowKb) / 1024 / writeS).toFixed(0)} MB/s); reader done after ${totalS.toFixed(1)} s`,
+  );
+  console.log(
+    `  hub peak RSS ${rss.toFixed(0)} MB, peak heap used ${mb(peak.heap)} MB, ring peak ${mb(peak.ring)} MB, buffered peak ${mb(peak.buffered)} MB (sampled every 250 ms)`,
+  );
   failed = !alive || r.events !== rows || !r.ordered;
   await child.kill(5000);
 } finally {

@@ -5,7 +5,12 @@
  */
 import { readFileSync } from 'node:fs';
 
-type Node = { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; hitCount?: number; children?: number[] };
+type Node = {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+  children?: number[];
+};
 type Profile = { nodes: Node[]; startTime: number; endTime: number; samples?: number[]; timeDeltas?: number[] };
 
 const [file, n = '25'] = process.argv.slice(2);
@@ -52,5 +57,7 @@ const top = (m: Map<string, number>) =>
     .slice(0, Number(n))
     .map(([k, us]) => `${(us / 1000).toFixed(1).padStart(9)} ms ${((100 * us) / total).toFixed(1).padStart(5)}%  ${k}`)
     .join('\n');
-console.log(`profile ${file}: ${(total / 1e6).toFixed(2)} s sampled over ${((p.endTime - p.startTime) / 1e6).toFixed(2)} s\n`);
+console.log(
+  `profile ${file}: ${(total / 1e6).toFixed(2)} s sampled over ${((p.endTime - p.startTime) / 1e6).toFixed(2)} s\n`,
+);
 console.log(`-- self time\n${top(self)}\n\n-- inclusive time\n${top(incl)}`);

@@ -132,7 +132,15 @@ export type HubClient = {
 
 /** A connection that stayed open this long resets the backoff. */
 const STABLE_MS = 2000;
-const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
+const CONTROL = new Set([
+  'connection_success',
+  'subscribed',
+  'unsubscribed',
+  'resync',
+  'pong',
+  'error',
+  'dashboard_update',
+]);
 const CURSOR = /^([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/;
 
 const compareDigits = (a: string, b: string): number => {
@@ -180,13 +188,15 @@ const safely = <A extends unknown[]>(fn: (...args: A) => void, ...args: A) => {
  */
 export function createHubClient(opts: HubClientOptions): HubClient {
   const Impl = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  if (!Impl) throw new TypeError('no WebSocket implementation: pass opts.WebSocket (in Node 20: `import WebSocket from "ws"`)');
+  if (!Impl)
+    throw new TypeError('no WebSocket implementation: pass opts.WebSocket (in Node 20: `import WebSocket from "ws"`)');
   const initialMs = opts.backoff?.initialMs ?? 250;
   const maxMs = opts.backoff?.maxMs ?? 10_000;
   const pingEvery = opts.heartbeat?.intervalMs ?? 20_000;
   const pongWithin = opts.heartbeat?.timeoutMs ?? 10_000;
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
-  if (opts.since !== undefined && !CURSOR.test(opts.since)) throw new TypeError(`not a hub cursor: ${JSON.stringify(opts.since)}`);
+  if (opts.since !== undefined && !CURSOR.test(opts.since))
+    throw new TypeError(`not a hub cursor: ${JSON.stringify(opts.since)}`);
   if (typeof opts.url === 'string') new URL(opts.url); // throws a TypeError for a malformed URL now, not on every retry
 
   let state: ClientState = 'connecting';
@@ -439,7 +449,11 @@ export function createHubClient(opts: HubClientOptions): HubClient {
       sock = undefined;
       clearConnectionTimers();
       settleBackoff();
-      const detail: StateDetail = { code: ev.code, reason: ev.reason, ...(lastError !== undefined ? { error: lastError } : {}) };
+      const detail: StateDetail = {
+        code: ev.code,
+        reason: ev.reason,
+        ...(lastError !== undefined ? { error: lastError } : {}),
+      };
       if (ev.code === 4001) {
         // Token expired: a token function is asked for a fresh one (at once the first time, then
         // with backoff, should it keep handing out stale tokens); a fixed token cannot recover.
@@ -572,8 +586,18 @@ export function createDashboardChain(electionId: number | string): DashboardChai
   /** committee id (text) → counts; `current.committees` is rebuilt from it after a delta. */
   let byId = new Map<string, DashboardSnapshot['committees'][number]>();
 
-  const take = (s: { election_id: number | string; cursor: string; totals: DashboardSnapshot['totals']; committees: DashboardSnapshot['committees'] }) => {
-    byId = new Map(s.committees.map((c) => [String(c.committee_id), { committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes }]));
+  const take = (s: {
+    election_id: number | string;
+    cursor: string;
+    totals: DashboardSnapshot['totals'];
+    committees: DashboardSnapshot['committees'];
+  }) => {
+    byId = new Map(
+      s.committees.map((c) => [
+        String(c.committee_id),
+        { committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes },
+      ]),
+    );
     current = { election_id: s.election_id, cursor: s.cursor, totals: { ...s.totals }, committees: [...byId.values()] };
   };
 
@@ -593,7 +617,12 @@ export function createDashboardChain(electionId: number | string): DashboardChai
       for (const c of f.committees) {
         const key = String(c.committee_id);
         if (!byId.has(key)) added = true;
-        byId.set(key, { committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes });
+        byId.set(key, {
+          committee_id: c.committee_id,
+          guarantees: c.guarantees,
+          attendance: c.attendance,
+          votes: c.votes,
+        });
         listed.push(c.committee_id);
       }
       let committees = [...byId.values()];
@@ -664,10 +693,18 @@ export type DashboardSubscription = {
 };
 
 /** `GET /dashboard/{id}` with the token as Bearer; throws with `status` on a non-2xx answer. */
-export async function fetchDashboard(opts: { httpUrl: string; electionId: number | string; token: string; fetch?: typeof globalThis.fetch }): Promise<DashboardSnapshot> {
+export async function fetchDashboard(opts: {
+  httpUrl: string;
+  electionId: number | string;
+  token: string;
+  fetch?: typeof globalThis.fetch;
+}): Promise<DashboardSnapshot> {
   const f = opts.fetch ?? globalThis.fetch;
-  const res = await f(`${opts.httpUrl.replace(/\/+$/, '')}/dashboard/${opts.electionId}`, { headers: { authorization: `Bearer ${opts.token}` } });
-  if (!res.ok) throw Object.assign(new Error(`GET /dashboard/${opts.electionId}: HTTP ${res.status}`), { status: res.status });
+  const res = await f(`${opts.httpUrl.replace(/\/+$/, '')}/dashboard/${opts.electionId}`, {
+    headers: { authorization: `Bearer ${opts.token}` },
+  });
+  if (!res.ok)
+    throw Object.assign(new Error(`GET /dashboard/${opts.electionId}: HTTP ${res.status}`), { status: res.status });
   const body = (await res.json()) as DashboardSnapshot;
   if (typeof body?.cursor !== 'string' || typeof body.totals !== 'object' || !Array.isArray(body.committees)) {
     throw new Error(`GET /dashboard/${opts.electionId}: not a dashboard snapshot`);
@@ -697,7 +734,13 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
   const { electionId } = opts;
   const topic = `${opts.totalsOnly ? 'dashboard' : 'election'}:${electionId}`;
   const httpUrl = async () => (opts.httpUrl !== undefined ? resolve(opts.httpUrl) : httpOf(await resolve(opts.url)));
-  const load = async () => fetchDashboard({ httpUrl: await httpUrl(), electionId, token: await resolve(opts.token), ...(opts.fetch ? { fetch: opts.fetch } : {}) });
+  const load = async () =>
+    fetchDashboard({
+      httpUrl: await httpUrl(),
+      electionId,
+      token: await resolve(opts.token),
+      ...(opts.fetch ? { fetch: opts.fetch } : {}),
+    });
   const maxMs = opts.backoff?.maxMs ?? 10_000;
   const initialMs = opts.backoff?.initialMs ?? 250;
   const firstStateTimeoutMs = opts.firstStateTimeoutMs ?? 10_000;
@@ -743,9 +786,12 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
         // No state yet and the hub not reachable over HTTP either: ask again, with backoff.
         const cap = Math.min(maxMs, initialMs * 2 ** Math.min(attempt++, 30));
         clearTimeout(firstTimer);
-        firstTimer = setTimeout(() => {
-          if (!stopped && chain.current() === undefined) fetchSnapshot();
-        }, Math.round(cap / 2 + (Math.random() * cap) / 2));
+        firstTimer = setTimeout(
+          () => {
+            if (!stopped && chain.current() === undefined) fetchSnapshot();
+          },
+          Math.round(cap / 2 + (Math.random() * cap) / 2),
+        );
       },
     );
   };
@@ -758,10 +804,13 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
     fetchSnapshot();
     const cap = Math.min(maxMs, initialMs * 2 ** Math.min(attempt++, 30));
     clearTimeout(repairTimer);
-    repairTimer = setTimeout(() => {
-      repairing = false;
-      if (!stopped && chain.chain() === undefined) repair();
-    }, Math.max(1000, cap));
+    repairTimer = setTimeout(
+      () => {
+        repairing = false;
+        if (!stopped && chain.chain() === undefined) repair();
+      },
+      Math.max(1000, cap),
+    );
   };
 
   const client = createHubClient({ ...opts, topics: [topic] });
@@ -791,10 +840,14 @@ export async function snapshotAndSubscribe(opts: DashboardOptions): Promise<Dash
     if (!stopped && chain.current() === undefined) fetchSnapshot();
   }, firstStateTimeoutMs);
   client.on('error', (e) => {
-    if (first && (e.code === 'forbidden_topic' || e.code === 'bad_topic')) failFirst(Object.assign(new Error(`${topic}: ${e.code}: ${e.message}`), { code: e.code }));
+    if (first && (e.code === 'forbidden_topic' || e.code === 'bad_topic'))
+      failFirst(Object.assign(new Error(`${topic}: ${e.code}: ${e.message}`), { code: e.code }));
   });
   client.onState((state, detail) => {
-    if (state === 'closed' && first) failFirst(Object.assign(new Error(`connection closed before the first state (${detail.code ?? 'no code'})`), detail));
+    if (state === 'closed' && first)
+      failFirst(
+        Object.assign(new Error(`connection closed before the first state (${detail.code ?? 'no code'})`), detail),
+      );
   });
 
   const close = async () => {

@@ -147,13 +147,22 @@ async function initdb(
     await new Promise<void>((resolve, reject) => {
       const child = spawn(
         initdbBin,
-        [`--pgdata=${dataDir}`, '--auth=scram-sha-256', `--username=${SUPERUSER}`, `--pwfile=${pwfile}`, '--encoding=UTF8', '--locale=C'],
+        [
+          `--pgdata=${dataDir}`,
+          '--auth=scram-sha-256',
+          `--username=${SUPERUSER}`,
+          `--pwfile=${pwfile}`,
+          '--encoding=UTF8',
+          '--locale=C',
+        ],
         { ...(account ?? {}), env, stdio: ['ignore', 'pipe', 'pipe'] },
       );
       child.stdout?.on('data', (chunk: Buffer) => onLog(chunk.toString('utf8')));
       child.stderr?.on('data', (chunk: Buffer) => onLog(`[STDERR] ${chunk.toString('utf8')}`));
       child.once('error', reject);
-      child.once('close', (code, signal) => (code === 0 ? resolve() : reject(new Error(`initdb exited (code ${code}, signal ${signal})`))));
+      child.once('close', (code, signal) =>
+        code === 0 ? resolve() : reject(new Error(`initdb exited (code ${code}, signal ${signal})`)),
+      );
     });
   } finally {
     await fs.rm(pwfile, { force: true });
@@ -249,7 +258,10 @@ async function stageBinaries(binaries: Binaries, account: Account, log: (msg: st
     try {
       await fs.mkdir(tmp, { mode: 0o755 });
       await linkTree(path.join(binaries.packageDir, 'native'), path.join(tmp, 'native'));
-      await fs.writeFile(path.join(tmp, '.complete'), `${binaries.name}@${binaries.version} from ${binaries.packageDir}\n`);
+      await fs.writeFile(
+        path.join(tmp, '.complete'),
+        `${binaries.name}@${binaries.version} from ${binaries.packageDir}\n`,
+      );
       await fs.rename(tmp, target).catch(async (err: unknown) => {
         // Another process staged it first (the target exists and is not empty): use that one.
         if (!isErrno(err, 'ENOTEMPTY') && !isErrno(err, 'EEXIST')) throw err;
@@ -330,7 +342,12 @@ function isSymlinkList(value: unknown): value is SymlinkEntry[] {
     Array.isArray(value) &&
     value.every(
       (e: unknown) =>
-        typeof e === 'object' && e !== null && 'source' in e && typeof e.source === 'string' && 'target' in e && typeof e.target === 'string',
+        typeof e === 'object' &&
+        e !== null &&
+        'source' in e &&
+        typeof e.source === 'string' &&
+        'target' in e &&
+        typeof e.target === 'string',
     )
   );
 }
@@ -385,11 +402,21 @@ async function ensureServiceAccount(log: (msg: string) => void): Promise<Account
   if (existing) return existing;
   log(`running as root: creating system account "${SERVICE_ACCOUNT}" to run PostgreSQL`);
   try {
-    await execFileAsync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', SERVICE_ACCOUNT]);
+    await execFileAsync('useradd', [
+      '--system',
+      '--user-group',
+      '--no-create-home',
+      '--shell',
+      '/usr/sbin/nologin',
+      SERVICE_ACCOUNT,
+    ]);
   } catch (err) {
-    throw new Error(`PostgreSQL cannot run as root and creating the "${SERVICE_ACCOUNT}" account failed; create it or run as another user`, {
-      cause: err,
-    });
+    throw new Error(
+      `PostgreSQL cannot run as root and creating the "${SERVICE_ACCOUNT}" account failed; create it or run as another user`,
+      {
+        cause: err,
+      },
+    );
   }
   const created = await lookupAccount(SERVICE_ACCOUNT);
   if (!created) throw new Error(`account "${SERVICE_ACCOUNT}" still missing after useradd`);

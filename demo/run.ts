@@ -83,10 +83,11 @@ export async function runDemo(env: Env): Promise<number> {
     onStep: (name, err) => (err ? void process.stderr.write(`demo: ${err.message}\n`) : note(`stopped ${name}`)),
   });
   /** True when every step stopped cleanly. */
-  const stopAll = (): Promise<boolean> => releasers.release().then(
-    () => true,
-    () => false,
-  );
+  const stopAll = (): Promise<boolean> =>
+    releasers.release().then(
+      () => true,
+      () => false,
+    );
   // A stop that hangs must not keep the terminal: after the timeout the process exits anyway.
   const shutdown = async (): Promise<number> => {
     say(`\n${signalled ?? 'stop'}: shutting down`);
@@ -114,7 +115,10 @@ export async function runDemo(env: Env): Promise<number> {
     await prepareParent(dataDir);
     const clusterDir = path.join(dataDir, 'postgres');
     note(`starting PostgreSQL (data in ${clusterDir})…`);
-    const server = await startEmbeddedPostgres({ dataDir: clusterDir, log: quiet ? undefined : (m) => note(`postgres: ${m}`) });
+    const server = await startEmbeddedPostgres({
+      dataDir: clusterDir,
+      log: quiet ? undefined : (m) => note(`postgres: ${m}`),
+    });
     const disarm = stopOrphanOnExit(clusterDir);
     releasers.push('PostgreSQL', async () => {
       await server.stop();
@@ -144,11 +148,16 @@ export async function runDemo(env: Env): Promise<number> {
     const config = Object.freeze({ ...checked.config, DATABASE_URL: databaseUrl });
     const { startHub } = await import('../src/main.ts');
     const log = createLogger(config.LOG_LEVEL);
-    const hub = await startHub(config, { log, staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections) }).catch((err: unknown) => {
+    const hub = await startHub(config, {
+      log,
+      staticFiles: withDirectory(staticFilesFrom(undefined, { build: false }), elections),
+    }).catch((err: unknown) => {
       const msg = errorMessage(err);
       const busy = /cannot listen .* for metrics/.test(msg)
         ? ` (is port ${config.METRICS_PORT} taken? set METRICS_PORT=...)`
-        : /cannot listen/.test(msg) ? ` (is port ${config.PORT} taken? set PORT=...)` : '';
+        : /cannot listen/.test(msg)
+          ? ` (is port ${config.PORT} taken? set PORT=...)`
+          : '';
       throw new Error(`the hub did not start${busy}: ${errorMessage(err)}`, { cause: err });
     });
     releasers.push('hub', () => hub.stop());
@@ -166,7 +175,9 @@ export async function runDemo(env: Env): Promise<number> {
     say('elections:');
     for (const e of elections) say(`  election ${e.id}: ${e.name} (${e.committees.length} committees)`);
     say(`simulator: about ${rate} writes/s in bursts, now and then a bulk insert`);
-    say(`hub: ${base} (in-process cache; ${env.JWT_SECRET ? 'JWT_SECRET from the environment' : 'JWT_SECRET generated for this run'})`);
+    say(
+      `hub: ${base} (in-process cache; ${env.JWT_SECRET ? 'JWT_SECRET from the environment' : 'JWT_SECRET generated for this run'})`,
+    );
     say();
     say(`dashboard: ${base}/#token=${token}`);
     say(`admin token: ${token}`);
@@ -179,7 +190,8 @@ export async function runDemo(env: Env): Promise<number> {
     return await shutdown();
   } catch (err) {
     const cause = (err as { cause?: unknown }).cause;
-    const why = cause === undefined || errorMessage(err).includes(errorMessage(cause)) ? '' : `\n  cause: ${errorMessage(cause)}`;
+    const why =
+      cause === undefined || errorMessage(err).includes(errorMessage(cause)) ? '' : `\n  cause: ${errorMessage(cause)}`;
     process.stderr.write(`demo: ${errorMessage(err)}${why}\n`);
     await stopAll();
     return 1;
@@ -197,7 +209,10 @@ export async function runDemo(env: Env): Promise<number> {
 function stopOrphanOnExit(clusterDir: string): () => void {
   const handler = () => {
     try {
-      const pid = Number.parseInt(readFileSync(path.join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '', 10);
+      const pid = Number.parseInt(
+        readFileSync(path.join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '',
+        10,
+      );
       if (pid > 0) process.kill(pid, 'SIGINT');
     } catch {
       // No pid file or no such process: PostgreSQL is not running, which is the goal.
@@ -237,7 +252,12 @@ async function ensureDatabase(serverUrl: string, name: string): Promise<string> 
 
 /** The demo elections with their committees, in id order (printed, and given to the page). */
 export async function describeElections(pool: pg.Pool, ids: number[]): Promise<DemoElection[]> {
-  const rows = await pool.query<{ id: string; name: string; committee_id: string | null; committee_name: string | null }>(
+  const rows = await pool.query<{
+    id: string;
+    name: string;
+    committee_id: string | null;
+    committee_name: string | null;
+  }>(
     `SELECT e.id, e.name, c.id AS committee_id, c.name AS committee_name
        FROM elections e LEFT JOIN committees c ON c.election_id = e.id
       WHERE e.id = ANY($1::bigint[])
@@ -249,7 +269,8 @@ export async function describeElections(pool: pg.Pool, ids: number[]): Promise<D
     const id = Number(r.id);
     let e = byId.get(id);
     if (!e) byId.set(id, (e = { id, name: r.name, committees: [] }));
-    if (r.committee_id !== null) e.committees.push({ id: Number(r.committee_id), name: r.committee_name ?? `Committee ${r.committee_id}` });
+    if (r.committee_id !== null)
+      e.committees.push({ id: Number(r.committee_id), name: r.committee_name ?? `Committee ${r.committee_id}` });
   }
   return [...byId.values()];
 }

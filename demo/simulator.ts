@@ -33,8 +33,30 @@ type Queryable = Pick<PoolClient, 'query'>;
 /** What one simulated action did. */
 type Outcome = 'write' | 'bulk' | 'skip';
 
-const FIRST_NAMES = ['Ahmad', 'Fatima', 'Yousef', 'Mariam', 'Khaled', 'Noura', 'Abdullah', 'Sara', 'Hamad', 'Dana', 'Faisal', 'Layla'];
-const FAMILY_NAMES = ['Al-Sabah', 'Al-Mutairi', 'Al-Ajmi', 'Al-Enezi', 'Al-Rashidi', 'Al-Kandari', 'Al-Shammari', 'Al-Azmi'];
+const FIRST_NAMES = [
+  'Ahmad',
+  'Fatima',
+  'Yousef',
+  'Mariam',
+  'Khaled',
+  'Noura',
+  'Abdullah',
+  'Sara',
+  'Hamad',
+  'Dana',
+  'Faisal',
+  'Layla',
+];
+const FAMILY_NAMES = [
+  'Al-Sabah',
+  'Al-Mutairi',
+  'Al-Ajmi',
+  'Al-Enezi',
+  'Al-Rashidi',
+  'Al-Kandari',
+  'Al-Shammari',
+  'Al-Azmi',
+];
 const CANDIDATES = ['Candidate A', 'Candidate B', 'Candidate C', 'Candidate D', 'Candidate E', 'Candidate F'];
 // Pledged guarantees kept in memory so updates and deletes hit real rows without scanning the table.
 const PLEDGED_MEMORY = 1000;
@@ -143,7 +165,11 @@ export function startSimulator(opts: SimulatorOptions): Simulator {
   }
 
   async function attend(db: Queryable, c: Committee): Promise<Outcome> {
-    await db.query('INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)', [c.electionId, c.id, voterName()]);
+    await db.query('INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)', [
+      c.electionId,
+      c.id,
+      voterName(),
+    ]);
     return 'write';
   }
 
@@ -319,7 +345,9 @@ export async function seedDemo(pool: Pool): Promise<number[]> {
     }
     const ids: number[] = [];
     for (const election of DEMO_ELECTIONS) {
-      const res = await client.query<{ id: string }>('INSERT INTO elections (name) VALUES ($1) RETURNING id', [election.name]);
+      const res = await client.query<{ id: string }>('INSERT INTO elections (name) VALUES ($1) RETURNING id', [
+        election.name,
+      ]);
       const id = res.rows[0]?.id;
       if (id === undefined) throw new Error('INSERT INTO elections returned no id');
       await client.query(

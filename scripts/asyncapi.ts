@@ -9,7 +9,16 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { Action, AppEvent, ClientFrame, CommitteeCounts, ControlFrame, Counts, RowEvent, RowEventType } from '../src/events/schema.ts';
+import {
+  Action,
+  AppEvent,
+  ClientFrame,
+  CommitteeCounts,
+  ControlFrame,
+  Counts,
+  RowEvent,
+  RowEventType,
+} from '../src/events/schema.ts';
 import { CLOSE_CODE_MEANINGS, ERRORS, FRAME_ERROR_CODES, HTTP_ERROR_CODES } from '../src/errors.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -23,10 +32,13 @@ const SUMMARY: Record<string, string> = {
   subscribe:
     'Adds topics. With `since`, every event on those topics after that cursor is replayed first, in order, then live ones follow; `subscribed` marks the seam.',
   unsubscribe: 'Removes topics; answered with `unsubscribed`.',
-  connection_success: 'First frame on every connection: the token subject, the auto-subscribed topics (none with `?subscribe=none`) and the current cursor.',
-  subscribed: 'Answer to `subscribe`, sent after any replayed events; live events follow. `cursor` is a position the client may resume from.',
+  connection_success:
+    'First frame on every connection: the token subject, the auto-subscribed topics (none with `?subscribe=none`) and the current cursor.',
+  subscribed:
+    'Answer to `subscribe`, sent after any replayed events; live events follow. `cursor` is a position the client may resume from.',
   unsubscribed: 'Answer to `unsubscribe`.',
-  resync: '`since` is older than the outbox keeps: the topics are subscribed live, events in between are lost; take a fresh snapshot (GET /dashboard/{id}).',
+  resync:
+    '`since` is older than the outbox keeps: the topics are subscribed live, events in between are lost; take a fresh snapshot (GET /dashboard/{id}).',
   pong: 'Answer to `ping`.',
   error: `An error answer; the connection stays open unless the client keeps misbehaving (then 1008). Codes (src/errors.ts): ${FRAME_ERROR_CODES.map((c) => `${c}: ${ERRORS[c].meaning}`).join('; ')}.`,
   dashboard_update:
@@ -34,12 +46,14 @@ const SUMMARY: Record<string, string> = {
   guarantee_update: 'A captured change of a `guarantees` row.',
   attendance_update: 'A captured change of an `attendance` row.',
   voting_update: 'A captured change of a `votes` row.',
-  app_event: 'An application event from `hub.publish(topic, type, payload)`; `type` is the application\'s own. Delivered in the same global order as row events.',
+  app_event:
+    "An application event from `hub.publish(topic, type, payload)`; `type` is the application's own. Delivered in the same global order as row events.",
 };
 
 const literalType = (schema: z.ZodObject): string => {
   const t = schema.shape.type;
-  if (!(t instanceof z.ZodLiteral) || typeof t.value !== 'string') throw new Error('a protocol frame must have a literal `type`');
+  if (!(t instanceof z.ZodLiteral) || typeof t.value !== 'string')
+    throw new Error('a protocol frame must have a literal `type`');
   return t.value;
 };
 
@@ -79,10 +93,20 @@ function componentSchemas(named: Array<[string, z.ZodType]>, io: 'input' | 'outp
 
 /** The AsyncAPI document, from the hub's point of view (it receives client frames and sends the rest). */
 export function generateAsyncApi(): Json {
-  const pkg = JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; description?: string };
+  const pkg = JSON.parse(readFileSync(resolve(ROOT, 'package.json'), 'utf8')) as {
+    name: string;
+    version: string;
+    description?: string;
+  };
   const messages: Record<string, Json> = {};
   const add = (name: string, title: string, schema: string) => {
-    messages[name] = { name, title, summary: SUMMARY[name] ?? title, contentType: 'application/json', payload: { $ref: `#/components/schemas/${schema}` } };
+    messages[name] = {
+      name,
+      title,
+      summary: SUMMARY[name] ?? title,
+      contentType: 'application/json',
+      payload: { $ref: `#/components/schemas/${schema}` },
+    };
   };
 
   const clientNames: string[] = [];
@@ -128,13 +152,21 @@ export function generateAsyncApi(): Json {
       channel: { $ref: '#/channels/ws' },
       summary: SUMMARY[name],
       messages: [ref(name)],
-      ...(reply ? { reply: { channel: { $ref: '#/channels/ws' }, messages: reply === 'subscribed' ? [ref('subscribed'), ref('resync'), ref('error')] : [ref(reply)] } } : {}),
+      ...(reply
+        ? {
+            reply: {
+              channel: { $ref: '#/channels/ws' },
+              messages: reply === 'subscribed' ? [ref('subscribed'), ref('resync'), ref('error')] : [ref(reply)],
+            },
+          }
+        : {}),
     };
   }
   operations.send_frames = {
     action: 'send',
     channel: { $ref: '#/channels/ws' },
-    summary: 'Everything the hub sends: control frames, dashboard updates and events (per connection, in one global cursor order, each at most once).',
+    summary:
+      'Everything the hub sends: control frames, dashboard updates and events (per connection, in one global cursor order, each at most once).',
     messages: serverNames.filter((n) => !['pong', 'subscribed', 'unsubscribed'].includes(n)).map(ref),
   };
 
@@ -148,7 +180,9 @@ export function generateAsyncApi(): Json {
         '',
         'Generated from src/events/schema.ts by scripts/asyncapi.ts; do not edit by hand.',
         '',
-        `Close codes: ${Object.entries(CLOSE_CODE_MEANINGS).map(([code, meaning]) => `${code} ${meaning}`).join('; ')}.`,
+        `Close codes: ${Object.entries(CLOSE_CODE_MEANINGS)
+          .map(([code, meaning]) => `${code} ${meaning}`)
+          .join('; ')}.`,
         'A replay that cannot be completed closes with 4009 instead of going live over a gap. An error answer to a resume (other than bad_cursor) also means: reconnect and resume (the SDK does).',
         'The upgrade is refused with 401 (missing/invalid/expired token, or a token without exp), 403 (Origin not allowed), 429 (too many connections for this sub) or 503 (not ready, shutting down, node full),',
         `with an HTTP error body {"error":code,"reason"?:...} (src/errors.ts): ${HTTP_ERROR_CODES.map((c) => `${ERRORS[c].status} ${c}`).join(', ')}.`,
@@ -183,7 +217,11 @@ export function generateAsyncApi(): Json {
               type: 'object',
               properties: {
                 token: { type: 'string', description: 'The JWT (one of three ways to pass it).' },
-                subscribe: { type: 'string', enum: ['none'], description: 'Do not auto-subscribe the claimed topics (resuming clients).' },
+                subscribe: {
+                  type: 'string',
+                  enum: ['none'],
+                  description: 'Do not auto-subscribe the claimed topics (resuming clients).',
+                },
               },
             },
             bindingVersion: '0.1.0',
@@ -196,13 +234,25 @@ export function generateAsyncApi(): Json {
       schemas,
       messages,
       securitySchemes: {
-        queryToken: { type: 'httpApiKey', name: 'token', in: 'query', description: 'JWT in `?token=` (HS256, RS256, ES256 or EdDSA as configured). Claims: sub, role, elections, committees.' },
-        bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: '`Authorization: Bearer <jwt>` on the upgrade request (not available to browsers).' },
+        queryToken: {
+          type: 'httpApiKey',
+          name: 'token',
+          in: 'query',
+          description:
+            'JWT in `?token=` (HS256, RS256, ES256 or EdDSA as configured). Claims: sub, role, elections, committees.',
+        },
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          bearerFormat: 'JWT',
+          description: '`Authorization: Bearer <jwt>` on the upgrade request (not available to browsers).',
+        },
         subprotocol: {
           type: 'httpApiKey',
           name: 'Sec-WebSocket-Protocol',
           in: 'header',
-          description: 'Subprotocol `bearer.<jwt>`; the hub selects that subprotocol. Keeps the token out of URLs and access logs (used by the client SDK).',
+          description:
+            'Subprotocol `bearer.<jwt>`; the hub selects that subprotocol. Keeps the token out of URLs and access logs (used by the client SDK).',
         },
       },
     },

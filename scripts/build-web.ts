@@ -5,5 +5,12 @@
 import path from 'node:path';
 import { buildWeb } from '../src/http/static.ts';
 
-const result = buildWeb({ force: !process.argv.includes('--if-stale'), mode: process.argv.includes('--dev') ? 'development' : 'production' });
-console.log(result.built ? `built ${path.relative(process.cwd(), result.outDir) || '.'} (${result.reason})` : `not built: ${result.reason}`);
+const result = buildWeb({
+  force: !process.argv.includes('--if-stale'),
+  mode: process.argv.includes('--dev') ? 'development' : 'production',
+});
+console.log(
+  result.built
+    ? `built ${path.relative(process.cwd(), result.outDir) || '.'} (${result.reason})`
+    : `not built: ${result.reason}`,
+);

@@ -41,7 +41,8 @@ try {
       for (;;) {
         const i = frames.findIndex(pred);
         if (i >= 0) return frames.splice(i, 1)[0];
-        if (Date.now() > deadline) throw new Error(`no ${what} within ${TIMEOUT_MS} ms (got ${JSON.stringify(frames).slice(0, 300)})`);
+        if (Date.now() > deadline)
+          throw new Error(`no ${what} within ${TIMEOUT_MS} ms (got ${JSON.stringify(frames).slice(0, 300)})`);
         await new Promise((r) => {
           wake = r;
           setTimeout(r, 200);
@@ -54,7 +55,10 @@ try {
       `INSERT INTO guarantees (election_id, committee_id) SELECT election_id, id FROM committees ORDER BY id DESC LIMIT 1 RETURNING id`,
     );
     const id = String(rows[0].id);
-    const event = await next((f) => f.type === 'guarantee_update' && String(f.id) === id, `guarantee_update for row ${id}`);
+    const event = await next(
+      (f) => f.type === 'guarantee_update' && String(f.id) === id,
+      `guarantee_update for row ${id}`,
+    );
     console.log(`row event received: ${event.type} ${event.action} id=${event.id} cursor=${event.cursor}`);
     ws.close();
   } else {

@@ -48,7 +48,9 @@ try {
     const t0 = performance.now();
     for (let i = 0; i < TXNS; i++) {
       const key = `${n}-${i}`;
-      const reached = new Promise<number>((resolve) => pending.set(key, { start: performance.now(), left: listeners.length, resolve }));
+      const reached = new Promise<number>((resolve) =>
+        pending.set(key, { start: performance.now(), left: listeners.length, resolve }),
+      );
       const s = performance.now();
       await writer.query(`BEGIN; INSERT INTO t (v) VALUES (${i}); SELECT pg_notify('hub_outbox', '${key}'); COMMIT`);
       commit.push(performance.now() - s);

@@ -13,7 +13,9 @@ const keep = `uws_${process.platform}_${process.arch}_${process.versions.modules
 const PACKAGES = { 'uWebSockets.js': 'binaries', '@btc-vision/uwebsockets.js': '.' };
 
 const walk = (dir) =>
-  readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)],
+  );
 
 let kept = 0;
 for (const [name, binDir] of Object.entries(PACKAGES)) {

@@ -16,7 +16,10 @@ const USAGE = `usage: election-hub <command>
 
 const ids = (s: string | undefined, flag: string): number[] => {
   if (!s) return [];
-  const list = s.split(',').map((x) => x.trim()).filter(Boolean);
+  const list = s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
   if (!list.every((x) => /^[0-9]{1,15}$/.test(x))) throw new UsageError(`${flag} takes a comma list of numeric ids`);
   return list.map(Number);
 };
@@ -35,7 +38,10 @@ export type DemoModule = { runDemo(env: Env): Promise<number> };
  * Signals: the first starts an orderly stop (exit 0, or 1 when a shutdown step failed or hung
  * past SHUTDOWN_TIMEOUT), a second forces exit (130).
  */
-export function onShutdownSignals(stop: () => Promise<void>, log: { info: (o: object, m: string) => void; error: (o: object, m: string) => void }): void {
+export function onShutdownSignals(
+  stop: () => Promise<void>,
+  log: { info: (o: object, m: string) => void; error: (o: object, m: string) => void },
+): void {
   let signalled = false;
   const handler = (sig: NodeJS.Signals) => {
     if (signalled) {
@@ -62,7 +68,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
   try {
     switch (command) {
       case 'migrate': {
-        const { values } = parseArgs({ args: rest, options: { 'reference-schema': { type: 'boolean' } }, strict: true });
+        const { values } = parseArgs({
+          args: rest,
+          options: { 'reference-schema': { type: 'boolean' } },
+          strict: true,
+        });
         const checked = parseConfig({ ...env, JWT_SECRET: env.JWT_SECRET ?? 'x'.repeat(32) }, { database: true });
         if (!checked.ok) {
           console.error(formatConfigErrors(checked.errors.filter((e) => e.startsWith('DATABASE_URL'))));
@@ -70,7 +80,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         }
         const url = checked.config.DATABASE_URL as string;
         const r = await migrate(url, { referenceSchema: values['reference-schema'] === true });
-        console.log(r.applied.length ? `applied ${r.applied.join(', ')} to ${redactUrl(url)}` : `nothing to apply: ${redactUrl(url)} is up to date`);
+        console.log(
+          r.applied.length
+            ? `applied ${r.applied.join(', ')} to ${redactUrl(url)}`
+            : `nothing to apply: ${redactUrl(url)} is up to date`,
+        );
         return 0;
       }
       case 'serve': {
@@ -123,7 +137,9 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       case 'demo': {
         // demo/ is outside src/, so neither dist/ nor the image has it: it runs from a checkout.
         if (!import.meta.url.endsWith('.ts') || !existsSync(DEMO)) {
-          console.error('election-hub demo: the demo is not part of this installation; run it from a checkout: npm ci && npm run demo');
+          console.error(
+            'election-hub demo: the demo is not part of this installation; run it from a checkout: npm ci && npm run demo',
+          );
           return 2;
         }
         const { runDemo } = (await import(DEMO.href)) as DemoModule;

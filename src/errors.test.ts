@@ -2,7 +2,15 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { CLOSE_CODE_MEANINGS, CloseCode, ERRORS, ErrorCode, FRAME_ERROR_CODES, HTTP_ERROR_CODES, httpError } from './errors.ts';
+import {
+  CLOSE_CODE_MEANINGS,
+  CloseCode,
+  ERRORS,
+  ErrorCode,
+  FRAME_ERROR_CODES,
+  HTTP_ERROR_CODES,
+  httpError,
+} from './errors.ts';
 import { LABEL_VALUES } from './metrics/index.ts';
 
 // fastify's habit: one table of error codes, every code the source sends is in it, and every
@@ -32,7 +40,8 @@ function literalCodes(text: string): Array<{ code: string; line: string }> {
       /\b(?:httpError|fail)\(\s*(['"`])([^'"`]*)\1/g,
       /\b(?:clientError|refuse)\(\s*\w+\s*,\s*(['"`])([^'"`]*)\1/g,
     ];
-    for (const p of patterns) for (const m of line.matchAll(p)) found.push({ code: m[2] ?? m[1] ?? '', line: line.trim() });
+    for (const p of patterns)
+      for (const m of line.matchAll(p)) found.push({ code: m[2] ?? m[1] ?? '', line: line.trim() });
   }
   return found;
 }
@@ -44,12 +53,17 @@ describe('one table of error codes', () => {
       expect(spec.meaning.length, code).toBeGreaterThan(5);
       expect('frame' in spec || 'status' in spec, `${code} is sent somewhere`).toBe(true);
     }
-    expect(new Set(HTTP_ERROR_CODES.map((c) => ERRORS[c].status)).size, 'one code per HTTP status').toBe(HTTP_ERROR_CODES.length);
+    expect(new Set(HTTP_ERROR_CODES.map((c) => ERRORS[c].status)).size, 'one code per HTTP status').toBe(
+      HTTP_ERROR_CODES.length,
+    );
   });
 
   it('httpError: the table’s status and {"error","reason"?}', () => {
     expect(httpError(ErrorCode.notFound)).toEqual({ status: 404, body: '{"error":"not_found"}' });
-    expect(httpError(ErrorCode.unauthorized, 'expired')).toEqual({ status: 401, body: '{"error":"unauthorized","reason":"expired"}' });
+    expect(httpError(ErrorCode.unauthorized, 'expired')).toEqual({
+      status: 401,
+      body: '{"error":"unauthorized","reason":"expired"}',
+    });
   });
 
   it('the scanner sees a literal code where one could hide', () => {
@@ -66,15 +80,26 @@ describe('one table of error codes', () => {
 
   it('src/ sends no code outside the table, and names codes through ErrorCode, not literals', () => {
     expect(sources.length).toBeGreaterThan(20);
-    const outside = sources.flatMap((s) => literalCodes(s.text).filter((f) => !codes.includes(f.code)).map((f) => `${s.file}: ${f.line}`));
+    const outside = sources.flatMap((s) =>
+      literalCodes(s.text)
+        .filter((f) => !codes.includes(f.code))
+        .map((f) => `${s.file}: ${f.line}`),
+    );
     expect(outside).toEqual([]);
-    const literal = sources.flatMap((s) => (s.file === 'src/errors.ts' ? [] : literalCodes(s.text).map((f) => `${s.file}: ${f.line}`)));
+    const literal = sources.flatMap((s) =>
+      s.file === 'src/errors.ts' ? [] : literalCodes(s.text).map((f) => `${s.file}: ${f.line}`),
+    );
     expect(literal).toEqual([]);
   });
 
   it('every code of the table is used by src/', () => {
-    const text = sources.filter((s) => s.file !== 'src/errors.ts').map((s) => s.text).join('\n');
-    const used = new Set([...text.matchAll(/\bErrorCode\.(\w+)/g)].map((m) => ErrorCode[m[1] as keyof typeof ErrorCode]));
+    const text = sources
+      .filter((s) => s.file !== 'src/errors.ts')
+      .map((s) => s.text)
+      .join('\n');
+    const used = new Set(
+      [...text.matchAll(/\bErrorCode\.(\w+)/g)].map((m) => ErrorCode[m[1] as keyof typeof ErrorCode]),
+    );
     expect(codes.filter((c) => !used.has(c as ErrorCode))).toEqual([]);
   });
 
@@ -99,7 +124,11 @@ describe('documented', () => {
   };
 
   it('README.md "Error codes" has one row per code, with where it is sent', () => {
-    const rows = [...section(read('README.md'), '## Error codes').matchAll(/^\| `([a-z_]+)` \| (frame)? ?\| (\d{3})? ?\| (.+) \|$/gm)];
+    const rows = [
+      ...section(read('README.md'), '## Error codes').matchAll(
+        /^\| `([a-z_]+)` \| (frame)? ?\| (\d{3})? ?\| (.+) \|$/gm,
+      ),
+    ];
     expect(rows.map((r) => r[1]).sort()).toEqual([...codes].sort());
     for (const [, code, frame, status] of rows) {
       const spec = ERRORS[code as ErrorCode] as { frame?: true; status?: number };

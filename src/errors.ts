@@ -39,15 +39,27 @@ export const ERRORS = {
   unknown_type: { frame: true, meaning: 'type is not ping, subscribe or unsubscribe' },
   forbidden_topic: { frame: true, meaning: 'the token may not use this topic (nothing of the request was subscribed)' },
   bad_topic: { frame: true, meaning: 'not a topic (topics have one spelling)' },
-  too_many_topics: { frame: true, meaning: 'over MAX_TOPICS_PER_CONNECTION (also right after connection_success when the claims name more)' },
-  bad_cursor: { frame: true, meaning: 'since is not a cursor, or not one this hub issued (another database, a reset outbox): take a fresh snapshot' },
+  too_many_topics: {
+    frame: true,
+    meaning: 'over MAX_TOPICS_PER_CONNECTION (also right after connection_success when the claims name more)',
+  },
+  bad_cursor: {
+    frame: true,
+    meaning:
+      'since is not a cursor, or not one this hub issued (another database, a reset outbox): take a fresh snapshot',
+  },
   rate_limited: { frame: true, meaning: 'over MAX_MESSAGES_PER_SECOND frames in a second: the frame was dropped' },
-  unavailable: { frame: true, status: 503, meaning: 'the hub cannot serve this now (not reading the outbox yet, shutting down, full, or a snapshot failed): retry, or another node' },
+  unavailable: {
+    frame: true,
+    status: 503,
+    meaning:
+      'the hub cannot serve this now (not reading the outbox yet, shutting down, full, or a snapshot failed): retry, or another node',
+  },
   internal: { frame: true, status: 500, meaning: 'an unexpected failure: retry' },
   unauthorized: { status: 401, meaning: 'missing, invalid or expired token, or one without exp (reason says which)' },
   forbidden: { status: 403, meaning: 'the token may not use this, or the Origin is not allowed' },
   not_found: { status: 404, meaning: 'no such route or election' },
-  too_many_connections: { status: 429, meaning: 'the token\'s sub holds MAX_CONNECTIONS_PER_SUB sockets already' },
+  too_many_connections: { status: 429, meaning: "the token's sub holds MAX_CONNECTIONS_PER_SUB sockets already" },
 } as const satisfies Record<ErrorCode, ErrorSpec>;
 
 /** Codes sent in WebSocket error frames. */
@@ -66,7 +78,10 @@ export const HTTP_ERROR_CODES = specs
 
 /** An HTTP error reply: the code's status and `{"error":code,"reason":...}` (reason when given). */
 export function httpError(code: HttpErrorCode, reason?: string): { status: number; body: string } {
-  return { status: ERRORS[code].status, body: JSON.stringify(reason === undefined ? { error: code } : { error: code, reason }) };
+  return {
+    status: ERRORS[code].status,
+    body: JSON.stringify(reason === undefined ? { error: code } : { error: code, reason }),
+  };
 }
 
 /**

@@ -89,7 +89,12 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
 
   try {
     // First up, last down: metrics stay scrapable through start-up and shutdown.
-    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.METRICS_HOST, port: config.METRICS_PORT, log });
+    const metricsServer = await startMetricsServer({
+      registry: metrics.registry,
+      host: config.METRICS_HOST,
+      port: config.METRICS_PORT,
+      log,
+    });
     releasers.push('metrics listener', () => metricsServer.close());
 
     const pool = createPool(databaseUrl, log);
@@ -103,7 +108,14 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     const committees = createCommitteeDirectory(pool, log);
     const nodeId = config.NODE_ID ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     const limiter = redis
-      ? createRedisLimiter({ redis, max: config.MAX_CONNECTIONS_PER_SUB, nodeId, leaseTtlMs: config.CONNECTION_LEASE_TTL, log, prefix: config.REDIS_PREFIX })
+      ? createRedisLimiter({
+          redis,
+          max: config.MAX_CONNECTIONS_PER_SUB,
+          nodeId,
+          leaseTtlMs: config.CONNECTION_LEASE_TTL,
+          log,
+          prefix: config.REDIS_PREFIX,
+        })
       : createLocalLimiter(config.MAX_CONNECTIONS_PER_SUB);
     releasers.push('connection leases', () => limiter.stop());
     const interest = createInterest({ ttlMs: DASHBOARD_INTEREST_MS, max: DASHBOARD_INTEREST_MAX });
@@ -121,7 +133,18 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push('http server', () => server.close());
 
-    const { reader, delivery, dashboards, started } = startPipeline({ config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log });
+    const { reader, delivery, dashboards, started } = startPipeline({
+      config,
+      pool,
+      dashboardPool,
+      server,
+      committees,
+      cache,
+      interest,
+      metrics,
+      lifecycle,
+      log,
+    });
     releasers.push('reader', () => reader.stop());
     // Before the reader: an update waiting for the reader to reach its cursor gives up.
     releasers.push('dashboard updates', () => dashboards.stop());
@@ -157,7 +180,14 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push('housekeeping', () => housekeeping.stop());
 
     const presence = redis
-      ? startPresence({ redis, nodeId, connections: () => server.connections(), intervalMs: config.PRESENCE_INTERVAL, log, prefix: config.REDIS_PREFIX })
+      ? startPresence({
+          redis,
+          nodeId,
+          connections: () => server.connections(),
+          intervalMs: config.PRESENCE_INTERVAL,
+          log,
+          prefix: config.REDIS_PREFIX,
+        })
       : undefined;
     if (presence) releasers.push('presence', () => presence.stop());
 
@@ -166,7 +196,11 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       accepting: () => ready,
       listener,
       reader,
-      lagMs: (p) => backlog(pool, p).then((b) => Math.round(b.oldestAgeSeconds * 1000), () => null),
+      lagMs: (p) =>
+        backlog(pool, p).then(
+          (b) => Math.round(b.oldestAgeSeconds * 1000),
+          () => null,
+        ),
       redis: redis && { connected: () => redis.status === 'ready' },
       nodes: presence && (() => presence.nodes()),
       connections: () => server.connections(),
@@ -177,7 +211,14 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     });
     server.serve({
       // GET /dashboard/{id} is answered from the maintained totals.
-      routes: createRoutes({ auth, cache: { get: (id) => dashboards.snapshot(id) }, metrics, electionOf: committees.cached, log, health }),
+      routes: createRoutes({
+        auth,
+        cache: { get: (id) => dashboards.snapshot(id) },
+        metrics,
+        electionOf: committees.cached,
+        log,
+        health,
+      }),
       staticFiles: deps.staticFiles,
       delivery,
       auth,
@@ -192,7 +233,9 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
         }
       },
     });
-    releasers.push('sockets', (signal) => server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', signal));
+    releasers.push('sockets', (signal) =>
+      server.closeAll(CloseCode.goingAway, 'hub shutting down: reconnect and resume', signal),
+    );
 
     // Upgrades need a cursor; give the database a moment, but serve /health and /ready anyway.
     let startTimer: NodeJS.Timeout | undefined;
@@ -202,10 +245,14 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     releasers.push('listen socket', () => server.stopAccepting());
     ready = true;
     releasers.push('readiness', () => void (ready = false));
-    log.info({ port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST }, 'hub listening');
+    log.info(
+      { port, host: config.HOST, metricsPort: metricsServer.port, metricsHost: config.METRICS_HOST },
+      'hub listening',
+    );
 
     // A URL for this machine: wildcard binds are reached on loopback; IPv6 literals need brackets.
-    const local = (host: string) => (host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host);
+    const local = (host: string) =>
+      host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host;
     return {
       port,
       url: `http://${local(config.HOST)}:${port}`,
@@ -294,7 +341,11 @@ function startPipeline(d: {
   const delivery = createDelivery({
     publisher: server.publisher,
     sockets: server.sockets,
-    reader: { position: () => reader.position(), waitFor: (p, ms) => reader.waitFor(p, ms), failing: () => reader.failure() !== undefined },
+    reader: {
+      position: () => reader.position(),
+      waitFor: (p, ms) => reader.waitFor(p, ms),
+      failing: () => reader.failure() !== undefined,
+    },
     history: createHistory(pool),
     ring,
     electionOf: committees.cached,
@@ -380,8 +431,17 @@ function memoryReport(config: Config, delivery: Delivery) {
   const m = delivery.memory();
   const p = process.memoryUsage();
   return {
-    ring: { events: m.ring.events, bytes: m.ring.bytes, max_events: config.REPLAY_BUFFER_EVENTS, max_bytes: config.REPLAY_BUFFER_BYTES },
-    buffered: { bytes: m.buffered, max_bytes: config.MAX_TOTAL_BUFFERED_BYTES, max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES },
+    ring: {
+      events: m.ring.events,
+      bytes: m.ring.bytes,
+      max_events: config.REPLAY_BUFFER_EVENTS,
+      max_bytes: config.REPLAY_BUFFER_BYTES,
+    },
+    buffered: {
+      bytes: m.buffered,
+      max_bytes: config.MAX_TOTAL_BUFFERED_BYTES,
+      max_bytes_per_socket: config.MAX_BACKPRESSURE_BYTES,
+    },
     heap_used_bytes: p.heapUsed,
     rss_bytes: p.rss,
   };

@@ -19,17 +19,38 @@ const doc = JSON.parse(text) as Record<string, unknown>;
 
 /** The models every client needs, by the name the document gives them. */
 const MODELS = [
-  'PingFrame', 'SubscribeFrame', 'UnsubscribeFrame',
-  'ConnectionSuccess', 'Subscribed', 'Unsubscribed', 'Resync', 'Pong', 'ErrorFrame',
-  'DashboardUpdate', 'Counts', 'CommitteeCounts',
-  'GuaranteeUpdate', 'AttendanceUpdate', 'VotingUpdate', 'RowAction', 'AppEvent',
+  'PingFrame',
+  'SubscribeFrame',
+  'UnsubscribeFrame',
+  'ConnectionSuccess',
+  'Subscribed',
+  'Unsubscribed',
+  'Resync',
+  'Pong',
+  'ErrorFrame',
+  'DashboardUpdate',
+  'Counts',
+  'CommitteeCounts',
+  'GuaranteeUpdate',
+  'AttendanceUpdate',
+  'VotingUpdate',
+  'RowAction',
+  'AppEvent',
 ];
 
 /** A guarantee_update frame as the hub serializes it for every socket. */
 const guaranteeFrame = () => {
   const e = decodeRow({
-    seq: '812', id: '9001', kind: 'guarantee', action: 'created', topic: null, election_id: '1', committee_id: '7',
-    row_id: '42', data: '{"id":42,"election_id":1,"committee_id":7,"voter_name":"A. Voter","status":"pledged"}', committed_ms: 1_700_000_000_000,
+    seq: '812',
+    id: '9001',
+    kind: 'guarantee',
+    action: 'created',
+    topic: null,
+    election_id: '1',
+    committee_id: '7',
+    row_id: '42',
+    data: '{"id":42,"election_id":1,"committee_id":7,"voter_name":"A. Voter","status":"pledged"}',
+    committed_ms: 1_700_000_000_000,
   });
   if (!e) throw new Error('decodeRow refused the sample row');
   return e.frame;
@@ -52,13 +73,24 @@ describe('docs/asyncapi.json for client code generators', () => {
 
   it('generates named TypeScript models with the wire field names, which accept a real frame', async () => {
     const out = path.join(dir, 'ts');
-    const generator = new TypeScriptFileGenerator({ modelType: 'interface', rawPropertyNames: true, mapType: 'record', enumType: 'union' });
+    const generator = new TypeScriptFileGenerator({
+      modelType: 'interface',
+      rawPropertyNames: true,
+      mapType: 'record',
+      enumType: 'union',
+    });
     const models = await generator.generateToFiles(doc, out, { exportType: 'named' });
     const names = models.map((m) => m.modelName);
     expect(names.filter((n) => /anonymous/i.test(n))).toEqual([]);
     expect(names).toEqual(expect.arrayContaining(MODELS));
     const model = (name: string) => models.find((m) => m.modelName === name)?.result ?? '';
-    for (const field of ["'type': 'guarantee_update'", "'action': RowAction", "'election_id': number | string | null", "'committee_id': number | string | null", "'committed_at': string"]) {
+    for (const field of [
+      "'type': 'guarantee_update'",
+      "'action': RowAction",
+      "'election_id': number | string | null",
+      "'committee_id': number | string | null",
+      "'committed_at': string",
+    ]) {
       expect(model('GuaranteeUpdate')).toContain(field);
     }
     expect(model('DashboardUpdate')).toContain("'totals': Counts");
@@ -73,10 +105,23 @@ describe('docs/asyncapi.json for client code generators', () => {
         `export const frame: GuaranteeUpdate = ${guaranteeFrame()};\n` +
         `export const subscribe: SubscribeFrame = { type: 'subscribe', topics: ['election:1'], since: '0' };\n`,
     );
-    const files = readdirSync(out).filter((f) => f.endsWith('.ts')).map((f) => path.join(out, f));
+    const files = readdirSync(out)
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => path.join(out, f));
     const tsc = spawnSync(
       process.execPath,
-      [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--target', 'es2022', '--module', 'preserve', '--moduleResolution', 'bundler', ...files],
+      [
+        path.join(root, 'node_modules/typescript/bin/tsc'),
+        '--noEmit',
+        '--strict',
+        '--target',
+        'es2022',
+        '--module',
+        'preserve',
+        '--moduleResolution',
+        'bundler',
+        ...files,
+      ],
       { cwd: out, encoding: 'utf8', timeout: 120_000 },
     );
     expect(`${tsc.stdout}${tsc.stderr}`.trim()).toBe('');
@@ -85,27 +130,44 @@ describe('docs/asyncapi.json for client code generators', () => {
 
   const python = spawnSync('python3', ['--version']).status === 0;
   // python3 is part of the CI host; elsewhere its absence is reported rather than hidden.
-  it.skipIf(!python && !process.env.CI)('generates named Python models that read a real frame by its wire field names', async () => {
-    expect(python, 'python3 is not installed').toBe(true);
-    const out = path.join(dir, 'py', 'hubmodels');
-    const generator = new PythonFileGenerator();
-    const models = await generator.generateToFiles(doc, out, { packageName: 'hubmodels' });
-    // modelina's Python output has no union type: the channel's union of payloads comes out nameless and empty.
-    const names = models.map((m) => m.modelName).filter(Boolean);
-    expect(names.filter((n) => /anonymous/i.test(n))).toEqual([]);
-    expect(names).toEqual(expect.arrayContaining(MODELS));
-    const guarantee = models.find((m) => m.modelName === 'GuaranteeUpdate')?.result ?? '';
-    for (const key of ['election_id', 'committee_id', 'committed_at', 'action']) expect(guarantee).toContain(`input['${key}']`);
+  it.skipIf(!python && !process.env.CI)(
+    'generates named Python models that read a real frame by its wire field names',
+    async () => {
+      expect(python, 'python3 is not installed').toBe(true);
+      const out = path.join(dir, 'py', 'hubmodels');
+      const generator = new PythonFileGenerator();
+      const models = await generator.generateToFiles(doc, out, { packageName: 'hubmodels' });
+      // modelina's Python output has no union type: the channel's union of payloads comes out nameless and empty.
+      const names = models.map((m) => m.modelName).filter(Boolean);
+      expect(names.filter((n) => /anonymous/i.test(n))).toEqual([]);
+      expect(names).toEqual(expect.arrayContaining(MODELS));
+      const guarantee = models.find((m) => m.modelName === 'GuaranteeUpdate')?.result ?? '';
+      for (const key of ['election_id', 'committee_id', 'committed_at', 'action'])
+        expect(guarantee).toContain(`input['${key}']`);
 
-    const script = [
-      'import json, sys',
-      'from hubmodels.guarantee_update import GuaranteeUpdate',
-      'from hubmodels.row_action import RowAction',
-      'e = GuaranteeUpdate(json.loads(sys.stdin.read()))',
-      'print(json.dumps([e.type, e.action == RowAction.CREATED, e.election_id, e.committee_id, e.id, e.data["voter_name"], e.committed_at]))',
-    ].join('\n');
-    const run = spawnSync('python3', ['-c', script], { cwd: path.dirname(out), input: guaranteeFrame(), encoding: 'utf8', timeout: 30_000 });
-    expect(run.stderr).toBe('');
-    expect(JSON.parse(run.stdout)).toEqual(['guarantee_update', true, 1, 7, 42, 'A. Voter', '2023-11-14T22:13:20.000Z']);
-  });
+      const script = [
+        'import json, sys',
+        'from hubmodels.guarantee_update import GuaranteeUpdate',
+        'from hubmodels.row_action import RowAction',
+        'e = GuaranteeUpdate(json.loads(sys.stdin.read()))',
+        'print(json.dumps([e.type, e.action == RowAction.CREATED, e.election_id, e.committee_id, e.id, e.data["voter_name"], e.committed_at]))',
+      ].join('\n');
+      const run = spawnSync('python3', ['-c', script], {
+        cwd: path.dirname(out),
+        input: guaranteeFrame(),
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      expect(run.stderr).toBe('');
+      expect(JSON.parse(run.stdout)).toEqual([
+        'guarantee_update',
+        true,
+        1,
+        7,
+        42,
+        'A. Voter',
+        '2023-11-14T22:13:20.000Z',
+      ]);
+    },
+  );
 });

@@ -7,7 +7,10 @@ type Schema = { title?: string; type?: string; properties?: Record<string, { con
 type Doc = {
   asyncapi: string;
   channels: Record<string, { address: string; messages: Record<string, { $ref: string }> }>;
-  operations: Record<string, { action: string; messages: Array<{ $ref: string }>; reply?: { messages: Array<{ $ref: string }> } }>;
+  operations: Record<
+    string,
+    { action: string; messages: Array<{ $ref: string }>; reply?: { messages: Array<{ $ref: string }> } }
+  >;
   components: {
     schemas: Record<string, Schema>;
     messages: Record<string, { payload?: { $ref?: string } }>;
@@ -62,7 +65,9 @@ describe('docs/asyncapi.json', () => {
         expect(names, id).toContain(ref.$ref.split('/').at(-1));
       }
     }
-    const received = Object.values(doc.operations).filter((o) => o.action === 'receive').flatMap((o) => o.messages.map((m) => m.$ref.split('/').at(-1)));
+    const received = Object.values(doc.operations)
+      .filter((o) => o.action === 'receive')
+      .flatMap((o) => o.messages.map((m) => m.$ref.split('/').at(-1)));
     expect(received.sort()).toEqual([...client].sort());
   });
 
@@ -72,7 +77,11 @@ describe('docs/asyncapi.json', () => {
     expect(schemes.queryToken).toMatchObject({ type: 'httpApiKey', in: 'query', name: 'token' });
     expect(schemes.bearer).toMatchObject({ type: 'http' });
     expect(schemes.subprotocol).toMatchObject({ type: 'httpApiKey', in: 'header', name: 'Sec-WebSocket-Protocol' });
-    expect(doc.servers.hub?.security.map((s) => s.$ref.split('/').at(-1))).toEqual(['queryToken', 'bearer', 'subprotocol']);
+    expect(doc.servers.hub?.security.map((s) => s.$ref.split('/').at(-1))).toEqual([
+      'queryToken',
+      'bearer',
+      'subprotocol',
+    ]);
   });
 
   it('the generator is deterministic', () => {

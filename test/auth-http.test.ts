@@ -47,7 +47,13 @@ const refusal = (h: { port: number }, headers: Record<string, string>) =>
       host: '127.0.0.1',
       port: h.port,
       path: '/ws',
-      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', ...headers },
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        ...headers,
+      },
     });
     req.on('upgrade', (_res, socket) => {
       socket.destroy();
@@ -67,7 +73,9 @@ describe('WebSocket authentication happens before the upgrade', () => {
     const good = await token({ sub: 'ok', elections: [e1], audience: 'dashboards' });
     expect(await status({ token: good })).toBe(101);
     expect(await status({})).toBe(401);
-    expect(await status({ token: await token({ sub: 'x', audience: 'dashboards' }, 'another-secret-0123456789abcdef0123') })).toBe(401);
+    expect(
+      await status({ token: await token({ sub: 'x', audience: 'dashboards' }, 'another-secret-0123456789abcdef0123') }),
+    ).toBe(401);
     // Expired a minute ago, beyond the clock tolerance (JWT_CLOCK_TOLERANCE, 5 s); signed as signToken does.
     const now = Math.floor(Date.now() / 1000);
     const expired = await new SignJWT({})
@@ -85,12 +93,19 @@ describe('WebSocket authentication happens before the upgrade', () => {
     const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString('base64url')}.${Buffer.from(JSON.stringify({ sub: 'x', aud: 'dashboards', role: 'admin' })).toString('base64url')}.`;
     expect(await status({ token: none })).toBe(401);
     const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-    const rs = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'RS256' }).setSubject('x').setAudience('dashboards').setExpirationTime('1h')
+    const rs = await new SignJWT({ role: 'admin' })
+      .setProtectedHeader({ alg: 'RS256' })
+      .setSubject('x')
+      .setAudience('dashboards')
+      .setExpirationTime('1h')
       .sign(await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), 'RS256'));
     expect(await status({ token: rs })).toBe(401);
     // The body is an HTTP error body of the one error table (src/errors.ts), as on the routes.
     expect(await refusal(hub, {})).toEqual({ status: 401, body: { error: 'unauthorized', reason: 'missing' } });
-    expect(await refusal(hub, { authorization: `Bearer ${rs}` })).toEqual({ status: 401, body: { error: 'unauthorized', reason: 'bad_algorithm' } });
+    expect(await refusal(hub, { authorization: `Bearer ${rs}` })).toEqual({
+      status: 401,
+      body: { error: 'unauthorized', reason: 'bad_algorithm' },
+    });
     const metrics = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
     for (const reason of ['missing', 'bad_signature', 'expired', 'bad_audience', 'malformed', 'bad_algorithm']) {
       expect(metrics).toMatch(new RegExp(`hub_auth_failures_total\\{reason="${reason}"\\} [1-9]`));
@@ -103,14 +118,17 @@ describe('WebSocket authentication happens before the upgrade', () => {
     const viaHeader = await connect(hub, { headers: { authorization: `Bearer ${t}` } });
     const viaProtocol = await connect(hub, { protocols: ['json', `bearer.${t}`] });
     expect(viaProtocol.ws.protocol).toBe(`bearer.${t}`);
-    for (const c of [viaQuery, viaHeader, viaProtocol]) expect((await c.next((f) => f.type === 'connection_success')).sub).toBe('ways');
+    for (const c of [viaQuery, viaHeader, viaProtocol])
+      expect((await c.next((f) => f.type === 'connection_success')).sub).toBe('ways');
     await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
     for (const c of [viaQuery, viaHeader, viaProtocol]) await eventsReceived(c, 1);
     await Promise.all([viaQuery.close(), viaHeader.close(), viaProtocol.close()]);
   });
 
   it('a socket whose token expires is closed with 4001', async () => {
-    const c = await connect(hub, { token: await token({ sub: 'short', elections: [e1], audience: 'dashboards', ttl: '2s' }) });
+    const c = await connect(hub, {
+      token: await token({ sub: 'short', elections: [e1], audience: 'dashboards', ttl: '2s' }),
+    });
     expect((await c.closed).code).toBe(4001);
   }, 15_000);
 });
@@ -124,19 +142,27 @@ describe('HTTP routes', () => {
   it('/admin/health: 401 without or with a bad token, 403 for a non-admin, 200 with the report', async () => {
     expect((await get('/admin/health')).status).toBe(401);
     expect((await get('/admin/health', 'nope')).status).toBe(401);
-    expect((await get('/admin/health', await token({ sub: 'u', elections: [e1], audience: 'dashboards' }))).status).toBe(403);
+    expect(
+      (await get('/admin/health', await token({ sub: 'u', elections: [e1], audience: 'dashboards' }))).status,
+    ).toBe(403);
     const c = await connect(hub, { token: await token({ sub: 'watcher', elections: [e1], audience: 'dashboards' }) });
     await c.next((f) => f.type === 'connection_success');
     const r = await get('/admin/health', await token({ sub: 'root', role: 'admin', audience: 'dashboards' }));
     expect(r.status).toBe(200);
-    expect(r.body).toMatchObject({ status: 'ok', connections: 1, redis: { configured: true, connected: true }, database: { connected: true } });
+    expect(r.body).toMatchObject({
+      status: 'ok',
+      connections: 1,
+      redis: { configured: true, connected: true },
+      database: { connected: true },
+    });
     expect((r.body.topics as Record<string, number>)[`election:${e1}`]).toBe(1);
     expect(typeof (r.body.database as { cursor: unknown }).cursor).toBe('string');
     await c.close();
   });
 
   it('/metrics counts connections as sockets open and close', async () => {
-    const gauge = async () => Number(/^hub_connections (\d+)/m.exec(await (await fetch(`${hub.metricsUrl}/metrics`)).text())?.[1]);
+    const gauge = async () =>
+      Number(/^hub_connections (\d+)/m.exec(await (await fetch(`${hub.metricsUrl}/metrics`)).text())?.[1]);
     const t = await token({ sub: 'counted', elections: [e1], audience: 'dashboards' });
     const base = await gauge();
     const cs = await Promise.all([1, 2, 3].map(() => connect(hub, { token: t })));
@@ -151,19 +177,33 @@ describe('HTTP routes', () => {
     const viewer = await token({ sub: 'dash', elections: [e1], audience: 'dashboards' });
     expect((await get(`/dashboard/${e1}`)).status).toBe(401);
     expect((await get(`/dashboard/${e1 + 1}`, viewer)).status).toBe(403);
-    expect((await get('/dashboard/999999', await token({ sub: 'a', role: 'admin', audience: 'dashboards' }))).status).toBe(404);
+    expect(
+      (await get('/dashboard/999999', await token({ sub: 'a', role: 'admin', audience: 'dashboards' }))).status,
+    ).toBe(404);
     const c = await connect(hub, { token: viewer });
-    await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 7), ($1, $2, 5)`, [e1, c1]);
+    await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 7), ($1, $2, 5)`, [
+      e1,
+      c1,
+    ]);
     await db.pool.query(`INSERT INTO attendance (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
     await c.next((f) => f.type === 'dashboard_update');
-    await waitUntil(async () => {
-      const r = await get(`/dashboard/${e1}`, viewer);
-      const q = await db.pool.query<{ g: string; a: string; v: string }>(
-        `SELECT (SELECT count(*) FROM guarantees WHERE election_id = $1)::text g, (SELECT count(*) FROM attendance WHERE election_id = $1)::text a,
-                (SELECT coalesce(sum(count), 0) FROM votes WHERE election_id = $1)::text v`, [e1]);
-      const row = q.rows[0];
-      return JSON.stringify(r.body.totals) === JSON.stringify({ guarantees: Number(row?.g), attendance: Number(row?.a), votes: Number(row?.v) });
-    }, 5000, 'snapshot equal to the database');
+    await waitUntil(
+      async () => {
+        const r = await get(`/dashboard/${e1}`, viewer);
+        const q = await db.pool.query<{ g: string; a: string; v: string }>(
+          `SELECT (SELECT count(*) FROM guarantees WHERE election_id = $1)::text g, (SELECT count(*) FROM attendance WHERE election_id = $1)::text a,
+                (SELECT coalesce(sum(count), 0) FROM votes WHERE election_id = $1)::text v`,
+          [e1],
+        );
+        const row = q.rows[0];
+        return (
+          JSON.stringify(r.body.totals) ===
+          JSON.stringify({ guarantees: Number(row?.g), attendance: Number(row?.a), votes: Number(row?.v) })
+        );
+      },
+      5000,
+      'snapshot equal to the database',
+    );
     const r = await get(`/dashboard/${e1}`, viewer);
     expect(r.body).toMatchObject({ election_id: e1 });
     expect(typeof r.body.cursor).toBe('string');
@@ -179,7 +219,10 @@ describe('HTTP routes', () => {
     await get(`/dashboard/${e1}`, viewer); // the totals are held (computed at most once)
     const computed = async () => {
       const text = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
-      return [...text.matchAll(/^hub_dashboard_computations_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+      return [...text.matchAll(/^hub_dashboard_computations_total\{[^}]*\} (\d+)/gm)].reduce(
+        (n, m) => n + Number(m[1]),
+        0,
+      );
     };
     const before = await computed();
     await redis.set(`${prefix}:dashboard:${e1}`, 'stale app cache');
@@ -188,19 +231,30 @@ describe('HTTP routes', () => {
       await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
     }
     await eventsReceived(c, 1000, 30_000);
-    await waitUntil(async () => {
-      const last = [...c.frames].reverse().find((f) => f.type === 'dashboard_update');
-      const count = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM guarantees WHERE election_id = $1`, [e1]);
-      return (last?.totals as { guarantees: number } | undefined)?.guarantees === Number(count.rows[0]?.n);
-    }, 5000, 'final dashboard_update');
+    await waitUntil(
+      async () => {
+        const last = [...c.frames].reverse().find((f) => f.type === 'dashboard_update');
+        const count = await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM guarantees WHERE election_id = $1`,
+          [e1],
+        );
+        return (last?.totals as { guarantees: number } | undefined)?.guarantees === Number(count.rows[0]?.n);
+      },
+      5000,
+      'final dashboard_update',
+    );
     const updates = c.frames.filter((f) => f.type === 'dashboard_update').length;
     expect(updates).toBeGreaterThan(0);
     expect(updates).toBeLessThan(60); // 1000 writes over a few seconds, at most one per 250 ms
     expect(await redis.get(`${prefix}:dashboard:${e1}`)).toBeNull();
     expect(await redis.get(`${prefix}:summary:${e1}`)).toBeNull();
     // The totals followed the stream: GET /dashboard/{id} agrees with the database, and nothing was computed.
-    const count = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM guarantees WHERE election_id = $1`, [e1]);
-    expect(((await get(`/dashboard/${e1}`, viewer)).body.totals as { guarantees: number }).guarantees).toBe(Number(count.rows[0]?.n));
+    const count = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM guarantees WHERE election_id = $1`, [
+      e1,
+    ]);
+    expect(((await get(`/dashboard/${e1}`, viewer)).body.totals as { guarantees: number }).guarantees).toBe(
+      Number(count.rows[0]?.n),
+    );
     expect((await computed()) - before).toBe(0);
     await c.close();
   }, 60_000);
@@ -211,19 +265,33 @@ describe('origin and connection limits', () => {
     const h = await startTestHub(db.url, { ALLOWED_ORIGINS: 'https://ok.example', MAX_CONNECTIONS_PER_SUB: '3' });
     try {
       const t = await token({ sub: 'limited', elections: [e1] });
-      const bad = await connect(h, { token: t, headers: { origin: 'https://evil.example' } }).catch((e: { status?: number }) => e.status);
+      const bad = await connect(h, { token: t, headers: { origin: 'https://evil.example' } }).catch(
+        (e: { status?: number }) => e.status,
+      );
       expect(bad).toBe(403);
-      expect(await refusal(h, { authorization: `Bearer ${t}`, origin: 'https://evil.example' })).toEqual({ status: 403, body: { error: 'forbidden', reason: 'origin' } });
-      const cs = await Promise.all([1, 2, 3].map(() => connect(h, { token: t, headers: { origin: 'https://ok.example' } })));
+      expect(await refusal(h, { authorization: `Bearer ${t}`, origin: 'https://evil.example' })).toEqual({
+        status: 403,
+        body: { error: 'forbidden', reason: 'origin' },
+      });
+      const cs = await Promise.all(
+        [1, 2, 3].map(() => connect(h, { token: t, headers: { origin: 'https://ok.example' } })),
+      );
       const fourth = await connect(h, { token: t }).catch((e: { status?: number }) => e.status);
       expect(fourth).toBe(429);
-      expect(await refusal(h, { authorization: `Bearer ${t}` })).toEqual({ status: 429, body: { error: 'too_many_connections' } });
+      expect(await refusal(h, { authorization: `Bearer ${t}` })).toEqual({
+        status: 429,
+        body: { error: 'too_many_connections' },
+      });
       await cs[0]?.close();
-      await waitUntil(async () => {
-        const c = await connect(h, { token: t }).catch(() => undefined);
-        await c?.close();
-        return c !== undefined;
-      }, 5000, 'a slot to free up');
+      await waitUntil(
+        async () => {
+          const c = await connect(h, { token: t }).catch(() => undefined);
+          await c?.close();
+          return c !== undefined;
+        },
+        5000,
+        'a slot to free up',
+      );
       await Promise.all(cs.map((c) => c.close()));
     } finally {
       await h.stop();

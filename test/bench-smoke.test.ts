@@ -15,12 +15,16 @@ const ROOT = resolve(import.meta.dirname, '..');
 // Every row name of every scenario that runs in smoke mode (fan-out, latency, peers, memory,
 // connection-rate, write-cost; election-night is full mode only): a scenario added to
 // bench/scenarios/index.ts is held to printing its rows here too.
-const SCENARIOS = [...new Set(LIST.filter((s) => s.sizes('smoke', {}) !== undefined).flatMap((s) => s.reports ?? [s.name]))];
+const SCENARIOS = [
+  ...new Set(LIST.filter((s) => s.sizes('smoke', {}) !== undefined).flatMap((s) => s.reports ?? [s.name])),
+];
 const LIMIT_MS = 170_000;
 const dir = mkdtempSync(join(tmpdir(), 'bench-smoke-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function runSmoke(out: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+function runSmoke(
+  out: string,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolvePromise) => {
     const child = spawn(process.execPath, ['bin/run-ts.mjs', 'bench/run.ts', '--smoke', '--out', out], {
       cwd: ROOT,
@@ -64,7 +68,10 @@ test(
       }
     }
 
-    const json = JSON.parse(readFileSync(out, 'utf8')) as { mode: string; rows: Array<{ scenario: string; value: number; ratio: number }> };
+    const json = JSON.parse(readFileSync(out, 'utf8')) as {
+      mode: string;
+      rows: Array<{ scenario: string; value: number; ratio: number }>;
+    };
     expect(json.mode).toBe('smoke');
     for (const row of json.rows) {
       expect(Number.isFinite(row.value), `${row.scenario} value`).toBe(true);

@@ -66,9 +66,18 @@ describe('election-hub migrate on a production database', () => {
     for (const d of dbs) await d.drop();
   });
   const publicTables = async (d: TestDatabase) =>
-    (await d.pool.query<{ t: string }>(`SELECT table_name t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`)).rows.map((r) => r.t);
+    (
+      await d.pool.query<{ t: string }>(
+        `SELECT table_name t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`,
+      )
+    ).rows.map((r) => r.t);
   const triggersOn = async (d: TestDatabase, table: string) =>
-    (await d.pool.query<{ t: string }>(`SELECT tgname t FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal ORDER BY 1`, [table])).rows.map((r) => r.t);
+    (
+      await d.pool.query<{ t: string }>(
+        `SELECT tgname t FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal ORDER BY 1`,
+        [table],
+      )
+    ).rows.map((r) => r.t);
   const applied = (stdout: string) => /^applied (.*) to /m.exec(stdout)?.[1]?.split(', ') ?? [];
 
   it('on an empty database creates the hub schema and no application table', async () => {
@@ -85,7 +94,8 @@ describe('election-hub migrate on a production database', () => {
   it('installs no trigger on an existing table called guarantees (nor attendance, votes)', async () => {
     const d = await fresh();
     // The application's own tables, which merely share the reference names.
-    await d.pool.query(`CREATE TABLE guarantees (id bigint PRIMARY KEY, election_id bigint, committee_id bigint, pledge text);
+    await d.pool
+      .query(`CREATE TABLE guarantees (id bigint PRIMARY KEY, election_id bigint, committee_id bigint, pledge text);
       CREATE TABLE votes (id bigint PRIMARY KEY, election_id bigint, committee_id bigint, n int)`);
     const r = run(['migrate'], { DATABASE_URL: d.url });
     expect(r.status, r.stderr).toBe(0);
@@ -99,7 +109,11 @@ describe('election-hub migrate on a production database', () => {
     const ref = run(['migrate', '--reference-schema'], { DATABASE_URL: d.url });
     expect(ref.status, ref.stderr).toBe(0);
     expect(applied(ref.stdout)).toEqual(['001_reference_schema.sql', '003_watch_reference.sql']);
-    expect(await triggersOn(d, 'guarantees')).toEqual(['hub_capture_delete', 'hub_capture_insert', 'hub_capture_update']);
+    expect(await triggersOn(d, 'guarantees')).toEqual([
+      'hub_capture_delete',
+      'hub_capture_insert',
+      'hub_capture_update',
+    ]);
   });
 
   it('--reference-schema on an empty database creates the reference tables, watched, after the hub schema', async () => {
@@ -119,10 +133,18 @@ describe('election-hub migrate on a production database', () => {
     // The old layout: every file in one folder, applied in name order (001 reference, 002 hub, 003 watches).
     const flat = mkdtempSync(path.join(tmpdir(), 'hub-sql-flat-'));
     try {
-      for (const f of ['reference/001_reference_schema.sql', '002_hub_outbox.sql', 'reference/003_watch_reference.sql']) {
+      for (const f of [
+        'reference/001_reference_schema.sql',
+        '002_hub_outbox.sql',
+        'reference/003_watch_reference.sql',
+      ]) {
         copyFileSync(path.join(root, 'sql', f), path.join(flat, path.basename(f)));
       }
-      expect((await migrate(d.url, { dir: flat })).applied).toEqual(['001_reference_schema.sql', '002_hub_outbox.sql', '003_watch_reference.sql']);
+      expect((await migrate(d.url, { dir: flat })).applied).toEqual([
+        '001_reference_schema.sql',
+        '002_hub_outbox.sql',
+        '003_watch_reference.sql',
+      ]);
     } finally {
       rmSync(flat, { recursive: true, force: true });
     }
@@ -132,7 +154,11 @@ describe('election-hub migrate on a production database', () => {
       const r = run(args, { DATABASE_URL: d.url });
       expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
       // Hub migrations added since may apply; the recorded reference files are never re-run.
-      expect(applied(r.stdout).filter((f) => ['001_reference_schema.sql', '002_hub_outbox.sql', '003_watch_reference.sql'].includes(f))).toEqual([]);
+      expect(
+        applied(r.stdout).filter((f) =>
+          ['001_reference_schema.sql', '002_hub_outbox.sql', '003_watch_reference.sql'].includes(f),
+        ),
+      ).toEqual([]);
     }
     expect(await triggersOn(d, 'guarantees')).toEqual(before);
     expect(await publicTables(d)).toEqual(['attendance', 'committees', 'elections', 'guarantees', 'votes']);
@@ -141,25 +167,42 @@ describe('election-hub migrate on a production database', () => {
 
 describe('election-hub CLI commands', () => {
   it('bad configuration exits 2 before listening, listing every offending variable', () => {
-    const r = run(['serve'], { DATABASE_URL: 'mysql://nope', JWT_SECRET: 'short', PORT: 'eighty', MAX_PAYLOAD_BYTES: '-1', LOG_LEVEL: 'loud' });
+    const r = run(['serve'], {
+      DATABASE_URL: 'mysql://nope',
+      JWT_SECRET: 'short',
+      PORT: 'eighty',
+      MAX_PAYLOAD_BYTES: '-1',
+      LOG_LEVEL: 'loud',
+    });
     expect(r.status).toBe(2);
-    for (const name of ['DATABASE_URL', 'JWT_SECRET', 'PORT', 'MAX_PAYLOAD_BYTES', 'LOG_LEVEL']) expect(r.stderr).toContain(name);
+    for (const name of ['DATABASE_URL', 'JWT_SECRET', 'PORT', 'MAX_PAYLOAD_BYTES', 'LOG_LEVEL'])
+      expect(r.stderr).toContain(name);
     expect(r.stderr).not.toMatch(/at .*\.ts:\d+/); // a list, not a stack trace
     const missing = run(['serve'], {});
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/DATABASE_URL: required/);
     expect(missing.stderr).toMatch(/one key source is required/);
     // Metrics have their own listener: on the public port they would be public.
-    const same = run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), PORT: '9000', METRICS_PORT: '9000' });
+    const same = run(['serve'], {
+      DATABASE_URL: db.url,
+      JWT_SECRET: 'x'.repeat(40),
+      PORT: '9000',
+      METRICS_PORT: '9000',
+    });
     expect(same.status).toBe(2);
     expect(same.stderr).toMatch(/METRICS_PORT: must differ from PORT \(9000\)/);
-    expect(run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), METRICS_PORT: '70000' }).stderr).toMatch(/METRICS_PORT/);
+    expect(run(['serve'], { DATABASE_URL: db.url, JWT_SECRET: 'x'.repeat(40), METRICS_PORT: '70000' }).stderr).toMatch(
+      /METRICS_PORT/,
+    );
   });
 
   it('token prints an HS256 token with the requested claims', () => {
-    const r = run(['token', '--sub', 'ana', '--role', 'observer', '--elections', '1,2', '--committees', '7', '--ttl', '2h'], {
-      JWT_SECRET: 'x'.repeat(40),
-    });
+    const r = run(
+      ['token', '--sub', 'ana', '--role', 'observer', '--elections', '1,2', '--committees', '7', '--ttl', '2h'],
+      {
+        JWT_SECRET: 'x'.repeat(40),
+      },
+    );
     expect(r.status).toBe(0);
     const claims = decodeJwt(r.stdout.trim());
     expect(claims).toMatchObject({ sub: 'ana', role: 'observer', elections: [1, 2], committees: [7] });

@@ -36,7 +36,6 @@ class RecordingWebSocket extends WebSocket {
   constructor(url: string, protocols?: string | string[]) {
     super(url, protocols);
     sockets.push(this);
-
   }
   override send(data: string): void {
     this.sent.push(data);
@@ -73,12 +72,17 @@ const open = (opts: Omit<HubClientOptions, 'WebSocket'>): Recorded => {
 };
 
 const insertGuarantee = async (q: Pick<pg.Pool, 'query'>, committee = c1): Promise<number> => {
-  const r = await q.query<{ id: number }>(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2) RETURNING id`, [e1, committee]);
+  const r = await q.query<{ id: number }>(
+    `INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2) RETURNING id`,
+    [e1, committee],
+  );
   return Number(r.rows[0]?.id);
 };
 
 const createdIds = (events: HubEvent[]) =>
-  events.filter((e) => e.type === 'guarantee_update' && 'action' in e && e.action === 'created').map((e) => Number((e as { id: unknown }).id));
+  events
+    .filter((e) => e.type === 'guarantee_update' && 'action' in e && e.action === 'created')
+    .map((e) => Number((e as { id: unknown }).id));
 
 const expectStrictlyIncreasing = (events: HubEvent[]) => {
   for (let i = 1; i < events.length; i++) {
@@ -109,7 +113,9 @@ describe('client SDK against a real hub', () => {
     const jwt = await token({ sub: 'viewer-a', elections: [e1] });
     const { client, events, states } = open({ url: wsUrl(hub), token: async () => jwt });
     const guarantees: Array<{ action: string; committee: number | string | null; cursor: string }> = [];
-    client.on('guarantee_update', (f) => guarantees.push({ action: f.action, committee: f.committee_id, cursor: f.cursor }));
+    client.on('guarantee_update', (f) =>
+      guarantees.push({ action: f.action, committee: f.committee_id, cursor: f.cursor }),
+    );
     await waitUntil(() => client.state() === 'open', 10_000, 'open');
     expect(states[0]?.[0]).toBe('open');
     expect(client.topics().sort()).toEqual([`election:${e1}`, 'user:viewer-a']);
@@ -157,7 +163,11 @@ describe('client SDK against a real hub', () => {
     await writer;
     expect(writing).toBe(false);
 
-    await waitUntil(() => createdIds(events).length >= inserted.length, 20_000, `${inserted.length} events (have ${events.length})`);
+    await waitUntil(
+      () => createdIds(events).length >= inserted.length,
+      20_000,
+      `${inserted.length} events (have ${events.length})`,
+    );
     expect(createdIds(events)).toEqual(inserted);
     expectStrictlyIncreasing(events);
     // (Usually with 1001; see the report on uWS closing fresh sockets, which may get there first.)
@@ -230,7 +240,11 @@ describe('client SDK against a real hub', () => {
     await client.close(); // idempotent
 
     // Closing while it waits to reconnect (no hub) cancels the retry.
-    const { client: waiting, states: waitingStates } = open({ url: 'ws://127.0.0.1:9/ws', token: jwt, backoff: { initialMs: 50, maxMs: 50 } });
+    const { client: waiting, states: waitingStates } = open({
+      url: 'ws://127.0.0.1:9/ws',
+      token: jwt,
+      backoff: { initialMs: 50, maxMs: 50 },
+    });
     await waitUntil(() => waitingStates.some(([s]) => s === 'reconnecting'), 5000, 'reconnecting');
     await waiting.close();
     const n = { states: waitingStates.length, sockets: sockets.length };
@@ -248,7 +262,10 @@ describe('client SDK against a real hub', () => {
     const { client, events, states } = open({
       url: wsUrl(hub),
       // Short-lived tokens until the hub has closed a connection with 4001, then long-lived ones.
-      token: async () => (expired ? (fresh++, token({ sub: 'viewer-exp', elections: [e1], ttl: '1h' })) : token({ sub: 'viewer-exp', elections: [e1], ttl: '1s' })),
+      token: async () =>
+        expired
+          ? (fresh++, token({ sub: 'viewer-exp', elections: [e1], ttl: '1h' }))
+          : token({ sub: 'viewer-exp', elections: [e1], ttl: '1s' }),
       topics: [`election:${e1}`],
     });
     client.onState((s, d) => {
@@ -266,7 +283,10 @@ describe('client SDK against a real hub', () => {
   });
 
   const countOf = async (table: 'guarantees' | 'attendance') =>
-    Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${table} WHERE election_id = $1`, [e1])).rows[0]?.n);
+    Number(
+      (await db.pool.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${table} WHERE election_id = $1`, [e1]))
+        .rows[0]?.n,
+    );
 
   it('snapshotAndSubscribe: the full state comes over the socket (no HTTP request), deltas chain on it, the feed has the rows', async () => {
     const hub = await startHub();
@@ -291,13 +311,21 @@ describe('client SDK against a real hub', () => {
     const feed: HubEvent[] = [];
     dash.onEvent((e) => feed.push(e));
     const first = dash.snapshot().cursor;
-    await waitUntil(async () => dash.snapshot().totals.guarantees === (await countOf('guarantees')), 10_000, 'the state to count the rows written before');
+    await waitUntil(
+      async () => dash.snapshot().totals.guarantees === (await countOf('guarantees')),
+      10_000,
+      'the state to count the rows written before',
+    );
     expect(fetches).toEqual([]); // the state came as the first dashboard_update (base null)
 
     const after: number[] = [];
     for (let i = 0; i < 5; i++) after.push(await insertGuarantee(db.pool, i % 2 ? c1 : c2));
     const expected = await countOf('guarantees');
-    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    await waitUntil(
+      () => dash.snapshot().totals.guarantees === expected,
+      10_000,
+      `totals ${expected} (have ${dash.snapshot().totals.guarantees})`,
+    );
     await waitUntil(() => createdIds(feed).length >= 5, 10_000, 'feed');
     expect(createdIds(feed)).toEqual(after);
     expect(compareCursors(dash.snapshot().cursor, first)).toBeGreaterThan(0);
@@ -312,14 +340,25 @@ describe('client SDK against a real hub', () => {
   it('snapshotAndSubscribe totalsOnly: dashboard:{id} brings the totals and no row events', async () => {
     const hub = await startHub();
     const jwt = await token({ sub: 'dash-totals', elections: [e1] });
-    const dash = await snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, totalsOnly: true, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
+    const dash = await snapshotAndSubscribe({
+      url: wsUrl(hub),
+      token: jwt,
+      electionId: e1,
+      totalsOnly: true,
+      WebSocket: WS,
+      backoff: { initialMs: 20, maxMs: 300 },
+    });
     clients.push(dash);
     const feed: HubEvent[] = [];
     dash.onEvent((e) => feed.push(e));
     expect(dash.client.topics()).toEqual([`dashboard:${e1}`]);
     for (let i = 0; i < 3; i++) await insertGuarantee(db.pool);
     const expected = await countOf('guarantees');
-    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    await waitUntil(
+      () => dash.snapshot().totals.guarantees === expected,
+      10_000,
+      `totals ${expected} (have ${dash.snapshot().totals.guarantees})`,
+    );
     expect(feed).toEqual([]);
     const frames = sockets.flatMap((sk) => (sk as RecordingWebSocket).sent);
     expect(frames.some((f) => f.includes(`"dashboard:${e1}"`))).toBe(true);
@@ -328,14 +367,28 @@ describe('client SDK against a real hub', () => {
   it('snapshotAndSubscribe: a token that may not see the election is refused (the promise rejects)', async () => {
     const hub = await startHub();
     const jwt = await token({ sub: 'dash-other', elections: [e1 + 1000] });
-    await expect(snapshotAndSubscribe({ url: wsUrl(hub), token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } })).rejects.toThrow(/forbidden_topic/);
+    await expect(
+      snapshotAndSubscribe({
+        url: wsUrl(hub),
+        token: jwt,
+        electionId: e1,
+        WebSocket: WS,
+        backoff: { initialMs: 20, maxMs: 300 },
+      }),
+    ).rejects.toThrow(/forbidden_topic/);
   });
 
   it('snapshotAndSubscribe: totals are right after a hub restart even when nothing is written afterwards', async () => {
     let hub = await startHub();
     let url = wsUrl(hub);
     const jwt = await token({ sub: 'dash-restart', elections: [e1] });
-    const dash = await snapshotAndSubscribe({ url: () => url, token: jwt, electionId: e1, WebSocket: WS, backoff: { initialMs: 20, maxMs: 300 } });
+    const dash = await snapshotAndSubscribe({
+      url: () => url,
+      token: jwt,
+      electionId: e1,
+      WebSocket: WS,
+      backoff: { initialMs: 20, maxMs: 300 },
+    });
     clients.push(dash);
     await waitUntil(() => dash.client.state() === 'open', 10_000, 'open');
     await hub.stop();
@@ -344,7 +397,11 @@ describe('client SDK against a real hub', () => {
     const expected = await countOf('guarantees');
     hub = await startHub();
     url = wsUrl(hub);
-    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 15_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    await waitUntil(
+      () => dash.snapshot().totals.guarantees === expected,
+      15_000,
+      `totals ${expected} (have ${dash.snapshot().totals.guarantees})`,
+    );
   });
 });
 
@@ -375,12 +432,24 @@ describe('resync', () => {
     hub = await startTestHub(db.url, { OUTBOX_RETENTION: '1ms' });
     hubs.push(hub);
     const pruning = hub;
-    await when(pruning, 'pruned', () => reached(pruning.prunedMark(), written), 'the hub to prune the rows written while away');
+    await when(
+      pruning,
+      'pruned',
+      () => reached(pruning.prunedMark(), written),
+      'the hub to prune the rows written while away',
+    );
     reachable = true;
 
-    const expected = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1])).rows[0]?.n);
+    const expected = Number(
+      (await db.pool.query<{ n: string }>('SELECT count(*)::text AS n FROM guarantees WHERE election_id = $1', [e1]))
+        .rows[0]?.n,
+    );
     await waitUntil(() => resyncs.length === 1, 10_000, 'resync');
-    await waitUntil(() => dash.snapshot().totals.guarantees === expected, 10_000, `totals ${expected} (have ${dash.snapshot().totals.guarantees})`);
+    await waitUntil(
+      () => dash.snapshot().totals.guarantees === expected,
+      10_000,
+      `totals ${expected} (have ${dash.snapshot().totals.guarantees})`,
+    );
     expect(compareCursors(dash.snapshot().cursor, before.cursor)).toBe(1);
     expect(dash.client.state()).toBe('open');
   });
@@ -401,7 +470,8 @@ describe('against a scripted server', () => {
     server = s;
     return `ws://127.0.0.1:${(s.address() as { port: number }).port}/ws`;
   };
-  const hello = (ws: WebSocket) => ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: ['user:s'], cursor: '1.0' }));
+  const hello = (ws: WebSocket) =>
+    ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: ['user:s'], cursor: '1.0' }));
 
   it('a connection that stops answering is declared dead by the heartbeat and replaced', async () => {
     let connections = 0;
@@ -409,7 +479,12 @@ describe('against a scripted server', () => {
       connections++;
       hello(ws); // and never a pong
     });
-    const { client, states } = open({ url, token: 't', heartbeat: { intervalMs: 50, timeoutMs: 100 }, backoff: { initialMs: 10, maxMs: 10 } });
+    const { client, states } = open({
+      url,
+      token: 't',
+      heartbeat: { intervalMs: 50, timeoutMs: 100 },
+      backoff: { initialMs: 10, maxMs: 10 },
+    });
     await waitUntil(() => connections >= 2, 5000, 'second connection');
     expect(states.some(([s, d]) => s === 'reconnecting' && d.reason === 'heartbeat timeout')).toBe(true);
     await client.close();
@@ -440,15 +515,55 @@ describe('against a scripted server', () => {
       ws.on('message', (d) => conn.frames.push(JSON.parse(d.toString())));
       if (received.length === 1) {
         hello(ws);
-        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 1, cursor: '2.1', committed_at: new Date().toISOString() }));
-        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 1, cursor: '2.1', committed_at: new Date().toISOString() })); // duplicate
-        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 2, cursor: '2.2', committed_at: new Date().toISOString() }));
+        ws.send(
+          JSON.stringify({
+            type: 'app',
+            topic: 'user:s',
+            data: 1,
+            cursor: '2.1',
+            committed_at: new Date().toISOString(),
+          }),
+        );
+        ws.send(
+          JSON.stringify({
+            type: 'app',
+            topic: 'user:s',
+            data: 1,
+            cursor: '2.1',
+            committed_at: new Date().toISOString(),
+          }),
+        ); // duplicate
+        ws.send(
+          JSON.stringify({
+            type: 'app',
+            topic: 'user:s',
+            data: 2,
+            cursor: '2.2',
+            committed_at: new Date().toISOString(),
+          }),
+        );
         setTimeout(() => ws.close(1001, 'restart'), 50);
       } else {
         ws.send(JSON.stringify({ type: 'connection_success', sub: 's', topics: [], cursor: '3.0' }));
         // A replay overlapping what was delivered: only what is new gets through.
-        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 2, cursor: '2.2', committed_at: new Date().toISOString() }));
-        ws.send(JSON.stringify({ type: 'app', topic: 'user:s', data: 3, cursor: '2.3', committed_at: new Date().toISOString() }));
+        ws.send(
+          JSON.stringify({
+            type: 'app',
+            topic: 'user:s',
+            data: 2,
+            cursor: '2.2',
+            committed_at: new Date().toISOString(),
+          }),
+        );
+        ws.send(
+          JSON.stringify({
+            type: 'app',
+            topic: 'user:s',
+            data: 3,
+            cursor: '2.3',
+            committed_at: new Date().toISOString(),
+          }),
+        );
         ws.send(JSON.stringify({ type: 'subscribed', topics: ['user:s'], cursor: '3.0' }));
       }
     });
@@ -469,7 +584,17 @@ describe('against a scripted server', () => {
 describe('browser bundle', () => {
   it('bundles with esbuild for the browser from the client alone (no zod, no node: modules)', async () => {
     const { build } = await import('esbuild');
-    const r = await build({ entryPoints: ['client/index.ts'], bundle: true, write: false, platform: 'browser', format: 'esm', target: 'es2020', metafile: true, minify: true, logLevel: 'silent' });
+    const r = await build({
+      entryPoints: ['client/index.ts'],
+      bundle: true,
+      write: false,
+      platform: 'browser',
+      format: 'esm',
+      target: 'es2020',
+      metafile: true,
+      minify: true,
+      logLevel: 'silent',
+    });
     expect(Object.keys(r.metafile.inputs)).toEqual(['client/index.ts']);
     const text = r.outputFiles[0]?.text ?? '';
     expect(text).not.toMatch(/from\s*["']node:|require\(/);
@@ -480,8 +605,21 @@ describe('browser bundle', () => {
 // ---- dashboards: the chain rule -------------------------------------------------------------
 
 type C = { committee_id: number; guarantees: number; attendance: number; votes: number };
-const counts = (id: number, g: number, a = 0, v = 0): C => ({ committee_id: id, guarantees: g, attendance: a, votes: v });
-const sum = (cs: C[]) => cs.reduce((t, c) => ({ guarantees: t.guarantees + c.guarantees, attendance: t.attendance + c.attendance, votes: t.votes + c.votes }), { guarantees: 0, attendance: 0, votes: 0 });
+const counts = (id: number, g: number, a = 0, v = 0): C => ({
+  committee_id: id,
+  guarantees: g,
+  attendance: a,
+  votes: v,
+});
+const sum = (cs: C[]) =>
+  cs.reduce(
+    (t, c) => ({
+      guarantees: t.guarantees + c.guarantees,
+      attendance: t.attendance + c.attendance,
+      votes: t.votes + c.votes,
+    }),
+    { guarantees: 0, attendance: 0, votes: 0 },
+  );
 const frameOf = (cursor: string, base: string | null, committees: C[], all: C[], election = 1): DashboardFrame => ({
   type: 'dashboard_update',
   election_id: election,
@@ -543,7 +681,12 @@ describe('createDashboardChain', () => {
     const chain = createDashboardChain(1);
     const all = [counts(1, 1), counts(2, 2)];
     chain.update(frameOf('2.a', null, all, all));
-    const snap = (cursor: string, cs: C[]): DashboardSnapshot => ({ election_id: 1, cursor, totals: sum(cs), committees: cs });
+    const snap = (cursor: string, cs: C[]): DashboardSnapshot => ({
+      election_id: 1,
+      cursor,
+      totals: sum(cs),
+      committees: cs,
+    });
     expect(chain.snapshot(snap('1.z', [counts(1, 0)]))).toBe(false); // older: kept what it has
     expect(chain.current()?.cursor).toBe('2.a');
     expect(chain.snapshot(snap('2.c', [counts(1, 5), counts(2, 2)]))).toBe(true);
@@ -552,42 +695,51 @@ describe('createDashboardChain', () => {
     // The hub's next delta chains on its previous update, not on the snapshot: broken, so the
     // client repairs (resubscribes) and the full state that answers starts the chain again.
     expect(chain.update(frameOf('2.d', '2.a', [counts(1, 6)], [counts(1, 6), counts(2, 2)])).kind).toBe('broken');
-    expect(chain.update(frameOf('2.d', null, [counts(1, 6), counts(2, 2)], [counts(1, 6), counts(2, 2)])).kind).toBe('replaced');
+    expect(chain.update(frameOf('2.d', null, [counts(1, 6), counts(2, 2)], [counts(1, 6), counts(2, 2)])).kind).toBe(
+      'replaced',
+    );
   });
 
   it('property: a client applying the frames by the rule ends equal to the hub state; a lost update always breaks the chain', () => {
     // The hub's side, as the contract describes it: a full state, then deltas listing the
     // committees whose numbers changed since the previous update (absolute numbers).
-    const step = fc.array(fc.tuple(fc.integer({ min: 1, max: 8 }), fc.integer({ min: -3, max: 5 })), { minLength: 0, maxLength: 6 });
+    const step = fc.array(fc.tuple(fc.integer({ min: 1, max: 8 }), fc.integer({ min: -3, max: 5 })), {
+      minLength: 0,
+      maxLength: 6,
+    });
     fc.assert(
-      fc.property(fc.array(step, { minLength: 1, maxLength: 30 }), fc.option(fc.integer({ min: 1, max: 29 }), { nil: undefined }), (steps, lose) => {
-        const state = new Map<number, C>();
-        const frames: DashboardFrame[] = [];
-        let prev: string | null = null;
-        steps.forEach((changes, i) => {
-          const before = new Map([...state].map(([k, v]) => [k, { ...v }]));
-          for (const [id, d] of changes) {
-            const c = state.get(id) ?? counts(id, 0);
-            state.set(id, { ...c, guarantees: Math.max(0, c.guarantees + d), votes: c.votes + (d > 0 ? d : 0) });
+      fc.property(
+        fc.array(step, { minLength: 1, maxLength: 30 }),
+        fc.option(fc.integer({ min: 1, max: 29 }), { nil: undefined }),
+        (steps, lose) => {
+          const state = new Map<number, C>();
+          const frames: DashboardFrame[] = [];
+          let prev: string | null = null;
+          steps.forEach((changes, i) => {
+            const before = new Map([...state].map(([k, v]) => [k, { ...v }]));
+            for (const [id, d] of changes) {
+              const c = state.get(id) ?? counts(id, 0);
+              state.set(id, { ...c, guarantees: Math.max(0, c.guarantees + d), votes: c.votes + (d > 0 ? d : 0) });
+            }
+            const all = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
+            const changed = all.filter((c) => JSON.stringify(before.get(c.committee_id)) !== JSON.stringify(c));
+            const cursor = encodeCursor({ seq: BigInt(i + 1), id: 0n });
+            frames.push(frameOf(cursor, prev, prev === null ? all : changed, all));
+            prev = cursor;
+          });
+          const chain = createDashboardChain(1);
+          const kinds = frames.filter((_, i) => i !== lose).map((f) => chain.update(f).kind);
+          if (lose === undefined || lose >= frames.length) {
+            expect(kinds.every((k) => k !== 'broken')).toBe(true);
+            const want = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
+            expect(chain.current()?.committees).toEqual(want);
+            expect(chain.current()?.totals).toEqual(sum(want));
+          } else if (lose < frames.length - 1) {
+            // The frame after the lost one does not chain, nor does any later one.
+            expect(kinds.slice(lose)).toEqual(Array(frames.length - 1 - lose).fill('broken'));
           }
-          const all = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
-          const changed = all.filter((c) => JSON.stringify(before.get(c.committee_id)) !== JSON.stringify(c));
-          const cursor = encodeCursor({ seq: BigInt(i + 1), id: 0n });
-          frames.push(frameOf(cursor, prev, prev === null ? all : changed, all));
-          prev = cursor;
-        });
-        const chain = createDashboardChain(1);
-        const kinds = frames.filter((_, i) => i !== lose).map((f) => chain.update(f).kind);
-        if (lose === undefined || lose >= frames.length) {
-          expect(kinds.every((k) => k !== 'broken')).toBe(true);
-          const want = [...state.values()].sort((a, b) => a.committee_id - b.committee_id);
-          expect(chain.current()?.committees).toEqual(want);
-          expect(chain.current()?.totals).toEqual(sum(want));
-        } else if (lose < frames.length - 1) {
-          // The frame after the lost one does not chain, nor does any later one.
-          expect(kinds.slice(lose)).toEqual(Array(frames.length - 1 - lose).fill('broken'));
-        }
-      }),
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -647,7 +799,15 @@ describe('snapshotAndSubscribe against a scripted server', () => {
     let fetched = 0;
     const fakeFetch: typeof fetch = async () => {
       fetched++;
-      return new Response(JSON.stringify({ election_id: 1, cursor: '6.5', totals: sum([counts(1, 11), counts(2, 22)]), committees: [counts(1, 11), counts(2, 22)] }), { status: 200 });
+      return new Response(
+        JSON.stringify({
+          election_id: 1,
+          cursor: '6.5',
+          totals: sum([counts(1, 11), counts(2, 22)]),
+          committees: [counts(1, 11), counts(2, 22)],
+        }),
+        { status: 200 },
+      );
     };
     const { url, conns } = await listen((conn, _topics, n) => {
       if (n === 0) {
@@ -661,7 +821,14 @@ describe('snapshotAndSubscribe against a scripted server', () => {
         }, 100);
       }
     });
-    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: fakeFetch, httpUrl: 'http://127.0.0.1:9' });
+    const dash = await snapshotAndSubscribe({
+      url,
+      token: 't',
+      electionId: 1,
+      WebSocket: WS,
+      fetch: fakeFetch,
+      httpUrl: 'http://127.0.0.1:9',
+    });
     clients.push(dash);
     await waitUntil(() => dash.snapshot().cursor === '6.7', 5000, `the repaired chain (at ${dash.snapshot().cursor})`);
     expect(dash.snapshot().committees).toEqual([counts(1, 12), counts(2, 23)]);
@@ -680,21 +847,48 @@ describe('snapshotAndSubscribe against a scripted server', () => {
         send(conn, frameOf('7.0', null, [counts(1, 50), counts(2, 60)], [counts(1, 50), counts(2, 60)]));
       }
     });
-    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: noFetch, backoff: { initialMs: 10, maxMs: 50 } });
+    const dash = await snapshotAndSubscribe({
+      url,
+      token: 't',
+      electionId: 1,
+      WebSocket: WS,
+      fetch: noFetch,
+      backoff: { initialMs: 10, maxMs: 50 },
+    });
     clients.push(dash);
     await waitUntil(() => dash.snapshot().cursor === '7.0', 5000, 'the state of the second connection');
     expect(dash.snapshot().totals.guarantees).toBe(110);
-    expect(conns[1]?.frames.find((f) => f.type === 'subscribe')).toMatchObject({ topics: ['election:1'], since: expect.any(String) });
+    expect(conns[1]?.frames.find((f) => f.type === 'subscribe')).toMatchObject({
+      topics: ['election:1'],
+      since: expect.any(String),
+    });
   });
 
   it('no full state in time: GET /dashboard/{id} is asked; a 404 rejects', async () => {
     const { url } = await listen(() => undefined);
     const missing: typeof fetch = async () => new Response('{"error":"not_found"}', { status: 404 });
     await expect(
-      snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: missing, httpUrl: 'http://127.0.0.1:9', firstStateTimeoutMs: 100 }),
+      snapshotAndSubscribe({
+        url,
+        token: 't',
+        electionId: 1,
+        WebSocket: WS,
+        fetch: missing,
+        httpUrl: 'http://127.0.0.1:9',
+        firstStateTimeoutMs: 100,
+      }),
     ).rejects.toMatchObject({ status: 404 });
-    const ok: typeof fetch = async () => new Response(JSON.stringify({ election_id: 1, cursor: '6.0', totals: sum(A), committees: A }), { status: 200 });
-    const dash = await snapshotAndSubscribe({ url, token: 't', electionId: 1, WebSocket: WS, fetch: ok, httpUrl: 'http://127.0.0.1:9', firstStateTimeoutMs: 100 });
+    const ok: typeof fetch = async () =>
+      new Response(JSON.stringify({ election_id: 1, cursor: '6.0', totals: sum(A), committees: A }), { status: 200 });
+    const dash = await snapshotAndSubscribe({
+      url,
+      token: 't',
+      electionId: 1,
+      WebSocket: WS,
+      fetch: ok,
+      httpUrl: 'http://127.0.0.1:9',
+      firstStateTimeoutMs: 100,
+    });
     clients.push(dash);
     expect(dash.snapshot().totals.guarantees).toBe(30);
   });

@@ -23,7 +23,12 @@ const ROW_TYPES = new Set(['guarantee_update', 'attendance_update', 'voting_upda
 const FIELDS = ['guarantees', 'attendance', 'votes'] as const;
 
 type Counts = { guarantees: number; attendance: number; votes: number };
-type Snapshot = { election_id: number; cursor: string; totals: Counts; committees: Array<Counts & { committee_id: number }> };
+type Snapshot = {
+  election_id: number;
+  cursor: string;
+  totals: Counts;
+  committees: Array<Counts & { committee_id: number }>;
+};
 
 /** Pids of live processes whose command line mentions `needle` (Linux /proc). */
 async function processesMentioning(needle: string): Promise<number[]> {
@@ -62,7 +67,11 @@ describe('npm run demo', () => {
     if (existsSync(pidFile)) {
       const pid = Number.parseInt(readFileSync(pidFile, 'utf8').split('\n')[0] ?? '', 10);
       if (pid > 0 && (await processesMentioning(dataDir)).includes(pid)) process.kill(pid, 'SIGQUIT');
-      await waitUntil(async () => (await processesMentioning(dataDir)).length === 0, 10_000, 'leftover postgres to exit').catch(() => undefined);
+      await waitUntil(
+        async () => (await processesMentioning(dataDir)).length === 0,
+        10_000,
+        'leftover postgres to exit',
+      ).catch(() => undefined);
     }
     await fs.rm(dataDir, { recursive: true, force: true });
   });
@@ -85,7 +94,11 @@ describe('npm run demo', () => {
     proc.stderr?.on('data', (b: Buffer) => (output += b.toString()));
 
     // initdb on a fresh directory takes a few seconds; the printed URL means the hub listens.
-    await waitUntil(() => /^admin token: \S+$/m.test(output) || proc.exitCode !== null, 120_000, 'the demo to print its URL and token');
+    await waitUntil(
+      () => /^admin token: \S+$/m.test(output) || proc.exitCode !== null,
+      120_000,
+      'the demo to print its URL and token',
+    );
     expect(proc.exitCode, output).toBeNull();
     const dashboard = /^dashboard: (http:\/\/127\.0\.0\.1:(\d+)\/#token=(\S+))$/m.exec(output);
     const admin = /^admin token: (\S+)$/m.exec(output)?.[1];
@@ -110,7 +123,9 @@ describe('npm run demo', () => {
     const snap = await getJson<Snapshot>(`${base}/dashboard/${firstElection}`, admin);
     expect(snap.status).toBe(200);
     expect(snap.body.committees).toHaveLength(6);
-    expect((await getJson<{ redis: { configured: boolean } }>(`${base}/admin/health`, admin)).body.redis.configured).toBe(false);
+    expect(
+      (await getJson<{ redis: { configured: boolean } }>(`${base}/admin/health`, admin)).body.redis.configured,
+    ).toBe(false);
 
     // Metrics on their own loopback listener, as printed; not on the public port.
     const metricsUrl = /^metrics: (http:\/\/127\.0\.0\.1:\d+\/metrics)/m.exec(output)?.[1];
@@ -163,7 +178,8 @@ function readPage(page: Page): Promise<PageCounts> {
     const fields = ['guarantees', 'attendance', 'votes'] as const;
     const counts = (root: ParentNode, attr: string) => {
       const out = { guarantees: NaN, attendance: NaN, votes: NaN };
-      for (const f of fields) out[f] = Number(root.querySelector<HTMLElement>(`[${attr}="${f}"]`)?.dataset.value ?? NaN);
+      for (const f of fields)
+        out[f] = Number(root.querySelector<HTMLElement>(`[${attr}="${f}"]`)?.dataset.value ?? NaN);
       return out;
     };
     const selected = document.querySelector<HTMLElement>('[data-election][aria-selected="true"]');
@@ -206,7 +222,13 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--no-first-run',
+      ],
     });
   });
 
@@ -228,12 +250,22 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     const shown = await readPage(page);
     for (const tab of shown.tabs) {
       const snap = await snapshotOf(tab.election_id, token);
-      if (JSON.stringify(tab.totals) !== JSON.stringify(snap.totals)) return `election ${tab.election_id}: page ${JSON.stringify(tab.totals)} vs ${JSON.stringify(snap.totals)}`;
+      if (JSON.stringify(tab.totals) !== JSON.stringify(snap.totals))
+        return `election ${tab.election_id}: page ${JSON.stringify(tab.totals)} vs ${JSON.stringify(snap.totals)}`;
       if (tab.election_id !== shown.selected) continue;
-      if (JSON.stringify(shown.totals) !== JSON.stringify(snap.totals)) return `headline: page ${JSON.stringify(shown.totals)} vs ${JSON.stringify(snap.totals)}`;
-      const want = [...snap.committees].sort((a, b) => a.committee_id - b.committee_id).map((c) => ({ committee_id: c.committee_id, guarantees: c.guarantees, attendance: c.attendance, votes: c.votes }));
+      if (JSON.stringify(shown.totals) !== JSON.stringify(snap.totals))
+        return `headline: page ${JSON.stringify(shown.totals)} vs ${JSON.stringify(snap.totals)}`;
+      const want = [...snap.committees]
+        .sort((a, b) => a.committee_id - b.committee_id)
+        .map((c) => ({
+          committee_id: c.committee_id,
+          guarantees: c.guarantees,
+          attendance: c.attendance,
+          votes: c.votes,
+        }));
       const have = [...shown.committees].sort((a, b) => a.committee_id - b.committee_id);
-      if (JSON.stringify(have) !== JSON.stringify(want)) return `committees: page ${JSON.stringify(have)} vs ${JSON.stringify(want)}`;
+      if (JSON.stringify(have) !== JSON.stringify(want))
+        return `committees: page ${JSON.stringify(have)} vs ${JSON.stringify(want)}`;
     }
     return undefined;
   };
@@ -255,7 +287,8 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
     page.on('console', (msg) => {
       // Refused connections while the hub is down are expected; anything else is a problem.
-      if (msg.type() === 'error' && !msg.text().includes('ERR_CONNECTION_REFUSED')) problems.push(`console: ${msg.text()}`);
+      if (msg.type() === 'error' && !msg.text().includes('ERR_CONNECTION_REFUSED'))
+        problems.push(`console: ${msg.text()}`);
     });
     const first = elections[0]!;
     /** Waits until the running simulator has made `n` more writes. */
@@ -282,12 +315,19 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     // Writes move the counters (dashboard_update frames) and fill the feed (row events).
     simulator = startSimulator({ pool: db.pool, electionIds: elections.map((e) => e.id), ratePerSecond: 20 });
     await page.waitForFunction(
-      (before) => Number(document.querySelector<HTMLElement>('[data-election][aria-selected="true"]')?.dataset.election) > 0 &&
-        ['guarantees', 'attendance', 'votes'].some((f) => document.querySelector<HTMLElement>(`[data-total="${f}"]`)?.dataset.value !== String(before[f as keyof typeof before])),
+      (before) =>
+        Number(document.querySelector<HTMLElement>('[data-election][aria-selected="true"]')?.dataset.election) > 0 &&
+        ['guarantees', 'attendance', 'votes'].some(
+          (f) =>
+            document.querySelector<HTMLElement>(`[data-total="${f}"]`)?.dataset.value !==
+            String(before[f as keyof typeof before]),
+        ),
       quiet.totals,
       { timeout: 15_000 },
     );
-    await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length >= 3, undefined, { timeout: 15_000 });
+    await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length >= 3, undefined, {
+      timeout: 15_000,
+    });
     // Cosmetic, about time: flashes caught mid-animation make a livelier screenshot (nothing is asserted on it).
     await new Promise((r) => setTimeout(r, 1200));
     await fs.mkdir(path.join(ROOT, 'artifacts'), { recursive: true });
@@ -309,10 +349,19 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     await moreWrites(30, 'writes the page cannot see yet');
     hub = await startTestHub(db.url, { PORT: String(port) }, { staticFiles: files });
     expect(hub.port).toBe(port);
-    await page.waitForFunction(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(-3).includes('resynced'), undefined, {
-      timeout: 20_000,
-    });
-    const states = await page.evaluate(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states);
+    await page.waitForFunction(
+      () =>
+        (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states
+          .slice(-3)
+          .includes('resynced'),
+      undefined,
+      {
+        timeout: 20_000,
+      },
+    );
+    const states = await page.evaluate(
+      () => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states,
+    );
     expect(states.slice(states.indexOf('reconnecting'))).toContain('resynced');
 
     // Keep writing a little on the new hub, then stop: every count must be there.
@@ -331,12 +380,19 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     await page.waitForSelector('#link[data-state="reconnecting"]', { timeout: 10_000 });
     const committee = first.committees[0]!.id;
     for (let i = 0; i < 7; i++) {
-      await db.pool.query('INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)', [first.id, committee, `Gap Voter ${i}`]);
+      await db.pool.query('INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)', [
+        first.id,
+        committee,
+        `Gap Voter ${i}`,
+      ]);
     }
-    const reconnects = (await page.evaluate(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states)).length;
+    const reconnects = (
+      await page.evaluate(() => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states)
+    ).length;
     hub = await startTestHub(db.url, { PORT: String(port) }, { staticFiles: files });
     await page.waitForFunction(
-      (n) => (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(n).includes('resynced'),
+      (n) =>
+        (window as unknown as { hubDashboard: { states: string[] } }).hubDashboard.states.slice(n).includes('resynced'),
       reconnects,
       { timeout: 20_000 },
     );
@@ -346,9 +402,15 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     expect(gap.committees.find((c) => c.committee_id === committee)?.attendance).toBe(
       (after.committees.find((c) => c.committee_id === committee)?.attendance ?? NaN) + 7,
     );
-    await page.waitForFunction(() => document.querySelectorAll('#feed [data-cursor]').length > 0 && /Gap Voter 6/.test(document.querySelector('#feed')?.textContent ?? ''), undefined, {
-      timeout: 10_000,
-    }); // the feed got the missed rows too (the SDK resumed from its cursor)
+    await page.waitForFunction(
+      () =>
+        document.querySelectorAll('#feed [data-cursor]').length > 0 &&
+        /Gap Voter 6/.test(document.querySelector('#feed')?.textContent ?? ''),
+      undefined,
+      {
+        timeout: 10_000,
+      },
+    ); // the feed got the missed rows too (the SDK resumed from its cursor)
     expect(problems).toEqual([]);
     await page.close();
   }, 120_000);
@@ -376,7 +438,11 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
       [electionId, committeeIds],
     );
     // The page also shows the demo's elections (their names are built into it); this one is selected.
-    const jwt = await signTestToken({ sub: 'page-real-size', elections: [...elections.map((x) => x.id), electionId], ttl: '1h' });
+    const jwt = await signTestToken({
+      sub: 'page-real-size',
+      elections: [...elections.map((x) => x.id), electionId],
+      ttl: '1h',
+    });
 
     const page = await browser!.newPage({ viewport: { width: 1440, height: 1000 } });
     const problems: string[] = [];
@@ -386,7 +452,9 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     });
     await page.goto(`${hub!.url}/#token=${jwt}&election=${electionId}`);
     await page.waitForSelector('#link[data-state="connected"]', { timeout: 15_000 });
-    await page.waitForFunction((n) => document.querySelectorAll('[data-committee]').length === n, COMMITTEES, { timeout: 20_000 });
+    await page.waitForFunction((n) => document.querySelectorAll('[data-committee]').length === n, COMMITTEES, {
+      timeout: 20_000,
+    });
 
     // Writes at RATE rows/s in ticks of 100 ms: inserts into the three tables and vote recounts.
     let writing = true;
@@ -397,10 +465,19 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
         const t = Date.now();
         const g = Array.from({ length: Math.round(perTick * 0.4) }, pick);
         const a = Array.from({ length: Math.round(perTick * 0.4) }, pick);
-        const v = Array.from({ length: Math.round(perTick * 0.2) }, () => voteIds[Math.floor(Math.random() * voteIds.length)] as number);
+        const v = Array.from(
+          { length: Math.round(perTick * 0.2) },
+          () => voteIds[Math.floor(Math.random() * voteIds.length)] as number,
+        );
         await Promise.all([
-          db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, c, 'Voter ' || md5(random()::text) FROM unnest($2::bigint[]) c`, [electionId, g]),
-          db.pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, c, 'Voter ' || md5(random()::text) FROM unnest($2::bigint[]) c`, [electionId, a]),
+          db.pool.query(
+            `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, c, 'Voter ' || md5(random()::text) FROM unnest($2::bigint[]) c`,
+            [electionId, g],
+          ),
+          db.pool.query(
+            `INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, c, 'Voter ' || md5(random()::text) FROM unnest($2::bigint[]) c`,
+            [electionId, a],
+          ),
           db.pool.query(`UPDATE votes SET count = count + 7 WHERE id = ANY($1::bigint[])`, [v]),
         ]);
         await new Promise((r) => setTimeout(r, Math.max(0, 100 - (Date.now() - t))));
@@ -412,7 +489,9 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     const cdp = await page.context().newCDPSession(page);
     await cdp.send('Performance.enable');
     const threadTime = async () => {
-      const { metrics } = (await cdp.send('Performance.getMetrics')) as { metrics: Array<{ name: string; value: number }> };
+      const { metrics } = (await cdp.send('Performance.getMetrics')) as {
+        metrics: Array<{ name: string; value: number }>;
+      };
       return metrics.find((m) => m.name === 'ThreadTime')?.value ?? Number.NaN;
     };
     let cpuSeconds: number;
@@ -425,7 +504,9 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
           for (const entry of list.getEntries()) tasks.push(entry.duration);
         });
         obs.observe({ type: 'longtask', buffered: false });
-        const probe = (window as unknown as { hubDashboard: { received?: () => { updates: number; rows: number; renders: number } } }).hubDashboard;
+        const probe = (
+          window as unknown as { hubDashboard: { received?: () => { updates: number; rows: number; renders: number } } }
+        ).hubDashboard;
         const before = probe.received?.() ?? { updates: 0, rows: 0, renders: 0 };
         await new Promise((r) => setTimeout(r, ms));
         obs.disconnect();
@@ -470,7 +551,10 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
         if (!box) continue;
         const r = el.getBoundingClientRect();
         const b = box.getBoundingClientRect();
-        if (r.right > b.right + 0.5 || r.left < b.left - 0.5) out.push(`${el.dataset.total ?? el.dataset.count}=${el.textContent} (${Math.round(r.width)} px in ${Math.round(b.width)} px)`);
+        if (r.right > b.right + 0.5 || r.left < b.left - 0.5)
+          out.push(
+            `${el.dataset.total ?? el.dataset.count}=${el.textContent} (${Math.round(r.width)} px in ${Math.round(b.width)} px)`,
+          );
       }
       return out;
     });

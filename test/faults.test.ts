@@ -69,12 +69,19 @@ const outboxAfter = async (since: string): Promise<string[]> => {
 };
 
 const write = (rows: number) =>
-  db.pool.query(`INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`, [e1, c1, rows]);
+  db.pool.query(`INSERT INTO guarantees (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`, [
+    e1,
+    c1,
+    rows,
+  ]);
 
 /** Refuses new connections and terminates the hub's (pool, listener) backends. */
 const lockOut = async () => {
   await root.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
-  await root.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'election-hub%'`, [name]);
+  await root.query(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'election-hub%'`,
+    [name],
+  );
 };
 const letIn = () => root.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
 
@@ -88,7 +95,12 @@ describe('a resume whose PostgreSQL read fails', () => {
     await lockOut();
     c.send({ type: 'subscribe', topics: ['election:*'], since });
     const outcome = await Promise.race([
-      c.next((f) => f.type === 'subscribed' || f.type === 'error', 20_000).then((f) => ({ frame: f.type, code: f.code }), () => ({ frame: 'none' })),
+      c
+        .next((f) => f.type === 'subscribed' || f.type === 'error', 20_000)
+        .then(
+          (f) => ({ frame: f.type, code: f.code }),
+          () => ({ frame: 'none' }),
+        ),
       c.closed.then((x) => ({ closed: x.code, reason: x.reason })),
     ]);
     await letIn();
@@ -96,7 +108,9 @@ describe('a resume whose PostgreSQL read fails', () => {
     expect(outcome).toEqual({ closed: CloseCode.resumeFailed, reason: 'resume failed: reconnect and resume' });
     // Nothing after the gap ever reached that socket.
     expect(c.events()).toEqual([]);
-    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/hub_connections_closed_total\{code="4009"\} 1/);
+    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(
+      /hub_connections_closed_total\{code="4009"\} 1/,
+    );
   }, 60_000);
 
   it('an SDK client resumes through the outage and ends with every event (3 005 of 3 005), in order', async () => {
@@ -120,7 +134,11 @@ describe('a resume whose PostgreSQL read fails', () => {
     client.onState((s, d) => states.push([s, d]));
     client.on('error', (f) => errors.push(f.code));
     // The hub answered the resume (whatever it answered) while it could not read.
-    await waitUntil(() => errors.length > 0 || states.some(([s, d]) => s === 'reconnecting' && d.code !== undefined), 20_000, 'an answer to the resume');
+    await waitUntil(
+      () => errors.length > 0 || states.some(([s, d]) => s === 'reconnecting' && d.code !== undefined),
+      20_000,
+      'an answer to the resume',
+    );
     await letIn();
     await write(5);
     const expected = await outboxAfter(since);
@@ -159,7 +177,18 @@ describe('SDK: any error answer to a resume means reconnect and resume', () => {
         if (resumes.length === 1) {
           // The old hub: an error, then live events past the gap on the same socket.
           ws.send(JSON.stringify({ type: 'error', code: 'internal', message: 'subscription failed; retry' }));
-          ws.send(JSON.stringify({ type: 'guarantee_update', action: 'created', election_id: 1, committee_id: 1, id: 9, data: {}, cursor: '9.1', committed_at: new Date().toISOString() }));
+          ws.send(
+            JSON.stringify({
+              type: 'guarantee_update',
+              action: 'created',
+              election_id: 1,
+              committee_id: 1,
+              id: 9,
+              data: {},
+              cursor: '9.1',
+              committed_at: new Date().toISOString(),
+            }),
+          );
         } else {
           ws.send(JSON.stringify({ type: 'subscribed', topics: ['election:1'], cursor: '9.0' }));
         }
@@ -168,7 +197,14 @@ describe('SDK: any error answer to a resume means reconnect and resume', () => {
     await new Promise((r) => s.on('listening', r));
     const url = `ws://127.0.0.1:${(s.address() as { port: number }).port}/ws`;
     const states: Array<[ClientState, StateDetail]> = [];
-    const client = createHubClient({ url, token: 't', topics: ['election:1'], since: '3.0', WebSocket: WebSocket as never, backoff: { initialMs: 10, maxMs: 50 } });
+    const client = createHubClient({
+      url,
+      token: 't',
+      topics: ['election:1'],
+      since: '3.0',
+      WebSocket: WebSocket as never,
+      backoff: { initialMs: 10, maxMs: 50 },
+    });
     clients.push(client);
     client.onState((st, d) => states.push([st, d]));
     await waitUntil(() => resumes.length >= 2, 10_000, 'a second resume');
@@ -183,10 +219,19 @@ describe('readiness', () => {
     expect(readiness({ ...base, readerFailure: undefined })).toEqual({ ok: true });
     expect(readiness({ ...base, readerFailure: { since: 9_950, count: 1 } })).toEqual({ ok: true });
     expect(readiness({ ...base, readerFailure: { since: 9_500, count: 4 } })).toEqual({ ok: true });
-    expect(readiness({ ...base, readerFailure: { since: 5_000, count: 6 } })).toEqual({ ok: false, reason: 'database' });
-    expect(readiness({ ...base, listenerConnected: false, readerFailure: undefined })).toEqual({ ok: false, reason: 'database' });
+    expect(readiness({ ...base, readerFailure: { since: 5_000, count: 6 } })).toEqual({
+      ok: false,
+      reason: 'database',
+    });
+    expect(readiness({ ...base, listenerConnected: false, readerFailure: undefined })).toEqual({
+      ok: false,
+      reason: 'database',
+    });
     expect(readiness({ ...base, started: false, readerFailure: undefined })).toEqual({ ok: false, reason: 'database' });
-    expect(readiness({ ...base, shuttingDown: true, readerFailure: undefined })).toEqual({ ok: false, reason: 'shutting_down' });
+    expect(readiness({ ...base, shuttingDown: true, readerFailure: undefined })).toEqual({
+      ok: false,
+      reason: 'shutting_down',
+    });
   });
 
   it('/ready turns 503 while the outbox reader fails though the listener stays connected, and says only "database"; /admin/health has the details', async () => {
@@ -195,12 +240,17 @@ describe('readiness', () => {
     expect((await fetch(`${hub.url}/ready`)).status).toBe(200);
     // Only the pool's backends: the listener's own connection stays up.
     await root.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
-    await root.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'election-hub'`, [name]);
+    await root.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'election-hub'`,
+      [name],
+    );
     await waitUntil(async () => (await fetch(`${hub.url}/ready`)).status === 503, 15_000, '/ready 503');
     const res = await fetch(`${hub.url}/ready`);
     const text = await res.text();
     expect(JSON.parse(text)).toEqual({ status: 'unavailable', reason: 'database' });
-    const health = (await (await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as {
+    const health = (await (
+      await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })
+    ).json()) as {
       database: { connected: boolean; reader: { failing: boolean; error: string | null } };
     };
     expect(health.database.connected).toBe(true);
@@ -210,15 +260,23 @@ describe('readiness', () => {
     await waitUntil(async () => (await fetch(`${hub.url}/ready`)).status === 200, 15_000, '/ready 200 again');
   }, 60_000);
 
-  it('the listener\'s error text (it names the database) never reaches /ready', async () => {
+  it("the listener's error text (it names the database) never reaches /ready", async () => {
     // Started while the database refuses: the listener's connect fails with the server's
     // message, which names the database.
     await lockOut();
     const hub = await startHub();
     const admin = await token({ sub: 'ops', role: 'admin' });
     const details = async () =>
-      ((await (await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as { database: { listener_error: string | null } }).database;
-    await waitUntil(async () => ((await details()).listener_error ?? '').includes(name), 15_000, 'the listener error to name the database');
+      (
+        (await (await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as {
+          database: { listener_error: string | null };
+        }
+      ).database;
+    await waitUntil(
+      async () => ((await details()).listener_error ?? '').includes(name),
+      15_000,
+      'the listener error to name the database',
+    );
     const text = await (await fetch(`${hub.url}/ready`)).text();
     expect(text).not.toContain(name);
     expect(JSON.parse(text)).toEqual({ status: 'unavailable', reason: 'database' });
@@ -228,17 +286,32 @@ describe('readiness', () => {
 describe('token policy', () => {
   it('a token without exp is refused with 401 on the upgrade and on HTTP routes, counted as missing_exp', async () => {
     const hub = await startHub();
-    const noExp = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setSubject('forever').setIssuedAt().sign(new TextEncoder().encode(SECRET));
+    const noExp = await new SignJWT({ role: 'admin' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('forever')
+      .setIssuedAt()
+      .sign(new TextEncoder().encode(SECRET));
     expect(await upgradeStatus(hub, { token: noExp })).toBe(401);
-    expect((await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(401);
-    expect((await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(401);
-    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(/hub_auth_failures_total\{reason="missing_exp"\} 3/);
+    expect((await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(
+      401,
+    );
+    expect((await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${noExp}` } })).status).toBe(
+      401,
+    );
+    expect(await (await fetch(`${hub.metricsUrl}/metrics`)).text()).toMatch(
+      /hub_auth_failures_total\{reason="missing_exp"\} 3/,
+    );
     // The same claims with an exp are fine.
-    const withExp = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'HS256' }).setSubject('forever').setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode(SECRET));
+    const withExp = await new SignJWT({ role: 'admin' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('forever')
+      .setIssuedAt()
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(SECRET));
     expect(await upgradeStatus(hub, { token: withExp })).toBe(101);
   });
 
-  it('an exp beyond setTimeout\'s range (~24.8 days) still expires the socket (timer re-armed in chunks)', () => {
+  it("an exp beyond setTimeout's range (~24.8 days) still expires the socket (timer re-armed in chunks)", () => {
     vi.useFakeTimers();
     try {
       const s = { expiry: undefined as NodeJS.Timeout | undefined };
@@ -273,11 +346,19 @@ describe('token policy', () => {
     const topics = hello.topics as string[];
     expect(topics).toHaveLength(200);
     expect(topics).toContain('user:wide');
-    expect(topics.filter((t) => t.startsWith('election:'))).toEqual(elections.slice(0, 199).map((e) => `election:${e}`));
+    expect(topics.filter((t) => t.startsWith('election:'))).toEqual(
+      elections.slice(0, 199).map((e) => `election:${e}`),
+    );
     const err = await c.next((f) => f.type === 'error');
     expect(err.code).toBe('too_many_topics');
-    expect(c.frames.findIndex((f) => f.type === 'error')).toBeGreaterThan(c.frames.findIndex((f) => f.type === 'connection_success'));
-    const r = (await (await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${await token({ sub: 'ops', role: 'admin' })}` } })).json()) as { topics: Record<string, number> };
+    expect(c.frames.findIndex((f) => f.type === 'error')).toBeGreaterThan(
+      c.frames.findIndex((f) => f.type === 'connection_success'),
+    );
+    const r = (await (
+      await fetch(`${hub.url}/admin/health`, {
+        headers: { authorization: `Bearer ${await token({ sub: 'ops', role: 'admin' })}` },
+      })
+    ).json()) as { topics: Record<string, number> };
     expect(Object.keys(r.topics)).toHaveLength(200);
     // The socket still works; one more topic is refused.
     c.send({ type: 'subscribe', topics: ['election:999'] });

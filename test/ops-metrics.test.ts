@@ -40,7 +40,8 @@ describe('metrics used by dashboards and alerts', () => {
     await client.next((f) => f.type === 'guarantee_update');
 
     const auth = { authorization: `Bearer ${admin}` };
-    for (let i = 0; i < 2; i++) expect((await fetch(`${base}/dashboard/${election}`, { headers: auth })).status).toBe(200);
+    for (let i = 0; i < 2; i++)
+      expect((await fetch(`${base}/dashboard/${election}`, { headers: auth })).status).toBe(200);
     const refused = await connect(hub, { token: 'not-a-jwt' }).then(
       async (c) => (await c.close(), 101),
       (err: { status?: number }) => err.status,
@@ -50,7 +51,11 @@ describe('metrics used by dashboards and alerts', () => {
 
     await client.close();
     const metrics = async () => (await fetch(`${hub?.metricsUrl}/metrics`)).text();
-    await waitUntil(async () => /^hub_connections_closed_total\{code="[^"]+"\} [1-9]/m.test(await metrics()), 10_000, 'the close to be counted');
+    await waitUntil(
+      async () => /^hub_connections_closed_total\{code="[^"]+"\} [1-9]/m.test(await metrics()),
+      10_000,
+      'the close to be counted',
+    );
     scrape = await metrics();
   });
 
@@ -59,10 +64,13 @@ describe('metrics used by dashboards and alerts', () => {
     await db?.drop();
   });
 
-  it.each(metricNamesUsedByOps(root).map((u) => [u.file, u.names] as const))('%s queries only exported names', (_file, names) => {
-    const exported = namesInExposition(scrape);
-    expect(names.filter((n) => !exported.has(n) && !PROMETHEUS_SYNTHETIC_METRICS.has(n))).toEqual([]);
-  });
+  it.each(metricNamesUsedByOps(root).map((u) => [u.file, u.names] as const))(
+    '%s queries only exported names',
+    (_file, names) => {
+      const exported = namesInExposition(scrape);
+      expect(names.filter((n) => !exported.has(n) && !PROMETHEUS_SYNTHETIC_METRICS.has(n))).toEqual([]);
+    },
+  );
 
   it('has samples for the labelled series the dashboards group by', () => {
     for (const series of [
@@ -89,12 +97,15 @@ describe('metrics used by dashboards and alerts', () => {
     expect(r.status).toBe(0);
   });
 
-  it.skipIf(!promtool && !process.env.CI)('promtool accepts the Prometheus config, the alert rules and their unit tests', () => {
-    expect(promtool, 'promtool is not installed').toBe(true);
-    const r = spawnSync('bash', ['scripts/promtool-check.sh'], { encoding: 'utf8', timeout: 60_000 });
-    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
-    expect(r.stdout).toMatch(/SUCCESS/);
-  });
+  it.skipIf(!promtool && !process.env.CI)(
+    'promtool accepts the Prometheus config, the alert rules and their unit tests',
+    () => {
+      expect(promtool, 'promtool is not installed').toBe(true);
+      const r = spawnSync('bash', ['scripts/promtool-check.sh'], { encoding: 'utf8', timeout: 60_000 });
+      expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/SUCCESS/);
+    },
+  );
 });
 
 /** `name{label="value"} number` lines of a scrape, as a map from the series to its value. */
@@ -155,12 +166,17 @@ describe('metrics listener and label values (CONTRACT section 7)', () => {
     const expected: string[] = [
       ...LABEL_VALUES.role.map((v) => `hub_connections_by_role{role="${v}"}`),
       ...LABEL_VALUES.code.map((v) => `hub_connections_closed_total{code="${v}"}`),
-      ...LABEL_VALUES.type.flatMap((v) => [`hub_messages_sent_total{type="${v}"}`, `hub_bytes_sent_total{type="${v}"}`]),
+      ...LABEL_VALUES.type.flatMap((v) => [
+        `hub_messages_sent_total{type="${v}"}`,
+        `hub_bytes_sent_total{type="${v}"}`,
+      ]),
       ...LABEL_VALUES.reason.map((v) => `hub_auth_failures_total{reason="${v}"}`),
       ...LABEL_VALUES.errorCode.map((v) => `hub_client_errors_total{code="${v}"}`),
       ...LABEL_VALUES.computation.map((v) => `hub_dashboard_computations_total{reason="${v}"}`),
       ...['guarantee', 'attendance', 'vote'].flatMap((kind) =>
-        ['created', 'updated', 'deleted', 'truncated'].map((action) => `hub_events_total{kind="${kind}",action="${action}"}`),
+        ['created', 'updated', 'deleted', 'truncated'].map(
+          (action) => `hub_events_total{kind="${kind}",action="${action}"}`,
+        ),
       ),
       'hub_events_total{kind="app",action="published"}',
       // Named by the contract, whatever the lists above say.
@@ -181,16 +197,28 @@ describe('metrics listener and label values (CONTRACT section 7)', () => {
   it('bounds label values that come from tokens, clients and rows', async () => {
     const odd = await client(await token({ sub: 'odd', role: 'role-from-a-token-1234', elections: [e1] }));
     await odd.next((f) => f.type === 'connection_success');
-    await waitUntil(async () => (await scrape()).get(`hub_connections_by_role{role="${OTHER}"}`) === 1, 5000, 'role other = 1');
-    odd.ws.close(4321, 'a code of the client\'s choosing');
+    await waitUntil(
+      async () => (await scrape()).get(`hub_connections_by_role{role="${OTHER}"}`) === 1,
+      5000,
+      'role other = 1',
+    );
+    odd.ws.close(4321, "a code of the client's choosing");
     await odd.closed;
-    await waitUntil(async () => (await scrape()).get(`hub_connections_closed_total{code="${OTHER}"}`) === 1, 5000, 'close code other');
+    await waitUntil(
+      async () => (await scrape()).get(`hub_connections_closed_total{code="${OTHER}"}`) === 1,
+      5000,
+      'close code other',
+    );
 
     const admin = await client(await token({ sub: 'ops', role: 'admin' }));
     await admin.next((f) => f.type === 'connection_success');
     await db?.pool.query(`SELECT hub.publish($1, 'my.own-event', '{"x":1}')`, [`election:${e1}`]);
     await admin.next((f) => f.type === 'my.own-event');
-    await waitUntil(async () => (await scrape()).get('hub_messages_sent_total{type="app_event"}') === 1, 5000, 'app_event counted');
+    await waitUntil(
+      async () => (await scrape()).get('hub_messages_sent_total{type="app_event"}') === 1,
+      5000,
+      'app_event counted',
+    );
     await admin.close();
 
     const text = await (await fetch(`${hub?.metricsUrl}/metrics`)).text();
@@ -211,7 +239,10 @@ describe('metrics listener and label values (CONTRACT section 7)', () => {
     );
     for (const c of clients) await c.next((f) => f.type === 'connection_success');
     const before = await scrape();
-    await db?.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'ünïcode bytes')`, [e1, c1]);
+    await db?.pool.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'ünïcode bytes')`,
+      [e1, c1],
+    );
     for (const c of clients) await c.next((f) => f.type === 'guarantee_update');
     const size = sizes[0]?.[0] ?? 0;
     expect(size).toBeGreaterThan(100);

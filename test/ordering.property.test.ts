@@ -87,7 +87,9 @@ type Op =
 
 const opArb = (clients: number): fc.Arbitrary<Op> =>
   fc.oneof(
-    { weight: 3, arbitrary: fc
+    {
+      weight: 3,
+      arbitrary: fc
         .array(
           fc.record({
             table: fc.nat(2),
@@ -98,14 +100,43 @@ const opArb = (clients: number): fc.Arbitrary<Op> =>
           }),
           { minLength: 1, maxLength: 4 },
         )
-        .chain((txns) => fc.shuffledSubarray([...txns.keys()], { minLength: txns.length, maxLength: txns.length }).map((commitOrder) => ({ kind: 'write' as const, txns, commitOrder }))) },
-    { weight: 1, arbitrary: fc.record({ kind: fc.constant('long' as const), where: fc.constantFrom('other-db' as const, 'unwatched' as const, 'watched' as const), place: fc.nat(3), span: fc.integer({ min: 1, max: 4 }), commit: fc.boolean() }) },
+        .chain((txns) =>
+          fc
+            .shuffledSubarray([...txns.keys()], { minLength: txns.length, maxLength: txns.length })
+            .map((commitOrder) => ({ kind: 'write' as const, txns, commitOrder })),
+        ),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        kind: fc.constant('long' as const),
+        where: fc.constantFrom('other-db' as const, 'unwatched' as const, 'watched' as const),
+        place: fc.nat(3),
+        span: fc.integer({ min: 1, max: 4 }),
+        commit: fc.boolean(),
+      }),
+    },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('disconnect' as const), client: fc.nat(clients - 1) }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('resume' as const), client: fc.nat(clients - 1) }) },
-    { weight: 1, arbitrary: fc.record({ kind: fc.constant('fault' as const), client: fc.nat(clients - 1), mode: fc.constantFrom('kill' as const, 'lockout' as const), delayMs: fc.nat(3) }) },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        kind: fc.constant('fault' as const),
+        client: fc.nat(clients - 1),
+        mode: fc.constantFrom('kill' as const, 'lockout' as const),
+        delayMs: fc.nat(3),
+      }),
+    },
   );
 
-type Logical = { topics: Set<string>; start: Position; last: Position; received: string[]; conn: TestClient | undefined; seen: number };
+type Logical = {
+  topics: Set<string>;
+  start: Position;
+  last: Position;
+  received: string[];
+  conn: TestClient | undefined;
+  seen: number;
+};
 
 /** Collects the events of the current connection and advances `last`. */
 const absorb = (l: Logical) => {
@@ -147,10 +178,21 @@ const open = async (l: Logical, fault?: { mode: 'kill' | 'lockout'; delayMs: num
     if (injecting && fault.mode === 'lockout') {
       // Past the ring (REPLAY_BUFFER_EVENTS 40): this replay must read PostgreSQL.
       const p = places[0] as { e: number; c: number };
-      await db.pool.query(`INSERT INTO votes (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 41)`, [p.e, p.c]);
-      const m = (await db.pool.query<{ t: string; i: string }>('SELECT seq::text t, id::text i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1')).rows[0];
+      await db.pool.query(`INSERT INTO votes (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, 41)`, [
+        p.e,
+        p.c,
+      ]);
+      const m = (
+        await db.pool.query<{ t: string; i: string }>(
+          'SELECT seq::text t, id::text i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1',
+        )
+      ).rows[0];
       const written: Position = { seq: BigInt(m?.t ?? '0'), id: BigInt(m?.i ?? '0') };
-      await waitUntil(() => compare(decodeCursor(hub.cursor()) as Position, written) >= 0, 10_000, 'hub to read past the ring');
+      await waitUntil(
+        () => compare(decodeCursor(hub.cursor()) as Position, written) >= 0,
+        10_000,
+        'hub to read past the ring',
+      );
       faults.injected++;
       await root.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS false`);
       await terminateHubBackends();
@@ -161,7 +203,12 @@ const open = async (l: Logical, fault?: { mode: 'kill' | 'lockout'; delayMs: num
         ? new Promise((r) => setTimeout(r, fault.delayMs)).then(() => (faults.injected++, terminateHubBackends()))
         : undefined;
     const outcome = await Promise.race([
-      c.next((f) => f.type === 'subscribed').then(() => 'subscribed', () => 'no answer'),
+      c
+        .next((f) => f.type === 'subscribed')
+        .then(
+          () => 'subscribed',
+          () => 'no answer',
+        ),
       c.closed.then((x) => x.code),
     ]);
     await kill;
@@ -183,7 +230,10 @@ const open = async (l: Logical, fault?: { mode: 'kill' | 'lockout'; delayMs: num
 type Long = { client: pg.Client; span: number; commit: boolean };
 
 const openLong = async (op: Extract<Op, { kind: 'long' }>): Promise<pg.Client> => {
-  const c = new pg.Client({ connectionString: op.where === 'other-db' ? other.url : db.url, application_name: 'prop-long' });
+  const c = new pg.Client({
+    connectionString: op.where === 'other-db' ? other.url : db.url,
+    application_name: 'prop-long',
+  });
   c.on('error', () => undefined);
   await c.connect();
   await c.query('BEGIN');
@@ -192,7 +242,8 @@ const openLong = async (op: Extract<Op, { kind: 'long' }>): Promise<pg.Client> =
   const p = places[op.place % places.length] as { e: number; c: number };
   if (op.where === 'other-db') await c.query(`INSERT INTO imports (payload) VALUES ('long')`);
   else if (op.where === 'unwatched') await c.query(`INSERT INTO scratch (note) VALUES ('long')`);
-  else await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'long')`, [p.e, p.c]);
+  else
+    await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'long')`, [p.e, p.c]);
   return c;
 };
 const endLong = async (t: Long) => {
@@ -217,7 +268,10 @@ const write = async (op: Extract<Op, { kind: 'write' }>) => {
         mix.wroteFirst++;
         await conns[i]?.query(`INSERT INTO scratch (note) VALUES ('before the watched write')`);
       }
-      await conns[i]?.query(`INSERT INTO ${TABLES[t.table]} (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`, [p.e, p.c, t.rows]);
+      await conns[i]?.query(
+        `INSERT INTO ${TABLES[t.table]} (election_id, committee_id) SELECT $1, $2 FROM generate_series(1, $3::int)`,
+        [p.e, p.c, t.rows],
+      );
     }
     for (const i of op.commitOrder) {
       const c = conns[i] as pg.PoolClient;
@@ -303,9 +357,17 @@ const scenario = async (clientTopics: number[][], ops: Op[]) => {
   await waitUntil(() => compare(decodeCursor(hub.cursor()) as Position, target) >= 0, 10_000, 'hub to catch up');
   for (const l of clients) {
     const expected = rows
-      .filter((r) => eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: null }).some((t) => l.topics.has(t)))
+      .filter((r) =>
+        eventTopics({ electionId: r.election_id, committeeId: r.committee_id, topic: null }).some((t) =>
+          l.topics.has(t),
+        ),
+      )
       .map((r) => encodeCursor({ seq: BigInt(r.t), id: BigInt(r.i) }));
-    await waitUntil(() => (absorb(l), l.received.length >= expected.length), 10_000, `client stream (${l.received.length}/${expected.length})`).catch(() => undefined);
+    await waitUntil(
+      () => (absorb(l), l.received.length >= expected.length),
+      10_000,
+      `client stream (${l.received.length}/${expected.length})`,
+    ).catch(() => undefined);
     absorb(l);
     expect(l.received).toEqual(expected);
   }
@@ -315,7 +377,10 @@ const scenario = async (clientTopics: number[][], ops: Op[]) => {
 it('every client stream equals the outbox order restricted to its topics, across concurrent writers, long unrelated transactions, aborts (also after the commit key), slow commits, disconnects, resumes and database faults during resumes', async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.array(fc.uniqueArray(fc.nat(topicsPool.length - 1), { minLength: 1, maxLength: 3 }), { minLength: 2, maxLength: 3 }),
+      fc.array(fc.uniqueArray(fc.nat(topicsPool.length - 1), { minLength: 1, maxLength: 3 }), {
+        minLength: 2,
+        maxLength: 3,
+      }),
       fc.array(opArb(3), { minLength: 4, maxLength: 12 }),
       scenario,
     ),
@@ -325,8 +390,12 @@ it('every client stream equals the outbox order restricted to its topics, across
   expect(faults.injected).toBeGreaterThan(0);
   expect(faults.resumeFailed).toBeGreaterThan(0);
   for (const [what, n] of Object.entries(mix)) expect(n, what).toBeGreaterThan(0);
-  console.log(`transactions failing after their key: ${mix.failedAfterKey}; slow commits: ${mix.slow}; writing before the watched write: ${mix.wroteFirst}; long ones: ${mix.long} (${mix.longWatched} with watched writes)`);
-  console.log(`faults injected during resumes: ${faults.injected}; resumes closed with 4009: ${faults.resumeFailed}; sockets dropped before connection_success: ${faults.closedBeforeHello}`);
+  console.log(
+    `transactions failing after their key: ${mix.failedAfterKey}; slow commits: ${mix.slow}; writing before the watched write: ${mix.wroteFirst}; long ones: ${mix.long} (${mix.longWatched} with watched writes)`,
+  );
+  console.log(
+    `faults injected during resumes: ${faults.injected}; resumes closed with 4009: ${faults.resumeFailed}; sockets dropped before connection_success: ${faults.closedBeforeHello}`,
+  );
 }, 180_000);
 
 /** hub.take_commit_key without its locks: a key that is still committing looks aborted. */
@@ -337,7 +406,9 @@ BEGIN
 END $$`;
 
 it('the property fails with a broken variant: commit keys taken without their locks let the reader skip a transaction still committing', async () => {
-  const original = (await db.pool.query<{ d: string }>(`SELECT pg_get_functiondef('hub.take_commit_key'::regproc) AS d`)).rows[0]?.d ?? '';
+  const original =
+    (await db.pool.query<{ d: string }>(`SELECT pg_get_functiondef('hub.take_commit_key'::regproc) AS d`)).rows[0]?.d ??
+    '';
   expect(original).toContain('pg_advisory_xact_lock');
   // A transaction takes its key and stays in its COMMIT for 300 ms; another commits past it.
   const slowThenFast: Op[] = [
@@ -354,7 +425,10 @@ it('the property fails with a broken variant: commit keys taken without their lo
   await scenario(everything, slowThenFast);
   await db.pool.query(BROKEN);
   try {
-    const failure = await scenario(everything, slowThenFast).then(() => undefined, (err: unknown) => err as Error);
+    const failure = await scenario(everything, slowThenFast).then(
+      () => undefined,
+      (err: unknown) => err as Error,
+    );
     // The client's stream lacks the slow transaction's rows: the reader took its key for an abort.
     expect(failure?.message).toMatch(/deeply equal/);
   } finally {

@@ -37,9 +37,13 @@ const pos = (f: Frame) => {
   if (!p) throw new Error(`bad cursor ${String(f.cursor)}`);
   return p;
 };
-const inCursorOrder = (frames: Frame[]) => frames.every((f, i) => i === 0 || compare(pos(frames[i - 1] as Frame), pos(f)) < 0);
+const inCursorOrder = (frames: Frame[]) =>
+  frames.every((f, i) => i === 0 || compare(pos(frames[i - 1] as Frame), pos(f)) < 0);
 const insert = (pool: pg.Pool, n = 1, table = 'guarantees') =>
-  pool.query(`INSERT INTO ${table} (election_id, committee_id, voter_name) SELECT $1, $2, 'v' || g FROM generate_series(1, $3::int) g`, [e1, c1, n]);
+  pool.query(
+    `INSERT INTO ${table} (election_id, committee_id, voter_name) SELECT $1, $2, 'v' || g FROM generate_series(1, $3::int) g`,
+    [e1, c1, n],
+  );
 const rowIds = (frames: Frame[]) => frames.map((f) => f.id as number);
 
 /** Connects without auto-subscription and resumes `topics` from `since`. */
@@ -59,7 +63,11 @@ describe('lossless, ordered delivery', () => {
     await killer.connect();
     const writer = (async () => {
       for (let i = 0; i < 200; i++) {
-        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, `k${i}`]);
+        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+          e1,
+          c1,
+          `k${i}`,
+        ]);
         if (i % 40 === 20) {
           await killer.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
             WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name LIKE 'election-hub%'`);
@@ -69,7 +77,9 @@ describe('lossless, ordered delivery', () => {
     await writer;
     const events = await eventsReceived(c, 200, 30_000);
     expect(await untilMarker(db.pool, c)).toHaveLength(200);
-    expect(events.map((f) => (f.data as { voter_name: string }).voter_name)).toEqual(Array.from({ length: 200 }, (_, i) => `k${i}`));
+    expect(events.map((f) => (f.data as { voter_name: string }).voter_name)).toEqual(
+      Array.from({ length: 200 }, (_, i) => `k${i}`),
+    );
     expect(inCursorOrder(events)).toBe(true);
     await waitUntil(async () => (await fetch(`${hub.url}/ready`)).status === 200, 10_000, 'ready again');
     await killer.end();
@@ -85,8 +95,14 @@ describe('lossless, ordered delivery', () => {
     early.on('error', () => undefined);
     await early.connect();
     await early.query('BEGIN');
-    await early.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'early')`, [e1, c1]);
-    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'late')`, [e1, c1]);
+    await early.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'early')`, [
+      e1,
+      c1,
+    ]);
+    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'late')`, [
+      e1,
+      c1,
+    ]);
     // The order is the commit order: 'late' committed first and goes out while 'early' is open
     // (before commit keys it waited for 'early' to end).
     const [late] = await eventsReceived(c, 1);
@@ -178,10 +194,20 @@ describe('lossless, ordered delivery', () => {
     // Stop reading: the kernel buffers fill, then the hub's.
     const raw = (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket;
     raw.pause();
-    await db.pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, $2, repeat('x', 2000) || g FROM generate_series(1, 10000) g`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO attendance (election_id, committee_id, voter_name) SELECT $1, $2, repeat('x', 2000) || g FROM generate_series(1, 10000) g`,
+      [e1, c1],
+    );
     const fastEvents = await eventsReceived(fast, 10_000, 60_000);
     expect(fastEvents).toHaveLength(10_000);
-    await waitUntil(async () => /hub_slow_reader_closes_total\{cause="socket_limit"\} [1-9]/.test(await (await fetch(`${hub.metricsUrl}/metrics`)).text()), 10_000, 'a 4008 close');
+    await waitUntil(
+      async () =>
+        /hub_slow_reader_closes_total\{cause="socket_limit"\} [1-9]/.test(
+          await (await fetch(`${hub.metricsUrl}/metrics`)).text(),
+        ),
+      10_000,
+      'a 4008 close',
+    );
     raw.resume();
     const closed = await slow.closed;
     expect(closed.code).toBe(4008);
@@ -190,7 +216,9 @@ describe('lossless, ordered delivery', () => {
     expect(inCursorOrder(got)).toBe(true);
     const r = await resume(hub, ['election:*'], got.length ? String(got[got.length - 1]?.cursor) : startCursor);
     const rest = await eventsReceived(r, 10_000 - got.length, 60_000);
-    expect([...got, ...rest].map((f) => (f.data as { voter_name: string }).voter_name)).toEqual(fastEvents.map((f) => (f.data as { voter_name: string }).voter_name));
+    expect([...got, ...rest].map((f) => (f.data as { voter_name: string }).voter_name)).toEqual(
+      fastEvents.map((f) => (f.data as { voter_name: string }).voter_name),
+    );
     await Promise.all([fast.close(), r.close()]);
     await hub.stop();
   }, 120_000);
@@ -224,22 +252,40 @@ describe('lossless, ordered delivery', () => {
     const first = three[0];
     const third = pos(three[2] as Frame);
     await c.close();
-    await waitUntil(async () => {
-      const r = await db.pool.query<{ old: boolean }>(`SELECT max(committed_at) < now() - interval '1 second' AS old FROM hub.outbox_in_order WHERE (seq, id) <= ($1::bigint, $2::bigint)`, [
-        third.seq.toString(),
-        third.id.toString(),
-      ]);
-      return r.rows[0]?.old === true;
-    }, 10_000, 'the three rows to be older than the retention');
+    await waitUntil(
+      async () => {
+        const r = await db.pool.query<{ old: boolean }>(
+          `SELECT max(committed_at) < now() - interval '1 second' AS old FROM hub.outbox_in_order WHERE (seq, id) <= ($1::bigint, $2::bigint)`,
+          [third.seq.toString(), third.id.toString()],
+        );
+        return r.rows[0]?.old === true;
+      },
+      10_000,
+      'the three rows to be older than the retention',
+    );
     await insert(db.pool, 1);
-    await waitUntil(async () => {
-      const r = await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox WHERE committed_at < now() - interval '1 second'`);
-      return r.rows[0]?.n === '0';
-    }, 30_000, 'pruning');
-    await when(hub, 'pruned', () => reached(hub.prunedMark(), third), `the hub to learn that pruning passed ${String(three[2]?.cursor)}`);
+    await waitUntil(
+      async () => {
+        const r = await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM hub.outbox WHERE committed_at < now() - interval '1 second'`,
+        );
+        return r.rows[0]?.n === '0';
+      },
+      30_000,
+      'pruning',
+    );
+    await when(
+      hub,
+      'pruned',
+      () => reached(hub.prunedMark(), third),
+      `the hub to learn that pruning passed ${String(three[2]?.cursor)}`,
+    );
     const r = await connect(hub, { token: admin, query: 'subscribe=none' });
     r.send({ type: 'subscribe', topics: ['election:*'], since: String(first?.cursor) });
-    expect(await r.next((f) => f.type === 'resync' || f.type === 'subscribed')).toMatchObject({ type: 'resync', topics: ['election:*'] });
+    expect(await r.next((f) => f.type === 'resync' || f.type === 'subscribed')).toMatchObject({
+      type: 'resync',
+      topics: ['election:*'],
+    });
     expect(await r.next((f) => f.type === 'subscribed')).toMatchObject({ topics: ['election:*'] });
     r.send({ type: 'subscribe', topics: ['election:*'], since: 'zzzz' });
     expect(await r.next((f) => f.type === 'error')).toMatchObject({ code: 'bad_cursor' });
@@ -290,14 +336,22 @@ describe('snapshot + since = the database', () => {
     const writers = [1, 2, 3].map(async (w) => {
       while (writing) {
         await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, $3)`, [e1, c1, w]);
-        await db.pool.query(`UPDATE votes SET count = count + 1 WHERE id = (SELECT max(id) FROM votes WHERE election_id = $1)`, [e1]);
+        await db.pool.query(
+          `UPDATE votes SET count = count + 1 WHERE id = (SELECT max(id) FROM votes WHERE election_id = $1)`,
+          [e1],
+        );
         await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
-        await db.pool.query(`DELETE FROM guarantees WHERE id = (SELECT min(id) FROM guarantees WHERE election_id = $1 AND voter_name IS NULL)`, [e1]);
+        await db.pool.query(
+          `DELETE FROM guarantees WHERE id = (SELECT min(id) FROM guarantees WHERE election_id = $1 AND voter_name IS NULL)`,
+          [e1],
+        );
         rounds++;
       }
     });
     await waitUntil(() => rounds >= 15, 30_000, 'writes before the snapshot');
-    const snap = (await (await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewer}` } })).json()) as {
+    const snap = (await (
+      await fetch(`${hub.url}/dashboard/${e1}`, { headers: { authorization: `Bearer ${viewer}` } })
+    ).json()) as {
       cursor: string;
       totals: { guarantees: number; votes: number };
     };
@@ -319,23 +373,28 @@ describe('snapshot + since = the database', () => {
     const expected = { guarantees: Number(q.rows[0]?.g), votes: Number(q.rows[0]?.v) };
     const applied = { ...snap.totals };
     const oldCount = new Map<number, number>();
-    await waitUntil(() => {
-      applied.guarantees = snap.totals.guarantees;
-      applied.votes = snap.totals.votes;
-      oldCount.clear();
-      for (const f of c.events()) {
-        const d = f.data as { id: number; count?: number };
-        if (f.type === 'guarantee_update') applied.guarantees += f.action === 'created' ? 1 : f.action === 'deleted' ? -1 : 0;
-        if (f.type === 'voting_update') {
-          // Events carry the new row only; the previous count is what we last saw for that row
-          // (or, for rows older than the snapshot, the count of the update is +1 by construction).
-          if (f.action === 'created') applied.votes += d.count ?? 0;
-          else if (f.action === 'updated') applied.votes += 1;
-          else if (f.action === 'deleted') applied.votes -= d.count ?? 0;
+    await waitUntil(
+      () => {
+        applied.guarantees = snap.totals.guarantees;
+        applied.votes = snap.totals.votes;
+        oldCount.clear();
+        for (const f of c.events()) {
+          const d = f.data as { id: number; count?: number };
+          if (f.type === 'guarantee_update')
+            applied.guarantees += f.action === 'created' ? 1 : f.action === 'deleted' ? -1 : 0;
+          if (f.type === 'voting_update') {
+            // Events carry the new row only; the previous count is what we last saw for that row
+            // (or, for rows older than the snapshot, the count of the update is +1 by construction).
+            if (f.action === 'created') applied.votes += d.count ?? 0;
+            else if (f.action === 'updated') applied.votes += 1;
+            else if (f.action === 'deleted') applied.votes -= d.count ?? 0;
+          }
         }
-      }
-      return applied.guarantees === expected.guarantees && applied.votes === expected.votes;
-    }, 10_000, `snapshot + events = database (${JSON.stringify(expected)})`);
+        return applied.guarantees === expected.guarantees && applied.votes === expected.votes;
+      },
+      10_000,
+      `snapshot + events = database (${JSON.stringify(expected)})`,
+    );
     await c.close();
     await hub.stop();
   }, 60_000);

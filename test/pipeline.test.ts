@@ -1,6 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { type TestClient, connect, eventsReceived, readPast, roundTrip, startTestHub, token, untilMarker, waitUntil } from './support/hub.ts';
+import {
+  type TestClient,
+  connect,
+  eventsReceived,
+  readPast,
+  roundTrip,
+  startTestHub,
+  token,
+  untilMarker,
+  waitUntil,
+} from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 
 let db: TestDatabase;
@@ -41,39 +51,45 @@ describe('captured changes reach exactly the allowed dashboards', () => {
     ['guarantees', 'guarantee_update', `UPDATE guarantees SET status = 'confirmed' WHERE id = $1`],
     ['attendance', 'attendance_update', `UPDATE attendance SET voter_name = 'Ana' WHERE id = $1`],
     ['votes', 'voting_update', `UPDATE votes SET count = count + 5 WHERE id = $1`],
-  ])('%s: insert, update and delete become %s events with action, ids, data and cursor', async (table, type, update) => {
-    const admin = await open({ token: await token({ sub: `admin-${table}`, role: 'admin' }) });
-    const viewer1 = await open({ token: await token({ sub: `v1-${table}`, elections: [e1] }) });
-    const committee = await open({ token: await token({ sub: `c-${table}`, committees: [c1] }) });
-    const otherCommittee = await open({ token: await token({ sub: `c2-${table}`, committees: [c2] }) });
-    const viewer2 = await open({ token: await token({ sub: `v2-${table}`, elections: [e2] }) });
+  ])(
+    '%s: insert, update and delete become %s events with action, ids, data and cursor',
+    async (table, type, update) => {
+      const admin = await open({ token: await token({ sub: `admin-${table}`, role: 'admin' }) });
+      const viewer1 = await open({ token: await token({ sub: `v1-${table}`, elections: [e1] }) });
+      const committee = await open({ token: await token({ sub: `c-${table}`, committees: [c1] }) });
+      const otherCommittee = await open({ token: await token({ sub: `c2-${table}`, committees: [c2] }) });
+      const viewer2 = await open({ token: await token({ sub: `v2-${table}`, elections: [e2] }) });
 
-    const ins = await db.pool.query<{ id: number }>(`INSERT INTO ${table} (election_id, committee_id) VALUES ($1, $2) RETURNING id`, [e1, c1]);
-    const id = Number(ins.rows[0]?.id);
-    await db.pool.query(update, [id]);
-    await db.pool.query(`DELETE FROM ${table} WHERE id = $1`, [id]);
+      const ins = await db.pool.query<{ id: number }>(
+        `INSERT INTO ${table} (election_id, committee_id) VALUES ($1, $2) RETURNING id`,
+        [e1, c1],
+      );
+      const id = Number(ins.rows[0]?.id);
+      await db.pool.query(update, [id]);
+      await db.pool.query(`DELETE FROM ${table} WHERE id = $1`, [id]);
 
-    for (const c of [admin, viewer1, committee]) {
-      const events = (await eventsReceived(c, 3)).filter((f) => f.type === type);
-      expect(events.map((f) => f.action)).toEqual(['created', 'updated', 'deleted']);
-      for (const f of events) {
-        expect(f).toMatchObject({ election_id: e1, committee_id: c1, id });
-        expect(typeof f.cursor).toBe('string');
-        expect(Number.isNaN(Date.parse(String(f.committed_at)))).toBe(false);
-        expect((f.data as { id: number }).id).toBe(id);
+      for (const c of [admin, viewer1, committee]) {
+        const events = (await eventsReceived(c, 3)).filter((f) => f.type === type);
+        expect(events.map((f) => f.action)).toEqual(['created', 'updated', 'deleted']);
+        for (const f of events) {
+          expect(f).toMatchObject({ election_id: e1, committee_id: c1, id });
+          expect(typeof f.cursor).toBe('string');
+          expect(Number.isNaN(Date.parse(String(f.committed_at)))).toBe(false);
+          expect((f.data as { id: number }).id).toBe(id);
+        }
+        const cursors = events.map((f) => String(f.cursor));
+        expect(new Set(cursors).size).toBe(3);
       }
-      const cursors = events.map((f) => String(f.cursor));
-      expect(new Set(cursors).size).toBe(3);
-    }
-    const updated = (await eventsReceived(viewer1, 3)).find((f) => f.action === 'updated');
-    if (table === 'votes') expect((updated?.data as { count: number }).count).toBe(5);
-    if (table === 'guarantees') expect((updated?.data as { status: string }).status).toBe('confirmed');
+      const updated = (await eventsReceived(viewer1, 3)).find((f) => f.action === 'updated');
+      if (table === 'votes') expect((updated?.data as { count: number }).count).toBe(5);
+      if (table === 'guarantees') expect((updated?.data as { status: string }).status).toBe('confirmed');
 
-    // The other election's dashboard and a sibling committee receive nothing.
-    expect(await untilMarker(db.pool, viewer2)).toEqual([]);
-    expect(await untilMarker(db.pool, otherCommittee)).toEqual([]);
-    await Promise.all([admin, viewer1, committee, otherCommittee, viewer2].map((c) => c.close()));
-  });
+      // The other election's dashboard and a sibling committee receive nothing.
+      expect(await untilMarker(db.pool, viewer2)).toEqual([]);
+      expect(await untilMarker(db.pool, otherCommittee)).toEqual([]);
+      await Promise.all([admin, viewer1, committee, otherCommittee, viewer2].map((c) => c.close()));
+    },
+  );
 
   it('a socket on overlapping topics receives each event once', async () => {
     const c = await open({ token: await token({ sub: 'overlap', role: 'admin' }) });
@@ -96,9 +112,16 @@ describe('captured changes reach exactly the allowed dashboards', () => {
 
   it('committee access through an election claim, and the auto-subscribed topics', async () => {
     const c = await open({ token: await token({ sub: 'via-election', elections: [e2] }) });
-    expect(c.frames[0]).toMatchObject({ type: 'connection_success', sub: 'via-election', topics: [`election:${e2}`, 'user:via-election'] });
+    expect(c.frames[0]).toMatchObject({
+      type: 'connection_success',
+      sub: 'via-election',
+      topics: [`election:${e2}`, 'user:via-election'],
+    });
     c.send({ type: 'subscribe', topics: [`committee:${c3}`] });
-    expect(await c.next((f) => f.type === 'subscribed' || f.type === 'error')).toMatchObject({ type: 'subscribed', topics: [`committee:${c3}`] });
+    expect(await c.next((f) => f.type === 'subscribed' || f.type === 'error')).toMatchObject({
+      type: 'subscribed',
+      topics: [`committee:${c3}`],
+    });
     c.send({ type: 'subscribe', topics: [`committee:${c1}`] });
     expect(await c.next((f) => f.type === 'error')).toMatchObject({ code: 'forbidden_topic' });
     c.send({ type: 'subscribe', topics: ['election:*'] });
@@ -140,7 +163,11 @@ describe('writes the hub must never break', () => {
   it('a 100 KB row is written and announced whole', async () => {
     const c = await open({ token: await token({ sub: 'big', elections: [e1] }) });
     const name = 'x'.repeat(100 * 1024);
-    await db.pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
+    await db.pool.query(`INSERT INTO attendance (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+      e1,
+      c1,
+      name,
+    ]);
     const [f] = await eventsReceived(c, 1);
     expect((f?.data as { voter_name: string }).voter_name).toBe(name);
     await c.close();
@@ -148,10 +175,15 @@ describe('writes the hub must never break', () => {
 
   it('a 20 000-row INSERT ... SELECT succeeds and every row is announced in order', async () => {
     const c = await open({ token: await token({ sub: 'bulk', elections: [e2] }) });
-    await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(1, 20000) g`, [e2, c3]);
+    await db.pool.query(
+      `INSERT INTO votes (election_id, committee_id, count) SELECT $1, $2, g FROM generate_series(1, 20000) g`,
+      [e2, c3],
+    );
     const events = await eventsReceived(c, 20_000, 60_000);
     expect(events).toHaveLength(20_000);
-    expect(events.map((f) => (f.data as { count: number }).count)).toEqual(Array.from({ length: 20_000 }, (_, i) => i + 1));
+    expect(events.map((f) => (f.data as { count: number }).count)).toEqual(
+      Array.from({ length: 20_000 }, (_, i) => i + 1),
+    );
     await c.close();
   });
 
@@ -162,10 +194,15 @@ describe('writes the hub must never break', () => {
   });
 
   it('hub.watch installs capture on any table with custom columns', async () => {
-    await db.pool.query(`CREATE TABLE complaints (pk bigint generated always as identity primary key, eid bigint, cid bigint, body text)`);
+    await db.pool.query(
+      `CREATE TABLE complaints (pk bigint generated always as identity primary key, eid bigint, cid bigint, body text)`,
+    );
     await db.pool.query(`SELECT hub.watch('complaints', 'complaint', 'eid', 'cid')`);
     const c = await open({ token: await token({ sub: 'watch', elections: [e1] }) });
-    await db.pool.query(`INSERT INTO complaints (eid, cid, body) VALUES ($1, $2, 'late opening'), ('${e1}', NULL, 'no committee')`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO complaints (eid, cid, body) VALUES ($1, $2, 'late opening'), ('${e1}', NULL, 'no committee')`,
+      [e1, c1],
+    );
     const events = await eventsReceived(c, 2);
     expect(events[0]).toMatchObject({ type: 'complaint_update', action: 'created', election_id: e1, committee_id: c1 });
     expect(events[1]).toMatchObject({ type: 'complaint_update', election_id: e1, committee_id: null });
@@ -179,14 +216,30 @@ describe('client frames', () => {
     const answers: string[] = [];
     // A dashboard_update of election e1 (changed by earlier tests) may arrive at any time: not an answer.
     const replies = () => c.frames.filter((f) => f.type !== 'dashboard_update');
-    for (const f of ['{"type":"ping"}', 'not json', '{"type":"dance"}', '{"type":"subscribe","topics":["bogus"]}', `{"type":"subscribe","topics":["election:${e2}"]}`, '{"type":"subscribe"}', '{"type":"ping"}']) {
+    for (const f of [
+      '{"type":"ping"}',
+      'not json',
+      '{"type":"dance"}',
+      '{"type":"subscribe","topics":["bogus"]}',
+      `{"type":"subscribe","topics":["election:${e2}"]}`,
+      '{"type":"subscribe"}',
+      '{"type":"ping"}',
+    ]) {
       const before = replies().length;
       c.send(f);
       await waitUntil(() => replies().length > before, 5000, `answer to ${f}`);
       const last = replies()[replies().length - 1];
       answers.push(last?.type === 'error' ? `error:${String(last.code)}` : String(last?.type));
     }
-    expect(answers).toEqual(['pong', 'error:bad_json', 'error:unknown_type', 'error:bad_topic', 'error:forbidden_topic', 'error:bad_frame', 'pong']);
+    expect(answers).toEqual([
+      'pong',
+      'error:bad_json',
+      'error:unknown_type',
+      'error:bad_topic',
+      'error:forbidden_topic',
+      'error:bad_frame',
+      'pong',
+    ]);
     await c.close();
   });
 

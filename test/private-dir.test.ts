@@ -91,12 +91,20 @@ describe('embedded PostgreSQL with its data inside a private (0700) directory', 
     child.stdout?.on('data', (b: Buffer) => (output += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (output += b.toString()));
     try {
-      await waitUntil(() => /^admin token: \S+$/m.test(output) || child.exitCode !== null, 120_000, 'the demo to print its URL and token');
+      await waitUntil(
+        () => /^admin token: \S+$/m.test(output) || child.exitCode !== null,
+        120_000,
+        'the demo to print its URL and token',
+      );
       expect(child.exitCode, output).toBeNull();
       clusters.add(await fs.realpath(path.join(dataDir, 'postgres')));
       const port = Number(/^dashboard: http:\/\/127\.0\.0\.1:(\d+)\//m.exec(output)?.[1]);
       expect(port, output).toBeGreaterThan(0);
-      await waitUntil(async () => (await fetch(`http://127.0.0.1:${port}/ready`)).status === 200, 15_000, '/ready to answer 200');
+      await waitUntil(
+        async () => (await fetch(`http://127.0.0.1:${port}/ready`)).status === 200,
+        15_000,
+        '/ready to answer 200',
+      );
     } finally {
       if (child.exitCode === null) child.kill('SIGTERM');
     }

@@ -26,20 +26,39 @@ function satisfies(version: string, range: string): boolean {
     return 0;
   };
   return range.split('||').some((part) =>
-    part.trim().split(/\s+/).every((c) => {
-      const m = /^(>=|<)(\d+(?:\.\d+){0,2})$/.exec(c);
-      if (!m) throw new Error(`unexpected engines comparator ${c}`);
-      const bound = (m[2] ?? '').split('.').map(Number);
-      return m[1] === '>=' ? cmp(bound) >= 0 : cmp(bound) < 0;
-    }),
+    part
+      .trim()
+      .split(/\s+/)
+      .every((c) => {
+        const m = /^(>=|<)(\d+(?:\.\d+){0,2})$/.exec(c);
+        if (!m) throw new Error(`unexpected engines comparator ${c}`);
+        const bound = (m[2] ?? '').split('.').map(Number);
+        return m[1] === '>=' ? cmp(bound) >= 0 : cmp(bound) < 0;
+      }),
   );
 }
 
 describe('Node versions', () => {
-  const engines = (JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { engines: { node: string } }).engines.node;
+  const engines = (JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { engines: { node: string } }).engines
+    .node;
 
   it('accepts exactly what package.json engines states, with one line naming the version otherwise', () => {
-    for (const version of ['16.20.2', '18.20.4', '20.9.0', '20.10.0', '20.20.2', '21.7.3', '22.0.0', '22.11.0', '23.1.0', '24.0.0', '24.22.3', '25.2.1', '26.0.0', '27.1.0']) {
+    for (const version of [
+      '16.20.2',
+      '18.20.4',
+      '20.9.0',
+      '20.10.0',
+      '20.20.2',
+      '21.7.3',
+      '22.0.0',
+      '22.11.0',
+      '23.1.0',
+      '24.0.0',
+      '24.22.3',
+      '25.2.1',
+      '26.0.0',
+      '27.1.0',
+    ]) {
       const problem = nodeVersionProblem(version);
       expect(problem === undefined, `${version} against engines ${engines}`).toBe(satisfies(version, engines));
       if (problem) {
@@ -83,7 +102,12 @@ describe('uWebSockets.js loader', () => {
   it('with every build allowed, a forced stand-in is still never used', () => {
     // Here the other build either loads natively (glibc >= 2.38) or fails as well (exit 2, one line).
     const r = spawnNode(
-      ['--import', 'tsx', '-e', "import('./src/hub/uws.ts').then((m) => console.log(JSON.stringify(m.uwsBuild)), (e) => { console.error(e.message); process.exit(2); })"],
+      [
+        '--import',
+        'tsx',
+        '-e',
+        "import('./src/hub/uws.ts').then((m) => console.log(JSON.stringify(m.uwsBuild)), (e) => { console.error(e.message); process.exit(2); })",
+      ],
       { UWS_USE_FALLBACK: 'true' },
     );
     if (r.status === 0) {
@@ -91,12 +115,18 @@ describe('uWebSockets.js loader', () => {
     } else {
       expect(r.status, r.stderr).toBe(2);
       expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
-      expect(r.stderr).toMatch(/uWebSockets\.js@[^ ]+ would run its JS stand-in[\s\S]*@btc-vision\/uwebsockets\.js@[^ ]+ (needs glibc|is not installed|has no binary)/);
+      expect(r.stderr).toMatch(
+        /uWebSockets\.js@[^ ]+ would run its JS stand-in[\s\S]*@btc-vision\/uwebsockets\.js@[^ ]+ (needs glibc|is not installed|has no binary)/,
+      );
     }
   });
 
   it('demo is refused the same way', () => {
-    const r = spawnNode(['bin/election-hub.mjs', 'demo'], { UWS_BUILD: 'trufflesuite', UWS_USE_FALLBACK: 'TRUE', PORT: '0' });
+    const r = spawnNode(['bin/election-hub.mjs', 'demo'], {
+      UWS_BUILD: 'trufflesuite',
+      UWS_USE_FALLBACK: 'TRUE',
+      PORT: '0',
+    });
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
     expect(r.stderr).toMatch(/never runs on a JS stand-in/);

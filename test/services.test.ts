@@ -156,10 +156,14 @@ describe('simulator', () => {
     const sim = startSimulator({ pool, electionIds, ratePerSecond: 200, log: (m) => logs.push(m) });
     try {
       let seen = await counts();
-      await waitUntil(async () => {
-        seen = await counts();
-        return seen.guarantees > 0 && seen.attendance > 0 && seen.votes > 0;
-      }, 10_000, 'writes to all three tables');
+      await waitUntil(
+        async () => {
+          seen = await counts();
+          return seen.guarantees > 0 && seen.attendance > 0 && seen.votes > 0;
+        },
+        10_000,
+        'writes to all three tables',
+      );
       expect(seen.guarantees).toBeGreaterThan(0);
       expect(seen.attendance).toBeGreaterThan(0);
       expect(seen.votes).toBeGreaterThan(0);
@@ -184,7 +188,11 @@ describe('simulator', () => {
     const logs: string[] = [];
     const sim = startSimulator({ pool, electionIds, ratePerSecond: 200, log: (m) => logs.push(m) });
     try {
-      await waitUntil(() => logs.some((l) => l.includes('"votes" does not exist')), 5000, 'the failing statement in the log');
+      await waitUntil(
+        () => logs.some((l) => l.includes('"votes" does not exist')),
+        5000,
+        'the failing statement in the log',
+      );
     } finally {
       await sim.stop();
       await pool.query('ALTER TABLE votes_hidden RENAME TO votes');

@@ -23,7 +23,10 @@ afterAll(() => {
 });
 
 /** A raw GET (fetch would negotiate and decompress by itself). */
-function get(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
+function get(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const req = request(url, { headers }, (res) => {
       const chunks: Buffer[] = [];
@@ -76,7 +79,10 @@ describe('building the page', () => {
 
   it('rebuilds only when stale or of the other mode', () => {
     expect(buildWeb({ outDir: prod })).toMatchObject({ built: false, reason: 'up to date' });
-    expect(buildWeb({ outDir: prod, mode: 'development' })).toMatchObject({ built: true, reason: 'a production build, development wanted' });
+    expect(buildWeb({ outDir: prod, mode: 'development' })).toMatchObject({
+      built: true,
+      reason: 'a production build, development wanted',
+    });
   });
 });
 
@@ -143,12 +149,16 @@ describe('serving the page', () => {
     expect(again.status).toBe(304);
     expect(again.body.length).toBe(0);
     expect(again.headers.etag).toBe(etag);
-    expect((await get(`${hub?.url}/app.js`, { 'accept-encoding': 'br', 'if-none-match': `"other", W/${etag}` })).status).toBe(304);
+    expect(
+      (await get(`${hub?.url}/app.js`, { 'accept-encoding': 'br', 'if-none-match': `"other", W/${etag}` })).status,
+    ).toBe(304);
     // Another encoding is another representation: sent in full.
     expect((await get(`${hub?.url}/app.js`, { 'accept-encoding': 'gzip', 'if-none-match': etag })).status).toBe(200);
     expect((await get(`${hub?.url}/app.js`, { 'if-none-match': '"stale"' })).status).toBe(200);
     const page = await get(`${hub?.url}/`, { 'accept-encoding': 'br' });
-    expect((await get(`${hub?.url}/`, { 'accept-encoding': 'br', 'if-none-match': String(page.headers.etag) })).status).toBe(304);
+    expect(
+      (await get(`${hub?.url}/`, { 'accept-encoding': 'br', 'if-none-match': String(page.headers.etag) })).status,
+    ).toBe(304);
   });
 
   it('revalidates index.html and unversioned assets; caches hashed asset links for a year', async () => {

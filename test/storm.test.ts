@@ -26,7 +26,16 @@ afterAll(async () => {
 const CURSOR = /"cursor":"([0-9a-z]+\.[0-9a-z]+)"/;
 
 /** A light client: counts events and keeps the last cursor without parsing JSON. */
-type Light = { token: string; last: Position; events: number; ws: WebSocket | undefined; ordered: boolean; closes: string[]; retries: number; done: boolean };
+type Light = {
+  token: string;
+  last: Position;
+  events: number;
+  ws: WebSocket | undefined;
+  ordered: boolean;
+  closes: string[];
+  retries: number;
+  done: boolean;
+};
 
 function attach(c: Light, url: string, resume: boolean): Promise<void> {
   return new Promise((resolve) => {
@@ -44,7 +53,14 @@ function attach(c: Light, url: string, resume: boolean): Promise<void> {
       }
     });
     ws.on('open', () => {
-      if (resume) ws.send(JSON.stringify({ type: 'subscribe', topics: [`election:${e1}`], since: `${c.last.seq.toString(36)}.${c.last.id.toString(36)}` }));
+      if (resume)
+        ws.send(
+          JSON.stringify({
+            type: 'subscribe',
+            topics: [`election:${e1}`],
+            since: `${c.last.seq.toString(36)}.${c.last.id.toString(36)}`,
+          }),
+        );
     });
     ws.on('message', (data) => {
       const text = data.toString();
@@ -78,12 +94,27 @@ const scrape = async () => (await fetch(`${hub.metricsUrl}/metrics`)).text();
 const heapUsed = async () => Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(await scrape())?.[1]);
 
 it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes go on; every client ends complete; memory returns near baseline`, async () => {
-  const tokens = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => token({ sub: `storm-${i}`, elections: [e1] })));
-  const clients: Light[] = tokens.map((t) => ({ token: t, last: { seq: 0n, id: 0n }, events: 0, ws: undefined, ordered: true, closes: [], retries: 0, done: false }));
+  const tokens = await Promise.all(
+    Array.from({ length: CLIENTS }, (_, i) => token({ sub: `storm-${i}`, elections: [e1] })),
+  );
+  const clients: Light[] = tokens.map((t) => ({
+    token: t,
+    last: { seq: 0n, id: 0n },
+    events: 0,
+    ws: undefined,
+    ordered: true,
+    closes: [],
+    retries: 0,
+    done: false,
+  }));
   await inBatches(clients, 250, (c) => attach(c, hub.url, false));
   const start = new Map(clients.map((c) => [c, c.last]));
   // The baseline has all of them open and counted by the hub.
-  await waitUntil(async () => new RegExp(`^hub_connections ${CLIENTS}$`, 'm').test(await scrape()), 20_000, `hub_connections ${CLIENTS}`);
+  await waitUntil(
+    async () => new RegExp(`^hub_connections ${CLIENTS}$`, 'm').test(await scrape()),
+    20_000,
+    `hub_connections ${CLIENTS}`,
+  );
   const baseline = await heapUsed();
 
   let writing = true;
@@ -114,23 +145,40 @@ it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes g
 
   const total = Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox`)).rows[0]?.n);
   const expectedFor = async (from: Position) =>
-    Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint)`, [from.seq.toString(), from.id.toString()])).rows[0]?.n);
+    Number(
+      (
+        await db.pool.query<{ n: string }>(
+          `SELECT count(*)::text n FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint)`,
+          [from.seq.toString(), from.id.toString()],
+        )
+      ).rows[0]?.n,
+    );
   const expected = new Map<Position, number>();
   for (const p of new Set(start.values())) expected.set(p, await expectedFor(p));
-  await waitUntil(() => clients.every((c) => c.events >= (expected.get(start.get(c) as Position) ?? 0)), 30_000, 'every client complete');
+  await waitUntil(
+    () => clients.every((c) => c.events >= (expected.get(start.get(c) as Position) ?? 0)),
+    30_000,
+    'every client complete',
+  );
   for (const c of clients) {
     expect(c.ordered).toBe(true);
     expect(c.events).toBe(expected.get(start.get(c) as Position));
   }
   expect(total).toBeGreaterThan(10);
   const retries = clients.reduce((n, c) => n + c.retries, 0);
-  console.log(`storm: ${CLIENTS} clients resumed in ${reconnectMs} ms (${retries} resumed connections dropped and retried); ${total} events; heap baseline ${(baseline / 1e6).toFixed(1)} MB`);
+  console.log(
+    `storm: ${CLIENTS} clients resumed in ${reconnectMs} ms (${retries} resumed connections dropped and retried); ${total} events; heap baseline ${(baseline / 1e6).toFixed(1)} MB`,
+  );
 
   for (const c of clients) c.done = true;
   for (const c of clients) c.ws?.close();
   await waitUntil(async () => /^hub_connections 0$/m.test(await scrape()), 20_000, 'all closed');
   // Memory back near the baseline (which had all 5 000 sockets open): nothing retained per storm.
   let after = await heapUsed();
-  await waitUntil(async () => (after = await heapUsed()) < baseline * 1.5 + 32e6, 20_000, `heap back near baseline (${after})`);
+  await waitUntil(
+    async () => (after = await heapUsed()) < baseline * 1.5 + 32e6,
+    20_000,
+    `heap back near baseline (${after})`,
+  );
   console.log(`storm: heap after ${(after / 1e6).toFixed(1)} MB`);
 }, 300_000);

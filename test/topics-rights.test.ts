@@ -1,6 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { type Frame, type TestClient, connect, eventsReceived, headCursor, readPast, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
+import {
+  type Frame,
+  type TestClient,
+  connect,
+  eventsReceived,
+  headCursor,
+  readPast,
+  startTestHub,
+  token,
+  upgradeStatus,
+  waitUntil,
+} from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { RowEvent } from '../src/events/schema.ts';
@@ -45,11 +56,16 @@ async function open(hub: Hub, t: string, query?: string): Promise<TestClient & {
 async function ask(c: TestClient, frame: Record<string, unknown>): Promise<Frame> {
   const before = c.frames.length;
   c.send(frame);
-  await waitUntil(() => c.frames.slice(before).some((f) => ['subscribed', 'unsubscribed', 'error'].includes(f.type)), 10_000, `answer to ${JSON.stringify(frame).slice(0, 80)}`);
+  await waitUntil(
+    () => c.frames.slice(before).some((f) => ['subscribed', 'unsubscribed', 'error'].includes(f.type)),
+    10_000,
+    `answer to ${JSON.stringify(frame).slice(0, 80)}`,
+  );
   return c.frames.slice(before).find((f) => ['subscribed', 'unsubscribed', 'error'].includes(f.type)) as Frame;
 }
 
-const names = (frames: Frame[]) => frames.map((f) => (f.data as { voter_name?: string } | undefined)?.voter_name ?? f.type);
+const names = (frames: Frame[]) =>
+  frames.map((f) => (f.data as { voter_name?: string } | undefined)?.voter_name ?? f.type);
 
 describe('ids of 2^53 and above travel exactly', () => {
   const BIG_E = '9007199254740993'; // 2^53 + 1: no double holds it
@@ -77,12 +93,17 @@ describe('ids of 2^53 and above travel exactly', () => {
       expect({ input, v: r.rows[0]?.v }).toEqual({ input, v: expected });
     }
     await db.pool.query(`SELECT hub.publish('election:${BIG_C}', 'note', '{}')`);
-    await expect(db.pool.query(`SELECT hub.publish('election:9223372036854775808', 'note', '{}')`)).rejects.toThrow(/topic/);
+    await expect(db.pool.query(`SELECT hub.publish('election:9223372036854775808', 'note', '{}')`)).rejects.toThrow(
+      /topic/,
+    );
   });
 
   it('rows, app events, claims, topics and GET /dashboard/{id} with such ids: nobody misses them, ids are exact', async () => {
     await db.pool.query(`INSERT INTO elections (id, name) VALUES ($1, 'Big')`, [BIG_E]);
-    await db.pool.query(`INSERT INTO committees (id, election_id, name) VALUES ($1, $2, 'Big committee')`, [BIG_C, BIG_E]);
+    await db.pool.query(`INSERT INTO committees (id, election_id, name) VALUES ($1, $2, 'Big committee')`, [
+      BIG_C,
+      BIG_E,
+    ]);
     const hub = await startTestHub(db.url);
     const clients: TestClient[] = [];
     try {
@@ -93,9 +114,14 @@ describe('ids of 2^53 and above travel exactly', () => {
       clients.push(admin, viewer, member, viaElection);
       expect(viewer.frames[0]).toMatchObject({ topics: [`election:${BIG_E}`, 'user:big-viewer'] });
       expect(member.frames[0]).toMatchObject({ topics: [`committee:${BIG_C}`, 'user:big-member'] });
-      expect(await ask(viaElection, { type: 'subscribe', topics: [`committee:${BIG_C}`] })).toMatchObject({ type: 'subscribed' });
+      expect(await ask(viaElection, { type: 'subscribe', topics: [`committee:${BIG_C}`] })).toMatchObject({
+        type: 'subscribed',
+      });
 
-      await db.pool.query(`INSERT INTO guarantees (id, election_id, committee_id, voter_name) VALUES ($1, $2, $3, 'big')`, [BIG_ROW, BIG_E, BIG_C]);
+      await db.pool.query(
+        `INSERT INTO guarantees (id, election_id, committee_id, voter_name) VALUES ($1, $2, $3, 'big')`,
+        [BIG_ROW, BIG_E, BIG_C],
+      );
       await db.pool.query(`SELECT hub.publish('committee:${BIG_C}', 'note', '{"n":1}')`);
       for (const c of [admin, viewer, member, viaElection]) {
         const events = await eventsReceived(c, 2);
@@ -109,7 +135,9 @@ describe('ids of 2^53 and above travel exactly', () => {
         expect(c.raw.find((r) => r.includes('"note"'))).toContain(`"topic":"committee:${BIG_C}"`);
       }
 
-      const res = await fetch(`${hub.url}/dashboard/${BIG_E}`, { headers: { authorization: `Bearer ${await token({ sub: 'big-viewer', elections: [BIG_E] })}` } });
+      const res = await fetch(`${hub.url}/dashboard/${BIG_E}`, {
+        headers: { authorization: `Bearer ${await token({ sub: 'big-viewer', elections: [BIG_E] })}` },
+      });
       expect(res.status).toBe(200);
       const body = await res.text();
       expect(body).toContain(`"election_id":"${BIG_E}"`);
@@ -122,7 +150,9 @@ describe('ids of 2^53 and above travel exactly', () => {
       clients.push(small);
       await db.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES ($1, $2)`, [e1, c1]);
       await eventsReceived(small, 1);
-      expect(small.raw.find((r) => r.includes('"guarantee_update"'))).toContain(`"election_id":${e1},"committee_id":${c1},"id":`);
+      expect(small.raw.find((r) => r.includes('"guarantee_update"'))).toContain(
+        `"election_id":${e1},"committee_id":${c1},"id":`,
+      );
     } finally {
       await Promise.all(clients.map((c) => c.close()));
       await hub.stop();
@@ -136,7 +166,10 @@ describe('ids of 2^53 and above travel exactly', () => {
       `INSERT INTO hub.outbox (kind, action, election_id, committee_id, data) SELECT repeat('x', 100), 'created', $1, $2, '{}' FROM generate_series(1, 2500)`,
       [e1, c1],
     );
-    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'good' || g FROM generate_series(1, 50) g`, [e1, c1]);
+    await db.pool.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'good' || g FROM generate_series(1, 50) g`,
+      [e1, c1],
+    );
     // A hub started after the writes has none of them in memory: the replay reads PostgreSQL pages.
     // (A ring of 10 events keeps that true even when a held horizon made this hub read the rows live.)
     const hub = await startTestHub(db.url, { REPLAY_BUFFER_EVENTS: '10' });
@@ -145,7 +178,10 @@ describe('ids of 2^53 and above travel exactly', () => {
         const c = await open(hub, await token({ sub: 'resumer', role: 'admin' }), 'subscribe=none');
         c.send({ type: 'subscribe', topics, since });
         await c.next((f) => f.type === 'subscribed', 30_000);
-        const before = c.frames.slice(0, c.frames.findIndex((f) => f.type === 'subscribed'));
+        const before = c.frames.slice(
+          0,
+          c.frames.findIndex((f) => f.type === 'subscribed'),
+        );
         expect({ topics, got: names(before.filter((f) => f.type === 'guarantee_update')) }).toEqual({
           topics,
           got: Array.from({ length: 50 }, (_, i) => `good${i + 1}`),
@@ -164,9 +200,25 @@ describe('one spelling per topic', () => {
     try {
       const t = await token({ sub: 'speller', role: 'admin' });
       const bad = [
-        `election:0${e1}`, 'election:00', `election:+${e1}`, `election: ${e1}`, `election:${e1} `, `Election:${e1}`, 'election:9223372036854775808',
-        `election:${e1}.0`, `committee:0${c1}`, 'committee:00', `committee:+${c1}`, 'committee:99999999999999999999', 'committee:', 'election:', 'election:**',
-        'election:*x', `user:`, 'user:a b', 'users:speller',
+        `election:0${e1}`,
+        'election:00',
+        `election:+${e1}`,
+        `election: ${e1}`,
+        `election:${e1} `,
+        `Election:${e1}`,
+        'election:9223372036854775808',
+        `election:${e1}.0`,
+        `committee:0${c1}`,
+        'committee:00',
+        `committee:+${c1}`,
+        'committee:99999999999999999999',
+        'committee:',
+        'election:',
+        'election:**',
+        'election:*x',
+        `user:`,
+        'user:a b',
+        'users:speller',
       ];
       let c = await open(hub, t, 'subscribe=none');
       let n = 0;
@@ -177,14 +229,31 @@ describe('one spelling per topic', () => {
             await c.close();
             c = await open(hub, t, 'subscribe=none');
           }
-          expect({ topic, type, answer: await ask(c, { type, topics: [topic] }) }).toMatchObject({ topic, type, answer: { type: 'error', code: 'bad_topic' } });
+          expect({ topic, type, answer: await ask(c, { type, topics: [topic] }) }).toMatchObject({
+            topic,
+            type,
+            answer: { type: 'error', code: 'bad_topic' },
+          });
         }
       }
       await c.close();
-      for (const topic of ['election:*', `election:${e1}`, 'election:0', `committee:${c1}`, 'committee:9223372036854775807', 'user:speller']) {
+      for (const topic of [
+        'election:*',
+        `election:${e1}`,
+        'election:0',
+        `committee:${c1}`,
+        'committee:9223372036854775807',
+        'user:speller',
+      ]) {
         const ok = await open(hub, t, 'subscribe=none');
-        expect({ topic, answer: await ask(ok, { type: 'subscribe', topics: [topic] }) }).toMatchObject({ topic, answer: { type: 'subscribed', topics: [topic] } });
-        expect(await ask(ok, { type: 'unsubscribe', topics: [topic] })).toMatchObject({ type: 'unsubscribed', topics: [topic] });
+        expect({ topic, answer: await ask(ok, { type: 'subscribe', topics: [topic] }) }).toMatchObject({
+          topic,
+          answer: { type: 'subscribed', topics: [topic] },
+        });
+        expect(await ask(ok, { type: 'unsubscribe', topics: [topic] })).toMatchObject({
+          type: 'unsubscribed',
+          topics: [topic],
+        });
         await ok.close();
       }
       await expect(db.pool.query(`SELECT hub.publish('election:0${e1}', 'note', '{}')`)).rejects.toThrow(/topic/);
@@ -195,13 +264,19 @@ describe('one spelling per topic', () => {
     }
   });
 
-  it('election:01 does not silence the socket\'s committee topics', async () => {
+  it("election:01 does not silence the socket's committee topics", async () => {
     const hub = await startTestHub(db.url);
     try {
       const c = await open(hub, await token({ sub: 'zero', elections: [e1] }), 'subscribe=none');
       expect(await ask(c, { type: 'subscribe', topics: [`committee:${c1}`] })).toMatchObject({ type: 'subscribed' });
-      expect(await ask(c, { type: 'subscribe', topics: [`election:0${e1}`] })).toMatchObject({ type: 'error', code: 'bad_topic' });
-      await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'after-01')`, [e1, c1]);
+      expect(await ask(c, { type: 'subscribe', topics: [`election:0${e1}`] })).toMatchObject({
+        type: 'error',
+        code: 'bad_topic',
+      });
+      await db.pool.query(
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'after-01')`,
+        [e1, c1],
+      );
       expect(names(await eventsReceived(c, 1))).toEqual(['after-01']);
       await c.close();
     } finally {
@@ -211,11 +286,29 @@ describe('one spelling per topic', () => {
 });
 
 describe('rights follow the database, at the time of the row', () => {
-  it('a committee moves to another election and back: live and replayed rows follow each row\'s own election', async () => {
-    const ea = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('A') RETURNING id`)).rows[0]?.id);
-    const eb = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('B') RETURNING id`)).rows[0]?.id);
-    const cm = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'mover') RETURNING id`, [ea])).rows[0]?.id);
-    const cb = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'stays') RETURNING id`, [eb])).rows[0]?.id);
+  it("a committee moves to another election and back: live and replayed rows follow each row's own election", async () => {
+    const ea = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('A') RETURNING id`)).rows[0]?.id,
+    );
+    const eb = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('B') RETURNING id`)).rows[0]?.id,
+    );
+    const cm = Number(
+      (
+        await db.pool.query<{ id: string }>(
+          `INSERT INTO committees (election_id, name) VALUES ($1, 'mover') RETURNING id`,
+          [ea],
+        )
+      ).rows[0]?.id,
+    );
+    const cb = Number(
+      (
+        await db.pool.query<{ id: string }>(
+          `INSERT INTO committees (election_id, name) VALUES ($1, 'stays') RETURNING id`,
+          [eb],
+        )
+      ).rows[0]?.id,
+    );
     const write = (e: number, c: number, name: string) =>
       db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e, c, name]);
     const move = (e: number) => db.pool.query(`UPDATE committees SET election_id = $1 WHERE id = $2`, [e, cm]);
@@ -227,7 +320,9 @@ describe('rights follow the database, at the time of the row', () => {
       const v1 = await open(hub, viewerA, 'subscribe=none'); // committee:cm through election A only
       expect(await ask(v1, { type: 'subscribe', topics: [`committee:${cm}`] })).toMatchObject({ type: 'subscribed' });
       const v1all = await open(hub, viewerA); // election:A, and committee:cm on top
-      expect(await ask(v1all, { type: 'subscribe', topics: [`committee:${cm}`] })).toMatchObject({ type: 'subscribed' });
+      expect(await ask(v1all, { type: 'subscribe', topics: [`committee:${cm}`] })).toMatchObject({
+        type: 'subscribed',
+      });
       const direct = await open(hub, await token({ sub: 'direct', committees: [cm] }));
       const directA = await open(hub, await token({ sub: 'direct-a', elections: [ea], committees: [cm] }));
       const directB = await open(hub, await token({ sub: 'direct-b', elections: [eb], committees: [cm] }));
@@ -245,13 +340,17 @@ describe('rights follow the database, at the time of the row', () => {
       await write(eb, cm, 'r2');
       await eventsReceived(direct, 2);
       // Within the stated staleness, a viewer of A may no longer subscribe committee:cm.
-      await waitUntil(async () => {
-        const probe = await open(hub, viewerA, 'subscribe=none');
-        const answer = await ask(probe, { type: 'subscribe', topics: [`committee:${cm}`] });
-        await probe.close();
-        if (answer.type === 'error') expect(answer.code).toBe('forbidden_topic');
-        return answer.type === 'error';
-      }, 15_000, 'committee:cm refused to a viewer of A');
+      await waitUntil(
+        async () => {
+          const probe = await open(hub, viewerA, 'subscribe=none');
+          const answer = await ask(probe, { type: 'subscribe', topics: [`committee:${cm}`] });
+          await probe.close();
+          if (answer.type === 'error') expect(answer.code).toBe('forbidden_topic');
+          return answer.type === 'error';
+        },
+        15_000,
+        'committee:cm refused to a viewer of A',
+      );
       await move(ea);
       await write(ea, cm, 'r3');
       await write(eb, cb, 'fence');
@@ -288,19 +387,33 @@ describe('rights follow the database, at the time of the row', () => {
         } else {
           await settled(hub);
           // Back in A: within the stated staleness a viewer of A may subscribe committee:cm again.
-          await waitUntil(async () => {
-            const probe = await open(hub, viewerA, 'subscribe=none');
-            const answer = await ask(probe, { type: 'subscribe', topics: [`committee:${cm}`] });
-            await probe.close();
-            return answer.type === 'subscribed';
-          }, 15_000, 'committee:cm admitted again');
+          await waitUntil(
+            async () => {
+              const probe = await open(hub, viewerA, 'subscribe=none');
+              const answer = await ask(probe, { type: 'subscribe', topics: [`committee:${cm}`] });
+              await probe.close();
+              return answer.type === 'subscribed';
+            },
+            15_000,
+            'committee:cm admitted again',
+          );
         }
         const replays: Array<[string, string, string[], string[]]> = [
           ['viewer-a', viewerA, [`committee:${cm}`], ['r1', 'r3']],
           ['viewer-a+e', viewerA, [`election:${ea}`, `committee:${cm}`], ['r1', 'r3']],
           ['direct', await token({ sub: 'direct', committees: [cm] }), [`committee:${cm}`], ['r1', 'r2', 'r3']],
-          ['direct-a', await token({ sub: 'direct-a', elections: [ea], committees: [cm] }), [`election:${ea}`, `committee:${cm}`], ['r1', 'r2', 'r3']],
-          ['direct-b', await token({ sub: 'direct-b', elections: [eb], committees: [cm] }), [`election:${eb}`, `committee:${cm}`], ['r1', 'r2', 'r3', 'fence']],
+          [
+            'direct-a',
+            await token({ sub: 'direct-a', elections: [ea], committees: [cm] }),
+            [`election:${ea}`, `committee:${cm}`],
+            ['r1', 'r2', 'r3'],
+          ],
+          [
+            'direct-b',
+            await token({ sub: 'direct-b', elections: [eb], committees: [cm] }),
+            [`election:${eb}`, `committee:${cm}`],
+            ['r1', 'r2', 'r3', 'fence'],
+          ],
           ['viewer-b', await token({ sub: 'viewer-b', elections: [eb] }), [`election:${eb}`], ['r2', 'fence']],
         ];
         for (const [who, t, topics, want] of replays) {
@@ -320,16 +433,28 @@ describe('rights follow the database, at the time of the row', () => {
   }, 90_000);
 
   it('after a move, sockets already subscribed through the old election get nothing of the new one', async () => {
-    const ea = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('A2') RETURNING id`)).rows[0]?.id);
-    const eb = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('B2') RETURNING id`)).rows[0]?.id);
-    const cm = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'm2') RETURNING id`, [ea])).rows[0]?.id);
+    const ea = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('A2') RETURNING id`)).rows[0]?.id,
+    );
+    const eb = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('B2') RETURNING id`)).rows[0]?.id,
+    );
+    const cm = Number(
+      (
+        await db.pool.query<{ id: string }>(
+          `INSERT INTO committees (election_id, name) VALUES ($1, 'm2') RETURNING id`,
+          [ea],
+        )
+      ).rows[0]?.id,
+    );
     const hub = await startTestHub(db.url);
     try {
       // The issue's reproduction: UPDATE committees SET election_id = 2 WHERE id = 2, then rows of election 2.
       const v = await open(hub, await token({ sub: 'repro', elections: [ea] }), 'subscribe=none');
       expect(await ask(v, { type: 'subscribe', topics: [`committee:${cm}`] })).toMatchObject({ type: 'subscribed' });
       await db.pool.query(`UPDATE committees SET election_id = $1 WHERE id = $2`, [eb, cm]);
-      for (let i = 0; i < 5; i++) await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, $3)`, [eb, cm, i]);
+      for (let i = 0; i < 5; i++)
+        await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, $3)`, [eb, cm, i]);
       await db.pool.query(`SELECT hub.publish('committee:${cm}', 'moved', '{}')`); // routed through committees: election B
       await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 99)`, [ea, cm]);
       const [only] = await eventsReceived(v, 1);
@@ -342,12 +467,30 @@ describe('rights follow the database, at the time of the row', () => {
   });
 });
 
-describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () => {
+describe("live, ring and PostgreSQL replay all follow the contract's rule", () => {
   it('random rows of one committee under two elections: every socket gets exactly the rows the rule admits, in order', async () => {
-    const ea = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-A') RETURNING id`)).rows[0]?.id);
-    const eb = Number((await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-B') RETURNING id`)).rows[0]?.id);
-    const cm = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'p-m') RETURNING id`, [ea])).rows[0]?.id);
-    const cx = Number((await db.pool.query<{ id: string }>(`INSERT INTO committees (election_id, name) VALUES ($1, 'p-x') RETURNING id`, [ea])).rows[0]?.id);
+    const ea = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-A') RETURNING id`)).rows[0]?.id,
+    );
+    const eb = Number(
+      (await db.pool.query<{ id: string }>(`INSERT INTO elections (name) VALUES ('P-B') RETURNING id`)).rows[0]?.id,
+    );
+    const cm = Number(
+      (
+        await db.pool.query<{ id: string }>(
+          `INSERT INTO committees (election_id, name) VALUES ($1, 'p-m') RETURNING id`,
+          [ea],
+        )
+      ).rows[0]?.id,
+    );
+    const cx = Number(
+      (
+        await db.pool.query<{ id: string }>(
+          `INSERT INTO committees (election_id, name) VALUES ($1, 'p-x') RETURNING id`,
+          [ea],
+        )
+      ).rows[0]?.id,
+    );
     type Persona = { sub: string; role?: string; elections: number[]; committees: number[]; topics: string[] };
     const personas: Persona[] = [
       { sub: 'p1', elections: [ea], committees: [], topics: [`committee:${cm}`] },
@@ -360,13 +503,21 @@ describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () 
       { sub: 'p8', role: 'admin', elections: [], committees: [], topics: [`committee:${cm}`, `election:${ea}`] },
     ];
     for (const p of personas) p.topics.push(`user:${p.sub}`);
-    const tokenOf = (p: Persona) => token({ sub: p.sub, ...(p.role ? { role: p.role } : {}), elections: p.elections, committees: p.committees });
+    const tokenOf = (p: Persona) =>
+      token({ sub: p.sub, ...(p.role ? { role: p.role } : {}), elections: p.elections, committees: p.committees });
     // The contract's statement, written out independently of the hub's code.
-    const admits = (p: Persona, r: { election_id: string | null; committee_id: string | null; topic: string | null }) => {
+    const admits = (
+      p: Persona,
+      r: { election_id: string | null; committee_id: string | null; topic: string | null },
+    ) => {
       if (r.topic?.startsWith('user:')) return p.topics.includes(r.topic);
       if (r.election_id !== null && p.topics.includes(`election:${r.election_id}`)) return true;
       if (r.committee_id === null || !p.topics.includes(`committee:${r.committee_id}`)) return false;
-      return p.role === 'admin' || p.committees.map(String).includes(r.committee_id) || (r.election_id !== null && p.elections.map(String).includes(r.election_id));
+      return (
+        p.role === 'admin' ||
+        p.committees.map(String).includes(r.committee_id) ||
+        (r.election_id !== null && p.elections.map(String).includes(r.election_id))
+      );
     };
 
     let hub = await startTestHub(db.url);
@@ -384,26 +535,48 @@ describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () 
       for (let t = 0; t < 25; t++) {
         const rows = Array.from({ length: 1 + rand(5) }, () => [rand(2) ? ea : eb, rand(4) ? cm : cx] as const);
         const values = rows.map((_, i) => `($${2 * i + 1}::bigint, $${2 * i + 2}::bigint, 'w${t}')`).join(', ');
-        await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ${values}`, rows.flat());
+        await db.pool.query(
+          `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ${values}`,
+          rows.flat(),
+        );
         if (rand(5) === 0) await db.pool.query(`SELECT hub.publish('committee:${cm}', 'note', '{}')`);
         if (rand(7) === 0) await db.pool.query(`SELECT hub.publish('election:${eb}', 'note', '{}')`);
       }
       for (const p of personas) await db.pool.query(`SELECT hub.publish('user:${p.sub}', 'end', '{}')`);
       await settled(hub);
       const outbox = (
-        await db.pool.query<{ t: string; i: string; election_id: string | null; committee_id: string | null; topic: string | null }>(
+        await db.pool.query<{
+          t: string;
+          i: string;
+          election_id: string | null;
+          committee_id: string | null;
+          topic: string | null;
+        }>(
           `SELECT seq::text AS t, id::text AS i, election_id::text AS election_id, committee_id::text AS committee_id, topic
            FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, 0) ORDER BY seq, id`,
           [String(decodeCursor(since)?.seq)],
         )
       ).rows;
-      const expected = personas.map((p) => outbox.filter((r) => admits(p, r)).map((r) => encodeCursor({ seq: BigInt(r.t), id: BigInt(r.i) })));
+      const expected = personas.map((p) =>
+        outbox.filter((r) => admits(p, r)).map((r) => encodeCursor({ seq: BigInt(r.t), id: BigInt(r.i) })),
+      );
       // The mix the rule is about: rows of cm under both elections, and some that p1 may not see.
-      expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(eb)).length).toBeGreaterThan(3);
-      expect(outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(ea)).length).toBeGreaterThan(3);
-      const cursors = (frames: Frame[]) => frames.filter((f) => f.cursor && !['subscribed', 'connection_success', 'dashboard_update'].includes(f.type)).map((f) => String(f.cursor));
+      expect(
+        outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(eb)).length,
+      ).toBeGreaterThan(3);
+      expect(
+        outbox.filter((r) => r.committee_id === String(cm) && r.election_id === String(ea)).length,
+      ).toBeGreaterThan(3);
+      const cursors = (frames: Frame[]) =>
+        frames
+          .filter((f) => f.cursor && !['subscribed', 'connection_success', 'dashboard_update'].includes(f.type))
+          .map((f) => String(f.cursor));
       for (const [k, c] of live.entries()) {
-        await waitUntil(() => c.frames.some((f) => f.type === 'end'), 15_000, `${personas[k]?.sub} to get its end marker`);
+        await waitUntil(
+          () => c.frames.some((f) => f.type === 'end'),
+          15_000,
+          `${personas[k]?.sub} to get its end marker`,
+        );
         expect({ sub: personas[k]?.sub, got: cursors(c.frames) }).toEqual({ sub: personas[k]?.sub, got: expected[k] });
       }
       for (const round of ['ring', 'postgres']) {
@@ -419,7 +592,11 @@ describe('live, ring and PostgreSQL replay all follow the contract\'s rule', () 
           c.send({ type: 'subscribe', topics: p.topics, since });
           const answer = await c.next((f) => f.type === 'subscribed' || f.type === 'error');
           expect(answer.type).toBe('subscribed');
-          expect({ round, sub: p.sub, got: cursors(c.frames.slice(0, c.frames.indexOf(answer))) }).toEqual({ round, sub: p.sub, got: expected[k] });
+          expect({ round, sub: p.sub, got: cursors(c.frames.slice(0, c.frames.indexOf(answer))) }).toEqual({
+            round,
+            sub: p.sub,
+            got: expected[k],
+          });
           await c.close();
         }
       }
@@ -457,7 +634,8 @@ describe('bounded committee lookups, claims first', () => {
     const adminToken = await token({ sub: 'health', role: 'admin' });
     const directory = async () => {
       const r = await fetch(`${hub.url}/admin/health`, { headers: { authorization: `Bearer ${adminToken}` } });
-      return ((await r.json()) as { committee_directory: { entries: number; max_entries: number; lookups: number } }).committee_directory;
+      return ((await r.json()) as { committee_directory: { entries: number; max_entries: number; lookups: number } })
+        .committee_directory;
     };
     try {
       const start = await directory();
@@ -465,9 +643,14 @@ describe('bounded committee lookups, claims first', () => {
       const member = await open(hub, await token({ sub: 'member-only', committees: [c1] }), 'subscribe=none');
       for (let i = 0; i < 9; i++) {
         const topics = Array.from({ length: 200 }, (_, k) => `committee:${5_000_000 + i * 200 + k}`);
-        expect(await ask(member, { type: 'subscribe', topics })).toMatchObject({ type: 'error', code: 'forbidden_topic' });
+        expect(await ask(member, { type: 'subscribe', topics })).toMatchObject({
+          type: 'error',
+          code: 'forbidden_topic',
+        });
       }
-      expect(await ask(member, { type: 'subscribe', topics: [`committee:${c1}`] })).toMatchObject({ type: 'subscribed' });
+      expect(await ask(member, { type: 'subscribe', topics: [`committee:${c1}`] })).toMatchObject({
+        type: 'subscribed',
+      });
       await member.close();
       expect((await directory()).lookups).toBe(start.lookups);
 
@@ -476,7 +659,10 @@ describe('bounded committee lookups, claims first', () => {
       for (let s = 0; named <= start.max_entries + 2000; s++) {
         const c = await open(hub, await token({ sub: `prober-${s}`, elections: [e2] }), 'subscribe=none');
         for (let i = 0; i < 9; i++) {
-          const topics = Array.from({ length: 200 }, () => `committee:${7_000_000_000 + Math.floor(Math.random() * 1e12)}`);
+          const topics = Array.from(
+            { length: 200 },
+            () => `committee:${7_000_000_000 + Math.floor(Math.random() * 1e12)}`,
+          );
           named += topics.length;
           expect(await ask(c, { type: 'subscribe', topics })).toMatchObject({ type: 'error', code: 'forbidden_topic' });
         }

@@ -22,7 +22,9 @@ it('sockets accepted after the async upgrade stay open, whatever the sub', async
   const results: Record<string, string> = {};
   for (const sub of ['viewer-exp', 'viewer', 'qqqqqq', 'abcdefghij', 'exp', 'a', 'observer-42', 'x'.repeat(40)]) {
     for (const query of ['?subscribe=none', '']) {
-      const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${query}`, [`bearer.${await token({ sub, elections: [1] })}`]);
+      const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${query}`, [
+        `bearer.${await token({ sub, elections: [1] })}`,
+      ]);
       ws.on('error', () => undefined);
       results[`${sub}${query}`] = await new Promise<string>((res) => {
         ws.on('close', (code) => res(`closed ${code}`));

@@ -1,9 +1,25 @@
 // The live dashboard page: plain DOM, no framework. Data comes from ./live.ts; this file keeps
 // the latest state per election and draws what changed, at most once per animation frame.
-import { type CommitteeCounts, type Counts, type Id, type LinkState, type RowEvent, type Snapshot, compareIds, idOf, startLive } from './live.ts';
+import {
+  type CommitteeCounts,
+  type Counts,
+  type Id,
+  type LinkState,
+  type RowEvent,
+  type Snapshot,
+  compareIds,
+  idOf,
+  startLive,
+} from './live.ts';
 
 type Directory = { elections: Array<{ id: Id; name: string; committees?: Array<{ id: Id; name: string }> }> };
-type Election = { id: Id; name: string; committeeNames: Map<string, string>; snapshot: Snapshot | undefined; feed: RowEvent[] };
+type Election = {
+  id: Id;
+  name: string;
+  committeeNames: Map<string, string>;
+  snapshot: Snapshot | undefined;
+  feed: RowEvent[];
+};
 
 const FIELDS = ['guarantees', 'attendance', 'votes'] as const;
 type Field = (typeof FIELDS)[number];
@@ -20,7 +36,11 @@ const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   return el as T;
 };
 
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, ...children: Array<Node | string>): HTMLElementTagNameMap[K] {
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  ...children: Array<Node | string>
+): HTMLElementTagNameMap[K] {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === 'class') el.className = v;
@@ -49,9 +69,16 @@ function setFragment(update: Record<string, string | undefined>): void {
 function claimsOf(token: string): { role?: string; elections: Id[] } {
   try {
     const payload = token.split('.')[1] ?? '';
-    const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(payload.length / 4) * 4, '='));
+    const json = atob(
+      payload
+        .replace(/-/g, '+')
+        .replace(/_/g, '/')
+        .padEnd(Math.ceil(payload.length / 4) * 4, '='),
+    );
     const c = JSON.parse(json) as { role?: unknown; elections?: unknown };
-    const elections = Array.isArray(c.elections) ? c.elections.flatMap((x) => idOf(String(x).replace(/^0+(?=.)/, '')) ?? []) : [];
+    const elections = Array.isArray(c.elections)
+      ? c.elections.flatMap((x) => idOf(String(x).replace(/^0+(?=.)/, '')) ?? [])
+      : [];
     return { ...(typeof c.role === 'string' ? { role: c.role } : {}), elections };
   } catch {
     return { elections: [] };
@@ -200,7 +227,14 @@ function drawElectionTabs(): void {
           h(
             'span',
             { class: 'election-counts' },
-            ...FIELDS.map((f) => h('span', { class: `mini mini-${f}`, title: LABEL[f] }, h('i', { class: `key key-${f}` }), h('b', { 'data-count': f }, '–'))),
+            ...FIELDS.map((f) =>
+              h(
+                'span',
+                { class: `mini mini-${f}`, title: LABEL[f] },
+                h('i', { class: `key key-${f}` }),
+                h('b', { 'data-count': f }, '–'),
+              ),
+            ),
           ),
         );
         tab.addEventListener('click', () => select(id));
@@ -216,7 +250,8 @@ function drawElectionTabs(): void {
     if (!dirty.tabs.has(k)) continue;
     const snap = elections.get(k)?.snapshot;
     if (!snap) continue;
-    for (const el of tab.querySelectorAll<HTMLElement>('[data-count]')) setCount(el, snap.totals[el.dataset.count as Field], false);
+    for (const el of tab.querySelectorAll<HTMLElement>('[data-count]'))
+      setCount(el, snap.totals[el.dataset.count as Field], false);
   }
   dirty.tabs.clear();
 }
@@ -316,7 +351,8 @@ function drawSelected(): void {
 /** committee id (text) → counts, for the snapshot object last indexed (snapshots are replaced, never mutated). */
 let indexed: { snap: Snapshot; byId: Map<string, CommitteeCounts> } | undefined;
 function committeeIndex(snap: Snapshot): Map<string, CommitteeCounts> {
-  if (indexed?.snap !== snap) indexed = { snap, byId: new Map(snap.committees.map((c) => [String(c.committee_id), c])) };
+  if (indexed?.snap !== snap)
+    indexed = { snap, byId: new Map(snap.committees.map((c) => [String(c.committee_id), c])) };
   return indexed.byId;
 }
 
@@ -339,21 +375,36 @@ function describe(ev: RowEvent): { kind: Field; title: string; detail: string } 
     case 'voting_update': {
       const candidate = String(d.candidate ?? 'unknown');
       if (ev.action === 'deleted') return { kind: 'votes', title: 'Votes row removed', detail: candidate };
-      return { kind: 'votes', title: ev.action === 'created' ? 'Votes counted' : 'Votes recounted', detail: `${candidate} · ${numbers.format(Number(d.count ?? 0))}` };
+      return {
+        kind: 'votes',
+        title: ev.action === 'created' ? 'Votes counted' : 'Votes recounted',
+        detail: `${candidate} · ${numbers.format(Number(d.count ?? 0))}`,
+      };
     }
   }
 }
 
 function feedItem(e: Election, ev: RowEvent): HTMLElement {
   const { kind, title, detail } = describe(ev);
-  const committee = ev.committee_id === null ? '' : (e.committeeNames.get(String(ev.committee_id)) ?? `Committee ${ev.committee_id}`);
+  const committee =
+    ev.committee_id === null ? '' : (e.committeeNames.get(String(ev.committee_id)) ?? `Committee ${ev.committee_id}`);
   const when = new Date(ev.committed_at);
   return h(
     'li',
     { class: `item item-${kind}`, 'data-cursor': ev.cursor },
     h('i', { class: `key key-${kind}` }),
-    h('div', { class: 'item-body' }, h('span', { class: 'item-title' }, title), h('span', { class: 'item-detail' }, detail)),
-    h('div', { class: 'item-meta' }, h('time', { datetime: ev.committed_at }, Number.isNaN(when.getTime()) ? '' : clock.format(when)), h('span', {}, committee)),
+    h(
+      'div',
+      { class: 'item-body' },
+      h('span', { class: 'item-title' }, title),
+      h('span', { class: 'item-detail' }, detail),
+    ),
+    h(
+      'div',
+      { class: 'item-meta' },
+      h('time', { datetime: ev.committed_at }, Number.isNaN(when.getTime()) ? '' : clock.format(when)),
+      h('span', {}, committee),
+    ),
   );
 }
 
@@ -398,10 +449,13 @@ function render(): void {
       feedDrawnAt = now;
       drawFeed();
     } else if (feedTimer === undefined) {
-      feedTimer = setTimeout(() => {
-        feedTimer = undefined;
-        schedule();
-      }, FEED_EVERY_MS - (now - feedDrawnAt));
+      feedTimer = setTimeout(
+        () => {
+          feedTimer = undefined;
+          schedule();
+        },
+        FEED_EVERY_MS - (now - feedDrawnAt),
+      );
     }
   }
   dirty.animate = false;
@@ -413,7 +467,12 @@ function drawRate(): void {
   $('rate').textContent = `${numbers.format(total)} changes/min`;
 }
 
-const STATE_TEXT: Record<LinkState, string> = { connecting: 'Connecting', connected: 'Connected', reconnecting: 'Reconnecting', resynced: 'Resynced' };
+const STATE_TEXT: Record<LinkState, string> = {
+  connecting: 'Connecting',
+  connected: 'Connected',
+  reconnecting: 'Reconnecting',
+  resynced: 'Resynced',
+};
 let settleTimer: ReturnType<typeof setTimeout> | undefined;
 
 function drawState(state: LinkState, detail: string): void {
@@ -475,7 +534,10 @@ function start(token: string): void {
   const admin = claims.role === 'admin';
 
   const wanted = idOf(fragment().get('election') ?? '');
-  const first = wanted !== undefined && elections.has(String(wanted)) ? wanted : [...elections.values()].map((e) => e.id).sort(compareIds)[0];
+  const first =
+    wanted !== undefined && elections.has(String(wanted))
+      ? wanted
+      : [...elections.values()].map((e) => e.id).sort(compareIds)[0];
 
   const live = startLive({
     origin: location.origin,

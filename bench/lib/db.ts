@@ -46,14 +46,18 @@ export async function seed(url: string, elections: number, perElection: number):
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
-    await c.query(`INSERT INTO elections (id, name) SELECT g, 'Election ' || g FROM generate_series(1, $1::int) g`, [elections]);
+    await c.query(`INSERT INTO elections (id, name) SELECT g, 'Election ' || g FROM generate_series(1, $1::int) g`, [
+      elections,
+    ]);
     await c.query(
       `INSERT INTO committees (id, election_id, name)
        SELECT (e - 1) * $2::int + k, e, 'Committee ' || e || '.' || k FROM generate_series(1, $1::int) e, generate_series(1, $2::int) k`,
       [elections, perElection],
     );
     // The NOTIFY baseline's probes are written here: a write transaction like the hub's probes, not captured.
-    await c.query('CREATE TABLE bench_notify_probe (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stamp text NOT NULL)');
+    await c.query(
+      'CREATE TABLE bench_notify_probe (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stamp text NOT NULL)',
+    );
     await c.query('ANALYZE');
   } finally {
     await c.end();

@@ -30,18 +30,26 @@ export type SpawnOptions = {
  * may hold tens of thousands of sockets), with an IPC channel and its output in a log file,
  * and waits for its `ready` notice.
  */
-export async function spawnTs<A extends Api>(name: string, file: string, opts: SpawnOptions): Promise<{ child: Child<A>; ready: unknown }> {
+export async function spawnTs<A extends Api>(
+  name: string,
+  file: string,
+  opts: SpawnOptions,
+): Promise<{ child: Child<A>; ready: unknown }> {
   mkdirSync(opts.logDir, { recursive: true });
   const logFile = join(opts.logDir, `${name}.log`);
   const fd = openSync(logFile, 'w');
   const limit = opts.fdLimit ?? 65_536;
   // Root may raise the hard limit; anyone else gets the hard limit they have.
   const script = `ulimit -Hn ${limit} 2>/dev/null; ulimit -n ${limit} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`;
-  const proc = spawn('/bin/sh', ['-c', script, 'sh', process.execPath, ...(opts.nodeArgs ?? []), RUN_TS, join(ROOT, file), ...(opts.args ?? [])], {
-    cwd: ROOT,
-    env: { ...process.env, ...opts.env },
-    stdio: ['ignore', fd, fd, 'ipc'],
-  });
+  const proc = spawn(
+    '/bin/sh',
+    ['-c', script, 'sh', process.execPath, ...(opts.nodeArgs ?? []), RUN_TS, join(ROOT, file), ...(opts.args ?? [])],
+    {
+      cwd: ROOT,
+      env: { ...process.env, ...opts.env },
+      stdio: ['ignore', fd, fd, 'ipc'],
+    },
+  );
   closeSync(fd);
   const child = new Child<A>(name, proc, logFile);
   live.add(child as unknown as Child<Api>);

@@ -141,7 +141,11 @@ export class RawConn {
       () => clearTimeout(timer),
       () => clearTimeout(timer),
     );
-    this.sock = net.connect({ host: o.host, port: o.port, ...(o.localAddress ? { localAddress: o.localAddress } : {}) });
+    this.sock = net.connect({
+      host: o.host,
+      port: o.port,
+      ...(o.localAddress ? { localAddress: o.localAddress } : {}),
+    });
     this.sock.setNoDelay(true);
     this.sock.on('connect', () => {
       this.sock.write(
@@ -285,8 +289,10 @@ export class RawConn {
       }
       return;
     }
-    if (text === '2') this.send('3'); // engine.io ping → pong
-    else if (text.startsWith('0')) this.send(`40${this.o.sioAuth ?? ''}`); // open → CONNECT to "/"
+    if (text === '2')
+      this.send('3'); // engine.io ping → pong
+    else if (text.startsWith('0'))
+      this.send(`40${this.o.sioAuth ?? ''}`); // open → CONNECT to "/"
     else if (text.startsWith('40') && !this.open) {
       this.open = true;
       this.resolveReady();

@@ -32,7 +32,8 @@ export function serve(api: Api, onParentGone: () => void = () => process.exit(0)
       })
       .then(
         (result) => send({ rpc: m.rpc, ok: true, result: result ?? null }),
-        (err: unknown) => send({ rpc: m.rpc, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+        (err: unknown) =>
+          send({ rpc: m.rpc, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
       );
   });
   process.on('disconnect', onParentGone);
@@ -46,7 +47,10 @@ export function notify(notice: string, data: unknown = null): void {
 /** Parent side: a typed handle on one child process. */
 export class Child<A extends Api> {
   private next = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
   private readonly notices = new Map<string, unknown[]>();
   private readonly waiters = new Map<string, Array<(data: unknown) => void>>();
   readonly exited: Promise<number | null>;
@@ -88,7 +92,11 @@ export class Child<A extends Api> {
     return this.exitCode === undefined;
   }
 
-  call<K extends keyof A & string>(cmd: K, args: Parameters<A[K]>[0], timeoutMs = 900_000): Promise<Awaited<ReturnType<A[K]>>> {
+  call<K extends keyof A & string>(
+    cmd: K,
+    args: Parameters<A[K]>[0],
+    timeoutMs = 900_000,
+  ): Promise<Awaited<ReturnType<A[K]>>> {
     if (!this.alive) return Promise.reject(new Error(`${this.name} is not running; see ${this.logFile}`));
     const rpc = this.next++;
     return new Promise((resolve, reject) => {
@@ -106,7 +114,10 @@ export class Child<A extends Api> {
     const queued = this.notices.get(name);
     if (queued && queued.length > 0) return Promise.resolve(queued.shift());
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${this.name}: no ${name} within ${timeoutMs} ms; see ${this.logFile}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`${this.name}: no ${name} within ${timeoutMs} ms; see ${this.logFile}`)),
+        timeoutMs,
+      );
       const done = (data: unknown) => {
         clearTimeout(timer);
         resolve(data);

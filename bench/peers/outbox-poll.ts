@@ -5,9 +5,22 @@
  */
 import pg from 'pg';
 
-export const TYPES: Record<string, string> = { guarantee: 'guarantee_update', attendance: 'attendance_update', vote: 'voting_update' };
+export const TYPES: Record<string, string> = {
+  guarantee: 'guarantee_update',
+  attendance: 'attendance_update',
+  vote: 'voting_update',
+};
 
-export type Row = { id: string; kind: string; action: string; election_id: number; committee_id: number; row_id: unknown; data: unknown; committed_at: Date };
+export type Row = {
+  id: string;
+  kind: string;
+  action: string;
+  election_id: number;
+  committee_id: number;
+  row_id: unknown;
+  data: unknown;
+  committed_at: Date;
+};
 
 /** The event a peer sends for a row (the hub's frame shape). */
 export function eventOf(row: Row) {
@@ -24,7 +37,11 @@ export function eventOf(row: Row) {
 }
 
 /** Starts at the newest outbox row; calls `onRow` for each new one. `stop` ends the listener. */
-export async function pollOutbox(pool: pg.Pool, connectionString: string | undefined, onRow: (row: Row) => void): Promise<{ stop(): Promise<void> }> {
+export async function pollOutbox(
+  pool: pg.Pool,
+  connectionString: string | undefined,
+  onRow: (row: Row) => void,
+): Promise<{ stop(): Promise<void> }> {
   let lastId = '0';
   let polling = false;
   let again = false;

@@ -22,7 +22,9 @@ const pubClient = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 const subClient = pubClient.duplicate();
 const httpServer = createServer();
 // A key of its own: other processes may share this Redis.
-const io = new Server(httpServer, { adapter: createAdapter(pubClient, subClient, { key: `bench-${randomBytes(4).toString('hex')}` }) });
+const io = new Server(httpServer, {
+  adapter: createAdapter(pubClient, subClient, { key: `bench-${randomBytes(4).toString('hex')}` }),
+});
 
 io.use((socket, next) => {
   const token = String((socket.handshake.auth as { token?: unknown }).token ?? '');

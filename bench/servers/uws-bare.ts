@@ -12,7 +12,8 @@ const TOPIC = 'election:1';
 let connections = 0;
 let listenSocket: uWS.us_listen_socket | undefined;
 
-const app = uWS.App()
+const app = uWS
+  .App()
   .ws('/*', {
     compression: uWS.DISABLED,
     maxPayloadLength: 1024 * 1024,

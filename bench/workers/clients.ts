@@ -28,7 +28,14 @@ export type ConnectArgs = {
   sampleEvery: number;
 };
 
-export type ConnectResult = { opened: number; failed: number; failures: Record<string, number>; t0: number; t1: number; signMs: number };
+export type ConnectResult = {
+  opened: number;
+  failed: number;
+  failures: Record<string, number>;
+  t0: number;
+  t1: number;
+  signMs: number;
+};
 
 export type GroupStats = { conns: number; open: number; total: number; min: number; max: number };
 

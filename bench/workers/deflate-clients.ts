@@ -148,7 +148,13 @@ const api = {
     const paths: string[] = [];
     for (let j = 0; j < a.count; j++) {
       const auth = a.group.auth;
-      const token = auth ? await signToken(auth.secret, { sub: `${auth.sub}-${a.group.name}-${a.first + j}`, elections: auth.elections, ttl: '2h' }) : '';
+      const token = auth
+        ? await signToken(auth.secret, {
+            sub: `${auth.sub}-${a.group.name}-${a.first + j}`,
+            elections: auth.elections,
+            ttl: '2h',
+          })
+        : '';
       paths.push(a.group.path.replace('{token}', encodeURIComponent(token)));
     }
     const t0 = wallNow();

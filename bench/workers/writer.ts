@@ -8,7 +8,10 @@ import { sleep, wallNow } from '../lib/clock.ts';
 import { notify, serve } from '../lib/rpc.ts';
 
 const connect = async (url: string, n: number): Promise<pg.Client[]> => {
-  const clients = Array.from({ length: n }, () => new pg.Client({ connectionString: url, application_name: 'bench-writer' }));
+  const clients = Array.from(
+    { length: n },
+    () => new pg.Client({ connectionString: url, application_name: 'bench-writer' }),
+  );
   for (const c of clients) c.on('error', () => undefined);
   await Promise.all(clients.map((c) => c.connect()));
   return clients;
@@ -34,11 +37,25 @@ export type PacedArgs = {
   spots: Spot[];
 };
 
-export type PacedResult = { sent: number; errors: number; seconds: number; perElection: Record<string, number>; perCommittee: Record<string, number>; maxBehindMs: number };
+export type PacedResult = {
+  sent: number;
+  errors: number;
+  seconds: number;
+  perElection: Record<string, number>;
+  perCommittee: Record<string, number>;
+  maxBehindMs: number;
+};
 
 const api = {
   /** `total` rows in statements of `batch`, one after another, spread over the election's committees. */
-  async bulk(a: { url: string; total: number; batch: number; election: number; firstCommittee: number; committees: number }) {
+  async bulk(a: {
+    url: string;
+    total: number;
+    batch: number;
+    election: number;
+    firstCommittee: number;
+    committees: number;
+  }) {
     const [c] = await connect(a.url, 1);
     if (!c) throw new Error('no client');
     const t0 = wallNow();
@@ -93,7 +110,11 @@ const api = {
                   values: [a.channel ?? 'bench_probe', stamp],
                 });
               } else {
-                await c.query({ name: 'bench_probe_notify_only', text: 'SELECT pg_notify($1, $2)', values: [a.channel ?? 'bench_probe', stamp] });
+                await c.query({
+                  name: 'bench_probe_notify_only',
+                  text: 'SELECT pg_notify($1, $2)',
+                  values: [a.channel ?? 'bench_probe', stamp],
+                });
               }
               sent++;
             } catch {
@@ -109,7 +130,14 @@ const api = {
   },
 
   /** Single-row inserts as fast as `writers` connections go, for `seconds`. */
-  async flatOut(a: { url: string; writers: number; seconds: number; election: number; firstCommittee: number; committees: number }) {
+  async flatOut(a: {
+    url: string;
+    writers: number;
+    seconds: number;
+    election: number;
+    firstCommittee: number;
+    committees: number;
+  }) {
     const clients = await connect(a.url, a.writers);
     let inserts = 0;
     const t0 = wallNow();

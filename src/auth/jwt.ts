@@ -20,12 +20,7 @@ import { parseDuration } from '../config/index.ts';
  * decimal string up to the bigint range (leading zeros dropped). Held as the canonical text.
  */
 const Id = z.union([
-  z
-    .number()
-    .int()
-    .positive()
-    .refine(Number.isSafeInteger, 'ids of 2^53 and above must be strings')
-    .transform(String),
+  z.number().int().positive().refine(Number.isSafeInteger, 'ids of 2^53 and above must be strings').transform(String),
   z
     .string()
     .regex(/^[0-9]{1,40}$/)
@@ -75,14 +70,24 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
   if (config.JWT_SECRET) {
     // Imported once: handing jose the raw bytes makes it import the key on every verify
     // (a third of an upgrade's CPU in the connection-rate benchmark).
-    key = await crypto.subtle.importKey('raw', new TextEncoder().encode(config.JWT_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    key = await crypto.subtle.importKey(
+      'raw',
+      new TextEncoder().encode(config.JWT_SECRET),
+      { name: 'HMAC', hash: 'SHA-256' },
+      false,
+      ['verify'],
+    );
     algorithms = ['HS256'];
   } else if (config.JWT_PUBLIC_KEY) {
     const alg = ASYMMETRIC[config.JWT_PUBLIC_KEY.type] ?? 'RS256';
     key = await importSPKI(config.JWT_PUBLIC_KEY.pem, alg);
     algorithms = [alg];
   } else if (config.JWKS_URL) {
-    key = createRemoteJWKSet(new URL(config.JWKS_URL), { timeoutDuration: 3000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+    key = createRemoteJWKSet(new URL(config.JWKS_URL), {
+      timeoutDuration: 3000,
+      cooldownDuration: 30_000,
+      cacheMaxAge: 600_000,
+    });
     algorithms = ['RS256', 'ES256', 'EdDSA'];
   } else {
     throw new Error('no JWT key source configured');
@@ -108,7 +113,13 @@ export async function createAuthenticator(config: Config): Promise<Authenticator
         const c = parsed.data;
         return {
           ok: true,
-          claims: { sub: c.sub, role: c.role, elections: c.elections ?? [], committees: c.committees ?? [], exp: c.exp },
+          claims: {
+            sub: c.sub,
+            role: c.role,
+            elections: c.elections ?? [],
+            committees: c.committees ?? [],
+            exp: c.exp,
+          },
         };
       } catch (err) {
         return { ok: false, reason: reasonOf(err) };

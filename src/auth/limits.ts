@@ -61,7 +61,14 @@ return 1`;
  * of their time to live. While Redis is unreachable the node falls back to counting its
  * own sockets (degraded, never refusing everyone).
  */
-export function createRedisLimiter(opts: { redis: Redis; max: number; nodeId: string; leaseTtlMs: number; log: Logger; prefix: string }): ConnectionLimiter {
+export function createRedisLimiter(opts: {
+  redis: Redis;
+  max: number;
+  nodeId: string;
+  leaseTtlMs: number;
+  log: Logger;
+  prefix: string;
+}): ConnectionLimiter {
   const { redis, max, nodeId, leaseTtlMs, log } = opts;
   const fallback = createLocalLimiter(max);
   const held = new Map<string, Set<string>>(); // sub -> lease members held by this node
@@ -71,7 +78,9 @@ export function createRedisLimiter(opts: { redis: Redis; max: number; nodeId: st
     if (redis.status !== 'ready') return;
     const pipeline = redis.pipeline();
     for (const [sub, members] of held) if (members.size > 0) pipeline.eval(RENEW, 1, key(sub), leaseTtlMs, ...members);
-    await pipeline.exec().catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'connection lease renewal failed'));
+    await pipeline
+      .exec()
+      .catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'connection lease renewal failed'));
   };
   const timer = setInterval(() => void renew(), Math.max(200, Math.floor(leaseTtlMs / 3)));
 
@@ -95,7 +104,10 @@ export function createRedisLimiter(opts: { redis: Redis; max: number; nodeId: st
           const m = held.get(sub);
           if (!m?.delete(member)) return;
           if (m.size === 0) held.delete(sub);
-          if (redis.status === 'ready') redis.zrem(key(sub), member).catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'lease release failed'));
+          if (redis.status === 'ready')
+            redis
+              .zrem(key(sub), member)
+              .catch((err: unknown) => log.warn({ err: errorMessage(err) }, 'lease release failed'));
         },
       };
     },

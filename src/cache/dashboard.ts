@@ -158,7 +158,9 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
   const fresh = (id: Id, json: string | undefined, min?: Position): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
-    return c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0 && (min === undefined || compare(c, min) >= 0);
+    return (
+      c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0 && (min === undefined || compare(c, min) >= 0)
+    );
   };
 
   const computeAndStore = (id: Id, urgent: boolean, reason?: RefreshOptions['reason']): Promise<string> =>
@@ -204,18 +206,20 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     const urgent = o.urgent ?? false;
     const running = inflight.get(id);
     // A failed computation of somebody else's is no answer for this one: compute again.
-    const p = (running ?? Promise.resolve(undefined)).catch(() => undefined).then(async (prev) => {
-      if (o.fresh) {
-        const json = await computeAndStore(id, urgent, o.reason);
+    const p = (running ?? Promise.resolve(undefined))
+      .catch(() => undefined)
+      .then(async (prev) => {
+        if (o.fresh) {
+          const json = await computeAndStore(id, urgent, o.reason);
+          return json === NONE ? null : json;
+        }
+        // A computation that began before the latest change may be stale: check, then redo.
+        if (prev !== undefined && prev !== null && fresh(id, prev, o.min)) return prev;
+        const cached = await read(id);
+        if (fresh(id, cached, o.min)) return cached;
+        const json = await obtain(id, urgent, o);
         return json === NONE ? null : json;
-      }
-      // A computation that began before the latest change may be stale: check, then redo.
-      if (prev !== undefined && prev !== null && fresh(id, prev, o.min)) return prev;
-      const cached = await read(id);
-      if (fresh(id, cached, o.min)) return cached;
-      const json = await obtain(id, urgent, o);
-      return json === NONE ? null : json;
-    });
+      });
     const tracked = p.finally(() => {
       if (inflight.get(id) === tracked) inflight.delete(id);
     });

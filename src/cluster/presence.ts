@@ -20,7 +20,14 @@ export type Presence = {
  * Each node announces itself and its connection count in Redis every `intervalMs`; a node
  * not heard from within three intervals is gone from the list.
  */
-export function startPresence(opts: { redis: Redis; nodeId: string; connections: () => number; intervalMs: number; log: Logger; prefix: string }): Presence {
+export function startPresence(opts: {
+  redis: Redis;
+  nodeId: string;
+  connections: () => number;
+  intervalMs: number;
+  log: Logger;
+  prefix: string;
+}): Presence {
   const { redis, nodeId, intervalMs, log } = opts;
   const NODES = `${opts.prefix}nodes`;
   const NODE = (id: string) => `${opts.prefix}node:${id}`;
@@ -36,7 +43,8 @@ export function startPresence(opts: { redis: Redis; nodeId: string; connections:
       .zremrangebyscore(NODES, '-inf', now - ttl)
       .exec();
   };
-  const run = () => void beat().catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'presence heartbeat failed'));
+  const run = () =>
+    void beat().catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'presence heartbeat failed'));
   run();
   const timer = setInterval(run, intervalMs);
   return {
@@ -56,7 +64,13 @@ export function startPresence(opts: { redis: Redis; nodeId: string; connections:
     },
     async stop() {
       clearInterval(timer);
-      if (redis.status === 'ready') await redis.multi().zrem(NODES, nodeId).del(NODE(nodeId)).exec().catch(() => undefined);
+      if (redis.status === 'ready')
+        await redis
+          .multi()
+          .zrem(NODES, nodeId)
+          .del(NODE(nodeId))
+          .exec()
+          .catch(() => undefined);
     },
   };
 }

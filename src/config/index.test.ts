@@ -29,7 +29,8 @@ describe('parseDuration', () => {
   });
 
   it('refuses anything else', () => {
-    for (const bad of ['', 's', '5w', '-1s', '1e3', '5 s', '5S', '.5s', '5.s', 'ten', '1h30m']) expect(parseDuration(bad), bad).toBeUndefined();
+    for (const bad of ['', 's', '5w', '-1s', '1e3', '5 s', '5S', '.5s', '5.s', 'ten', '1h30m'])
+      expect(parseDuration(bad), bad).toBeUndefined();
   });
 });
 
@@ -60,7 +61,16 @@ describe('parseConfig', () => {
       PRESENCE_INTERVAL: 5_000,
       LOG_LEVEL: 'info',
     });
-    for (const unset of ['DATABASE_URL', 'REDIS_URL', 'MAX_CONNECTIONS', 'NODE_ID', 'JWT_ISSUER', 'JWT_AUDIENCE', 'JWT_PUBLIC_KEY', 'JWKS_URL']) {
+    for (const unset of [
+      'DATABASE_URL',
+      'REDIS_URL',
+      'MAX_CONNECTIONS',
+      'NODE_ID',
+      'JWT_ISSUER',
+      'JWT_AUDIENCE',
+      'JWT_PUBLIC_KEY',
+      'JWKS_URL',
+    ]) {
       expect(c[unset as keyof Config], unset).toBeUndefined();
     }
   });
@@ -121,8 +131,18 @@ describe('parseConfig', () => {
     });
     const names = e.map((line) => line.split(':')[0]);
     for (const name of [
-      'DATABASE_URL', 'REDIS_URL', 'JWT_SECRET', 'PORT', 'MAX_PAYLOAD_BYTES', 'MAX_BACKPRESSURE_BYTES', 'OUTBOX_RETENTION',
-      'DASHBOARD_CACHE_KEYS', 'REDIS_PREFIX', 'NODE_ID', 'LOG_LEVEL', 'JWKS_URL',
+      'DATABASE_URL',
+      'REDIS_URL',
+      'JWT_SECRET',
+      'PORT',
+      'MAX_PAYLOAD_BYTES',
+      'MAX_BACKPRESSURE_BYTES',
+      'OUTBOX_RETENTION',
+      'DASHBOARD_CACHE_KEYS',
+      'REDIS_PREFIX',
+      'NODE_ID',
+      'LOG_LEVEL',
+      'JWKS_URL',
     ]) {
       expect(names, name).toContain(name);
     }
@@ -142,7 +162,9 @@ describe('parseConfig', () => {
 
   it('exactly one key source', () => {
     expect(errors({})).toEqual(['JWT_SECRET: one key source is required: JWT_SECRET, JWT_PUBLIC_KEY or JWKS_URL']);
-    expect(errors({ JWT_SECRET: SECRET, JWKS_URL: 'https://idp.example/jwks' })[0]).toMatch(/^JWT_SECRET: set only one of/);
+    expect(errors({ JWT_SECRET: SECRET, JWKS_URL: 'https://idp.example/jwks' })[0]).toMatch(
+      /^JWT_SECRET: set only one of/,
+    );
     expect(ok({ JWKS_URL: 'https://idp.example/jwks' }).JWKS_URL).toBe('https://idp.example/jwks');
   });
 
@@ -152,7 +174,9 @@ describe('parseConfig', () => {
     expect(ok({ JWT_PUBLIC_KEY: pem.replace(/\n/g, '\\n') }).JWT_PUBLIC_KEY).toEqual({ pem, type: 'ec' });
     expect(errors({ JWT_PUBLIC_KEY: 'not a key' })[0]).toMatch(/^JWT_PUBLIC_KEY: not a PEM public key/);
     const x448 = generateKeyPairSync('x448').publicKey.export({ type: 'spki', format: 'pem' }).toString();
-    expect(errors({ JWT_PUBLIC_KEY: x448 })).toEqual(['JWT_PUBLIC_KEY: unsupported key type x448 (RSA, EC P-256 or Ed25519)']);
+    expect(errors({ JWT_PUBLIC_KEY: x448 })).toEqual([
+      'JWT_PUBLIC_KEY: unsupported key type x448 (RSA, EC P-256 or Ed25519)',
+    ]);
   });
 
   it('metrics never share the public port (0, a free port, is fine for both)', () => {

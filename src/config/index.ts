@@ -30,22 +30,19 @@ const duration = (name: string) =>
   });
 
 const int = (min: number, max: number) =>
-  z
-    .string()
-    .regex(/^\d+$/, 'expected a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+  z.string().regex(/^\d+$/, 'expected a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
 
 const url = (protocols: string[]) =>
-  z
-    .string()
-    .refine((v) => {
+  z.string().refine(
+    (v) => {
       try {
         return protocols.includes(new URL(v).protocol);
       } catch {
         return false;
       }
-    }, `expected a URL starting with ${protocols.join(' or ')}`);
+    },
+    `expected a URL starting with ${protocols.join(' or ')}`,
+  );
 
 const publicKey = z.string().transform((pem, ctx) => {
   try {
@@ -94,11 +91,23 @@ const envSchema = z
     ALLOWED_ORIGINS: z
       .string()
       .default('*')
-      .transform((s) => s.split(',').map((o) => o.trim()).filter(Boolean)),
+      .transform((s) =>
+        s
+          .split(',')
+          .map((o) => o.trim())
+          .filter(Boolean),
+      ),
     DASHBOARD_CACHE_KEYS: z
       .string()
       .optional()
-      .transform((s) => (s ? s.split(',').map((k) => k.trim()).filter(Boolean) : []))
+      .transform((s) =>
+        s
+          ? s
+              .split(',')
+              .map((k) => k.trim())
+              .filter(Boolean)
+          : [],
+      )
       .refine((keys) => keys.every((k) => k.includes('{election_id}')), 'every template must contain {election_id}'),
     MAX_CONNECTIONS_PER_SUB: int(1, 1_000_000).default(20),
     MAX_PAYLOAD_BYTES: int(64, 16 * 1024 * 1024).default(16384),
@@ -124,8 +133,14 @@ const envSchema = z
     // How often each held election's stream-maintained totals are checked against a full computation (0: never).
     DASHBOARD_VERIFY_INTERVAL: duration('DASHBOARD_VERIFY_INTERVAL').default(10 * 60_000),
     SHUTDOWN_TIMEOUT: duration('SHUTDOWN_TIMEOUT').default(10_000),
-    REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)').default('hub:'),
-    NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)').optional(),
+    REDIS_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9:._-]{1,64}$/, 'letters, digits and :._- (max 64)')
+      .default('hub:'),
+    NODE_ID: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, dot, dash, underscore (max 64)')
+      .optional(),
     CONNECTION_LEASE_TTL: duration('CONNECTION_LEASE_TTL').default(30_000),
     PRESENCE_INTERVAL: duration('PRESENCE_INTERVAL').default(5_000),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -133,16 +148,32 @@ const envSchema = z
   .superRefine((env, ctx) => {
     const sources = [env.JWT_SECRET, env.JWT_PUBLIC_KEY, env.JWKS_URL].filter((v) => v !== undefined).length;
     if (sources === 0) {
-      ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'one key source is required: JWT_SECRET, JWT_PUBLIC_KEY or JWKS_URL' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['JWT_SECRET'],
+        message: 'one key source is required: JWT_SECRET, JWT_PUBLIC_KEY or JWKS_URL',
+      });
     }
     if (sources > 1) {
-      ctx.addIssue({ code: 'custom', path: ['JWT_SECRET'], message: 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWKS_URL (algorithms are pinned to one key kind)' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['JWT_SECRET'],
+        message: 'set only one of JWT_SECRET, JWT_PUBLIC_KEY, JWKS_URL (algorithms are pinned to one key kind)',
+      });
     }
     if (env.METRICS_PORT !== 0 && env.METRICS_PORT === env.PORT) {
-      ctx.addIssue({ code: 'custom', path: ['METRICS_PORT'], message: `must differ from PORT (${env.PORT}): metrics have their own listener` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['METRICS_PORT'],
+        message: `must differ from PORT (${env.PORT}): metrics have their own listener`,
+      });
     }
     if (env.JWT_PUBLIC_KEY && !['rsa', 'ec', 'ed25519'].includes(env.JWT_PUBLIC_KEY.type)) {
-      ctx.addIssue({ code: 'custom', path: ['JWT_PUBLIC_KEY'], message: `unsupported key type ${env.JWT_PUBLIC_KEY.type} (RSA, EC P-256 or Ed25519)` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['JWT_PUBLIC_KEY'],
+        message: `unsupported key type ${env.JWT_PUBLIC_KEY.type} (RSA, EC P-256 or Ed25519)`,
+      });
     }
   });
 

@@ -33,7 +33,11 @@ type Entry = { election: Id | null; at: number };
  * Bounded: an LRU of `maxEntries` known and absent committees, each trusted for `ttlMs`.
  * A deployment without a `committees` table has no committee reachable through an election.
  */
-export function createCommitteeDirectory(db: Pick<pg.Pool, 'query'>, log: Logger, opts: DirectoryOptions = {}): CommitteeDirectory {
+export function createCommitteeDirectory(
+  db: Pick<pg.Pool, 'query'>,
+  log: Logger,
+  opts: DirectoryOptions = {},
+): CommitteeDirectory {
   const maxEntries = opts.maxEntries ?? DIRECTORY_MAX_ENTRIES;
   const ttlMs = opts.ttlMs ?? DIRECTORY_TTL_MS;
   // Map iteration order is insertion order: re-inserting on use makes the first key the least recently used.
@@ -91,7 +95,10 @@ export function createCommitteeDirectory(db: Pick<pg.Pool, 'query'>, log: Logger
   /** Joins the lookup of this tick: one query for every subscriber's missing ids. */
   const lookUp = (ids: Id[]): Promise<Map<Id, Id | null>> => {
     if (!batch) {
-      const b: { ids: Set<Id>; result: Promise<Map<Id, Id | null>> } = { ids: new Set(), result: Promise.resolve(new Map()) };
+      const b: { ids: Set<Id>; result: Promise<Map<Id, Id | null>> } = {
+        ids: new Set(),
+        result: Promise.resolve(new Map()),
+      };
       b.result = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
         if (batch === b) batch = undefined;
         return query([...b.ids]);

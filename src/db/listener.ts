@@ -71,8 +71,18 @@ export function startListener(opts: ListenerOptions): Listener {
   const connect = async () => {
     if (stopped) return;
     const s = createSubscriber(
-      { connectionString: opts.connectionString, application_name: 'election-hub-listener', connectionTimeoutMillis: 5000 },
-      { parse: (raw: string) => raw, retryLimit: Infinity, retryTimeout: 0, retryInterval: backoff, paranoidChecking: false },
+      {
+        connectionString: opts.connectionString,
+        application_name: 'election-hub-listener',
+        connectionTimeoutMillis: 5000,
+      },
+      {
+        parse: (raw: string) => raw,
+        retryLimit: Infinity,
+        retryTimeout: 0,
+        retryInterval: backoff,
+        paranoidChecking: false,
+      },
     );
     sub = s;
     s.notifications.on(CHANNEL, (payload: unknown) => {

@@ -52,7 +52,8 @@ export async function migrate(databaseUrl: string, opts: MigrateOptions = {}): P
   const dir = opts.dir ?? SQL_DIR;
   const hubFiles = await migrationsIn(dir);
   const referenceFiles = opts.referenceSchema ? await migrationsIn(path.join(dir, 'reference')) : [];
-  if (opts.referenceSchema && referenceFiles.length === 0) throw new Error(`no reference schema in ${path.join(dir, 'reference')}`);
+  if (opts.referenceSchema && referenceFiles.length === 0)
+    throw new Error(`no reference schema in ${path.join(dir, 'reference')}`);
   // Names are the record in hub.migrations: one name, one file, across both folders.
   const clash = hubFiles.find((h) => referenceFiles.some((r) => r.name === h.name));
   if (clash) throw new Error(`migration ${clash.name} exists both in sql/ and sql/reference/`);
@@ -68,14 +69,17 @@ export async function migrate(databaseUrl: string, opts: MigrateOptions = {}): P
       CREATE TABLE IF NOT EXISTS hub.migrations (
         name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
     const done = new Map(
-      (await client.query<{ name: string; checksum: string }>('SELECT name, checksum FROM hub.migrations')).rows.map((r) => [r.name, r.checksum]),
+      (await client.query<{ name: string; checksum: string }>('SELECT name, checksum FROM hub.migrations')).rows.map(
+        (r) => [r.name, r.checksum],
+      ),
     );
     for (const { name, file } of [...hubFiles, ...referenceFiles]) {
       const sql = await readFile(file, 'utf8');
       const checksum = createHash('sha256').update(sql).digest('hex');
       const prior = done.get(name);
       if (prior !== undefined) {
-        if (prior !== checksum) throw new Error(`migration ${name} changed after it was applied; add a new migration instead`);
+        if (prior !== checksum)
+          throw new Error(`migration ${name} changed after it was applied; add a new migration instead`);
         result.skipped.push(name);
         continue;
       }

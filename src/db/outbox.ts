@@ -70,7 +70,8 @@ export function decodeRow(raw: RawRow): OutboxEvent | undefined {
   const committeeId: Id | null = r.committee_id;
   const num = (v: string | null | undefined) => (v === null || v === undefined ? null : Number(v) || 0);
   const old =
-    r.action === 'updated' && (r.old_election_id !== undefined || r.old_committee_id !== undefined || r.old_count !== undefined)
+    r.action === 'updated' &&
+    (r.old_election_id !== undefined || r.old_committee_id !== undefined || r.old_count !== undefined)
       ? { electionId: r.old_election_id ?? null, committeeId: r.old_committee_id ?? null, count: num(r.old_count) }
       : null;
   // Built by concatenation so a row's jsonb text (its key and data) is never parsed and
@@ -130,7 +131,12 @@ const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coales
  */
 export const MAX_PAGE_ROWS = 10_000;
 
-export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, limit: number, maxBytes = Number.MAX_SAFE_INTEGER): Promise<ReadResult> {
+export async function readAfter(
+  db: Pick<pg.Pool, 'query'>,
+  after: Position,
+  limit: number,
+  maxBytes = Number.MAX_SAFE_INTEGER,
+): Promise<ReadResult> {
   // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
   // The next `limit` keys by the commits index, each key's rows by the outbox primary key
   // (txid, id); an incremental sort on the presorted key stops as soon as `limit` rows are
@@ -167,7 +173,13 @@ export async function readAfter(db: Pick<pg.Pool, 'query'>, after: Position, lim
  * superset (a committee's rows from any election); the caller applies the delivery rule.
  * `upTo` must be settled (a reader's position): no key at or below it can still appear.
  */
-export async function readRange(db: pg.Pool, after: Position, upTo: Position, f: TopicFilter, limit: number): Promise<RawRow[]> {
+export async function readRange(
+  db: pg.Pool,
+  after: Position,
+  upTo: Position,
+  f: TopicFilter,
+  limit: number,
+): Promise<RawRow[]> {
   const res = await db.query({
     name: 'hub_read_range',
     text: `SELECT ${COLUMNS} FROM (
@@ -180,7 +192,17 @@ export async function readRange(db: pg.Pool, after: Position, upTo: Position, f:
          ORDER BY ob.id LIMIT $9) o ON true
        ORDER BY c.seq, o.id LIMIT $9) ob
      ORDER BY ob.seq, ob.id`,
-    values: [after.seq.toString(), after.id.toString(), upTo.seq.toString(), upTo.id.toString(), f.all, f.elections, f.committees, f.topics, limit],
+    values: [
+      after.seq.toString(),
+      after.id.toString(),
+      upTo.seq.toString(),
+      upTo.id.toString(),
+      f.all,
+      f.elections,
+      f.committees,
+      f.topics,
+      limit,
+    ],
   });
   return res.rows as RawRow[];
 }
@@ -197,7 +219,9 @@ export async function commitFrontier(db: Pick<pg.Pool, 'query'>): Promise<bigint
 
 /** Where pruning has reached: a `since` below it can no longer be replayed completely. */
 export async function prunedPosition(db: Pick<pg.Pool, 'query'>): Promise<Position> {
-  const res = await db.query<{ t: string; i: string }>(`SELECT pruned_seq::text AS t, pruned_id::text AS i FROM hub.outbox_state`);
+  const res = await db.query<{ t: string; i: string }>(
+    `SELECT pruned_seq::text AS t, pruned_id::text AS i FROM hub.outbox_state`,
+  );
   const row = res.rows[0];
   return { seq: BigInt(row?.t ?? '0'), id: BigInt(row?.i ?? '0') };
 }
@@ -208,7 +232,9 @@ export async function prunedPosition(db: Pick<pg.Pool, 'query'>): Promise<Positi
  * it came from a hub of the previous version after the migration, and cannot be placed.
  */
 export async function legacyCursorKnown(db: Pick<pg.Pool, 'query'>, p: Position): Promise<boolean> {
-  const res = await db.query<{ ok: boolean }>(`SELECT $1::numeric <= legacy_limit AS ok FROM hub.outbox_state`, [p.seq.toString()]);
+  const res = await db.query<{ ok: boolean }>(`SELECT $1::numeric <= legacy_limit AS ok FROM hub.outbox_state`, [
+    p.seq.toString(),
+  ]);
   return res.rows[0]?.ok === true;
 }
 
@@ -269,7 +295,10 @@ export async function backlog(db: pg.Pool, after: Position): Promise<{ count: nu
 export function createHistory(db: pg.Pool): History {
   return {
     page: async (after, upTo, filter, limit) =>
-      (await readRange(db, after, upTo, filter, limit)).map((raw) => ({ pos: rowPosition(raw), event: decodeRow(raw) })),
+      (await readRange(db, after, upTo, filter, limit)).map((raw) => ({
+        pos: rowPosition(raw),
+        event: decodeRow(raw),
+      })),
     prunedMark: () => prunedPosition(db),
     legacyCursorKnown: (p) => legacyCursorKnown(db, p),
   };

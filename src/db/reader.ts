@@ -153,7 +153,10 @@ export function startReader(opts: ReaderOptions): Reader {
         if (p) advance(p);
       }
     }
-    log.debug({ n: r.rows.length, from: `${from.seq}.${from.id}`, blocked: blocked === undefined ? null : String(blocked) }, 'outbox read');
+    log.debug(
+      { n: r.rows.length, from: `${from.seq}.${from.id}`, blocked: blocked === undefined ? null : String(blocked) },
+      'outbox read',
+    );
     const complete = !r.more && blocked === undefined;
     const cut = r.more && r.rows.length < limit;
     limit = Math.min(batchSize, cut ? r.rows.length + 1 : limit * 2);

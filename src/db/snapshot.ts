@@ -37,7 +37,10 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
     // Before BEGIN: the snapshot is taken by the transaction's first query, and must come after.
     const frontier = await commitFrontier(client);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    const head = await client.query<{ known: boolean }>(`SELECT EXISTS (SELECT 1 FROM elections WHERE id = $1) AS known`, [electionId]);
+    const head = await client.query<{ known: boolean }>(
+      `SELECT EXISTS (SELECT 1 FROM elections WHERE id = $1) AS known`,
+      [electionId],
+    );
     if (!head.rows[0]?.known) {
       await client.query('COMMIT');
       return null;
@@ -49,7 +52,10 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       if (!v) committees.set(c, (v = { guarantees: 0, attendance: 0, votes: 0 }));
       return v;
     };
-    for (const r of (await client.query<{ id: string }>('SELECT id::text AS id FROM committees WHERE election_id = $1', [electionId])).rows) at(r.id);
+    for (const r of (
+      await client.query<{ id: string }>('SELECT id::text AS id FROM committees WHERE election_id = $1', [electionId])
+    ).rows)
+      at(r.id);
 
     const watched = (
       await client.query<Watched>(
@@ -77,8 +83,14 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
     // a wide statement above the frontier does not cost every computation all of its rows.
     // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
     const late = await client.query<{
-      kind: string; action: string; data: Record<string, unknown> | null; old: Record<string, unknown> | null;
-      de: string | null; dc: string | null; oe: string | null; oc: string | null;
+      kind: string;
+      action: string;
+      data: Record<string, unknown> | null;
+      old: Record<string, unknown> | null;
+      de: string | null;
+      dc: string | null;
+      oe: string | null;
+      oc: string | null;
     }>(
       `SELECT o.kind, o.action, o.data, o.old,
               hub.to_bigint(o.data ->> w.election_column)::text AS de, hub.to_bigint(o.data ->> w.committee_column)::text AS dc,
@@ -94,7 +106,12 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       const w = byKind.get(e.kind);
       const field = FIELD[e.kind];
       if (!w || !field) continue;
-      const apply = (row: Record<string, unknown> | null, election: string | null, committee: string | null, sign: number) => {
+      const apply = (
+        row: Record<string, unknown> | null,
+        election: string | null,
+        committee: string | null,
+        sign: number,
+      ) => {
         if (!row || election !== electionId || committee === null) return;
         at(committee)[field] += sign * contribution(e.kind, row);
       };
@@ -107,12 +124,23 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
     }
     await client.query('COMMIT');
 
-    const list = [...committees.entries()].sort((a, b) => compareIds(a[0], b[0])).map(([c, v]) => ({ committee_id: idValue(c), ...v }));
+    const list = [...committees.entries()]
+      .sort((a, b) => compareIds(a[0], b[0]))
+      .map(([c, v]) => ({ committee_id: idValue(c), ...v }));
     const totals = list.reduce(
-      (t, c) => ({ guarantees: t.guarantees + c.guarantees, attendance: t.attendance + c.attendance, votes: t.votes + c.votes }),
+      (t, c) => ({
+        guarantees: t.guarantees + c.guarantees,
+        attendance: t.attendance + c.attendance,
+        votes: t.votes + c.votes,
+      }),
       { guarantees: 0, attendance: 0, votes: 0 },
     );
-    return { election_id: idValue(electionId), cursor: encodeCursor({ seq: frontier, id: 0n }), totals, committees: list };
+    return {
+      election_id: idValue(electionId),
+      cursor: encodeCursor({ seq: frontier, id: 0n }),
+      totals,
+      committees: list,
+    };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;
@@ -127,6 +155,8 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
  * count changed, and every maintained dashboard is recomputed.
  */
 export async function watchedFingerprint(db: Pick<pg.Pool, 'query'>): Promise<string> {
-  const r = await db.query<{ f: string }>(`SELECT coalesce(md5(string_agg(w::text, ',' ORDER BY w.tbl::text)), '') AS f FROM hub.watched w`);
+  const r = await db.query<{ f: string }>(
+    `SELECT coalesce(md5(string_agg(w::text, ',' ORDER BY w.tbl::text)), '') AS f FROM hub.watched w`,
+  );
   return r.rows[0]?.f ?? '';
 }

@@ -23,5 +23,9 @@ export type OutboxEvent = {
    * carry null (replays never feed the totals).
    */
   readonly count: number | null;
-  readonly old: { readonly electionId: Id | null; readonly committeeId: Id | null; readonly count: number | null } | null;
+  readonly old: {
+    readonly electionId: Id | null;
+    readonly committeeId: Id | null;
+    readonly count: number | null;
+  } | null;
 };

@@ -11,11 +11,16 @@ const position = fc.record({ seq: fc.bigInt({ min: 0n, max: I64 }), id: fc.bigIn
 /** 1-13 base-36 digits, every length as likely, leading zeros included. */
 const digits = fc
   .tuple(fc.integer({ min: 0, max: 12 }), fc.integer({ min: 1, max: 13 }))
-  .chain(([zeros, n]) => fc.string({ unit: fc.constantFrom(...'0123456789abcdefghijklmnopqrstuvwxyz'), minLength: n, maxLength: n }).map((d) => ('0'.repeat(zeros) + d).slice(-13)));
+  .chain(([zeros, n]) =>
+    fc
+      .string({ unit: fc.constantFrom(...'0123456789abcdefghijklmnopqrstuvwxyz'), minLength: n, maxLength: n })
+      .map((d) => ('0'.repeat(zeros) + d).slice(-13)),
+  );
 /** Any text of the cursor grammar (some beyond the positions a row can have). */
 const grammarText = fc.tuple(digits, digits).map(([a, b]) => `${a}.${b}`);
 /** Base 36, digit by digit: independent of both implementations. */
-const value = (d: string) => [...d].reduce((acc, ch) => acc * 36n + BigInt('0123456789abcdefghijklmnopqrstuvwxyz'.indexOf(ch)), 0n);
+const value = (d: string) =>
+  [...d].reduce((acc, ch) => acc * 36n + BigInt('0123456789abcdefghijklmnopqrstuvwxyz'.indexOf(ch)), 0n);
 const inRange = (text: string) => {
   const [t = '', i = ''] = text.split('.');
   return value(t) <= I64 && value(i) <= I64;
@@ -72,7 +77,23 @@ describe('cursor codec', () => {
   });
 
   it('refuses what is not a cursor', () => {
-    for (const bad of ['', '.', '1', '1.', '.1', '1.2.3', '1,2', ' 1.2', '1.2 ', 'A.1', '-1.2', '1.+2', '00000000000000.1', 'é.1', `${'1'.repeat(41)}`]) {
+    for (const bad of [
+      '',
+      '.',
+      '1',
+      '1.',
+      '.1',
+      '1.2.3',
+      '1,2',
+      ' 1.2',
+      '1.2 ',
+      'A.1',
+      '-1.2',
+      '1.+2',
+      '00000000000000.1',
+      'é.1',
+      `${'1'.repeat(41)}`,
+    ]) {
       expect(decodeCursor(bad), bad).toBeUndefined();
     }
     for (const bad of [undefined, null, 12, { seq: 1 }, ['1.2']]) expect(decodeCursor(bad)).toBeUndefined();
@@ -93,10 +114,16 @@ describe('one order: server and SDK', () => {
   });
 
   it('(property) and on every pair of positions, including neighbours a double cannot tell apart', () => {
-    const near = fc.tuple(position, fc.constantFrom(-1n, 0n, 1n), fc.constantFrom(-1n, 0n, 1n)).map(([p, dt, di]) => [
-      p,
-      { seq: p.seq + dt < 0n || p.seq + dt > I64 ? p.seq : p.seq + dt, id: p.id + di < 0n || p.id + di > I64 ? p.id : p.id + di },
-    ] as const);
+    const near = fc.tuple(position, fc.constantFrom(-1n, 0n, 1n), fc.constantFrom(-1n, 0n, 1n)).map(
+      ([p, dt, di]) =>
+        [
+          p,
+          {
+            seq: p.seq + dt < 0n || p.seq + dt > I64 ? p.seq : p.seq + dt,
+            id: p.id + di < 0n || p.id + di > I64 ? p.id : p.id + di,
+          },
+        ] as const,
+    );
     fc.assert(
       fc.property(near, ([a, b]) => {
         expect(compareCursors(encodeCursor(a), encodeCursor(b))).toBe(Math.sign(compare(a, b)));

@@ -19,7 +19,9 @@ export const Topic = z
 /** A bigint id in a frame: exact either way. */
 export const IdValue = z
   .union([z.number().int(), z.string().regex(/^-?(0|[1-9][0-9]{0,18})$/)])
-  .describe('A bigint id: a JSON number when it is a safe integer (below 2^53 in magnitude), otherwise its exact decimal string');
+  .describe(
+    'A bigint id: a JSON number when it is a safe integer (below 2^53 in magnitude), otherwise its exact decimal string',
+  );
 
 export const Cursor = z.string().max(40).describe('Opaque position in the global event order');
 
@@ -30,7 +32,9 @@ export const PingFrame = z.object({ type: z.literal('ping') });
 const RequestedTopic = z
   .string()
   .max(220)
-  .describe('election:*, election:{id}, committee:{id}, dashboard:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)');
+  .describe(
+    'election:*, election:{id}, committee:{id}, dashboard:{id} or user:{sub}; ids without leading zeros, at most 2^63-1 (any other spelling: bad_topic)',
+  );
 
 export const SubscribeFrame = z.object({
   type: z.literal('subscribe'),
@@ -60,7 +64,11 @@ export const RowEvent = z.object({
   action: Action,
   election_id: IdValue.nullable(),
   committee_id: IdValue.nullable(),
-  id: z.unknown().describe("The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)"),
+  id: z
+    .unknown()
+    .describe(
+      "The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)",
+    ),
   data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
   cursor: Cursor,
   committed_at: z.string().describe('ISO 8601 time its transaction committed (took its place in the order)'),
@@ -89,25 +97,42 @@ export type DashboardSnapshot = z.infer<typeof DashboardSnapshot>;
 
 export const DashboardUpdate = DashboardSnapshot.extend({
   type: z.literal('dashboard_update'),
-  cursor: Cursor.describe('Position of these numbers in the global order; the next update of this election on this connection has it as `base`'),
+  cursor: Cursor.describe(
+    'Position of these numbers in the global order; the next update of this election on this connection has it as `base`',
+  ),
   base: Cursor.nullable().describe(
     "null: the full state (every committee; replace what you have). Else the cursor of this election's previous dashboard_update on this connection: apply only if it equals the cursor of the last update you applied (overwrite the listed committees); anything else is a broken chain: fetch GET /dashboard/{id} again",
   ),
   totals: Counts,
   committees: z
     .array(CommitteeCounts)
-    .describe('With base null, every committee; else only the committees whose numbers changed since base, with their absolute numbers'),
+    .describe(
+      'With base null, every committee; else only the committees whose numbers changed since base, with their absolute numbers',
+    ),
 });
 export type DashboardUpdate = z.infer<typeof DashboardUpdate>;
 
-export const ConnectionSuccess = z.object({ type: z.literal('connection_success'), sub: z.string(), topics: z.array(Topic), cursor: Cursor });
+export const ConnectionSuccess = z.object({
+  type: z.literal('connection_success'),
+  sub: z.string(),
+  topics: z.array(Topic),
+  cursor: Cursor,
+});
 export const Subscribed = z.object({ type: z.literal('subscribed'), topics: z.array(Topic), cursor: Cursor });
 export const Unsubscribed = z.object({ type: z.literal('unsubscribed'), topics: z.array(z.string()) });
 export const Resync = z.object({ type: z.literal('resync'), topics: z.array(Topic) });
 export const Pong = z.object({ type: z.literal('pong') });
 export const ErrorFrame = z.object({ type: z.literal('error'), code: z.string(), message: z.string() });
 
-export const ControlFrame = z.discriminatedUnion('type', [ConnectionSuccess, Subscribed, Unsubscribed, Resync, Pong, ErrorFrame, DashboardUpdate]);
+export const ControlFrame = z.discriminatedUnion('type', [
+  ConnectionSuccess,
+  Subscribed,
+  Unsubscribed,
+  Resync,
+  Pong,
+  ErrorFrame,
+  DashboardUpdate,
+]);
 export type ControlFrame = z.infer<typeof ControlFrame>;
 
 /** Everything the server sends; application events are the open-ended remainder. */

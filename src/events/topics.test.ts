@@ -9,7 +9,8 @@ import {
   claimTopics,
   committeeCover,
   committeeIn,
-  coverOf, coverOf as coverOfAll,
+  coverOf,
+  coverOf as coverOfAll,
   eventTopics,
   idValue,
   jsonId,
@@ -20,14 +21,39 @@ import {
   routeTopics,
 } from './topics.ts';
 
-const claims = (c: Partial<Claims> = {}): Claims => ({ sub: 'ana', role: undefined, elections: [], committees: [], exp: undefined, ...c });
+const claims = (c: Partial<Claims> = {}): Claims => ({
+  sub: 'ana',
+  role: undefined,
+  elections: [],
+  committees: [],
+  exp: undefined,
+  ...c,
+});
 const admin = claims({ role: 'admin' });
-const row = (electionId: Id | null, committeeId: Id | null, topic: string | null = null) => ({ electionId, committeeId, topic });
+const row = (electionId: Id | null, committeeId: Id | null, topic: string | null = null) => ({
+  electionId,
+  committeeId,
+  topic,
+});
 
 describe('ids and topics: one spelling', () => {
   it('parseId takes canonical decimal bigints only', () => {
     for (const ok of ['0', '7', '10', '9007199254740993', '9223372036854775807']) expect(parseId(ok)).toBe(ok);
-    for (const bad of ['', '007', '00', '+7', '-1', ' 7', '7 ', '1e3', '0x10', '7.0', '9223372036854775808', '99999999999999999999', '١']) {
+    for (const bad of [
+      '',
+      '007',
+      '00',
+      '+7',
+      '-1',
+      ' 7',
+      '7 ',
+      '1e3',
+      '0x10',
+      '7.0',
+      '9223372036854775808',
+      '99999999999999999999',
+      '١',
+    ]) {
       expect(parseId(bad), bad).toBeUndefined();
     }
   });
@@ -38,8 +64,22 @@ describe('ids and topics: one spelling', () => {
     expect(parseTopic('committee:0')).toEqual({ kind: 'committee', id: '0' });
     expect(parseTopic('user:ana@x.org')).toEqual({ kind: 'user', sub: 'ana@x.org' });
     for (const bad of [
-      'election:01', 'committee:+7', 'election: 5', 'election:5 ', 'Election:5', 'election:', 'committee:', 'election:**',
-      'election:9223372036854775808', 'user:', 'user:a b', `user:${'x'.repeat(201)}`, 'c:1:2', 'dashboard', '', 'election:5:6',
+      'election:01',
+      'committee:+7',
+      'election: 5',
+      'election:5 ',
+      'Election:5',
+      'election:',
+      'committee:',
+      'election:**',
+      'election:9223372036854775808',
+      'user:',
+      'user:a b',
+      `user:${'x'.repeat(201)}`,
+      'c:1:2',
+      'dashboard',
+      '',
+      'election:5:6',
     ]) {
       expect(parseTopic(bad), bad).toBeUndefined();
     }
@@ -55,7 +95,9 @@ describe('ids and topics: one spelling', () => {
           id.map((i) => `election:${i}`),
           id.map((i) => `committee:${i}`),
           // Leading zeros, signs and spaces: other spellings of the same number.
-          fc.tuple(fc.constantFrom('election:', 'committee:'), fc.constantFrom('0', '00', '+', ' ', '-'), id).map(([k, pre, i]) => `${k}${pre}${i}`),
+          fc
+            .tuple(fc.constantFrom('election:', 'committee:'), fc.constantFrom('0', '00', '+', ' ', '-'), id)
+            .map(([k, pre, i]) => `${k}${pre}${i}`),
           fc.string({ maxLength: 30 }),
         ),
         (text) => {
@@ -81,7 +123,8 @@ describe('rights: mayUse and admitByClaims', () => {
   const t = (text: string) => parseTopic(text) as NonNullable<ReturnType<typeof parseTopic>>;
 
   it('an admin may use every topic', () => {
-    for (const topic of [ALL, 'election:1', 'committee:70', 'user:bob']) expect(mayUse(admin, t(topic), electionOf), topic).toBe(true);
+    for (const topic of [ALL, 'election:1', 'committee:70', 'user:bob'])
+      expect(mayUse(admin, t(topic), electionOf), topic).toBe(true);
   });
 
   it('a viewer: its elections, its committees, the committees of its elections, its own user topic; nothing else', () => {
@@ -106,7 +149,12 @@ describe('rights: mayUse and admitByClaims', () => {
 
   it('claimTopics: what a connection auto-subscribes', () => {
     expect(claimTopics(admin)).toEqual([ALL, 'user:ana']);
-    expect(claimTopics(claims({ elections: ['1', '2'], committees: ['7'] }))).toEqual(['election:1', 'election:2', 'committee:7', 'user:ana']);
+    expect(claimTopics(claims({ elections: ['1', '2'], committees: ['7'] }))).toEqual([
+      'election:1',
+      'election:2',
+      'committee:7',
+      'user:ana',
+    ]);
   });
 });
 
@@ -144,11 +192,14 @@ describe('routing', () => {
   it('coverOf: election:* swallows every non-user topic; user topics stay', () => {
     const at = () => '1';
     // Election topics also join their dashboard channel d:E (dashboard_update frames only, no rows).
-    const coverOf = (...args: Parameters<typeof coverOfAll>) => new Set([...coverOfAll(...args)].filter((t) => !t.startsWith('d:')));
-    expect(coverOf(admin, new Set([ALL, 'election:1', 'committee:7', 'user:ana']), at)).toEqual(new Set([ALL, 'user:ana']));
-    expect(coverOf(admin, new Set(['election:1', 'committee:7', 'committee:8']), (c) => (c === '7' ? '1' : '2'))).toEqual(
-      new Set(['election:1', 'c:2:8']),
+    const coverOf = (...args: Parameters<typeof coverOfAll>) =>
+      new Set([...coverOfAll(...args)].filter((t) => !t.startsWith('d:')));
+    expect(coverOf(admin, new Set([ALL, 'election:1', 'committee:7', 'user:ana']), at)).toEqual(
+      new Set([ALL, 'user:ana']),
     );
+    expect(
+      coverOf(admin, new Set(['election:1', 'committee:7', 'committee:8']), (c) => (c === '7' ? '1' : '2')),
+    ).toEqual(new Set(['election:1', 'c:2:8']));
     expect(coverOf(admin, new Set(['not a topic']), at)).toEqual(new Set());
   });
 });
@@ -179,8 +230,22 @@ describe('the live cover (property)', () => {
     fc.constantFrom('user:ana', 'user:bob'),
   );
   const arbRow = fc.oneof(
-    { weight: 8, arbitrary: fc.record({ electionId: fc.option(id(E), { freq: 6 }), committeeId: fc.option(id(C), { freq: 6 }), topic: fc.constant(null) }) },
-    { weight: 1, arbitrary: fc.record({ electionId: fc.constant(null), committeeId: fc.constant(null), topic: fc.constantFrom('user:ana', 'user:bob') }) },
+    {
+      weight: 8,
+      arbitrary: fc.record({
+        electionId: fc.option(id(E), { freq: 6 }),
+        committeeId: fc.option(id(C), { freq: 6 }),
+        topic: fc.constant(null),
+      }),
+    },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        electionId: fc.constant(null),
+        committeeId: fc.constant(null),
+        topic: fc.constantFrom('user:ana', 'user:bob'),
+      }),
+    },
   );
   // The committees table as the hub's directory saw it (admission only; rows may disagree).
   const arbDirectory = fc.dictionary(id(C), id(E));
@@ -188,7 +253,10 @@ describe('the live cover (property)', () => {
   it('each row reaches a socket at most once, and exactly when `receives` says so', () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ claims: arbClaims, requested: fc.uniqueArray(arbTopic, { maxLength: 5 }) }), { minLength: 1, maxLength: 6 }),
+        fc.array(fc.record({ claims: arbClaims, requested: fc.uniqueArray(arbTopic, { maxLength: 5 }) }), {
+          minLength: 1,
+          maxLength: 6,
+        }),
         arbDirectory,
         fc.array(arbRow, { minLength: 1, maxLength: 30 }),
         (socketSpecs, directory, rows) => {
@@ -196,19 +264,26 @@ describe('the live cover (property)', () => {
           // Admission as the server does it: a socket holds only the topics it may use.
           const sockets = socketSpecs.map((s) => ({
             claims: s.claims as Claims,
-            topics: new Set(s.requested.filter((t) => mayUse(s.claims as Claims, parseTopic(t) as NonNullable<ReturnType<typeof parseTopic>>, electionOf))),
+            topics: new Set(
+              s.requested.filter((t) =>
+                mayUse(s.claims as Claims, parseTopic(t) as NonNullable<ReturnType<typeof parseTopic>>, electionOf),
+              ),
+            ),
           }));
           const at = new Map<Id, string>(); // committee -> election key of its last row ('' none)
           for (const r of rows) {
             if (r.committeeId !== null && r.topic === null) at.set(r.committeeId, r.electionId ?? '');
             const subscribers = new Map<string, number[]>();
             sockets.forEach((s, i) => {
-              for (const t of coverOf(s.claims, s.topics, (c) => at.get(c) ?? UNKNOWN)) subscribers.set(t, [...(subscribers.get(t) ?? []), i]);
+              for (const t of coverOf(s.claims, s.topics, (c) => at.get(c) ?? UNKNOWN))
+                subscribers.set(t, [...(subscribers.get(t) ?? []), i]);
             });
             const got = sockets.map(() => 0);
             for (const t of routeTopics(r)) for (const i of subscribers.get(t) ?? []) got[i] = (got[i] ?? 0) + 1;
             sockets.forEach((s, i) => {
-              expect(got[i], JSON.stringify({ claims: s.claims, topics: [...s.topics], row: r })).toBe(receives(s.claims, s.topics, r) ? 1 : 0);
+              expect(got[i], JSON.stringify({ claims: s.claims, topics: [...s.topics], row: r })).toBe(
+                receives(s.claims, s.topics, r) ? 1 : 0,
+              );
             });
           }
         },
@@ -219,13 +294,26 @@ describe('the live cover (property)', () => {
 
   it('the cover never overlaps: no two of its topics carry the same row', () => {
     fc.assert(
-      fc.property(arbClaims, fc.uniqueArray(arbTopic, { maxLength: 6 }), fc.dictionary(id(C), fc.constantFrom('', UNKNOWN, ...E)), arbRow, (c, requested, where, r) => {
-        const cover = coverOf(c as Claims, new Set(requested), (x) => where[x] ?? UNKNOWN);
-        const hits = routeTopics(r).filter((t) => cover.has(t));
-        expect(hits.length).toBeLessThanOrEqual(1);
-        for (const t of cover) expect(t === ALL || t.startsWith('election:') || t.startsWith('user:') || t.startsWith('c:') || t.startsWith('d:')).toBe(true);
-        for (const t of cover) if (t.startsWith('c:')) expect(requested).toContain(`committee:${t.split(':')[2]}`);
-      }),
+      fc.property(
+        arbClaims,
+        fc.uniqueArray(arbTopic, { maxLength: 6 }),
+        fc.dictionary(id(C), fc.constantFrom('', UNKNOWN, ...E)),
+        arbRow,
+        (c, requested, where, r) => {
+          const cover = coverOf(c as Claims, new Set(requested), (x) => where[x] ?? UNKNOWN);
+          const hits = routeTopics(r).filter((t) => cover.has(t));
+          expect(hits.length).toBeLessThanOrEqual(1);
+          for (const t of cover)
+            expect(
+              t === ALL ||
+                t.startsWith('election:') ||
+                t.startsWith('user:') ||
+                t.startsWith('c:') ||
+                t.startsWith('d:'),
+            ).toBe(true);
+          for (const t of cover) if (t.startsWith('c:')) expect(requested).toContain(`committee:${t.split(':')[2]}`);
+        },
+      ),
       { numRuns: 1000 },
     );
   });

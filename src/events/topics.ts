@@ -60,7 +60,8 @@ export function idValue(id: Id): number | string {
 }
 
 /** The JSON text of an id (see `idValue`); `null` for none. */
-export const jsonId = (id: Id | null): string => (id === null ? 'null' : typeof idValue(id) === 'number' ? id : `"${id}"`);
+export const jsonId = (id: Id | null): string =>
+  id === null ? 'null' : typeof idValue(id) === 'number' ? id : `"${id}"`;
 
 /** Orders ids numerically (for sorted lists in snapshots). */
 export function compareIds(a: Id, b: Id): number {
@@ -103,7 +104,11 @@ export function parseTopic(topic: string): ParsedTopic | undefined {
 type Routed = { electionId: Id | null; committeeId: Id | null; topic: string | null };
 
 /** The public topics an event belongs to (contract: committee:C, election:E, election:*, or its user topic). */
-export function eventTopics(e: { electionId: Id | number | null; committeeId: Id | number | null; topic: string | null }): string[] {
+export function eventTopics(e: {
+  electionId: Id | number | null;
+  committeeId: Id | number | null;
+  topic: string | null;
+}): string[] {
   if (e.topic !== null && e.topic.startsWith('user:')) return [e.topic];
   const topics: string[] = [];
   if (e.committeeId !== null) topics.push(`committee:${e.committeeId}`);
@@ -158,7 +163,8 @@ const setsOf = (c: Claims) => {
   if (!s) claimSets.set(c, (s = { elections: new Set(c.elections), committees: new Set(c.committees) }));
   return s;
 };
-export const holdsElection = (c: Claims, election: Id | null | undefined): boolean => election != null && setsOf(c).elections.has(election);
+export const holdsElection = (c: Claims, election: Id | null | undefined): boolean =>
+  election != null && setsOf(c).elections.has(election);
 export const holdsCommittee = (c: Claims, committee: Id): boolean => setsOf(c).committees.has(committee);
 
 /** May these claims see rows of `committee` that come from `election`? */
@@ -207,7 +213,9 @@ export function receives(c: Claims, topics: ReadonlySet<string>, e: Routed): boo
   if (e.topic !== null && e.topic.startsWith('user:')) return topics.has(e.topic);
   if (topics.has(ALL)) return true;
   if (e.electionId !== null && topics.has(`election:${e.electionId}`)) return true;
-  return e.committeeId !== null && topics.has(`committee:${e.committeeId}`) && mayReceive(c, e.committeeId, e.electionId);
+  return (
+    e.committeeId !== null && topics.has(`committee:${e.committeeId}`) && mayReceive(c, e.committeeId, e.electionId)
+  );
 }
 
 /** The cover topic for requested `committee:C` while C's rows come from election key `at`, if any. */

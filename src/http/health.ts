@@ -42,7 +42,13 @@ export function createHealth(h: HealthInputs): HealthSource {
       if (p) lagMs = await h.lagMs(p);
       const dbUp = h.listener.connected();
       const failure = h.reader.failure();
-      const r = readiness({ shuttingDown: !h.accepting(), listenerConnected: dbUp, started: p !== undefined, readerFailure: failure, now: Date.now() });
+      const r = readiness({
+        shuttingDown: !h.accepting(),
+        listenerConnected: dbUp,
+        started: p !== undefined,
+        readerFailure: failure,
+        now: Date.now(),
+      });
       const redisInfo = { configured: h.redis !== undefined, connected: h.redis?.connected() ?? false };
       const nodes = h.nodes ? await h.nodes().catch(() => []) : [];
       return {
@@ -57,7 +63,12 @@ export function createHealth(h: HealthInputs): HealthSource {
           // Error texts stay here, behind the admin token: they name databases and hosts.
           listener_error: h.listener.lastError() ?? null,
           reader: failure
-            ? { failing: true, failed_reads: failure.count, failing_for_ms: Date.now() - failure.since, error: failure.error }
+            ? {
+                failing: true,
+                failed_reads: failure.count,
+                failing_for_ms: Date.now() - failure.since,
+                error: failure.error,
+              }
             : { failing: false, failed_reads: 0, failing_for_ms: 0, error: null },
         },
         redis: redisInfo,

@@ -10,7 +10,14 @@ import { type HttpReply, createRoutes } from './routes.ts';
 // The HTTP routes as functions, with a fake authenticator and cache: every error reply is an
 // HTTP error body of the one table (src/errors.ts) with the table's status.
 
-const claims = (c: Partial<Claims>): Claims => ({ sub: 'ana', role: undefined, elections: [], committees: [], exp: undefined, ...c });
+const claims = (c: Partial<Claims>): Claims => ({
+  sub: 'ana',
+  role: undefined,
+  elections: [],
+  committees: [],
+  exp: undefined,
+  ...c,
+});
 const TOKENS: Record<string, AuthResult> = {
   admin: { ok: true, claims: claims({ role: 'admin' }) },
   viewer: { ok: true, claims: claims({ elections: ['1'] }) },
@@ -20,8 +27,14 @@ const TOKENS: Record<string, AuthResult> = {
 function routes(cache: Partial<DashboardCache> = {}) {
   const metrics = createMetrics();
   const r = createRoutes({
-    auth: { verify: async (t) => (t === undefined ? { ok: false, reason: 'missing' } : (TOKENS[t] ?? { ok: false, reason: 'malformed' })) },
-    cache: { get: async (id: Id) => (id === '1' || id === '2' ? `{"election_id":${id}}` : null), ...cache } as DashboardCache,
+    auth: {
+      verify: async (t) =>
+        t === undefined ? { ok: false, reason: 'missing' } : (TOKENS[t] ?? { ok: false, reason: 'malformed' }),
+    },
+    cache: {
+      get: async (id: Id) => (id === '1' || id === '2' ? `{"election_id":${id}}` : null),
+      ...cache,
+    } as DashboardCache,
     metrics,
     health: { ready: () => ({ ok: false, reason: 'database' }), admin: async () => ({ status: 'ok' }) },
     electionOf: () => undefined,
@@ -46,14 +59,20 @@ describe('HTTP routes: error bodies', () => {
     expect(errorOf(await r.adminHealth('viewer'))).toEqual({ error: 'forbidden', reason: 'admin role required' });
     expect(await r.adminHealth('admin')).toEqual({ status: 200, body: '{"status":"ok"}' });
     const failures = (await metrics.registry.getSingleMetric('hub_auth_failures_total')?.get())?.values ?? [];
-    expect(failures.filter((v) => v.value > 0).map((v) => [v.labels.reason, v.value])).toEqual([['missing', 1], ['expired', 1]]);
+    expect(failures.filter((v) => v.value > 0).map((v) => [v.labels.reason, v.value])).toEqual([
+      ['missing', 1],
+      ['expired', 1],
+    ]);
   });
 
   it('/dashboard/{id}: 401, 404 for another spelling or an unknown election, 403 for another election, 503 when it cannot be computed', async () => {
     const { r } = routes();
     expect(errorOf(await r.dashboard('1', 'nonsense'))).toEqual({ error: 'unauthorized', reason: 'malformed' });
     expect(errorOf(await r.dashboard('01', 'viewer'))).toEqual({ error: 'not_found', reason: 'no such election' });
-    expect(errorOf(await r.dashboard('2', 'viewer'))).toEqual({ error: 'forbidden', reason: 'token may not read election:2' });
+    expect(errorOf(await r.dashboard('2', 'viewer'))).toEqual({
+      error: 'forbidden',
+      reason: 'token may not read election:2',
+    });
     expect(errorOf(await r.dashboard('9', 'admin'))).toEqual({ error: 'not_found', reason: 'no such election' });
     expect(await r.dashboard('1', 'viewer')).toEqual({ status: 200, body: '{"election_id":1}' });
     const failing = routes({ get: () => Promise.reject(new Error('connection refused to db.internal:5432')) }).r;

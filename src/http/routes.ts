@@ -50,7 +50,8 @@ export function readiness(i: {
   if (i.shuttingDown) return { ok: false, reason: 'shutting_down' };
   if (!i.listenerConnected || !i.started) return { ok: false, reason: 'database' };
   const f = i.readerFailure;
-  if (f && f.count >= READER_FAILING_READS && i.now - f.since >= READER_FAILING_MS) return { ok: false, reason: 'database' };
+  if (f && f.count >= READER_FAILING_READS && i.now - f.since >= READER_FAILING_MS)
+    return { ok: false, reason: 'database' };
   return { ok: true };
 }
 
@@ -99,7 +100,8 @@ export function createRoutes(deps: {
       // One spelling, as for topics: /dashboard/007 names no election.
       const id = parseId(idText);
       if (id === undefined) return httpError(ErrorCode.notFound, 'no such election');
-      if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf)) return httpError(ErrorCode.forbidden, `token may not read election:${id}`);
+      if (!mayUse(r.claims, { kind: 'election', id }, deps.electionOf))
+        return httpError(ErrorCode.forbidden, `token may not read election:${id}`);
       try {
         const snapshot = await deps.cache.get(id);
         if (snapshot === null) return httpError(ErrorCode.notFound, 'no such election');

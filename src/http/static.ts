@@ -5,7 +5,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { brotliCompressSync, constants as zlib, gzipSync } from 'node:zlib';
 
-const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+};
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** The page's sources (web/) and the SDK it bundles (client/). */
@@ -38,16 +42,25 @@ export const contentHash = (body: Buffer) => createHash('sha256').update(body).d
 const gzip = (body: Buffer) => gzipSync(body, { level: 9 });
 const brotli = (body: Buffer) =>
   brotliCompressSync(body, {
-    params: { [zlib.BROTLI_PARAM_QUALITY]: 11, [zlib.BROTLI_PARAM_MODE]: zlib.BROTLI_MODE_TEXT, [zlib.BROTLI_PARAM_SIZE_HINT]: body.length },
+    params: {
+      [zlib.BROTLI_PARAM_QUALITY]: 11,
+      [zlib.BROTLI_PARAM_MODE]: zlib.BROTLI_MODE_TEXT,
+      [zlib.BROTLI_PARAM_SIZE_HINT]: body.length,
+    },
   });
 /** A compressed variant only when it is smaller. */
-const smaller = (body: Buffer, packed: Buffer | undefined) => (packed && packed.length < body.length ? packed : undefined);
+const smaller = (body: Buffer, packed: Buffer | undefined) =>
+  packed && packed.length < body.length ? packed : undefined;
 
 /**
  * A page file from its content. `pre` are variants compressed at build time; missing ones are
  * compressed here, once (the demo's index.html with its directory block is made at start).
  */
-export function staticFile(body: Buffer, contentType: string, pre: { gzip?: Buffer | undefined; br?: Buffer | undefined } = {}): StaticFile {
+export function staticFile(
+  body: Buffer,
+  contentType: string,
+  pre: { gzip?: Buffer | undefined; br?: Buffer | undefined } = {},
+): StaticFile {
   return {
     contentType,
     identity: body,
@@ -69,7 +82,9 @@ export function staticFile(body: Buffer, contentType: string, pre: { gzip?: Buff
  * buildSync) because the static file handler is; a build takes about a second. The files are
  * written to a temporary directory and renamed into place, so a reader never sees half a build.
  */
-export function buildWeb(opts: { force?: boolean; webDir?: string; outDir?: string; mode?: WebBuildMode } = {}): WebBuildResult {
+export function buildWeb(
+  opts: { force?: boolean; webDir?: string; outDir?: string; mode?: WebBuildMode } = {},
+): WebBuildResult {
   const webDir = opts.webDir ?? WEB_DIR;
   const outDir = opts.outDir ?? path.join(webDir, 'dist');
   const mode = opts.mode ?? 'production';
@@ -87,10 +102,30 @@ export function buildWeb(opts: { force?: boolean; webDir?: string; outDir?: stri
   const tmp = `${outDir}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true });
   try {
-    const common = { bundle: true, minify: !dev, legalComments: 'none', logLevel: 'silent', sourcemap: dev ? 'inline' : false } as const;
-    esbuild.buildSync({ ...common, entryPoints: [entry], format: 'esm', platform: 'browser', target: ['es2022'], outfile: path.join(tmp, 'app.js') });
-    esbuild.buildSync({ ...common, entryPoints: [path.join(webDir, 'app.css')], target: ['chrome100', 'firefox100', 'safari15'], outfile: path.join(tmp, 'app.css') });
-    const hashes = Object.fromEntries(['app.js', 'app.css'].map((f) => [f, contentHash(readFileSync(path.join(tmp, f)))]));
+    const common = {
+      bundle: true,
+      minify: !dev,
+      legalComments: 'none',
+      logLevel: 'silent',
+      sourcemap: dev ? 'inline' : false,
+    } as const;
+    esbuild.buildSync({
+      ...common,
+      entryPoints: [entry],
+      format: 'esm',
+      platform: 'browser',
+      target: ['es2022'],
+      outfile: path.join(tmp, 'app.js'),
+    });
+    esbuild.buildSync({
+      ...common,
+      entryPoints: [path.join(webDir, 'app.css')],
+      target: ['chrome100', 'firefox100', 'safari15'],
+      outfile: path.join(tmp, 'app.css'),
+    });
+    const hashes = Object.fromEntries(
+      ['app.js', 'app.css'].map((f) => [f, contentHash(readFileSync(path.join(tmp, f)))]),
+    );
     let html = readFileSync(path.join(webDir, 'index.html'), 'utf8');
     for (const [f, h] of Object.entries(hashes)) {
       const linked = html.replace(new RegExp(`(["'])\\./${f.replace('.', '\\.')}\\1`, 'g'), `$1./${f}?v=${h}$1`);
@@ -152,7 +187,10 @@ function sourcesIn(dir: string): string[] {
  * For the default directory the page is built first when it is missing or stale (a clone that
  * never ran `npm run build:web`); a failed build leaves the routes answering 404.
  */
-export function staticFilesFrom(dir = WEB_DIST, opts: { build?: boolean; log?: (msg: string) => void } = {}): StaticFiles {
+export function staticFilesFrom(
+  dir = WEB_DIST,
+  opts: { build?: boolean; log?: (msg: string) => void } = {},
+): StaticFiles {
   const log = opts.log ?? ((msg: string) => process.stderr.write(`${msg}\n`));
   if (opts.build ?? path.resolve(dir) === WEB_DIST) {
     try {
@@ -172,9 +210,13 @@ export function staticFilesFrom(dir = WEB_DIST, opts: { build?: boolean; log?: (
     const file = base + name;
     if (!/^[a-z0-9_-]+\.(html|js|css)$/i.test(name) || !existsSync(file)) return undefined;
     const mtime = statSync(file).mtimeMs;
-    const variant = (suffix: string) => (existsSync(file + suffix) && statSync(file + suffix).mtimeMs >= mtime ? readFileSync(file + suffix) : undefined);
+    const variant = (suffix: string) =>
+      existsSync(file + suffix) && statSync(file + suffix).mtimeMs >= mtime ? readFileSync(file + suffix) : undefined;
     const ext = name.slice(name.lastIndexOf('.'));
-    const entry = staticFile(readFileSync(file), TYPES[ext] ?? 'application/octet-stream', { gzip: variant('.gz'), br: variant('.br') });
+    const entry = staticFile(readFileSync(file), TYPES[ext] ?? 'application/octet-stream', {
+      gzip: variant('.gz'),
+      br: variant('.br'),
+    });
     cache.set(name, entry);
     return entry;
   };
@@ -198,7 +240,9 @@ export function chooseEncoding(acceptEncoding: string): 'br' | 'gzip' | 'identit
     const value = qp === undefined ? 1 : Number(qp.slice(2));
     q.set(token.trim(), Number.isFinite(value) ? value : 0);
   }
-  const accepts = (enc: string) => (q.get(enc) ?? (enc === 'x-gzip' ? undefined : q.get('*')) ?? 0) > 0 || (enc === 'gzip' && (q.get('x-gzip') ?? 0) > 0);
+  const accepts = (enc: string) =>
+    (q.get(enc) ?? (enc === 'x-gzip' ? undefined : q.get('*')) ?? 0) > 0 ||
+    (enc === 'gzip' && (q.get('x-gzip') ?? 0) > 0);
   if (accepts('br')) return 'br';
   if (accepts('gzip')) return 'gzip';
   return 'identity';

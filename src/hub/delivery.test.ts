@@ -8,7 +8,14 @@ import { type Claims, type Id, ALL, mayUse, parseTopic, receives } from '../even
 import { CloseCode } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { createMetrics } from '../metrics/index.ts';
-import { CursorError, type PositionSource, type Publisher, type Sock, UnavailableError, createDelivery } from './delivery.ts';
+import {
+  CursorError,
+  type PositionSource,
+  type Publisher,
+  type Sock,
+  UnavailableError,
+  createDelivery,
+} from './delivery.ts';
 import { type Session, createSession, markClosed } from './session.ts';
 import { createRing } from './ring.ts';
 
@@ -22,7 +29,10 @@ const MB = 1024 * 1024;
 const SEQ = FIRST_SEQ + 100n;
 
 /** An outbox row as PostgreSQL returns it (src/db/outbox.ts COLUMNS). */
-const raw = (id: number, r: { election?: Id | null; committee?: Id | null; topic?: string | null; kind?: string; pad?: number } = {}) => ({
+const raw = (
+  id: number,
+  r: { election?: Id | null; committee?: Id | null; topic?: string | null; kind?: string; pad?: number } = {},
+) => ({
   seq: String(SEQ),
   id: String(id),
   kind: r.kind ?? 'guarantee',
@@ -38,7 +48,12 @@ const ev = (...args: Parameters<typeof raw>): OutboxEvent => decodeRow(raw(...ar
 const at = (id: number): Position => ({ seq: SEQ, id: BigInt(id) });
 const cursorOf = (frame: string) => /"cursor":"([^"]+)"/.exec(frame)?.[1];
 
-type Op = ['send', string] | ['subscribe', string] | ['unsubscribe', string] | ['end', number | undefined] | ['live', string, boolean];
+type Op =
+  | ['send', string]
+  | ['subscribe', string]
+  | ['unsubscribe', string]
+  | ['end', number | undefined]
+  | ['live', string, boolean];
 
 type FakeSock = Sock & {
   session: Session;
@@ -52,14 +67,16 @@ type FakeSock = Sock & {
   maxSeen: number;
 };
 
-function fakeHub(opts: {
-  maxBuffered?: number;
-  maxTotalBuffered?: number;
-  ring?: { events: number; bytes: number };
-  reader?: Partial<PositionSource>;
-  pool?: Pick<pg.Pool, 'query'>;
-  electionOf?: (c: Id) => Id | null | undefined;
-} = {}) {
+function fakeHub(
+  opts: {
+    maxBuffered?: number;
+    maxTotalBuffered?: number;
+    ring?: { events: number; bytes: number };
+    reader?: Partial<PositionSource>;
+    pool?: Pick<pg.Pool, 'query'>;
+    electionOf?: (c: Id) => Id | null | undefined;
+  } = {},
+) {
   const sockets = new Set<FakeSock>();
   const topics = new Map<string, Set<FakeSock>>();
   // What the open sockets buffer together, and its highest value at any send.
@@ -72,7 +89,12 @@ function fakeHub(opts: {
     numSubscribers: (topic) => topics.get(topic)?.size ?? 0,
   };
   let head: Position | undefined = at(0);
-  const reader: PositionSource = { position: () => head, waitFor: async () => true, failing: () => false, ...opts.reader };
+  const reader: PositionSource = {
+    position: () => head,
+    waitFor: async () => true,
+    failing: () => false,
+    ...opts.reader,
+  };
   let nextId = 1;
   const socket = (c: Partial<Claims> = { role: 'admin' }, stalled = false): FakeSock => {
     const session: Session = createSession({
@@ -136,7 +158,9 @@ function fakeHub(opts: {
     publisher,
     reader,
     // Only a replay the ring cannot cover reads it.
-    history: createHistory((opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool),
+    history: createHistory(
+      (opts.pool ?? { query: () => Promise.reject(new Error('no database in unit tests')) }) as pg.Pool,
+    ),
     ring,
     electionOf: opts.electionOf ?? (() => undefined),
     sockets,
@@ -146,7 +170,9 @@ function fakeHub(opts: {
     log: createLogger('silent'),
   });
   const value = async (name: string, labels: Record<string, string>) =>
-    (await metrics.registry.getSingleMetric(name)?.get())?.values.find((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))?.value ?? 0;
+    (await metrics.registry.getSingleMetric(name)?.get())?.values.find((v) =>
+      Object.entries(labels).every(([k, x]) => v.labels[k] === x),
+    )?.value ?? 0;
   /** Subscribes without `since`: synchronous (no read), like the server's subscribe frame. */
   const live = (ws: FakeSock, t: string[]) =>
     delivery.subscribe(ws, t, undefined, (cursor, resync) => ws.log.push(['live', encodeCursor(cursor), resync]));
@@ -229,7 +255,11 @@ describe('covers', () => {
     expect(rowTopics(ws.session.cover)).toEqual(new Set(['election:1']));
     hub.delivery.unsubscribe(ws, ['election:1']);
     expect(rowTopics(ws.session.cover)).toEqual(new Set(['c:1:7']));
-    expect(ws.log.filter(([op]) => op !== 'live')).toEqual([['subscribe', 'election:1'], ['unsubscribe', 'election:1'], ['subscribe', 'c:1:7']]);
+    expect(ws.log.filter(([op]) => op !== 'live')).toEqual([
+      ['subscribe', 'election:1'],
+      ['unsubscribe', 'election:1'],
+      ['subscribe', 'c:1:7'],
+    ]);
     await hub.live(ws, [ALL]);
     expect(rowTopics(ws.session.cover)).toEqual(new Set([ALL]));
     // Overlapping topics: each event once.
@@ -277,52 +307,94 @@ describe('covers', () => {
       committees: fc.uniqueArray(fc.constantFrom(...C), { maxLength: 2 }),
     });
     const arbTopics = fc.uniqueArray(
-      fc.oneof(fc.constant(ALL), fc.constantFrom(...E).map((e) => `election:${e}`), fc.constantFrom(...C).map((c) => `committee:${c}`), fc.constantFrom('user:ana', 'user:bob')),
+      fc.oneof(
+        fc.constant(ALL),
+        fc.constantFrom(...E).map((e) => `election:${e}`),
+        fc.constantFrom(...C).map((c) => `committee:${c}`),
+        fc.constantFrom('user:ana', 'user:bob'),
+      ),
       { minLength: 1, maxLength: 3 },
     );
     const arbRow = fc.oneof(
-      { weight: 6, arbitrary: fc.record({ election: fc.option(fc.constantFrom(...E), { freq: 8 }), committee: fc.option(fc.constantFrom(...C), { freq: 8 }) }) },
-      { weight: 1, arbitrary: fc.record({ topic: fc.constantFrom('user:ana', 'user:bob'), election: fc.constant(null), committee: fc.constant(null), kind: fc.constant('app') }) },
+      {
+        weight: 6,
+        arbitrary: fc.record({
+          election: fc.option(fc.constantFrom(...E), { freq: 8 }),
+          committee: fc.option(fc.constantFrom(...C), { freq: 8 }),
+        }),
+      },
+      {
+        weight: 1,
+        arbitrary: fc.record({
+          topic: fc.constantFrom('user:ana', 'user:bob'),
+          election: fc.constant(null),
+          committee: fc.constant(null),
+          kind: fc.constant('app'),
+        }),
+      },
     );
     const arbOp = fc.oneof(
       { weight: 2, arbitrary: arbClaims.map((claims) => ({ op: 'open' as const, claims })) },
-      { weight: 3, arbitrary: fc.record({ op: fc.constant('subscribe' as const), socket: fc.nat(), topics: arbTopics }) },
-      { weight: 2, arbitrary: fc.record({ op: fc.constant('unsubscribe' as const), socket: fc.nat(), topics: arbTopics }) },
+      {
+        weight: 3,
+        arbitrary: fc.record({ op: fc.constant('subscribe' as const), socket: fc.nat(), topics: arbTopics }),
+      },
+      {
+        weight: 2,
+        arbitrary: fc.record({ op: fc.constant('unsubscribe' as const), socket: fc.nat(), topics: arbTopics }),
+      },
       { weight: 1, arbitrary: fc.record({ op: fc.constant('close' as const), socket: fc.nat() }) },
-      { weight: 6, arbitrary: fc.record({ op: fc.constant('publish' as const), rows: fc.array(arbRow, { minLength: 1, maxLength: 3 }) }) },
+      {
+        weight: 6,
+        arbitrary: fc.record({
+          op: fc.constant('publish' as const),
+          rows: fc.array(arbRow, { minLength: 1, maxLength: 3 }),
+        }),
+      },
     );
     await fc.assert(
-      fc.asyncProperty(fc.dictionary(fc.constantFrom(...C), fc.constantFrom(...E)), fc.array(arbOp, { minLength: 1, maxLength: 40 }), async (directory, ops) => {
-        const electionOf = (c: Id) => directory[c] ?? null;
-        const hub = fakeHub({ electionOf });
-        const open: FakeSock[] = [];
-        let n = 0;
-        for (const o of ops) {
-          if (o.op === 'open') open.push(hub.socket(o.claims));
-          else if (o.op === 'publish') {
-            const events = o.rows.map((r) => ev(++n, r));
-            const before = open.map((ws) => ws.frames.length);
-            hub.delivery.publish(events);
-            open.forEach((ws, i) => {
-              const got = ws.frames.slice(before[i]).map(cursorOf);
-              const want = events.filter((e) => receives(ws.session.claims, ws.session.topics, e)).map((e) => e.cursor);
-              expect(got, JSON.stringify({ claims: ws.session.claims, topics: [...ws.session.topics], rows: o.rows })).toEqual(want);
-            });
-          } else {
-            const ws = open[o.socket % Math.max(1, open.length)];
-            if (!ws) continue;
-            if (o.op === 'close') {
-              ws.end(1000);
-              open.splice(open.indexOf(ws), 1);
-            } else if (o.op === 'unsubscribe') hub.delivery.unsubscribe(ws, o.topics);
-            else {
-              // Admission as the server does it: only topics the claims may use.
-              const ok = o.topics.filter((t) => mayUse(ws.session.claims, parseTopic(t) as NonNullable<ReturnType<typeof parseTopic>>, electionOf));
-              if (ok.length > 0) await hub.live(ws, ok);
+      fc.asyncProperty(
+        fc.dictionary(fc.constantFrom(...C), fc.constantFrom(...E)),
+        fc.array(arbOp, { minLength: 1, maxLength: 40 }),
+        async (directory, ops) => {
+          const electionOf = (c: Id) => directory[c] ?? null;
+          const hub = fakeHub({ electionOf });
+          const open: FakeSock[] = [];
+          let n = 0;
+          for (const o of ops) {
+            if (o.op === 'open') open.push(hub.socket(o.claims));
+            else if (o.op === 'publish') {
+              const events = o.rows.map((r) => ev(++n, r));
+              const before = open.map((ws) => ws.frames.length);
+              hub.delivery.publish(events);
+              open.forEach((ws, i) => {
+                const got = ws.frames.slice(before[i]).map(cursorOf);
+                const want = events
+                  .filter((e) => receives(ws.session.claims, ws.session.topics, e))
+                  .map((e) => e.cursor);
+                expect(
+                  got,
+                  JSON.stringify({ claims: ws.session.claims, topics: [...ws.session.topics], rows: o.rows }),
+                ).toEqual(want);
+              });
+            } else {
+              const ws = open[o.socket % Math.max(1, open.length)];
+              if (!ws) continue;
+              if (o.op === 'close') {
+                ws.end(1000);
+                open.splice(open.indexOf(ws), 1);
+              } else if (o.op === 'unsubscribe') hub.delivery.unsubscribe(ws, o.topics);
+              else {
+                // Admission as the server does it: only topics the claims may use.
+                const ok = o.topics.filter((t) =>
+                  mayUse(ws.session.claims, parseTopic(t) as NonNullable<ReturnType<typeof parseTopic>>, electionOf),
+                );
+                if (ok.length > 0) await hub.live(ws, ok);
+              }
             }
           }
-        }
-      }),
+        },
+      ),
       { numRuns: 1500 },
     );
   });
@@ -482,7 +554,10 @@ describe('resume (subscribe with since)', () => {
     hub.setHead(at(9));
     const ws = hub.socket();
     await since(hub, ws, ['election:1'], at(3));
-    expect(ws.log).toEqual([['subscribe', 'election:1'], ['live', encodeCursor(at(9)), true]]);
+    expect(ws.log).toEqual([
+      ['subscribe', 'election:1'],
+      ['live', encodeCursor(at(9)), true],
+    ]);
   });
 
   it('a cursor ahead of the outbox, with a reader that reads, is not one this hub issued: CursorError (bad_cursor)', async () => {

@@ -3,10 +3,29 @@ import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
 import { FIRST_SEQ, type Position, ZERO, compare } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
 import type { History, TopicFilter } from '../events/history.ts';
-import { type Claims, type ElectionOf, type Id, UNKNOWN, committeeCover, committeeIn, coverOf, parseTopic, receives } from '../events/topics.ts';
+import {
+  type Claims,
+  type ElectionOf,
+  type Id,
+  UNKNOWN,
+  committeeCover,
+  committeeIn,
+  coverOf,
+  parseTopic,
+  receives,
+} from '../events/topics.ts';
 import { CloseCode, errorMessage } from '../errors.ts';
 import { type Ring, frameBytes } from './ring.ts';
-import { type Session, addCover, addTopics, markClosed, onDrained, removeCover, removeTopics, setCover } from './session.ts';
+import {
+  type Session,
+  addCover,
+  addTopics,
+  markClosed,
+  onDrained,
+  removeCover,
+  removeTopics,
+  setCover,
+} from './session.ts';
 
 /** What the delivery code needs of a uWS socket. */
 export type Sock = {
@@ -69,7 +88,14 @@ export function createDelivery(opts: {
   compressMinBytes?: number;
   metrics: Pick<
     Metrics,
-    'messagesSent' | 'bytesSent' | 'events' | 'deliveryLag' | 'slowReaderCloses' | 'replayBufferBytes' | 'replayBufferEvents' | 'bufferedBytes'
+    | 'messagesSent'
+    | 'bytesSent'
+    | 'events'
+    | 'deliveryLag'
+    | 'slowReaderCloses'
+    | 'replayBufferBytes'
+    | 'replayBufferEvents'
+    | 'bufferedBytes'
   >;
   log: Logger;
 }) {
@@ -150,7 +176,8 @@ export function createDelivery(opts: {
    * walk costs a fixed fraction of the fan-out it follows, however many sockets there are.
    */
   const dueForCheck = () =>
-    framesSinceCheck >= opts.maxBuffered || fannedSinceCheck >= Math.max(opts.maxTotalBuffered / 16, sockets.size * 4096);
+    framesSinceCheck >= opts.maxBuffered ||
+    fannedSinceCheck >= Math.max(opts.maxTotalBuffered / 16, sockets.size * 4096);
 
   /**
    * Counts `receivers` deliveries of one frame of `bytes` (computed once per frame), and
@@ -289,7 +316,8 @@ export function createDelivery(opts: {
   };
 
   /** Replays follow the same rule as live delivery, with each row's own election. */
-  const wanted = (claims: Claims, e: OutboxEvent, parts: Part[]) => parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
+  const wanted = (claims: Claims, e: OutboxEvent, parts: Part[]) =>
+    parts.some((p) => compare(e.pos, p.from) > 0 && receives(claims, p.topics, e));
 
   /**
    * Replays `parts` (each: topics and the position after which the socket lacks their
@@ -297,7 +325,11 @@ export function createDelivery(opts: {
    * the ring covers the rest; the ring's tail is sent and the socket subscribed in one
    * synchronous step, so no live event falls between replay and subscription.
    */
-  const catchUp = async (ws: Sock, parts: Part[], onLive: (cursor: Position, resync: boolean) => void): Promise<Position | undefined> => {
+  const catchUp = async (
+    ws: Sock,
+    parts: Part[],
+    onLive: (cursor: Position, resync: boolean) => void,
+  ): Promise<Position | undefined> => {
     for (;;) {
       const s = ws.getUserData();
       if (s.closed) return undefined;
@@ -367,7 +399,8 @@ export function createDelivery(opts: {
       if (dueForCheck()) check();
       const now = Date.now();
       for (const e of events) {
-        if (e.committeeId !== null && !(e.topic?.startsWith('user:') ?? false)) retarget(e.committeeId, e.electionId ?? '');
+        if (e.committeeId !== null && !(e.topic?.startsWith('user:') ?? false))
+          retarget(e.committeeId, e.electionId ?? '');
         const bytes = frameBytes(e.frame);
         let receivers = 0;
         for (const t of e.topics) {

@@ -8,8 +8,15 @@ import { ErrorCode, type HttpErrorCode, errorMessage, httpError } from '../error
 // HTTP plumbing on uWebSockets.js: replies, upgrade refusals and the routes of the public port.
 
 const STATUS: Record<number, string> = {
-  200: '200 OK', 400: '400 Bad Request', 401: '401 Unauthorized', 403: '403 Forbidden', 404: '404 Not Found',
-  405: '405 Method Not Allowed', 429: '429 Too Many Requests', 500: '500 Internal Server Error', 503: '503 Service Unavailable',
+  200: '200 OK',
+  400: '400 Bad Request',
+  401: '401 Unauthorized',
+  403: '403 Forbidden',
+  404: '404 Not Found',
+  405: '405 Method Not Allowed',
+  429: '429 Too Many Requests',
+  500: '500 Internal Server Error',
+  503: '503 Service Unavailable',
 };
 
 /** Writes a reply in one corked step; JSON answers are never cached. */
@@ -27,7 +34,10 @@ const write = (res: uWS.HttpResponse, reply: HttpReply) => {
 export const refuse = (res: uWS.HttpResponse, code: HttpErrorCode, reason?: string) => {
   const { status, body } = httpError(code, reason);
   res.cork(() => {
-    res.writeStatus(STATUS[status] ?? `${status}`).writeHeader('Content-Type', 'application/json').end(body);
+    res
+      .writeStatus(STATUS[status] ?? `${status}`)
+      .writeHeader('Content-Type', 'application/json')
+      .end(body);
   });
 };
 
@@ -35,12 +45,19 @@ export const refuse = (res: uWS.HttpResponse, code: HttpErrorCode, reason?: stri
  * The HTTP routes of the public port (handlers: src/http/routes.ts, plain functions of their
  * inputs) and, when built, the dashboard page.
  */
-export function serveHttp(app: uWS.TemplatedApp, deps: { routes: Routes; log: Logger; staticFiles?: StaticFiles | undefined }): void {
+export function serveHttp(
+  app: uWS.TemplatedApp,
+  deps: { routes: Routes; log: Logger; staticFiles?: StaticFiles | undefined },
+): void {
   const { routes, log } = deps;
   /** Async handlers: headers are copied first; the response is written only if still open. */
   const get = (
     pattern: string,
-    fn: (read: { header: (h: string) => string; param: (i: number) => string; query: (k: string) => string | undefined }) => Promise<HttpReply> | HttpReply,
+    fn: (read: {
+      header: (h: string) => string;
+      param: (i: number) => string;
+      query: (k: string) => string | undefined;
+    }) => Promise<HttpReply> | HttpReply,
   ) => {
     app.get(pattern, (res, req) => {
       const headers = new Map<string, string>();
@@ -52,7 +69,13 @@ export function serveHttp(app: uWS.TemplatedApp, deps: { routes: Routes; log: Lo
         aborted = true;
       });
       Promise.resolve()
-        .then(() => fn({ header: (h) => headers.get(h) ?? '', param: (i) => params[i] ?? '', query: (k) => query.get(k) ?? undefined }))
+        .then(() =>
+          fn({
+            header: (h) => headers.get(h) ?? '',
+            param: (i) => params[i] ?? '',
+            query: (k) => query.get(k) ?? undefined,
+          }),
+        )
         .then(
           (reply) => {
             if (!aborted) write(res, reply);

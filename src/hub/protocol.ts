@@ -2,7 +2,15 @@ import type { Config } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics/index.ts';
 import { ClientFrame } from '../events/schema.ts';
-import { type Claims, type Id, admitByClaims, claimTopics, dashboardsOf, holdsElection, parseTopic } from '../events/topics.ts';
+import {
+  type Claims,
+  type Id,
+  admitByClaims,
+  claimTopics,
+  dashboardsOf,
+  holdsElection,
+  parseTopic,
+} from '../events/topics.ts';
 import { type Position, decodeCursor, encodeCursor } from '../events/position.ts';
 import { CloseCode, ErrorCode, type FrameErrorCode, errorMessage } from '../errors.ts';
 import { type Delivery, type Sock, CursorError, UnavailableError } from './delivery.ts';
@@ -132,8 +140,16 @@ export function createProtocol(deps: {
     const parsed = ClientFrame.safeParse(raw);
     if (!parsed.success) {
       const type = (raw as { type?: unknown } | null)?.type;
-      if (typeof type !== 'string' || !KNOWN_TYPES.has(type)) return clientError(ws, ErrorCode.unknownType, 'type must be ping, subscribe or unsubscribe');
-      return clientError(ws, ErrorCode.badFrame, parsed.error.issues.map((i) => `${i.path.join('.') || 'frame'}: ${i.message}`).join('; ').slice(0, 300));
+      if (typeof type !== 'string' || !KNOWN_TYPES.has(type))
+        return clientError(ws, ErrorCode.unknownType, 'type must be ping, subscribe or unsubscribe');
+      return clientError(
+        ws,
+        ErrorCode.badFrame,
+        parsed.error.issues
+          .map((i) => `${i.path.join('.') || 'frame'}: ${i.message}`)
+          .join('; ')
+          .slice(0, 300),
+      );
     }
     const f = parsed.data;
     if (f.type === 'ping') {
@@ -174,7 +190,12 @@ export function createProtocol(deps: {
         delivery.applyCover(w);
       }
       const cursor = deps.position();
-      frame(w, { type: 'connection_success', sub: s.claims.sub, topics: [...s.topics], cursor: cursor ? encodeCursor(cursor) : '' });
+      frame(w, {
+        type: 'connection_success',
+        sub: s.claims.sub,
+        topics: [...s.topics],
+        cursor: cursor ? encodeCursor(cursor) : '',
+      });
       if (dropped > 0) {
         // Not the client's fault: no bad-frame strike, but the client must know.
         metrics.frameErrors.inc({ code: ErrorCode.tooManyTopics });
@@ -191,7 +212,8 @@ export function createProtocol(deps: {
     /** A client frame, from the uWS message handler. */
     message(w: Ws, message: ArrayBuffer, isBinary: boolean) {
       const s = w.getUserData();
-      if (!withinRate(s, Date.now(), config.MAX_MESSAGES_PER_SECOND)) return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
+      if (!withinRate(s, Date.now(), config.MAX_MESSAGES_PER_SECOND))
+        return clientError(w, ErrorCode.rateLimited, `at most ${config.MAX_MESSAGES_PER_SECOND} frames per second`);
       if (message.byteLength > config.MAX_PAYLOAD_BYTES) {
         metrics.frameErrors.inc({ code: 'too_big' });
         return w.end(CloseCode.tooBig, `frame over ${config.MAX_PAYLOAD_BYTES} bytes`);

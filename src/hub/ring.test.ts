@@ -102,7 +102,8 @@ describe('replay ring', () => {
             expect(held).toEqual({ events: tail.length, bytes: tail.reduce((s, x) => s + frameBytes(x.frame), 0) });
             // It keeps as much as fits: the next older event would break a limit.
             const older = pushed[evicted - 1];
-            if (older) expect(tail.length + 1 > maxEvents || held.bytes + frameBytes(older.frame) > maxBytes).toBe(true);
+            if (older)
+              expect(tail.length + 1 > maxEvents || held.bytes + frameBytes(older.frame) > maxBytes).toBe(true);
           }
           for (const r of resumes) {
             const p = r < 0 ? start : (pushed[Math.min(r, pushed.length - 1)]?.pos ?? start);
@@ -119,25 +120,29 @@ describe('replay ring', () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 50 }), fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 60 }), async (maxEvents, kbs) => {
-        const ring = createRing({ events: maxEvents, bytes: 256 * KB });
-        ring.init({ seq: 100n, id: 0n });
-        const refs: Array<WeakRef<OutboxEvent>> = [];
-        // Built in a function of its own, so no local variable keeps one alive.
-        const fill = () => {
-          kbs.forEach((kb, i) => {
-            const e = event(i + 1, kb * KB);
-            refs.push(new WeakRef(e));
-            ring.push(e);
-          });
-        };
-        fill();
-        await new Promise((r) => setImmediate(r));
-        gc();
-        const held = ring.size().events;
-        expect(refs.slice(0, refs.length - held).filter((r) => r.deref() !== undefined)).toHaveLength(0);
-        expect(refs.slice(refs.length - held).every((r) => r.deref() !== undefined)).toBe(true);
-      }),
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 50 }),
+        fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 60 }),
+        async (maxEvents, kbs) => {
+          const ring = createRing({ events: maxEvents, bytes: 256 * KB });
+          ring.init({ seq: 100n, id: 0n });
+          const refs: Array<WeakRef<OutboxEvent>> = [];
+          // Built in a function of its own, so no local variable keeps one alive.
+          const fill = () => {
+            kbs.forEach((kb, i) => {
+              const e = event(i + 1, kb * KB);
+              refs.push(new WeakRef(e));
+              ring.push(e);
+            });
+          };
+          fill();
+          await new Promise((r) => setImmediate(r));
+          gc();
+          const held = ring.size().events;
+          expect(refs.slice(0, refs.length - held).filter((r) => r.deref() !== undefined)).toHaveLength(0);
+          expect(refs.slice(refs.length - held).every((r) => r.deref() !== undefined)).toBe(true);
+        },
+      ),
       { numRuns: 15 },
     );
   });
@@ -146,7 +151,9 @@ describe('replay ring', () => {
     const ring = createRing({ events: 10, bytes: 100 * MB });
     ring.init({ seq: 100n, id: 0n });
     for (let n = 1; n <= 5000; n++) ring.push(event(n, 80));
-    expect(ids(ring.after({ seq: 100n, id: 4990n }))).toEqual([4991, 4992, 4993, 4994, 4995, 4996, 4997, 4998, 4999, 5000]);
+    expect(ids(ring.after({ seq: 100n, id: 4990n }))).toEqual([
+      4991, 4992, 4993, 4994, 4995, 4996, 4997, 4998, 4999, 5000,
+    ]);
     expect(ring.covers({ seq: 100n, id: 4989n })).toBe(false);
   });
 });

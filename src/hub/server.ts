@@ -103,7 +103,15 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
       anyOpen: () => sockets.values().next().value,
       maxSockets,
     });
-    const protocol = createProtocol({ config, log, metrics, delivery, committees: h.committees, position: h.position, onDashboards: h.onDashboards });
+    const protocol = createProtocol({
+      config,
+      log,
+      metrics,
+      delivery,
+      committees: h.committees,
+      position: h.position,
+      onDashboards: h.onDashboards,
+    });
 
     app.ws<Session>('/ws', {
       compression: compressionOption(config.WS_COMPRESSION),
@@ -135,13 +143,15 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
         // Nothing is sent from open() itself (with the cork() bug that upgradeAfterAwait avoids, a
         // send here made it close the new socket); subscription frames queue behind this (s.ops),
         // so connection_success always comes first.
-        enqueue(s, () =>
-          new Promise<void>((resolve) =>
-            setImmediate(() => {
-              resolve();
-              protocol.welcome(w);
-            }),
-          ),
+        enqueue(
+          s,
+          () =>
+            new Promise<void>((resolve) =>
+              setImmediate(() => {
+                resolve();
+                protocol.welcome(w);
+              }),
+            ),
         );
       },
 
@@ -161,7 +171,10 @@ export function createHubServer(deps: { config: Config; log: Logger; metrics: Me
         metrics.connections.dec();
         metrics.connectionsClosed.inc({ code: String(code) });
         metrics.connectionsByRole.dec({ role: s.claims.role ?? 'none' });
-        log.info({ event: 'ws_close', sub: s.claims.sub, role: s.claims.role, remote: s.remote, code }, 'websocket closed');
+        log.info(
+          { event: 'ws_close', sub: s.claims.sub, role: s.claims.role, remote: s.remote, code },
+          'websocket closed',
+        );
       },
     });
 

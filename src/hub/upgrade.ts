@@ -58,8 +58,12 @@ export function createUpgrade(deps: {
       };
       if (!deps.accepting()) return fail(ErrorCode.unavailable, 'shutting_down');
       if (deps.open() + upgrading > deps.maxSockets) return fail(ErrorCode.unavailable, 'node_full');
-      if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin)) return fail(ErrorCode.forbidden, 'origin');
-      const offered = protocols.split(',').map((p) => p.trim()).filter(Boolean);
+      if (origin && !config.ALLOWED_ORIGINS.includes('*') && !config.ALLOWED_ORIGINS.includes(origin))
+        return fail(ErrorCode.forbidden, 'origin');
+      const offered = protocols
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean);
       const viaProtocol = offered.find((p) => p.startsWith('bearer.'));
       const token = query.get('token') ?? bearer(authorization) ?? viaProtocol?.slice('bearer.'.length);
       const result = await auth.verify(token ?? undefined);
@@ -72,11 +76,19 @@ export function createUpgrade(deps: {
         if (!aborted) refuse(res, ErrorCode.unavailable, 'not_ready');
         return;
       }
-      const session = createSession({ id: nextId++, claims, remote, lease, autoSubscribe: query.get('subscribe') !== 'none' });
+      const session = createSession({
+        id: nextId++,
+        claims,
+        remote,
+        lease,
+        autoSubscribe: query.get('subscribe') !== 'none',
+      });
       upgradeAfterAwait(res, () => res.upgrade(session, key, viaProtocol ?? '', extensions, context), deps.anyOpen());
-    })().catch((err: unknown) => {
-      log.error({ err: errorMessage(err) }, 'upgrade failed');
-      if (!aborted) refuse(res, ErrorCode.internal);
-    }).finally(() => upgrading--);
+    })()
+      .catch((err: unknown) => {
+        log.error({ err: errorMessage(err) }, 'upgrade failed');
+        if (!aborted) refuse(res, ErrorCode.internal);
+      })
+      .finally(() => upgrading--);
   };
 }

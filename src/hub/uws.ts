@@ -70,7 +70,9 @@ const versionAtLeast = (have: string, need: string): boolean => {
   return true;
 };
 
-type Attempt = { candidate: Candidate; ok: true; mod: typeof Types; build: UwsBuild } | { candidate: Candidate; ok: false; reason: string };
+type Attempt =
+  | { candidate: Candidate; ok: true; mod: typeof Types; build: UwsBuild }
+  | { candidate: Candidate; ok: false; reason: string };
 
 function attempt(c: Candidate, env: NodeJS.ProcessEnv): Attempt {
   let main: string;
@@ -94,7 +96,8 @@ function attempt(c: Candidate, env: NodeJS.ProcessEnv): Attempt {
     const detail = (err instanceof Error ? err.message : String(err)).split('\n').filter(Boolean).pop()?.trim() ?? '';
     const glibc = /GLIBC_([0-9.]+)' not found/.exec(detail)?.[1];
     if (glibc) return { candidate: c, ok: false, reason: `${label} needs glibc >= ${glibc}` };
-    if (!c.abis.includes(process.versions.modules)) return { candidate: c, ok: false, reason: `${label} has no binary for ABI ${process.versions.modules}` };
+    if (!c.abis.includes(process.versions.modules))
+      return { candidate: c, ok: false, reason: `${label} has no binary for ABI ${process.versions.modules}` };
     return { candidate: c, ok: false, reason: `${label} did not load (${detail.slice(0, 200)})` };
   } finally {
     Object.assign(console, saved);
@@ -109,7 +112,12 @@ function attempt(c: Candidate, env: NodeJS.ProcessEnv): Attempt {
         : `no binary for ABI ${process.versions.modules}`;
     return { candidate: c, ok: false, reason: `${label} would run its JS stand-in (${why})` };
   }
-  return { candidate: c, ok: true, mod: mod as typeof Types, build: { id: c.id, package: label, binary: path.basename(binary.filename) } };
+  return {
+    candidate: c,
+    ok: true,
+    mod: mod as typeof Types,
+    build: { id: c.id, package: label, binary: path.basename(binary.filename) },
+  };
 }
 
 function findPackageJson(main: string): string {
@@ -128,15 +136,18 @@ function findPackageJson(main: string): string {
 /** What to tell the operator when nothing loaded. */
 function advice(attempts: Attempt[], env: NodeJS.ProcessEnv, glibc: string): string {
   const major = Number(process.versions.node.split('.')[0]);
-  if (/^(1|true|True|TRUE)$/.test(env.UWS_USE_FALLBACK ?? '') && major === 20) return 'unset UWS_USE_FALLBACK (the JS stand-in cannot run the hub)';
+  if (/^(1|true|True|TRUE)$/.test(env.UWS_USE_FALLBACK ?? '') && major === 20)
+    return 'unset UWS_USE_FALLBACK (the JS stand-in cannot run the hub)';
   if (env.UWS_BUILD) return `unset UWS_BUILD (${env.UWS_BUILD}) or name a build that loads here`;
-  if (process.platform === 'linux' && !glibc) return 'run on a glibc-based Linux (musl/Alpine has no build), e.g. the Debian-based container image';
+  if (process.platform === 'linux' && !glibc)
+    return 'run on a glibc-based Linux (musl/Alpine has no build), e.g. the Debian-based container image';
   const btc = attempts.find((a) => a.candidate.id === 'btc-vision');
   if (btc && !btc.ok && btc.reason.includes('not installed') && major !== 20) {
     return 'run `npm install` without --omit=optional (the optional dependency @btc-vision/uwebsockets.js carries the Node 22/24/25 builds)';
   }
   const need = CANDIDATES.find((c) => c.id === 'btc-vision')?.glibc ?? '2.38';
-  if (glibc && !versionAtLeast(glibc, need)) return `use Node 20 on this system, or Node 20/22/24/25 on glibc >= ${need} (Debian 13, Ubuntu 24.04), or the container image`;
+  if (glibc && !versionAtLeast(glibc, need))
+    return `use Node 20 on this system, or Node 20/22/24/25 on glibc >= ${need} (Debian 13, Ubuntu 24.04), or the container image`;
   return 'use Node 20, 22, 24 or 25 (see README, "Node versions and platforms")';
 }
 
@@ -145,7 +156,9 @@ export function loadUws(env: NodeJS.ProcessEnv = process.env): { uws: typeof Typ
   const wanted = env.UWS_BUILD ? env.UWS_BUILD.split(',').map((s) => s.trim()) : CANDIDATES.map((c) => c.id);
   const unknown = wanted.filter((id) => !CANDIDATES.some((c) => c.id === id));
   if (unknown.length) {
-    throw new UwsUnavailableError(`election-hub: UWS_BUILD names unknown build ${unknown.join(', ')} (known: ${CANDIDATES.map((c) => c.id).join(', ')})`);
+    throw new UwsUnavailableError(
+      `election-hub: UWS_BUILD names unknown build ${unknown.join(', ')} (known: ${CANDIDATES.map((c) => c.id).join(', ')})`,
+    );
   }
   const attempts: Attempt[] = [];
   for (const id of wanted) {
@@ -174,7 +187,11 @@ export function loadUws(env: NodeJS.ProcessEnv = process.env): { uws: typeof Typ
  * the upgrade runs uncorked, and uWS.js prints its "must be made from within a corked callback"
  * warning for it. test/uws.test.ts reproduces the bug and checks both paths.
  */
-export function upgradeAfterAwait(res: Types.HttpResponse, upgrade: () => void, anyOpen: Types.WebSocket<unknown> | undefined): void {
+export function upgradeAfterAwait(
+  res: Types.HttpResponse,
+  upgrade: () => void,
+  anyOpen: Types.WebSocket<unknown> | undefined,
+): void {
   if (!anyOpen) return upgrade();
   anyOpen.cork(() => res.cork(upgrade));
 }

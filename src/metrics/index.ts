@@ -23,18 +23,46 @@ export const LABEL_VALUES = {
   role: ['admin', 'none', OTHER],
   /** Frame types sent; application events (their type is the application's) are `app_event`. */
   type: [
-    'connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update',
-    'guarantee_update', 'attendance_update', 'voting_update', 'app_event', OTHER,
+    'connection_success',
+    'subscribed',
+    'unsubscribed',
+    'resync',
+    'pong',
+    'error',
+    'dashboard_update',
+    'guarantee_update',
+    'attendance_update',
+    'voting_update',
+    'app_event',
+    OTHER,
   ],
   /** Watched kinds (the reference tables', README "Database side") and application events. */
   kind: ['guarantee', 'attendance', 'vote', 'app', OTHER],
   action: ['created', 'updated', 'deleted', 'truncated', 'published', OTHER],
   /** Close codes the hub sends or a client commonly sends; a client may send any 1000-4999. */
-  code: [...new Set(['1000', '1001', '1005', '1006', '1008', '1009', '1011', ...Object.values(CloseCode).map(String)]), OTHER],
+  code: [
+    ...new Set(['1000', '1001', '1005', '1006', '1008', '1009', '1011', ...Object.values(CloseCode).map(String)]),
+    OTHER,
+  ],
   /** Why an upgrade or an HTTP request was refused (src/auth/jwt.ts reasons and the upgrade's own). */
   reason: [
-    'missing', 'missing_exp', 'malformed', 'bad_claims', 'expired', 'not_yet_valid', 'bad_audience', 'bad_issuer', 'bad_algorithm',
-    'bad_signature', 'unknown_key', 'jwks_unavailable', 'origin', 'too_many_connections', 'node_full', 'shutting_down', OTHER,
+    'missing',
+    'missing_exp',
+    'malformed',
+    'bad_claims',
+    'expired',
+    'not_yet_valid',
+    'bad_audience',
+    'bad_issuer',
+    'bad_algorithm',
+    'bad_signature',
+    'unknown_key',
+    'jwks_unavailable',
+    'origin',
+    'too_many_connections',
+    'node_full',
+    'shutting_down',
+    OTHER,
   ],
   /** Client error codes (src/errors.ts), oversize frames and malformed outbox rows. */
   errorCode: [...FRAME_ERROR_CODES, 'too_big', 'bad_outbox_row', OTHER],
@@ -51,7 +79,9 @@ export const LABEL_VALUES = {
 
 /** Maps each label value outside its known set to `other` (never throws: metrics must not fail a request). */
 function bounder<L extends string>(known: Record<L, readonly string[]>) {
-  const sets = Object.entries(known).map(([label, values]) => [label as L, new Set(values as readonly string[])] as const);
+  const sets = Object.entries(known).map(
+    ([label, values]) => [label as L, new Set(values as readonly string[])] as const,
+  );
   return (values: Partial<Record<L, string | number | undefined>>): Record<L, string> => {
     const out = {} as Record<L, string>;
     for (const [label, set] of sets) {
@@ -74,7 +104,13 @@ function combinations<L extends string>(known: Record<L, readonly string[]>): Ar
 type Init<L extends string> = Array<Record<L, string>>;
 
 /** A counter whose label values are bounded to `known`, each combination in `init` at 0. */
-function boundedCounter<L extends string>(registry: Registry, name: string, help: string, known: Record<L, readonly string[]>, init: Init<L> = combinations(known)) {
+function boundedCounter<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  known: Record<L, readonly string[]>,
+  init: Init<L> = combinations(known),
+) {
   const counter = new Counter<L>({ name, help, labelNames: Object.keys(known) as L[], registers: [registry] });
   const bound = bounder(known);
   for (const labels of init) counter.inc(labels, 0);
@@ -86,7 +122,12 @@ function boundedCounter<L extends string>(registry: Registry, name: string, help
 }
 
 /** A gauge whose label values are bounded to `known`, each at 0 from the start. */
-function boundedGauge<L extends string>(registry: Registry, name: string, help: string, known: Record<L, readonly string[]>) {
+function boundedGauge<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  known: Record<L, readonly string[]>,
+) {
   const gauge = new Gauge<L>({ name, help, labelNames: Object.keys(known) as L[], registers: [registry] });
   const bound = bounder(known);
   for (const labels of combinations(known)) gauge.set(labels, 0);
@@ -98,7 +139,9 @@ function boundedGauge<L extends string>(registry: Registry, name: string, help: 
 
 /** The (kind, action) pairs that occur: row kinds with row actions, application events as `published`. */
 const EVENT_SERIES: Init<'kind' | 'action'> = [
-  ...['guarantee', 'attendance', 'vote'].flatMap((kind) => ['created', 'updated', 'deleted', 'truncated'].map((action) => ({ kind, action }))),
+  ...['guarantee', 'attendance', 'vote'].flatMap((kind) =>
+    ['created', 'updated', 'deleted', 'truncated'].map((action) => ({ kind, action })),
+  ),
   { kind: 'app', action: 'published' },
 ];
 
@@ -116,22 +159,62 @@ export function createMetrics() {
   return {
     registry,
     connections: new Gauge({ name: 'hub_connections', help: 'Open WebSocket connections on this node', registers: r }),
-    connectionsByRole: boundedGauge(registry, 'hub_connections_by_role', 'Open WebSocket connections by token role (admin, none, other)', { role: v.role }),
-    connectionsOpened: new Counter({ name: 'hub_connections_opened_total', help: 'WebSocket connections opened', registers: r }),
-    connectionsClosed: boundedCounter(registry, 'hub_connections_closed_total', 'WebSocket connections closed, by close code', { code: v.code }),
-    events: boundedCounter(registry, 'hub_events_total', 'Outbox events read and published', { kind: v.kind, action: v.action }, EVENT_SERIES),
-    messagesSent: boundedCounter(registry, 'hub_messages_sent_total', 'Frames delivered to sockets, by frame type', { type: v.type }),
-    bytesSent: boundedCounter(registry, 'hub_bytes_sent_total', 'Bytes of frames delivered to sockets (frame size times receivers), by frame type', { type: v.type }),
+    connectionsByRole: boundedGauge(
+      registry,
+      'hub_connections_by_role',
+      'Open WebSocket connections by token role (admin, none, other)',
+      { role: v.role },
+    ),
+    connectionsOpened: new Counter({
+      name: 'hub_connections_opened_total',
+      help: 'WebSocket connections opened',
+      registers: r,
+    }),
+    connectionsClosed: boundedCounter(
+      registry,
+      'hub_connections_closed_total',
+      'WebSocket connections closed, by close code',
+      { code: v.code },
+    ),
+    events: boundedCounter(
+      registry,
+      'hub_events_total',
+      'Outbox events read and published',
+      { kind: v.kind, action: v.action },
+      EVENT_SERIES,
+    ),
+    messagesSent: boundedCounter(registry, 'hub_messages_sent_total', 'Frames delivered to sockets, by frame type', {
+      type: v.type,
+    }),
+    bytesSent: boundedCounter(
+      registry,
+      'hub_bytes_sent_total',
+      'Bytes of frames delivered to sockets (frame size times receivers), by frame type',
+      { type: v.type },
+    ),
     deliveryLag: new Histogram({
       name: 'hub_event_delivery_lag_seconds',
       help: 'Time from the change being captured in PostgreSQL to its publication to sockets',
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: r,
     }),
-    authFailures: boundedCounter(registry, 'hub_auth_failures_total', 'Refused authentications, by reason', { reason: v.reason }),
-    listenerConnected: new Gauge({ name: 'hub_listener_connected', help: '1 while the database listener is connected', registers: r }),
-    cacheRequests: boundedCounter(registry, 'hub_dashboard_cache_requests_total', 'Dashboard snapshot cache lookups', { result: v.result }),
-    dashboardComputations: boundedCounter(registry, 'hub_dashboard_computations_total', 'Dashboard snapshots computed from PostgreSQL, by reason', { reason: v.computation }),
+    authFailures: boundedCounter(registry, 'hub_auth_failures_total', 'Refused authentications, by reason', {
+      reason: v.reason,
+    }),
+    listenerConnected: new Gauge({
+      name: 'hub_listener_connected',
+      help: '1 while the database listener is connected',
+      registers: r,
+    }),
+    cacheRequests: boundedCounter(registry, 'hub_dashboard_cache_requests_total', 'Dashboard snapshot cache lookups', {
+      result: v.result,
+    }),
+    dashboardComputations: boundedCounter(
+      registry,
+      'hub_dashboard_computations_total',
+      'Dashboard snapshots computed from PostgreSQL, by reason',
+      { reason: v.computation },
+    ),
     dashboardDrift: new Counter({
       name: 'hub_dashboard_drift_total',
       help: 'Dashboard totals found different from the database when verified (each one corrected)',
@@ -143,16 +226,34 @@ export function createMetrics() {
       'Sockets closed with 4008 for falling behind: over MAX_BACKPRESSURE_BYTES (socket_limit) or the most buffered while all sockets passed MAX_TOTAL_BUFFERED_BYTES (global_budget)',
       { cause: v.slowCloseCause },
     ),
-    replayBufferBytes: new Gauge({ name: 'hub_replay_buffer_bytes', help: 'Bytes of the frames held in the replay ring (REPLAY_BUFFER_BYTES caps it)', registers: r }),
-    replayBufferEvents: new Gauge({ name: 'hub_replay_buffer_events', help: 'Events held in the replay ring (REPLAY_BUFFER_EVENTS caps it)', registers: r }),
+    replayBufferBytes: new Gauge({
+      name: 'hub_replay_buffer_bytes',
+      help: 'Bytes of the frames held in the replay ring (REPLAY_BUFFER_BYTES caps it)',
+      registers: r,
+    }),
+    replayBufferEvents: new Gauge({
+      name: 'hub_replay_buffer_events',
+      help: 'Events held in the replay ring (REPLAY_BUFFER_EVENTS caps it)',
+      registers: r,
+    }),
     bufferedBytes: new Gauge({
       name: 'hub_socket_buffered_bytes',
       help: 'Bytes buffered for all sockets of this node at the last check (MAX_TOTAL_BUFFERED_BYTES caps it)',
       registers: r,
     }),
-    outboxBacklog: new Gauge({ name: 'hub_outbox_backlog_events', help: 'Outbox rows committed but not yet read by this node (sampled, capped at 100000)', registers: r }),
-    outboxOldestAge: new Gauge({ name: 'hub_outbox_oldest_pending_age_seconds', help: 'Age of the oldest outbox row not yet read by this node (sampled)', registers: r }),
-    frameErrors: boundedCounter(registry, 'hub_client_errors_total', 'Client frames answered with an error, by code', { code: v.errorCode }),
+    outboxBacklog: new Gauge({
+      name: 'hub_outbox_backlog_events',
+      help: 'Outbox rows committed but not yet read by this node (sampled, capped at 100000)',
+      registers: r,
+    }),
+    outboxOldestAge: new Gauge({
+      name: 'hub_outbox_oldest_pending_age_seconds',
+      help: 'Age of the oldest outbox row not yet read by this node (sampled)',
+      registers: r,
+    }),
+    frameErrors: boundedCounter(registry, 'hub_client_errors_total', 'Client frames answered with an error, by code', {
+      code: v.errorCode,
+    }),
   };
 }
 

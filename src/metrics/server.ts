@@ -17,7 +17,12 @@ export type MetricsServer = {
  * none of uWebSockets.js; node:http keeps this listener independent of the WebSocket server, so
  * it keeps answering while that one drains.
  */
-export function startMetricsServer(opts: { registry: Registry; host: string; port: number; log: Logger }): Promise<MetricsServer> {
+export function startMetricsServer(opts: {
+  registry: Registry;
+  host: string;
+  port: number;
+  log: Logger;
+}): Promise<MetricsServer> {
   const { registry, log } = opts;
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
@@ -26,7 +31,9 @@ export function startMetricsServer(opts: { registry: Registry; host: string; por
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain; charset=utf-8' }).end('method not allowed\n');
+      res
+        .writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain; charset=utf-8' })
+        .end('method not allowed\n');
       return;
     }
     registry.metrics().then(
@@ -44,7 +51,11 @@ export function startMetricsServer(opts: { registry: Registry; host: string; por
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
   return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`cannot listen on ${opts.host}:${opts.port} for metrics: ${err.code ?? err.message}`, { cause: err })));
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new Error(`cannot listen on ${opts.host}:${opts.port} for metrics: ${err.code ?? err.message}`, { cause: err }),
+      ),
+    );
     server.listen(opts.port, opts.host, () => {
       server.removeAllListeners('error');
       server.on('error', (err) => log.warn({ err: errorMessage(err) }, 'metrics listener error'));

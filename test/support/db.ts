@@ -10,7 +10,10 @@ export type TestDatabase = { url: string; pool: pg.Pool; drop(): Promise<void> }
  * 'hub'`: the hub schema only, as `election-hub migrate` leaves a production database; `'none'`:
  * empty). `drop` removes it.
  */
-export async function createTestDatabase(prefix = 'hub_test', opts: { schema?: 'reference' | 'hub' | 'none' } = {}): Promise<TestDatabase> {
+export async function createTestDatabase(
+  prefix = 'hub_test',
+  opts: { schema?: 'reference' | 'hub' | 'none' } = {},
+): Promise<TestDatabase> {
   const schema = opts.schema ?? 'reference';
   const admin = inject('databaseUrl');
   const name = `${prefix}_${randomBytes(5).toString('hex')}`;
@@ -37,16 +40,25 @@ export async function createTestDatabase(prefix = 'hub_test', opts: { schema?: '
 }
 
 /** Seeds `elections` elections with `committees` committees each; returns their ids. */
-export async function seed(pool: pg.Pool, elections = 2, committees = 2): Promise<{ elections: number[]; committees: Map<number, number[]> }> {
+export async function seed(
+  pool: pg.Pool,
+  elections = 2,
+  committees = 2,
+): Promise<{ elections: number[]; committees: Map<number, number[]> }> {
   const ids: number[] = [];
   const byElection = new Map<number, number[]>();
   for (let e = 0; e < elections; e++) {
-    const r = await pool.query<{ id: number }>(`INSERT INTO elections (name) VALUES ($1) RETURNING id`, [`Election ${e + 1}`]);
+    const r = await pool.query<{ id: number }>(`INSERT INTO elections (name) VALUES ($1) RETURNING id`, [
+      `Election ${e + 1}`,
+    ]);
     const id = Number(r.rows[0]?.id);
     ids.push(id);
     const cs: number[] = [];
     for (let c = 0; c < committees; c++) {
-      const rc = await pool.query<{ id: number }>(`INSERT INTO committees (election_id, name) VALUES ($1, $2) RETURNING id`, [id, `Committee ${e + 1}.${c + 1}`]);
+      const rc = await pool.query<{ id: number }>(
+        `INSERT INTO committees (election_id, name) VALUES ($1, $2) RETURNING id`,
+        [id, `Committee ${e + 1}.${c + 1}`],
+      );
       cs.push(Number(rc.rows[0]?.id));
     }
     byElection.set(id, cs);

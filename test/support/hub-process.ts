@@ -1,12 +1,27 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 
-export type HubProcess = { port: number; url: string; metricsUrl: string; child: ChildProcess; lines: string[]; stop(signal?: NodeJS.Signals): Promise<number | null> };
+export type HubProcess = {
+  port: number;
+  url: string;
+  metricsUrl: string;
+  child: ChildProcess;
+  lines: string[];
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+};
 
 /** Runs `election-hub serve` in its own process (port 0, metrics on port 0) and resolves once it listens. */
 export async function spawnHub(env: Record<string, string>): Promise<HubProcess> {
   const child = spawn(process.execPath, ['bin/election-hub.mjs', 'serve'], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      PORT: '0',
+      HOST: '127.0.0.1',
+      METRICS_PORT: '0',
+      LOG_LEVEL: 'info',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const lines: string[] = [];

@@ -22,7 +22,16 @@ export const capturedLogs: string[] = [];
 export async function startTestHub(databaseUrl: string, env: Env = {}, deps: HubDeps = {}): Promise<Hub> {
   // Test files share one Redis: each database gets its own key namespace.
   const prefix = `hub:${new URL(databaseUrl).pathname.slice(1)}:`;
-  const parsed = parseConfig({ DATABASE_URL: databaseUrl, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_PREFIX: prefix, ...env });
+  const parsed = parseConfig({
+    DATABASE_URL: databaseUrl,
+    JWT_SECRET: SECRET,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    METRICS_PORT: '0',
+    LOG_LEVEL: 'info',
+    REDIS_PREFIX: prefix,
+    ...env,
+  });
   if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -30,7 +39,11 @@ export async function startTestHub(databaseUrl: string, env: Env = {}, deps: Hub
       cb();
     },
   });
-  const hub = await startHub(parsed.config, { log: createLogger(parsed.config.LOG_LEVEL, sink), pruneEveryMs: 1000, ...deps });
+  const hub = await startHub(parsed.config, {
+    log: createLogger(parsed.config.LOG_LEVEL, sink),
+    pruneEveryMs: 1000,
+    ...deps,
+  });
   // A hub started while its database refuses connections is not reading: nothing to wait for.
   if (hub.cursor() !== undefined) {
     const client = new pg.Client({ connectionString: databaseUrl });
@@ -52,7 +65,9 @@ type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.Client, 'query'>;
 /** The position of the last outbox row committed so far (ZERO when there is none). */
 export async function outboxHead(db: Queryable): Promise<Position> {
   // The last row in the one global order (commit keys: sql/006_commit_order.sql).
-  const r = await db.query<{ t: string; i: string }>('SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1');
+  const r = await db.query<{ t: string; i: string }>(
+    'SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1',
+  );
   const row = r.rows[0];
   return row ? { seq: BigInt(row.t), id: BigInt(row.i) } : ZERO;
 }
@@ -102,7 +117,13 @@ export function when<K extends LifecycleEvent>(
  */
 export async function readPast(hub: Hub, db: Queryable, timeoutMs = 30_000): Promise<void> {
   const target = await outboxHead(db);
-  await when(hub, 'reader:read', () => reached(hub.cursor(), target), `the hub to read past ${encodeCursor(target)} (at ${hub.cursor()})`, timeoutMs);
+  await when(
+    hub,
+    'reader:read',
+    () => reached(hub.cursor(), target),
+    `the hub to read past ${encodeCursor(target)} (at ${hub.cursor()})`,
+    timeoutMs,
+  );
 }
 
 /**
@@ -139,7 +160,8 @@ export async function untilMarker(db: Queryable, c: TestClient, topic?: string, 
   const n = ++markers;
   const hello = c.frames.find((f) => f.type === 'connection_success');
   const t = topic ?? `user:${String(hello?.sub)}`;
-  if (!topic && !(hello?.topics as string[] | undefined)?.includes(t)) throw new Error(`untilMarker: the client is not on ${t}; name a topic it is on`);
+  if (!topic && !(hello?.topics as string[] | undefined)?.includes(t))
+    throw new Error(`untilMarker: the client is not on ${t}; name a topic it is on`);
   await db.query('SELECT hub.publish($1, $2, $3::jsonb)', [t, MARKER, JSON.stringify({ n })]);
   const m = await c.seen((f) => f.type === MARKER && (f.data as { n?: unknown } | undefined)?.n === n, timeoutMs);
   return c.frames.slice(0, c.frames.indexOf(m)).filter(isEvent);
@@ -161,7 +183,11 @@ export const redisPrefix = (databaseUrl: string) => `hub:${new URL(databaseUrl).
 
 export const token = (req: TokenRequest, secret = SECRET) => signToken(secret, req);
 
-export async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+export async function waitUntil(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -188,7 +214,15 @@ export type TestClient = {
   close(): Promise<void>;
 };
 
-const CONTROL = new Set(['connection_success', 'subscribed', 'unsubscribed', 'resync', 'pong', 'error', 'dashboard_update']);
+const CONTROL = new Set([
+  'connection_success',
+  'subscribed',
+  'unsubscribed',
+  'resync',
+  'pong',
+  'error',
+  'dashboard_update',
+]);
 const isEvent = (f: Frame) => !CONTROL.has(f.type) && f.type !== MARKER;
 
 /**
@@ -217,7 +251,9 @@ export async function connect(
     const dropped = c.frames.length === 0 && c.ws.readyState === WebSocket.CLOSED && (await c.closed).code === 1006;
     if (!dropped || attempt > DROPPED_UPGRADE_RETRIES) return c;
     droppedUpgrades.count++;
-    process.stderr.write(`[test client] socket dropped right after its upgrade (1006, no frame: uWS#1928); opening it again\n`);
+    process.stderr.write(
+      `[test client] socket dropped right after its upgrade (1006, no frame: uWS#1928); opening it again\n`,
+    );
   }
 }
 
@@ -228,7 +264,9 @@ function connectOnce(
   const q = new URLSearchParams(opts.query ?? '');
   if (opts.token) q.set('token', opts.token);
   const qs = q.toString();
-  const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${qs ? `?${qs}` : ''}`, opts.protocols ?? [], { headers: opts.headers ?? {} });
+  const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws${qs ? `?${qs}` : ''}`, opts.protocols ?? [], {
+    headers: opts.headers ?? {},
+  });
   const frames: Frame[] = [];
   const watchers = new Set<() => void>();
   let ended: { code: number; reason: string } | undefined;
@@ -266,7 +304,10 @@ function connectOnce(
           };
           const fail = (why: string) => {
             done();
-            const tail = frames.slice(-5).map((f) => f.type).join(',');
+            const tail = frames
+              .slice(-5)
+              .map((f) => f.type)
+              .join(',');
             rej(new Error(`no matching frame: ${why}; ${frames.length} frames, last: ${tail}`));
           };
           function check() {

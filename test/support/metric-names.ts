@@ -20,10 +20,32 @@ export const PROMETHEUS_SYNTHETIC_METRICS: ReadonlySet<string> = new Set([
 // Aggregation operators, binary set/comparison keywords and modifiers. PromQL treats these
 // case-insensitively (`SUM BY (le)` is valid), unlike function and metric names.
 const KEYWORDS = new Set([
-  'sum', 'min', 'max', 'avg', 'group', 'stddev', 'stdvar', 'count', 'count_values',
-  'bottomk', 'topk', 'quantile', 'limitk', 'limit_ratio',
-  'and', 'or', 'unless', 'atan2', 'bool', 'offset',
-  'by', 'without', 'on', 'ignoring', 'group_left', 'group_right',
+  'sum',
+  'min',
+  'max',
+  'avg',
+  'group',
+  'stddev',
+  'stdvar',
+  'count',
+  'count_values',
+  'bottomk',
+  'topk',
+  'quantile',
+  'limitk',
+  'limit_ratio',
+  'and',
+  'or',
+  'unless',
+  'atan2',
+  'bool',
+  'offset',
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
 ]);
 // Keywords whose following parenthesised list holds label names, not expressions.
 const LABEL_LIST_KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right']);
@@ -188,7 +210,12 @@ export function exprsInRulesYaml(text: string): string[] {
     } else if (value.startsWith('"')) {
       out.push(JSON.parse(value.replace(/\s+#.*$/, '')) as string);
     } else if (value.startsWith("'")) {
-      out.push(value.replace(/\s+#.*$/, '').slice(1, -1).replace(/''/g, "'"));
+      out.push(
+        value
+          .replace(/\s+#.*$/, '')
+          .slice(1, -1)
+          .replace(/''/g, "'"),
+      );
     } else {
       out.push(value.replace(/\s+#.*$/, ''));
     }

@@ -136,7 +136,10 @@ async function waitForRedis(url: string, child: ChildProcess, output: () => stri
     }
     const problem = await probeRedis(url);
     if (problem === undefined) return;
-    if (Date.now() > deadline) throw new Error(`redis-server did not answer at ${url} within ${REDIS_START_TIMEOUT_MS} ms: ${problem}; ${output()}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `redis-server did not answer at ${url} within ${REDIS_START_TIMEOUT_MS} ms: ${problem}; ${output()}`,
+      );
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }

@@ -219,6 +219,8 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     reader = startReader({
       pool,
       log,
+      // Writers NOTIFY only while a reader sleeps; a reader sleeps only on a listener that listens.
+      sleep: { id: `${nodeId}:${randomBytes(4).toString('hex')}`, listening: () => listener?.connected() ?? false },
       onStarted: (p) => {
         ring.init(p);
         started();

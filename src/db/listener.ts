@@ -13,6 +13,7 @@ const createSubscriber = (
 export const CHANNEL = 'hub_outbox';
 
 export type Listener = {
+  /** True only while LISTEN is in effect on a live connection (a reader may sleep on it). */
   readonly connected: () => boolean;
   readonly lastError: () => string | undefined;
   stop(): Promise<void>;
@@ -75,6 +76,10 @@ export function startListener(opts: ListenerOptions): Listener {
       { parse: (raw: string) => raw, retryLimit: Infinity, retryTimeout: 0, retryInterval: backoff, paranoidChecking: false },
     );
     sub = s;
+    // pg-listen emits 'connected' once its first connection is up, before our LISTEN has run
+    // (after a reconnect it re-runs LISTEN first). Connected means listening: a reader told so
+    // may sleep, and a notification sent before LISTEN took effect would never reach it.
+    let listening = false;
     s.notifications.on(CHANNEL, (payload: unknown) => {
       if (!NotifyPayload.optional().safeParse(payload).success) opts.onBadPayload?.();
       opts.onWake(); // whatever the payload said, the outbox is read from the cursor
@@ -86,7 +91,7 @@ export function startListener(opts: ListenerOptions): Listener {
       log.warn({ attempt: n }, 'database listener reconnecting');
     });
     s.events.on('connected', () => {
-      if (sub !== s || stopped) return;
+      if (sub !== s || stopped || !listening) return;
       attempt = 0;
       lastError = undefined;
       setConnected(true);
@@ -98,6 +103,7 @@ export function startListener(opts: ListenerOptions): Listener {
     try {
       await s.connect();
       await s.listenTo(CHANNEL);
+      listening = true;
       if (sub === s) {
         attempt = 0;
         lastError = undefined;

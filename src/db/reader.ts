@@ -30,7 +30,35 @@ export type ReaderOptions = {
   pageBytes?: number;
   /** Poll even without a notification: the backstop for lost notifications. */
   backstopMs?: number;
+  /** While busy (its last pass read rows), the reader polls again after this many ms, NOTIFY or not. */
+  busyPollMs?: number;
+  /**
+   * Wake-ups: when idle, the reader declares itself asleep (`hub.sleep`, sql/005_capture.sql)
+   * so that writers NOTIFY; writers send nothing while every reader is busy. Without it the
+   * reader waits for a notification or the backstop, as it did before 005.
+   */
+  sleep?: SleepOptions;
 };
+
+export type SleepOptions = {
+  /** True only while the listener's LISTEN is in effect: a reader never sleeps on a deaf listener. */
+  listening: () => boolean;
+  /** This reader's name in `hub.sleepers`, unique per process. */
+  id: string;
+  /** How long a declaration lasts unless renewed (renewed every third of it). */
+  leaseMs?: number;
+  /** A reader busy this long without a quiet pass tells writers to stop notifying (`hub.awake`). */
+  awakeAfterMs?: number;
+  /**
+   * Tests only: a deliberately broken handshake, to show that the lost-wake-up test catches
+   * it. `no-recheck` sleeps right after declaring; `no-inflight-wait` re-reads once but does
+   * not wait for the transactions in flight at the declaration.
+   */
+  unsafeHandshake?: 'no-recheck' | 'no-inflight-wait';
+};
+
+/** Longest pause between checks while waiting for transactions in flight at a declaration. */
+const SETTLE_MAX_MS = 50;
 
 /** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
@@ -39,6 +67,12 @@ export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
  * The outbox reader: NOTIFY only wakes it; it always reads from its own cursor, so a lost
  * notification or a reconnect costs latency, never an event. Starts at the current head
  * (clients resume older positions through `subscribe` with `since`).
+ *
+ * One loop: a pass reads every page there is. After a pass that read rows the reader is busy
+ * and polls again after `busyPollMs` (sooner on a notification). After an empty pass it goes
+ * to sleep through the handshake of sql/005_capture.sql: declare (`hub.sleep`), wait until
+ * the transactions in flight at the declaration have ended, read once more, and only then
+ * sleep until a notification, the backstop, or the lease renewal.
  */
 export function startReader(opts: ReaderOptions): Reader {
   const { pool, log } = opts;
@@ -49,15 +83,12 @@ export function startReader(opts: ReaderOptions): Reader {
   // ask for one row more than fitted; double again while pages stop at the row limit.
   let limit = batchSize;
   let pos: Position | undefined;
-  let polling = false;
-  let again = false;
   let stopped = false;
   let failures = 0;
   let failure: ReaderFailure | undefined;
   let heldDelay = 0;
-  let retryTimer: NodeJS.Timeout | undefined;
-  let heldTimer: NodeJS.Timeout | undefined;
-  let current: Promise<void> = Promise.resolve();
+  /** Rows (decodable or not) the last page held. */
+  let pageRows = 0;
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
 
   const settle = () => {
@@ -77,6 +108,7 @@ export function startReader(opts: ReaderOptions): Reader {
       opts.onStarted(pos);
     }
     const r = await readAfter(pool, pos, limit, pageBytes);
+    pageRows = r.rows.length;
     log.debug({ n: r.rows.length, from: String(pos.txid) + '.' + String(pos.id), horizon: String(r.horizon), held: r.held }, 'outbox read');
     const events: HubEvent[] = [];
     for (const raw of r.rows) {
@@ -109,49 +141,173 @@ export function startReader(opts: ReaderOptions): Reader {
     return !complete;
   };
 
-  const poll = async () => {
+  // ---- the loop: read, then poll again soon (busy) or go to sleep (idle) -------------------
+
+  const busyPollMs = opts.busyPollMs ?? 2;
+  const backstopMs = opts.backstopMs ?? 1000;
+  const sleep = opts.sleep;
+  const leaseMs = sleep?.leaseMs ?? 10_000;
+  const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
+
+  // A wake() while a pass runs makes the next pause return at once: one read in flight, one queued.
+  let woken = true;
+  let resume: (() => void) | undefined;
+  function wake() {
     if (stopped) return;
-    if (polling) {
-      again = true;
-      return;
+    woken = true;
+    resume?.();
+  }
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (woken || stopped) return resolve();
+      const timer = Number.isFinite(ms) ? setTimeout(done, Math.max(0, ms)) : undefined;
+      function done() {
+        clearTimeout(timer);
+        if (resume === done) resume = undefined;
+        resolve();
+      }
+      resume = done;
+    });
+
+  // Sleep state (sql/005_capture.sql). `declared`: our lease in hub.sleepers is live (until
+  // `leaseEnd`, on our clock, an under-estimate). `settled`: the handshake completed after the
+  // declaration and the lease never lapsed since, so a quiet pass may sleep at once.
+  // `pending`: transactions in flight at the declaration that have not ended yet.
+  let declared = false;
+  let settled = false;
+  let pending: string[] = [];
+  let leaseEnd = 0;
+  let settleDelay = 0;
+  let busySince: number | undefined;
+  let unsupported = false;
+
+  const renewalDue = () => performance.now() >= leaseEnd - leaseMs / 3;
+  const untilRenewal = () => (declared ? Math.max(1, leaseEnd - leaseMs / 3 - performance.now()) : Number.POSITIVE_INFINITY);
+
+  const declare = async (id: string) => {
+    const sent = performance.now();
+    const res = await pool.query<{ lapsed: boolean; pending: string[] }>({
+      name: 'hub_sleep',
+      text: 'SELECT lapsed, pending::text[] AS pending FROM hub.sleep($1, $2)',
+      values: [id, leaseMs],
+    });
+    const row = res.rows[0];
+    declared = true;
+    leaseEnd = sent + leaseMs;
+    if (!row || row.lapsed || !settled) {
+      // Not continuously asleep: writers may have skipped their NOTIFY. Re-read after the
+      // transactions in flight have ended.
+      settled = sleep?.unsafeHandshake === 'no-recheck';
+      pending = sleep?.unsafeHandshake ? [] : (row?.pending ?? []);
+      settleDelay = 0;
+      return !settled;
     }
-    polling = true;
-    try {
-      do {
-        again = false;
-        const more = await readOnce();
-        if (more) {
-          again = true;
-          // Let sockets drain between pages of a large burst.
-          await new Promise((r) => setImmediate(r));
-        }
-      } while (again && !stopped);
-      failures = 0;
-      failure = undefined;
-    } catch (err) {
-      failures++;
-      failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
-      const delay = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
-      log.warn({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'outbox read failed');
-      clearTimeout(retryTimer);
-      retryTimer = setTimeout(wake, delay);
-    } finally {
-      polling = false;
+    return false;
+  };
+
+  const awake = async (id: string) => {
+    declared = false;
+    settled = false;
+    pending = [];
+    await pool.query({ name: 'hub_awake', text: 'SELECT hub.awake($1)', values: [id] });
+  };
+
+  const stillRunning = async (xids: string[]) =>
+    (
+      await pool.query<{ x: string }>({
+        name: 'hub_still_running',
+        text: 'SELECT x::text AS x FROM unnest($1::text[]::xid8[]) x WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())',
+        values: [xids],
+      })
+    ).rows.map((r) => r.x);
+
+  const noSleep = (err: unknown) => {
+    const code = (err as { code?: unknown }).code;
+    // Before sql/005_capture.sql: no hub.sleep, and every capture NOTIFYs anyway.
+    if (code !== '42883' && code !== '42P01') return false;
+    unsupported = true;
+    log.warn({ err: errorMessage(err) }, 'hub.sleep is missing (sql/005_capture.sql not applied): relying on every write to notify');
+    return true;
+  };
+
+  /** After a quiet pass: how long to wait before the next pass (0: read again now). */
+  const idle = async (): Promise<number> => {
+    busySince = undefined;
+    if (!sleep || unsupported || !sleep.listening()) return Number.POSITIVE_INFINITY; // a notification or the backstop
+    if (!declared || renewalDue()) {
+      try {
+        if (await declare(sleep.id)) return 0;
+      } catch (err) {
+        if (noSleep(err)) return Number.POSITIVE_INFINITY;
+        throw err;
+      }
     }
-    // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
-    if (heldDelay > 0 && !stopped) {
-      clearTimeout(heldTimer);
-      heldTimer = setTimeout(wake, heldDelay);
+    if (settled) return untilRenewal();
+    if (pending.length > 0) {
+      const still = await stillRunning(pending);
+      const ended = still.length < pending.length;
+      pending = still;
+      if (ended) return 0; // their rows are visible now: read them
+      settleDelay = Math.min(SETTLE_MAX_MS, Math.max(1, settleDelay * 2));
+      return settleDelay;
+    }
+    // Declared, nothing in flight from before, and this quiet pass came after both: asleep.
+    settled = true;
+    return untilRenewal();
+  };
+
+  /** After a pass that read rows. */
+  const busy = async (): Promise<void> => {
+    const now = performance.now();
+    busySince ??= now;
+    if (!sleep || !declared) return;
+    if (now - busySince >= awakeAfterMs) await awake(sleep.id);
+    else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
+  };
+
+  /** Reads every page there is; the number of rows read. */
+  const pass = async (): Promise<number> => {
+    let rows = 0;
+    for (;;) {
+      const more = await readOnce();
+      rows += pageRows;
+      if (!more || stopped) return rows;
+      // Let sockets drain between pages of a large burst.
+      await new Promise((r) => setImmediate(r));
     }
   };
 
-  function wake() {
-    if (stopped) return;
-    current = poll();
-  }
+  const run = async () => {
+    while (!stopped) {
+      woken = false;
+      let wait: number;
+      try {
+        const rows = await pass();
+        failures = 0;
+        failure = undefined;
+        if (heldDelay > 0) {
+          // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
+          wait = heldDelay;
+        } else if (rows > 0) {
+          await busy();
+          wait = busyPollMs;
+        } else {
+          wait = await idle();
+        }
+      } catch (err) {
+        failures++;
+        failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
+        wait = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
+        log.warn({ err: errorMessage(err), retryInMs: Math.round(wait) }, 'outbox read failed');
+        // The declaration may or may not have been made: start the handshake over.
+        settled = false;
+      }
+      if (wait > 0) await pause(wait);
+    }
+  };
 
-  const backstop = setInterval(wake, opts.backstopMs ?? 1000);
-  wake();
+  const backstop = setInterval(wake, backstopMs);
+  const current = run();
 
   return {
     position: () => pos,
@@ -175,14 +331,15 @@ export function startReader(opts: ReaderOptions): Reader {
     async stop() {
       stopped = true;
       clearInterval(backstop);
-      clearTimeout(retryTimer);
-      clearTimeout(heldTimer);
+      resume?.();
       for (const w of waiters) {
         clearTimeout(w.timer);
         w.resolve(false);
       }
       waiters.clear();
       await current;
+      // Writers stop notifying for this reader now rather than when its lease ends.
+      if (sleep && declared) await awake(sleep.id).catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'hub.awake at stop failed'));
     },
   };
 }

@@ -13,6 +13,8 @@ export type Reader = {
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
   /** The current run of failed reads (since: epoch ms of its first), or undefined after a success. */
   failure(): ReaderFailure | undefined;
+  /** True while it waits for a notification only (or the backstop, or its lease renewal): asleep. */
+  asleep(): boolean;
   stop(): Promise<void>;
 };
 
@@ -194,6 +196,7 @@ export function startReader(opts: ReaderOptions): Reader {
     const row = res.rows[0];
     declared = true;
     leaseEnd = sent + leaseMs;
+    log.debug({ reader: id, lapsed: row?.lapsed, pending: row?.pending.length, settled }, 'declared asleep');
     if (!row || row.lapsed || !settled) {
       // Not continuously asleep: writers may have skipped their NOTIFY. Re-read after the
       // transactions in flight have ended.
@@ -210,6 +213,7 @@ export function startReader(opts: ReaderOptions): Reader {
     settled = false;
     pending = [];
     await pool.query({ name: 'hub_awake', text: 'SELECT hub.awake($1)', values: [id] });
+    log.debug({ reader: id }, 'declared awake');
   };
 
   const stillRunning = async (xids: string[]) =>
@@ -230,19 +234,26 @@ export function startReader(opts: ReaderOptions): Reader {
     return true;
   };
 
-  /** After a quiet pass: how long to wait before the next pass (0: read again now). */
+  /** After a quiet pass: how long to wait before the next pass (0: read again now); `sleeps` says whether that wait is sleep. */
+  let sleeps = false;
+  const asleepFor = (ms: number) => {
+    sleeps = true;
+    return ms;
+  };
   const idle = async (): Promise<number> => {
     busySince = undefined;
-    if (!sleep || unsupported || !sleep.listening()) return Number.POSITIVE_INFINITY; // a notification or the backstop
+    sleeps = false;
+    // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
+    if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
     if (!declared || renewalDue()) {
       try {
         if (await declare(sleep.id)) return 0;
       } catch (err) {
-        if (noSleep(err)) return Number.POSITIVE_INFINITY;
+        if (noSleep(err)) return asleepFor(Number.POSITIVE_INFINITY);
         throw err;
       }
     }
-    if (settled) return untilRenewal();
+    if (settled) return asleepFor(untilRenewal());
     if (pending.length > 0) {
       const still = await stillRunning(pending);
       const ended = still.length < pending.length;
@@ -253,7 +264,7 @@ export function startReader(opts: ReaderOptions): Reader {
     }
     // Declared, nothing in flight from before, and this quiet pass came after both: asleep.
     settled = true;
-    return untilRenewal();
+    return asleepFor(untilRenewal());
   };
 
   /** After a pass that read rows. */
@@ -277,10 +288,12 @@ export function startReader(opts: ReaderOptions): Reader {
     }
   };
 
+  let sleeping = false;
   const run = async () => {
     while (!stopped) {
       woken = false;
       let wait: number;
+      let quiet = false;
       try {
         const rows = await pass();
         failures = 0;
@@ -293,6 +306,7 @@ export function startReader(opts: ReaderOptions): Reader {
           wait = busyPollMs;
         } else {
           wait = await idle();
+          quiet = sleeps;
         }
       } catch (err) {
         failures++;
@@ -302,7 +316,11 @@ export function startReader(opts: ReaderOptions): Reader {
         // The declaration may or may not have been made: start the handshake over.
         settled = false;
       }
-      if (wait > 0) await pause(wait);
+      if (wait > 0) {
+        sleeping = quiet;
+        await pause(wait);
+        sleeping = false;
+      }
     }
   };
 
@@ -313,6 +331,7 @@ export function startReader(opts: ReaderOptions): Reader {
     position: () => pos,
     wake,
     failure: () => failure,
+    asleep: () => sleeping && !woken,
     waitFor(p, timeoutMs) {
       if (pos && compare(pos, p) >= 0) return Promise.resolve(true);
       return new Promise((resolve) => {

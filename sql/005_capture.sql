@@ -229,7 +229,7 @@ BEGIN
   PERFORM 1 FROM pg_attribute WHERE attrelid = tbl AND attname = committee_column AND attnum > 0 AND NOT attisdropped;
   IF NOT FOUND THEN RAISE EXCEPTION 'hub.watch: % has no column %', tbl, committee_column; END IF;
   IF columns IS NOT NULL THEN
-    SELECT string_agg(format('%I', c), ', ') INTO unknown FROM unnest(columns) c
+    SELECT string_agg(CASE WHEN c IS NULL THEN 'NULL' ELSE format('%I', c) END, ', ') INTO unknown FROM unnest(columns) c
     WHERE c IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname::text = c AND a.attnum > 0 AND NOT a.attisdropped);
     IF unknown IS NOT NULL THEN
       RAISE EXCEPTION 'hub.watch: % has no column % (columns must name columns of the table)', tbl, unknown;

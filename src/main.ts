@@ -229,9 +229,24 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       onEvents: (events) => {
         server.delivery.publish(events);
         const elections = new Set<Id>();
-        for (const e of events) if (e.electionId !== null && e.kind !== 'app') elections.add(e.electionId);
+        let truncated = false;
+        for (const e of events) {
+          if (e.kind === 'app') continue;
+          if (e.electionId !== null) elections.add(e.electionId);
+          if (e.action === 'truncated') truncated = true;
+        }
+        const last = (events[events.length - 1] as (typeof events)[number]).pos;
+        if (truncated) {
+          // A TRUNCATE names no election: every snapshot is stale, and every election this node
+          // knows or serves gets a fresh dashboard_update.
+          for (const id of cache.invalidateAll(last)) elections.add(id);
+          for (const t of Object.keys(server.topicCounts())) {
+            const m = /^election:(-?\d+)$/.exec(t);
+            if (m?.[1]) elections.add(m[1]);
+          }
+        }
         if (elections.size > 0) {
-          cache.invalidate(elections, (events[events.length - 1] as (typeof events)[number]).pos);
+          cache.invalidate(elections, last);
           notifier.changed(elections);
         }
       },

@@ -14,6 +14,11 @@ export type DashboardCache = {
   refresh(electionId: Id): Promise<string | null>;
   /** Elections changed up to `seen`: older cached snapshots are stale; the app's keys are deleted. */
   invalidate(electionIds: Iterable<Id>, seen: Position): void;
+  /**
+   * A change of unknown elections up to `seen` (a TRUNCATE): every older snapshot is stale, here
+   * and in Redis; returns the elections this cache knows of (the app's keys of those are deleted).
+   */
+  invalidateAll(seen: Position): Id[];
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
 };
@@ -74,11 +79,12 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     if (!redis) local.set(id, json);
     else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
+  let floor: Position | undefined; // no snapshot older than this is fresh, whatever its election
   const fresh = (id: Id, json: string | undefined): json is string => {
     if (json === undefined) return false;
     const c = cursorOf(json);
     const need = lastChange.get(id);
-    return c !== undefined && (need === undefined || compare(c, need) >= 0);
+    return c !== undefined && (need === undefined || compare(c, need) >= 0) && (floor === undefined || compare(c, floor) >= 0);
   };
 
   const computeAndStore = async (id: Id): Promise<string> => {
@@ -131,6 +137,17 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
     return tracked;
   };
 
+  const invalidate = (ids: Iterable<Id>, seen: Position) => {
+    const keys: string[] = [];
+    for (const id of ids) {
+      const prev = lastChange.get(id);
+      if (!prev || compare(seen, prev) > 0) lastChange.set(id, seen);
+      local.delete(id);
+      keys.push(...opts.extraKeys.map((t) => t.replaceAll('{election_id}', String(id))));
+    }
+    if (keys.length > 0 && redisUp() && redis) redis.del(...keys).catch(warn('deleting application cache keys failed'));
+  };
+
   return {
     async get(id) {
       const hit = await read(id);
@@ -142,15 +159,12 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       return refresh(id);
     },
     refresh,
-    invalidate(ids, seen) {
-      const keys: string[] = [];
-      for (const id of ids) {
-        const prev = lastChange.get(id);
-        if (!prev || compare(seen, prev) > 0) lastChange.set(id, seen);
-        local.delete(id);
-        keys.push(...opts.extraKeys.map((t) => t.replaceAll('{election_id}', String(id))));
-      }
-      if (keys.length > 0 && redisUp() && redis) redis.del(...keys).catch(warn('deleting application cache keys failed'));
+    invalidate,
+    invalidateAll(seen) {
+      if (!floor || compare(seen, floor) > 0) floor = seen;
+      const ids = [...new Set([...lastChange.keys(), ...local.keys()])];
+      invalidate(ids, seen);
+      return ids;
     },
     degraded: () => redis !== undefined && !redisUp(),
   };

@@ -51,7 +51,9 @@ export type ClientFrame = z.infer<typeof ClientFrame>;
 // ---- server -> client -------------------------------------------------------------------
 
 export const RowEventType = z.enum(['guarantee_update', 'attendance_update', 'voting_update']);
-export const Action = z.enum(['created', 'updated', 'deleted']);
+export const Action = z
+  .enum(['created', 'updated', 'deleted', 'truncated'])
+  .describe('truncated: the whole table was emptied (TRUNCATE); sent to election:* only, with no election, committee or id');
 
 export const RowEvent = z.object({
   type: RowEventType,
@@ -59,7 +61,9 @@ export const RowEvent = z.object({
   election_id: IdValue.nullable(),
   committee_id: IdValue.nullable(),
   id: z.unknown().describe("The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)"),
-  data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
+  data: z
+    .record(z.string(), z.unknown())
+    .describe('The row after the change (before it, for deletes), or only the columns hub.watch was given plus the keys; for truncated: {"table": "<schema.table>"}'),
   cursor: Cursor,
   committed_at: z.string().describe('ISO 8601 time the change was captured in its transaction'),
 });

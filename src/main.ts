@@ -220,7 +220,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       pool,
       log,
       // Writers NOTIFY only while a reader sleeps; a reader sleeps only on a listener that listens.
-      sleep: { id: `${nodeId}:${randomBytes(4).toString('hex')}`, listening: () => listener?.connected() ?? false },
+      sleep: { id: `${nodeId}:${randomBytes(4).toString('hex')}`, listening: () => listener?.listening() ?? false },
       onStarted: (p) => {
         ring.init(p);
         started();

@@ -53,11 +53,11 @@ async function startNode(name: string, opts: Partial<SleepOptions> = {}): Promis
     onEvents: (events) => {
       for (const e of events) if (e.kind === 'guarantee') rows.add(String((JSON.parse(e.frame) as { id: unknown }).id));
     },
-    sleep: { id: `${name}-${Math.random().toString(36).slice(2)}`, listening: () => listener?.connected() ?? false, ...(BROKEN ? { unsafeHandshake: BROKEN } : {}), ...opts },
+    sleep: { id: `${name}-${Math.random().toString(36).slice(2)}`, listening: () => listener?.listening() ?? false, ...(BROKEN ? { unsafeHandshake: BROKEN } : {}), ...opts },
   });
   listener = startListener({ connectionString: db.url, log, onWake: () => reader.wake(), onState: () => undefined });
   const l = listener;
-  await waitUntil(() => l.connected() && reader.position() !== undefined, 10_000, `${name} started`);
+  await waitUntil(() => l.listening() && reader.position() !== undefined, 10_000, `${name} started`);
   return {
     name,
     reader,

@@ -13,8 +13,9 @@ const createSubscriber = (
 export const CHANNEL = 'hub_outbox';
 
 export type Listener = {
-  /** True only while LISTEN is in effect on a live connection (a reader may sleep on it). */
   readonly connected: () => boolean;
+  /** True only while LISTEN is in effect on a live connection: a reader may sleep on it. */
+  readonly listening: () => boolean;
   readonly lastError: () => string | undefined;
   stop(): Promise<void>;
 };
@@ -43,6 +44,7 @@ export function startListener(opts: ListenerOptions): Listener {
   const watchdogMs = opts.watchdogMs ?? 3000;
   let sub: Subscriber | undefined;
   let connected = false;
+  let listening = false;
   let stopped = false;
   let attempt = 0;
   let lastError: string | undefined;
@@ -76,10 +78,7 @@ export function startListener(opts: ListenerOptions): Listener {
       { parse: (raw: string) => raw, retryLimit: Infinity, retryTimeout: 0, retryInterval: backoff, paranoidChecking: false },
     );
     sub = s;
-    // pg-listen emits 'connected' once its first connection is up, before our LISTEN has run
-    // (after a reconnect it re-runs LISTEN first). Connected means listening: a reader told so
-    // may sleep, and a notification sent before LISTEN took effect would never reach it.
-    let listening = false;
+    listening = false;
     s.notifications.on(CHANNEL, (payload: unknown) => {
       if (!NotifyPayload.optional().safeParse(payload).success) opts.onBadPayload?.();
       opts.onWake(); // whatever the payload said, the outbox is read from the cursor
@@ -91,7 +90,7 @@ export function startListener(opts: ListenerOptions): Listener {
       log.warn({ attempt: n }, 'database listener reconnecting');
     });
     s.events.on('connected', () => {
-      if (sub !== s || stopped || !listening) return;
+      if (sub !== s || stopped) return;
       attempt = 0;
       lastError = undefined;
       setConnected(true);
@@ -103,11 +102,15 @@ export function startListener(opts: ListenerOptions): Listener {
     try {
       await s.connect();
       await s.listenTo(CHANNEL);
-      listening = true;
       if (sub === s) {
         attempt = 0;
         lastError = undefined;
         setConnected(true);
+        // pg-listen reports its first connection before our LISTEN has run (after a reconnect
+        // it re-runs LISTEN first): only now may a reader sleep, and it must read once more, for
+        // a notification sent before LISTEN took effect never reaches it.
+        listening = true;
+        opts.onWake();
       }
     } catch (err) {
       if (sub === s) recreate(errorMessage(err));
@@ -136,6 +139,7 @@ export function startListener(opts: ListenerOptions): Listener {
 
   return {
     connected: () => connected,
+    listening: () => connected && listening,
     lastError: () => lastError,
     async stop() {
       stopped = true;

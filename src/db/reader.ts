@@ -267,7 +267,7 @@ export function startReader(opts: ReaderOptions): Reader {
     return asleepFor(untilRenewal());
   };
 
-  /** After a pass that read rows. */
+  /** After a pass that read rows (or found rows held back): the reader polls, writers need not notify. */
   const busy = async (): Promise<void> => {
     const now = performance.now();
     busySince ??= now;
@@ -298,12 +298,10 @@ export function startReader(opts: ReaderOptions): Reader {
         const rows = await pass();
         failures = 0;
         failure = undefined;
-        if (heldDelay > 0) {
-          // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
-          wait = heldDelay;
-        } else if (rows > 0) {
+        if (rows > 0 || heldDelay > 0) {
           await busy();
-          wait = busyPollMs;
+          // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
+          wait = heldDelay > 0 ? heldDelay : busyPollMs;
         } else {
           wait = await idle();
           quiet = sleeps;

@@ -1,3 +1,7 @@
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './support/db.ts';
@@ -5,6 +9,9 @@ import { waitUntil } from './support/hub.ts';
 import { startReader, type Reader, type SleepOptions } from '../src/db/reader.ts';
 import { CHANNEL, startListener, type Listener } from '../src/db/listener.ts';
 import { createLogger } from '../src/log.ts';
+import { migrate } from '../src/db/migrate.ts';
+
+const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 
 /*
  * The sleep/wake handshake of sql/005_capture.sql: writers NOTIFY only while a reader has
@@ -157,6 +164,48 @@ describe('writers notify only while a reader sleeps', () => {
     expect(res.rows[0]?.pending).toContain(xa);
     await a.query('COMMIT');
     await db.pool.query(`SELECT hub.awake('probe-e')`);
+  });
+});
+
+describe('a hub on a database migrated before 005', () => {
+  it('finds no hub.sleep and relies on every write notifying, as 002 captures do (no backstop needed)', async () => {
+    const d = await createTestDatabase('hub_wakeup_old', { schema: 'none' });
+    const dir = mkdtempSync(path.join(tmpdir(), 'hub-sql-004-'));
+    try {
+      mkdirSync(path.join(dir, 'reference'));
+      for (const f of ['002_hub_outbox.sql', '004_ids_and_topics.sql', 'reference/001_reference_schema.sql', 'reference/003_watch_reference.sql']) {
+        copyFileSync(path.join(root, 'sql', f), path.join(dir, f));
+      }
+      await migrate(d.url, { dir, referenceSchema: true });
+      const rows = new Set<string>();
+      let listener: Listener | undefined;
+      const reader = startReader({
+        pool: d.pool,
+        log,
+        backstopMs: NO_BACKSTOP,
+        onStarted: () => undefined,
+        onEvents: (events) => {
+          for (const e of events) rows.add(String((JSON.parse(e.frame) as { id: unknown }).id));
+        },
+        sleep: { id: 'old-schema', listening: () => listener?.listening() ?? false },
+      });
+      listener = startListener({ connectionString: d.url, log, onWake: () => reader.wake(), onState: () => undefined });
+      const l = listener;
+      try {
+        await waitUntil(() => l.listening() && reader.asleep(), 10_000, 'the reader to sleep');
+        for (let i = 0; i < 5; i++) {
+          const id = (await d.pool.query<{ id: string }>(`INSERT INTO guarantees (election_id, committee_id) VALUES (1, 1) RETURNING id::text AS id`)).rows[0]?.id ?? '';
+          await waitUntil(() => rows.has(id), 10_000, `row ${id}`);
+          await waitUntil(() => reader.asleep(), 10_000, 'the reader to sleep again');
+        }
+      } finally {
+        await reader.stop();
+        await l.stop();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      await d.drop();
+    }
   });
 });
 

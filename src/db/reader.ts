@@ -225,13 +225,25 @@ export function startReader(opts: ReaderOptions): Reader {
       })
     ).rows.map((r) => r.x);
 
-  const noSleep = (err: unknown) => {
+  // A failing sleep protocol must not stop the reading (nor count as a failing read for /ready):
+  // the reader then polls every SETTLE_MAX_MS, since writers may not notify it.
+  let protocolWarned = 0;
+  const protocolFailed = (err: unknown): number => {
+    declared = false;
+    settled = false;
+    pending = [];
     const code = (err as { code?: unknown }).code;
-    // Before sql/005_capture.sql: no hub.sleep, and every capture NOTIFYs anyway.
-    if (code !== '42883' && code !== '42P01') return false;
-    unsupported = true;
-    log.warn({ err: errorMessage(err) }, 'hub.sleep is missing (sql/005_capture.sql not applied): relying on every write to notify');
-    return true;
+    if (code === '42883' || code === '42P01') {
+      // Before sql/005_capture.sql: no hub.sleep, and every capture NOTIFYs anyway.
+      unsupported = true;
+      log.warn({ err: errorMessage(err) }, 'hub.sleep is missing (sql/005_capture.sql not applied): relying on every write to notify');
+      return asleepFor(Number.POSITIVE_INFINITY);
+    }
+    if (Date.now() - protocolWarned > 60_000) {
+      protocolWarned = Date.now();
+      log.warn({ err: errorMessage(err), pollMs: SETTLE_MAX_MS }, 'declaring the reader asleep failed: polling instead');
+    }
+    return SETTLE_MAX_MS;
   };
 
   /** After a quiet pass: how long to wait before the next pass (0: read again now); `sleeps` says whether that wait is sleep. */
@@ -245,22 +257,19 @@ export function startReader(opts: ReaderOptions): Reader {
     sleeps = false;
     // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
     if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
-    if (!declared || renewalDue()) {
-      try {
-        if (await declare(sleep.id)) return 0;
-      } catch (err) {
-        if (noSleep(err)) return asleepFor(Number.POSITIVE_INFINITY);
-        throw err;
+    try {
+      if ((!declared || renewalDue()) && (await declare(sleep.id))) return 0;
+      if (settled) return asleepFor(untilRenewal());
+      if (pending.length > 0) {
+        const still = await stillRunning(pending);
+        const ended = still.length < pending.length;
+        pending = still;
+        if (ended) return 0; // their rows are visible now: read them
+        settleDelay = Math.min(SETTLE_MAX_MS, Math.max(1, settleDelay * 2));
+        return settleDelay;
       }
-    }
-    if (settled) return asleepFor(untilRenewal());
-    if (pending.length > 0) {
-      const still = await stillRunning(pending);
-      const ended = still.length < pending.length;
-      pending = still;
-      if (ended) return 0; // their rows are visible now: read them
-      settleDelay = Math.min(SETTLE_MAX_MS, Math.max(1, settleDelay * 2));
-      return settleDelay;
+    } catch (err) {
+      return protocolFailed(err);
     }
     // Declared, nothing in flight from before, and this quiet pass came after both: asleep.
     settled = true;
@@ -272,8 +281,12 @@ export function startReader(opts: ReaderOptions): Reader {
     const now = performance.now();
     busySince ??= now;
     if (!sleep || !declared) return;
-    if (now - busySince >= awakeAfterMs) await awake(sleep.id);
-    else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
+    try {
+      if (now - busySince >= awakeAfterMs) await awake(sleep.id);
+      else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
+    } catch (err) {
+      protocolFailed(err);
+    }
   };
 
   /** Reads every page there is; the number of rows read. */
@@ -311,8 +324,6 @@ export function startReader(opts: ReaderOptions): Reader {
         failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
         wait = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
         log.warn({ err: errorMessage(err), retryInMs: Math.round(wait) }, 'outbox read failed');
-        // The declaration may or may not have been made: start the handshake over.
-        settled = false;
       }
       if (wait > 0) {
         sleeping = quiet;

@@ -3,9 +3,9 @@
 --
 -- ## Wake-ups only when someone sleeps
 --
--- PostgreSQL holds one database-wide lock from the pre-commit of every transaction that sent a
--- NOTIFY until its commit is done, so notifying commits serialize (4 writers: 13.1 k/s without
--- capture, 5.0 k/s with a NOTIFY per commit). So a capture sends pg_notify only when some hub
+-- PostgreSQL (15, 16) takes one global lock in the pre-commit of every transaction that sent a
+-- NOTIFY and holds it until that commit is flushed, so notifying commits serialize (4 writers:
+-- 13.1 k/s without capture, 5.0 k/s with a NOTIFY per commit). So a capture sends pg_notify only when some hub
 -- reader has declared itself asleep. A reader that read rows in its last pass is busy: it polls
 -- again after a short, bounded interval and needs no NOTIFY. A reader that found nothing goes to
 -- sleep through the handshake below, and sleeps until a notification, its 1 s backstop poll, or
@@ -30,9 +30,11 @@
 --      list of a snapshot taken after step 2, plus [xmax, X) of that snapshot: xids assigned
 --      before X that no completed transaction has overtaken are not in the xip list), and
 --      `lapsed`: whether this reader's previous lease (if any) had already ended.
--- The reader then, if it was not continuously asleep before (`lapsed`), polls until every xid
--- in `pending` has ended (pg_visible_in_snapshot in a later snapshot) and reads the outbox once
--- more; only if that read is empty (and holds nothing back) does it sleep.
+-- The reader then, unless it was continuously declared since an earlier complete handshake
+-- (`lapsed` false), polls until every xid in `pending` has ended (pg_visible_in_snapshot in a
+-- later snapshot) and reads the outbox once more; only if that read is empty (and holds nothing
+-- back) does it sleep. After that, while its declaration stays continuous, any empty read may
+-- sleep at once: the handshake already covered every writer that read the deadline before it.
 --
 -- Why no wake-up is lost. Take a writer W whose rows the reader has not read when it sleeps.
 -- W's capture runs in an AFTER trigger, so W's xid was assigned (by W's own write to the watched
@@ -40,9 +42,10 @@
 -- (a) W read the deadline after step 1: it saw the lease (W's now() is its transaction's start,
 --     never later than the read, so a live lease is never seen as expired) and NOTIFYs. The
 --     notification reaches the reader's LISTEN connection at W's commit, and the listener is
---     LISTENing before the reader may sleep (src/db/listener.ts reports `connected` only once
---     LISTEN has succeeded, and wakes the reader after every reconnect): the reader wakes and
---     reads W's rows, whose commit the listener's delivery implies is visible.
+--     LISTENing before the reader may sleep (src/db/listener.ts reports `listening` only once
+--     LISTEN has succeeded, and wakes the reader then and after every reconnect): the reader
+--     wakes and reads W's rows (a listener delivers a notification only once the sending
+--     transaction is visible to new snapshots).
 -- (b) W read the deadline before step 1: then W's xid < X (xids are handed out in one order,
 --     and W took its xid before the setval that precedes X). At the snapshot of step 3, W was
 --     either completed, and its rows are visible to the re-read, which comes later; or running:
@@ -54,10 +57,13 @@
 -- by default); `lapsed` tells it when it did not (an event loop stalled, a clock jumped), and it
 -- does the whole handshake again. A crashed or hung node renews nothing: writers stop notifying
 -- for it at most one lease later (the deadline is a time, not a count). A reader that has been
--- busy for a while calls hub.awake(), which lowers the deadline to the other sleepers' largest
--- lease. A server crash resets both unlogged objects (nobody asleep), and every listener
--- reconnects and reads. hub.publish and any other writer of outbox rows call hub.wake_readers()
--- after writing them, in the same transaction.
+-- busy for a while (50 ms of passes that read rows, or found rows held back) calls hub.awake(),
+-- which lowers the deadline to the largest live lease of the others (never below one of theirs:
+-- the readers' advisory lock orders it with their hub.sleep), and it is no longer asleep: its
+-- next sleep is a new handshake, after 100 ms of quiet polling (so that a dense stream of writes
+-- with short gaps does not flip the writers between notifying and not). A server crash resets both unlogged objects (nobody asleep),
+-- and every listener reconnects and reads. hub.publish and any other writer of outbox rows call
+-- hub.wake_readers() after writing them, in the same transaction (its xid is taken by then).
 --
 -- The 1 s backstop poll stays: it covers a listener connection that died without the hub
 -- noticing yet (a lost notification costs latency, never an event). Tests disable it.

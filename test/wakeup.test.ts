@@ -211,16 +211,17 @@ describe('a hub on a database migrated before 005', () => {
 
 describe('no wake-up is lost', () => {
   it('3 readers sleeping and waking at random, 6 short writers (autocommit, held open, REPEATABLE READ), no backstop: every row reaches every reader', async () => {
-    // awakeAfterMs 0: a reader that reads rows withdraws its declaration at once, so each
-    // quiet pass declares again and the handshake runs hundreds of times; short leases lapse.
+    // awakeAfterMs 0, lingerMs 0: a reader that reads rows withdraws its declaration at once
+    // and declares again at its next quiet pass, so the handshake runs hundreds of times;
+    // short leases lapse.
     const nodes = await Promise.all([
-      startNode('r1', { awakeAfterMs: 0 }),
-      startNode('r2', { awakeAfterMs: 0, leaseMs: 2000 }),
-      startNode('r3', { awakeAfterMs: 0, leaseMs: 600 }),
+      startNode('r1', { awakeAfterMs: 0, lingerMs: 0 }),
+      startNode('r2', { awakeAfterMs: 0, lingerMs: 0, leaseMs: 2000 }),
+      startNode('r3', { awakeAfterMs: 0, lingerMs: 0, leaseMs: 600 }),
     ]);
     const writers = await Promise.all(Array.from({ length: 6 }, () => client()));
     const expected = new Set<string>();
-    const ROUNDS = 250;
+    const ROUNDS = 300;
     let heldOpen = 0;
     try {
       for (let round = 0; round < ROUNDS; round++) {

@@ -51,6 +51,8 @@ export type SleepOptions = {
   leaseMs?: number;
   /** A reader busy this long without a quiet pass tells writers to stop notifying (`hub.awake`). */
   awakeAfterMs?: number;
+  /** After that, it keeps polling through this much quiet before it declares itself asleep again. */
+  lingerMs?: number;
   /**
    * Tests only: a deliberately broken handshake, to show that the lost-wake-up test catches
    * it. `no-recheck` sleeps right after declaring; `no-inflight-wait` re-reads once but does
@@ -150,6 +152,7 @@ export function startReader(opts: ReaderOptions): Reader {
   const sleep = opts.sleep;
   const leaseMs = sleep?.leaseMs ?? 10_000;
   const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
+  const lingerMs = sleep?.lingerMs ?? 100;
 
   // A wake() while a pass runs makes the next pause return at once: one read in flight, one queued.
   let woken = true;
@@ -181,6 +184,11 @@ export function startReader(opts: ReaderOptions): Reader {
   let leaseEnd = 0;
   let settleDelay = 0;
   let busySince: number | undefined;
+  // Set when the reader withdrew its declaration for being busy: quiet passes then keep polling
+  // for lingerMs (from quietSince) before it declares again, so a dense stream of writes with
+  // short gaps does not flip writers between notifying and not.
+  let withdrawn = false;
+  let quietSince: number | undefined;
   let unsupported = false;
 
   const renewalDue = () => performance.now() >= leaseEnd - leaseMs / 3;
@@ -257,6 +265,12 @@ export function startReader(opts: ReaderOptions): Reader {
     sleeps = false;
     // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
     if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
+    if (withdrawn && !declared) {
+      const now = performance.now();
+      quietSince ??= now;
+      if (now - quietSince < lingerMs) return busyPollMs;
+      withdrawn = false;
+    }
     try {
       if ((!declared || renewalDue()) && (await declare(sleep.id))) return 0;
       if (settled) return asleepFor(untilRenewal());
@@ -280,10 +294,13 @@ export function startReader(opts: ReaderOptions): Reader {
   const busy = async (): Promise<void> => {
     const now = performance.now();
     busySince ??= now;
+    quietSince = undefined;
     if (!sleep || !declared) return;
     try {
-      if (now - busySince >= awakeAfterMs) await awake(sleep.id);
-      else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
+      if (now - busySince >= awakeAfterMs) {
+        withdrawn = true;
+        await awake(sleep.id);
+      } else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
     } catch (err) {
       protocolFailed(err);
     }

@@ -159,6 +159,7 @@ export function startReader(opts: ReaderOptions): Reader {
   let resume: (() => void) | undefined;
   function wake() {
     if (stopped) return;
+    byBackstop = false; // a notification (or a waiter) woke it; the backstop sets it after this call
     woken = true;
     resume?.();
   }
@@ -319,15 +320,26 @@ export function startReader(opts: ReaderOptions): Reader {
   };
 
   let sleeping = false;
+  // Set by the backstop timer: a pass it starts that finds rows after a sleep found a missed
+  // wake-up (a notification lost with a dying listener connection, or a bug): logged, counted.
+  let byBackstop = false;
+  let wasAsleep = false;
+  let missed = 0;
   const run = async () => {
     while (!stopped) {
       woken = false;
+      const backstopPass = byBackstop && wasAsleep;
+      byBackstop = false;
       let wait: number;
       let quiet = false;
       try {
         const rows = await pass();
         failures = 0;
         failure = undefined;
+        if (backstopPass && rows > 0) {
+          missed++;
+          log.warn({ rows, missed }, 'the backstop poll found rows after a sleep: a wake-up was missed');
+        }
         if (rows > 0 || heldDelay > 0) {
           await busy();
           // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
@@ -342,15 +354,22 @@ export function startReader(opts: ReaderOptions): Reader {
         wait = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
         log.warn({ err: errorMessage(err), retryInMs: Math.round(wait) }, 'outbox read failed');
       }
+      wasAsleep = false;
       if (wait > 0) {
         sleeping = quiet;
         await pause(wait);
+        wasAsleep = sleeping && settled; // declared: writers were to notify it
         sleeping = false;
       }
     }
   };
 
-  const backstop = setInterval(wake, backstopMs);
+  const backstop = setInterval(() => {
+    if (stopped || woken) return;
+    const ending = resume !== undefined; // it ends a pause, not a pass
+    wake();
+    byBackstop = ending;
+  }, backstopMs);
   const current = run();
 
   return {

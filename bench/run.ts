@@ -150,7 +150,7 @@ async function startServer(kind: TargetKind): Promise<Server> {
     const { child, ready } = await spawnTs<HubProcessApi>('hub', 'bench/hub-process.ts', {
       ...base,
       // The hub as deployed: default limits, info logging (to a file), single node (no Redis).
-      env: { DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: 'info', REDIS_URL: '' },
+      env: { DATABASE_URL: db.url, JWT_SECRET: SECRET, PORT: '0', HOST: '127.0.0.1', METRICS_PORT: '0', LOG_LEVEL: process.env.BENCH_HUB_LOG ?? 'info', REDIS_URL: '' },
       nodeArgs: ['--expose-gc', ...(flags.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [])],
     });
     const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };

@@ -57,11 +57,12 @@
 -- by default); `lapsed` tells it when it did not (an event loop stalled, a clock jumped), and it
 -- does the whole handshake again. A crashed or hung node renews nothing: writers stop notifying
 -- for it at most one lease later (the deadline is a time, not a count). A reader that has been
--- busy for a while (50 ms of passes that read rows, or found rows held back) calls hub.awake(),
+-- busy for a while (50 ms of passes that read rows, or found rows held back, at 1 000 rows/s
+-- or more) calls hub.awake(),
 -- which lowers the deadline to the largest live lease of the others (never below one of theirs:
 -- the readers' advisory lock orders it with their hub.sleep), and it is no longer asleep: its
--- next sleep is a new handshake, after 100 ms of quiet polling (so that a dense stream of writes
--- with short gaps does not flip the writers between notifying and not). A server crash resets both unlogged objects (nobody asleep),
+-- next sleep is a new handshake, at a quiet pass once it reads fewer than 500 rows/s (so that a
+-- dense stream of writes with short gaps does not flip the writers between notifying and not). A server crash resets both unlogged objects (nobody asleep),
 -- and every listener reconnects and reads. hub.publish and any other writer of outbox rows call
 -- hub.wake_readers() after writing them, in the same transaction (its xid is taken by then).
 --

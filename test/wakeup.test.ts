@@ -211,13 +211,13 @@ describe('a hub on a database migrated before 005', () => {
 
 describe('no wake-up is lost', () => {
   it('3 readers sleeping and waking at random, 6 short writers (autocommit, held open, REPEATABLE READ), no backstop: every row reaches every reader', async () => {
-    // awakeAfterMs 0, lingerMs 0: a reader that reads rows withdraws its declaration at once
-    // and declares again at its next quiet pass, so the handshake runs hundreds of times;
+    // awakeAfterMs 0, no rate thresholds: a reader that reads rows withdraws its declaration at
+    // once and declares again at its next quiet pass, so the handshake runs hundreds of times;
     // short leases lapse.
     const nodes = await Promise.all([
-      startNode('r1', { awakeAfterMs: 0, lingerMs: 0 }),
-      startNode('r2', { awakeAfterMs: 0, lingerMs: 0, leaseMs: 2000 }),
-      startNode('r3', { awakeAfterMs: 0, lingerMs: 0, leaseMs: 600 }),
+      startNode('r1', { awakeAfterMs: 0, awakeAboveRate: 0, sleepBelowRate: Number.POSITIVE_INFINITY }),
+      startNode('r2', { awakeAfterMs: 0, awakeAboveRate: 0, sleepBelowRate: Number.POSITIVE_INFINITY, leaseMs: 2000 }),
+      startNode('r3', { awakeAfterMs: 0, awakeAboveRate: 0, sleepBelowRate: Number.POSITIVE_INFINITY, leaseMs: 600 }),
     ]);
     const writers = await Promise.all(Array.from({ length: 6 }, () => client()));
     const expected = new Set<string>();

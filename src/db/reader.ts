@@ -49,10 +49,15 @@ export type SleepOptions = {
   id: string;
   /** How long a declaration lasts unless renewed (renewed every third of it). */
   leaseMs?: number;
-  /** A reader busy this long without a quiet pass tells writers to stop notifying (`hub.awake`). */
+  /**
+   * A reader busy this long without a quiet pass, reading at least `awakeAboveRate` rows/s,
+   * tells writers to stop notifying (`hub.awake`): it polls anyway. It declares itself asleep
+   * again at a quiet pass once the rate is below `sleepBelowRate` (hysteresis: a steady stream
+   * does not flip writers between notifying and not).
+   */
   awakeAfterMs?: number;
-  /** After that, it keeps polling through this much quiet before it declares itself asleep again. */
-  lingerMs?: number;
+  awakeAboveRate?: number;
+  sleepBelowRate?: number;
   /**
    * Tests only: a deliberately broken handshake, to show that the lost-wake-up test catches
    * it. `no-recheck` sleeps right after declaring; `no-inflight-wait` re-reads once but does
@@ -63,6 +68,8 @@ export type SleepOptions = {
 
 /** Longest pause between checks while waiting for transactions in flight at a declaration. */
 const SETTLE_MAX_MS = 50;
+/** Rows held back this long are re-read every busyPollMs; after that at the held backoff. */
+const HELD_FAST_MS = 100;
 
 /** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
@@ -152,7 +159,8 @@ export function startReader(opts: ReaderOptions): Reader {
   const sleep = opts.sleep;
   const leaseMs = sleep?.leaseMs ?? 10_000;
   const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
-  const lingerMs = sleep?.lingerMs ?? 100;
+  const awakeAboveRate = sleep?.awakeAboveRate ?? 1000;
+  const sleepBelowRate = sleep?.sleepBelowRate ?? 500;
 
   // A wake() while a pass runs makes the next pause return at once: one read in flight, one queued.
   let woken = true;
@@ -185,12 +193,22 @@ export function startReader(opts: ReaderOptions): Reader {
   let leaseEnd = 0;
   let settleDelay = 0;
   let busySince: number | undefined;
-  // Set when the reader withdrew its declaration for being busy: quiet passes then keep polling
-  // for lingerMs (from quietSince) before it declares again, so a dense stream of writes with
-  // short gaps does not flip writers between notifying and not.
-  let withdrawn = false;
-  let quietSince: number | undefined;
+  let withdrawn = false; // declaration withdrawn for being busy: re-declare once the rate is low
   let unsupported = false;
+  // Rows read per second over the last 100-200 ms: two 100 ms buckets.
+  let bucketStart = 0;
+  let bucket = 0;
+  let lastBucket = 0;
+  const countRows = (n: number) => {
+    const now = performance.now();
+    if (now - bucketStart >= 100) {
+      lastBucket = now - bucketStart >= 200 ? 0 : bucket;
+      bucket = 0;
+      bucketStart = now;
+    }
+    bucket += n;
+    return ((lastBucket + bucket) * 1000) / (100 + (now - bucketStart));
+  };
 
   const renewalDue = () => performance.now() >= leaseEnd - leaseMs / 3;
   const untilRenewal = () => (declared ? Math.max(1, leaseEnd - leaseMs / 3 - performance.now()) : Number.POSITIVE_INFINITY);
@@ -267,9 +285,7 @@ export function startReader(opts: ReaderOptions): Reader {
     // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
     if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
     if (withdrawn && !declared) {
-      const now = performance.now();
-      quietSince ??= now;
-      if (now - quietSince < lingerMs) return busyPollMs;
+      if (countRows(0) >= sleepBelowRate) return busyPollMs; // still a dense stream: keep polling
       withdrawn = false;
     }
     try {
@@ -292,13 +308,13 @@ export function startReader(opts: ReaderOptions): Reader {
   };
 
   /** After a pass that read rows (or found rows held back): the reader polls, writers need not notify. */
-  const busy = async (): Promise<void> => {
+  const busy = async (rows: number): Promise<void> => {
     const now = performance.now();
     busySince ??= now;
-    quietSince = undefined;
+    const rate = countRows(rows);
     if (!sleep || !declared) return;
     try {
-      if (now - busySince >= awakeAfterMs) {
+      if (now - busySince >= awakeAfterMs && rate >= awakeAboveRate) {
         withdrawn = true;
         await awake(sleep.id);
       } else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
@@ -319,6 +335,7 @@ export function startReader(opts: ReaderOptions): Reader {
     }
   };
 
+  let heldSince: number | undefined;
   let sleeping = false;
   // Set by the backstop timer: a pass it starts that finds rows after a sleep found a missed
   // wake-up (a notification lost with a dying listener connection, or a bug): logged, counted.
@@ -341,10 +358,16 @@ export function startReader(opts: ReaderOptions): Reader {
           log.warn({ rows, missed }, 'the backstop poll found rows after a sleep: a wake-up was missed');
         }
         if (rows > 0 || heldDelay > 0) {
-          await busy();
-          // Rows committed above an older open transaction wait for it; no NOTIFY says when it ends.
-          wait = heldDelay > 0 ? heldDelay : busyPollMs;
+          await busy(rows);
+          // Rows committed above an older open transaction wait for it, and no NOTIFY says when
+          // it ends (none at all once this reader has withdrawn its declaration): the first
+          // 100 ms of a hold are polled like a busy stream, a longer one (a long transaction
+          // elsewhere in the cluster) at the held backoff.
+          const now = performance.now();
+          heldSince = heldDelay > 0 ? (heldSince ?? now) : undefined;
+          wait = heldSince !== undefined && now - heldSince >= HELD_FAST_MS ? heldDelay : busyPollMs;
         } else {
+          heldSince = undefined;
           wait = await idle();
           quiet = sleeps;
         }

@@ -369,6 +369,53 @@ BEGIN
 END
 $$;
 
+/**
+ * The generated functions name the table's columns and read integer ids typed, so an ALTER TABLE
+ * could leave one that fails the application's writes (a column renamed or dropped, an id column
+ * turned into text holding 'abc'). This event trigger regenerates the watch of every watched
+ * table an ALTER TABLE touched, in the same transaction: new types get the matching read, and a
+ * renamed or dropped column leaves the allow-list (events never carry more than was allowed). An
+ * ALTER that renames or drops the election or committee column is refused instead, with a hint;
+ * a table whose hub_capture_* triggers were dropped first (to re-watch it in the same
+ * transaction) is left alone. SECURITY DEFINER: whoever may ALTER the table may regenerate its
+ * capture, without rights on schema hub.
+ */
+CREATE FUNCTION hub.rewatch() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  w record;
+  keep text[];
+BEGIN
+  FOR w IN
+    SELECT DISTINCT h.tbl, h.kind, h.election_column, h.committee_column, h.columns
+    FROM pg_event_trigger_ddl_commands() c JOIN hub.watched h ON h.tbl = c.objid
+    WHERE c.classid = 'pg_class'::regclass
+      AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = h.tbl AND t.tgname = 'hub_capture_insert')
+  LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = w.tbl AND a.attname = w.election_column AND a.attnum > 0 AND NOT a.attisdropped)
+       OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = w.tbl AND a.attname = w.committee_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+      RAISE EXCEPTION 'hub: % is watched with election column % and committee column %, and this ALTER TABLE removes one of them', w.tbl, w.election_column, w.committee_column
+        USING HINT = 'In one transaction: drop its hub_capture_insert, _update, _delete and _truncate triggers, ALTER the table, then call hub.watch with the new column names.';
+    END IF;
+    SELECT array_agg(x ORDER BY o) INTO keep FROM unnest(w.columns) WITH ORDINALITY AS u(x, o)
+    WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = w.tbl AND a.attname::text = x AND a.attnum > 0 AND NOT a.attisdropped);
+    PERFORM hub.watch(w.tbl, w.kind, w.election_column, w.committee_column,
+                      CASE WHEN w.columns IS NULL THEN NULL ELSE coalesce(keep, '{}') END);
+  END LOOP;
+END
+$$;
+
+-- Only a superuser may create an event trigger (PostgreSQL 15).
+DO $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    CREATE EVENT TRIGGER hub_rewatch ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION hub.rewatch();
+  ELSE
+    RAISE WARNING 'hub: not run as a superuser, so no hub_rewatch event trigger: after an ALTER TABLE of a watched table, call hub.watch on it again';
+  END IF;
+END
+$$;
+
 /** Sends an application event through the outbox, in the caller's transaction (004's, waking only sleepers). */
 CREATE OR REPLACE FUNCTION hub.publish(topic text, type text, payload jsonb) RETURNS void
 LANGUAGE plpgsql AS $$

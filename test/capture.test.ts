@@ -110,6 +110,42 @@ describe('hub.watch columns: an allow-list', () => {
   });
 });
 
+describe('ALTER TABLE of a watched table', () => {
+  it('regenerates its capture: a changed column type or a renamed allowed column never fails the write', async () => {
+    await db.pool.query(`CREATE TABLE altered (id bigint PRIMARY KEY, election_id int, committee_id int, note text, secret text)`);
+    await db.pool.query(`SELECT hub.watch('altered', 'altered', columns => ARRAY['note'])`);
+    await db.pool.query(`ALTER TABLE altered ALTER COLUMN election_id TYPE text`);
+    await db.pool.query(`INSERT INTO altered VALUES (1, 'not a number', 1, 'a', 's'), (2, '0042', 1, 'b', 's')`);
+    await db.pool.query(`ALTER TABLE altered RENAME COLUMN note TO remark`);
+    await db.pool.query(`INSERT INTO altered VALUES (3, '7', 1, 'c', 's')`);
+    const rows = await db.pool.query<{ e: string | null; data: Record<string, unknown> }>(
+      `SELECT election_id::text AS e, data FROM hub.outbox WHERE kind = 'altered' ORDER BY id`,
+    );
+    expect(rows.rows).toEqual([
+      { e: null, data: { id: 1, election_id: 'not a number', committee_id: 1, note: 'a' } },
+      { e: '42', data: { id: 2, election_id: '0042', committee_id: 1, note: 'b' } },
+      // The allow-list named `note`: its renamed column is no longer allowed (never more than asked).
+      { e: '7', data: { id: 3, election_id: '7', committee_id: 1 } },
+    ]);
+  });
+
+  it('refuses to rename the election column under a watch, with a hint; drop the triggers, rename and watch again in one transaction', async () => {
+    await db.pool.query(`CREATE TABLE renamed (id bigint PRIMARY KEY, election_id bigint, committee_id bigint)`);
+    await db.pool.query(`SELECT hub.watch('renamed', 'renamed')`);
+    await expect(db.pool.query(`ALTER TABLE renamed RENAME COLUMN election_id TO eid`)).rejects.toThrow(/watched with election column election_id/);
+    await db.pool.query(`INSERT INTO renamed VALUES (1, 5, 6)`); // still watched as it was
+    await db.pool.query(`BEGIN;
+      DROP TRIGGER hub_capture_insert ON renamed; DROP TRIGGER hub_capture_update ON renamed;
+      DROP TRIGGER hub_capture_delete ON renamed; DROP TRIGGER hub_capture_truncate ON renamed;
+      ALTER TABLE renamed RENAME COLUMN election_id TO eid;
+      SELECT hub.watch('renamed', 'renamed', 'eid');
+      COMMIT`);
+    await db.pool.query(`INSERT INTO renamed VALUES (2, 8, 9)`);
+    const rows = await db.pool.query<{ e: string }>(`SELECT election_id::text AS e FROM hub.outbox WHERE kind = 'renamed' ORDER BY id`);
+    expect(rows.rows.map((r) => r.e)).toEqual(['5', '8']);
+  });
+});
+
 describe('TRUNCATE of a watched table', () => {
   it('reaches admins on election:* as <kind>_update "truncated", not other sockets', async () => {
     const admin = await open({ token: await token({ sub: 'trunc-admin', role: 'admin' }) });

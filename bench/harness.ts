@@ -216,7 +216,7 @@ export class Bench {
           PORT: '0',
           HOST: '127.0.0.1',
           METRICS_PORT: '0',
-          LOG_LEVEL: 'info',
+          LOG_LEVEL: process.env.BENCH_HUB_LOG ?? 'info',
           REDIS_URL: '',
         },
         nodeArgs: ['--expose-gc', ...(this.#opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [])],

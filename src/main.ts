@@ -9,7 +9,7 @@ import { createMetrics, type Metrics } from './metrics/index.ts';
 import { startMetricsServer } from './metrics/server.ts';
 import { createPool } from './db/pool.ts';
 import { startListener } from './db/listener.ts';
-import { type Reader, startReader } from './db/reader.ts';
+import { type Reader, type SleepOptions, startReader } from './db/reader.ts';
 import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { type CommitteeDirectory, createCommitteeDirectory } from './db/committees.ts';
 import { backlog, commitFrontier, createHistory, prune, prunedPosition } from './db/outbox.ts';
@@ -133,8 +133,11 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
     // Runs after the reader and the dashboard updates have stopped publishing into the app.
     releasers.push('http server', () => server.close());
 
+    // Writers NOTIFY only while a reader sleeps; a reader sleeps only on a listener that listens.
+    let listening: () => boolean = () => false;
     const { reader, delivery, dashboards, started } = startPipeline({
       config,
+      sleep: { id: `${nodeId}:${randomBytes(4).toString('hex')}`, listening: () => listening() },
       pool,
       dashboardPool,
       server,
@@ -159,6 +162,7 @@ export async function startHub(config: Config, deps: HubDeps = {}): Promise<Hub>
       },
     });
     releasers.push('listener', () => listener.stop());
+    listening = () => listener.listening();
 
     let prunedMark: Position | undefined;
     const housekeeping = startHousekeeping({
@@ -307,6 +311,7 @@ const quitRedis = async (r: Redis) => void (await r.quit().catch(() => r.disconn
  */
 function startPipeline(d: {
   config: Config;
+  sleep: SleepOptions;
   pool: pg.Pool;
   dashboardPool: pg.Pool;
   server: HubServer;
@@ -317,13 +322,14 @@ function startPipeline(d: {
   lifecycle: LifecycleEmitter;
   log: Logger;
 }): { reader: Reader; delivery: Delivery; dashboards: LiveDashboards; started: Promise<void> } {
-  const { config, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log } = d;
+  const { config, sleep, pool, dashboardPool, server, committees, cache, interest, metrics, lifecycle, log } = d;
   const ring = createRing({ events: config.REPLAY_BUFFER_EVENTS, bytes: config.REPLAY_BUFFER_BYTES });
   let onStarted: () => void = () => undefined;
   const started = new Promise<void>((resolve) => (onStarted = resolve));
   const reader = startReader({
     pool,
     log,
+    sleep,
     onStarted: (p) => {
       ring.init(p);
       onStarted();

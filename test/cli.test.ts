@@ -112,6 +112,7 @@ describe('election-hub migrate on a production database', () => {
     expect(await triggersOn(d, 'guarantees')).toEqual([
       'hub_capture_delete',
       'hub_capture_insert',
+      'hub_capture_truncate',
       'hub_capture_update',
     ]);
   });
@@ -160,7 +161,8 @@ describe('election-hub migrate on a production database', () => {
         ),
       ).toEqual([]);
     }
-    expect(await triggersOn(d, 'guarantees')).toEqual(before);
+    // 005 regenerated the watch the old layout made (and added its TRUNCATE trigger).
+    expect(await triggersOn(d, 'guarantees')).toEqual([...before, 'hub_capture_truncate'].sort());
     expect(await publicTables(d)).toEqual(['attendance', 'committees', 'elections', 'guarantees', 'votes']);
   });
 });

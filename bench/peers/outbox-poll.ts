@@ -81,5 +81,21 @@ export async function pollOutbox(
   await listener.connect();
   listener.on('notification', () => void poll());
   await listener.query('LISTEN hub_outbox');
-  return { stop: () => listener.end() };
+  // Captures NOTIFY only while a reader has declared itself asleep (sql/005_capture.sql). A
+  // team's LISTEN-on-every-write design has no handshake: it keeps a standing declaration, so
+  // every commit notifies it, as every one did before 005.
+  const me = `bench-peer-${process.pid}`;
+  const declare = () =>
+    pool
+      .query(`SELECT lapsed FROM hub.sleep($1, 600000)`, [me])
+      .catch((err: unknown) => console.error('hub.sleep failed', err));
+  await declare();
+  const renew = setInterval(() => void declare(), 60_000);
+  return {
+    stop: async () => {
+      clearInterval(renew);
+      await pool.query(`SELECT hub.awake($1)`, [me]).catch(() => undefined);
+      await listener.end();
+    },
+  };
 }

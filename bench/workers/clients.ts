@@ -56,6 +56,7 @@ export type Stats = {
 const sink = new Sink(0);
 let conns: Array<{ c: RawConn; group: string }> = [];
 let listener: pg.Client | undefined;
+let notifications = 0;
 let notifyLatencies: number[] = [];
 
 const pathOf = (kind: TargetKind, token: string) => {
@@ -184,9 +185,17 @@ const api = {
     listener.on('error', () => undefined);
     await listener.connect();
     listener.on('notification', (n) => {
+      notifications++;
       if (n.payload?.startsWith('T')) notifyLatencies.push(wallNow() - Number.parseFloat(n.payload.slice(1)));
     });
     await listener.query(`LISTEN ${pg.escapeIdentifier(a.channel)}`);
+  },
+
+  /** Notifications received on the listened channel since the last call (one per notifying commit). */
+  async notifications() {
+    const n = notifications;
+    notifications = 0;
+    return { n };
   },
 
   async unlisten() {

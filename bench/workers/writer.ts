@@ -3,6 +3,7 @@
  * fan-out bursts, paced single-row writes (or bare NOTIFYs) carrying a send timestamp for
  * latency, and flat-out single-row inserts for the write-cost comparison.
  */
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { sleep, wallNow } from '../lib/clock.ts';
 import { notify, serve } from '../lib/rpc.ts';
@@ -19,6 +20,20 @@ const connect = async (url: string, n: number): Promise<pg.Client[]> => {
 const endAll = (clients: pg.Client[]) => Promise.all(clients.map((c) => c.end().catch(() => undefined)));
 
 export type Spot = { election: number; committee: number };
+
+/** utime + stime of these backends in ms (Linux, PostgreSQL on this machine), or undefined. */
+function backendCpuMs(pids: number[]): number | undefined {
+  try {
+    let ticks = 0;
+    for (const pid of pids) {
+      const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      ticks += Number(f[11]) + Number(f[12]);
+    }
+    return Number.isFinite(ticks) ? ticks * 10 : undefined; // USER_HZ 100
+  } catch {
+    return undefined;
+  }
+}
 
 export type PacedArgs = {
   url: string;
@@ -129,7 +144,10 @@ const api = {
     return { sent, errors, seconds: (wallNow() - start) / 1000, perElection, perCommittee, maxBehindMs: maxBehind };
   },
 
-  /** Single-row inserts as fast as `writers` connections go, for `seconds`. */
+  /**
+   * Single-row inserts as fast as `writers` connections go, for `seconds`; with the CPU time
+   * their backends used (from /proc, when PostgreSQL runs on this machine; else undefined).
+   */
   async flatOut(a: {
     url: string;
     writers: number;
@@ -139,6 +157,10 @@ const api = {
     committees: number;
   }) {
     const clients = await connect(a.url, a.writers);
+    const pids = await Promise.all(
+      clients.map(async (c) => Number((await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p)),
+    );
+    const cpu = backendCpuMs(pids);
     let inserts = 0;
     const t0 = wallNow();
     const end = t0 + a.seconds * 1000;
@@ -155,10 +177,12 @@ const api = {
           }
         }),
       );
+      const seconds = (wallNow() - t0) / 1000;
+      const after = backendCpuMs(pids); // before the backends exit
+      return { inserts, seconds, backendCpuMs: cpu === undefined || after === undefined ? undefined : after - cpu };
     } finally {
       await endAll(clients);
     }
-    return { inserts, seconds: (wallNow() - t0) / 1000 };
   },
 
   /** One INSERT … SELECT of `rows` rows; its duration in ms. */

@@ -14,6 +14,8 @@ export const CHANNEL = 'hub_outbox';
 
 export type Listener = {
   readonly connected: () => boolean;
+  /** True only while LISTEN is in effect on a live connection: a reader may sleep on it. */
+  readonly listening: () => boolean;
   readonly lastError: () => string | undefined;
   stop(): Promise<void>;
 };
@@ -42,6 +44,7 @@ export function startListener(opts: ListenerOptions): Listener {
   const watchdogMs = opts.watchdogMs ?? 3000;
   let sub: Subscriber | undefined;
   let connected = false;
+  let listening = false;
   let stopped = false;
   let attempt = 0;
   let lastError: string | undefined;
@@ -85,6 +88,7 @@ export function startListener(opts: ListenerOptions): Listener {
       },
     );
     sub = s;
+    listening = false;
     s.notifications.on(CHANNEL, (payload: unknown) => {
       if (!NotifyPayload.optional().safeParse(payload).success) opts.onBadPayload?.();
       opts.onWake(); // whatever the payload said, the outbox is read from the cursor
@@ -112,6 +116,11 @@ export function startListener(opts: ListenerOptions): Listener {
         attempt = 0;
         lastError = undefined;
         setConnected(true);
+        // pg-listen reports its first connection before our LISTEN has run (after a reconnect
+        // it re-runs LISTEN first): only now may a reader sleep, and it must read once more, for
+        // a notification sent before LISTEN took effect never reaches it.
+        listening = true;
+        opts.onWake();
       }
     } catch (err) {
       if (sub === s) recreate(errorMessage(err));
@@ -140,6 +149,7 @@ export function startListener(opts: ListenerOptions): Listener {
 
   return {
     connected: () => connected,
+    listening: () => connected && listening,
     lastError: () => lastError,
     async stop() {
       stopped = true;

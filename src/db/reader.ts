@@ -14,6 +14,8 @@ export type Reader = {
   waitFor(p: Position, timeoutMs: number): Promise<boolean>;
   /** The current run of failed reads (since: epoch ms of its first), or undefined after a success. */
   failure(): ReaderFailure | undefined;
+  /** True while it waits for a notification only (or the backstop, or its lease renewal): asleep. */
+  asleep(): boolean;
   stop(): Promise<void>;
 };
 
@@ -33,7 +35,44 @@ export type ReaderOptions = {
   pageBytes?: number;
   /** Poll even without a notification: the backstop for lost notifications. */
   backstopMs?: number;
+  /** While busy (its last pass read rows or waits on a gap), the reader polls again after this many ms, NOTIFY or not. */
+  busyPollMs?: number;
+  /**
+   * Wake-ups: when idle, the reader declares itself asleep (`hub.sleep`, sql/005_capture.sql)
+   * so that writers NOTIFY; writers send nothing while every reader is busy. Without it the
+   * reader waits for a notification or the backstop, as it did before 005.
+   */
+  sleep?: SleepOptions;
 };
+
+export type SleepOptions = {
+  /** True only while the listener's LISTEN is in effect: a reader never sleeps on a deaf listener. */
+  listening: () => boolean;
+  /** This reader's name in `hub.sleepers`, unique per process. */
+  id: string;
+  /** How long a declaration lasts unless renewed (renewed every third of it). */
+  leaseMs?: number;
+  /**
+   * A reader busy this long without a quiet pass, reading at least `awakeAboveRate` rows/s,
+   * tells writers to stop notifying (`hub.awake`): it polls anyway. It declares itself asleep
+   * again at a quiet pass once the rate is below `sleepBelowRate` (hysteresis: a steady stream
+   * does not flip writers between notifying and not).
+   */
+  awakeAfterMs?: number;
+  awakeAboveRate?: number;
+  sleepBelowRate?: number;
+  /**
+   * Tests only: a deliberately broken handshake, to show that the lost-wake-up test catches
+   * it. `no-recheck` sleeps right after declaring; `no-inflight-wait` re-reads once but does
+   * not wait for the transactions in flight at the declaration.
+   */
+  unsafeHandshake?: 'no-recheck' | 'no-inflight-wait';
+};
+
+/** Longest pause between checks while waiting for transactions in flight at a declaration. */
+const SETTLE_MAX_MS = 50;
+/** Rows held behind a gap this long are re-read every busyPollMs; after that at the held backoff. */
+const HELD_FAST_MS = 100;
 
 /** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
@@ -63,6 +102,12 @@ export function holeBefore(last: bigint, q: bigint, settled: bigint): bigint | u
  * The outbox reader: NOTIFY only wakes it; it always reads from its own cursor, so a lost
  * notification or a reconnect costs latency, never an event. Starts at the current head
  * (clients resume older positions through `subscribe` with `since`).
+ *
+ * One loop: a pass reads every page there is. After a pass that read rows (or stopped at a gap)
+ * the reader is busy and polls again after `busyPollMs` (sooner on a notification). After an
+ * empty pass it goes to sleep through the handshake of sql/005_capture.sql: declare
+ * (`hub.sleep`), wait until the transactions in flight at the declaration have ended, read once
+ * more, and only then sleep until a notification, the backstop, or the lease renewal.
  */
 export function startReader(opts: ReaderOptions): Reader {
   const { pool, log } = opts;
@@ -73,15 +118,14 @@ export function startReader(opts: ReaderOptions): Reader {
   // ask for one row more than fitted; double again while pages stop at the row limit.
   let limit = batchSize;
   let pos: Position | undefined;
-  let polling = false;
-  let again = false;
   let stopped = false;
   let failures = 0;
   let failure: ReaderFailure | undefined;
   let heldDelay = 0;
-  let retryTimer: NodeJS.Timeout | undefined;
-  let heldTimer: NodeJS.Timeout | undefined;
-  let current: Promise<void> = Promise.resolve();
+  /** Rows (decodable or not) the last page held. */
+  let pageRows = 0;
+  /** The last page stopped at a gap: rows wait behind a key that may still be committing. */
+  let gap = false;
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
   // Every commit key below `settled` has ended: in a read that started after the frontier call
   // that set it, a key below it that is missing aborted (sql/006_commit_order.sql).
@@ -124,6 +168,7 @@ export function startReader(opts: ReaderOptions): Reader {
     if (resolved) await frontier();
     const from: Position = pos;
     const r = await readAfter(pool, from, limit, pageBytes);
+    pageRows = r.rows.length;
     const events: OutboxEvent[] = [];
     let last = from.id > 0n ? from.seq : from.seq - 1n;
     let blocked: bigint | undefined;
@@ -172,6 +217,7 @@ export function startReader(opts: ReaderOptions): Reader {
     // with the frontier: if its transaction has ended, it aborted and that read skips it; if not,
     // ask again every FRONTIER_EVERY_MS while it stays (a new hole is asked about at once).
     const now = Date.now();
+    gap = blocked !== undefined;
     if (blocked !== undefined) {
       if (hole?.seq !== blocked) hole = { seq: blocked, since: now, checkedAt: 0 };
       if (!resolved && now - hole.since >= HOLE_CHECK_MS && now - hole.checkedAt >= FRONTIER_EVERY_MS) {
@@ -203,54 +249,264 @@ export function startReader(opts: ReaderOptions): Reader {
     return false;
   };
 
-  const poll = async () => {
+  // ---- the loop: read, then poll again soon (busy) or go to sleep (idle) -------------------
+
+  const busyPollMs = opts.busyPollMs ?? 2;
+  const backstopMs = opts.backstopMs ?? 1000;
+  const sleep = opts.sleep;
+  const leaseMs = sleep?.leaseMs ?? 10_000;
+  const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
+  const awakeAboveRate = sleep?.awakeAboveRate ?? 1000;
+  const sleepBelowRate = sleep?.sleepBelowRate ?? 500;
+
+  // A wake() while a pass runs makes the next pause return at once: one read in flight, one queued.
+  let woken = true;
+  let resume: (() => void) | undefined;
+  function wake() {
     if (stopped) return;
-    if (polling) {
-      again = true;
-      return;
+    byBackstop = false; // a notification (or a waiter) woke it; the backstop sets it after this call
+    woken = true;
+    resume?.();
+  }
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (woken || stopped) return resolve();
+      const timer = Number.isFinite(ms) ? setTimeout(done, Math.max(0, ms)) : undefined;
+      function done() {
+        clearTimeout(timer);
+        if (resume === done) resume = undefined;
+        resolve();
+      }
+      resume = done;
+    });
+
+  // Sleep state (sql/005_capture.sql). `declared`: our lease in hub.sleepers is live (until
+  // `leaseEnd`, on our clock, an under-estimate). `asleepSettled`: the handshake completed after the
+  // declaration and the lease never lapsed since, so a quiet pass may sleep at once.
+  // `pending`: transactions in flight at the declaration that have not ended yet.
+  let declared = false;
+  let asleepSettled = false;
+  let pending: string[] = [];
+  let leaseEnd = 0;
+  let settleDelay = 0;
+  let busySince: number | undefined;
+  let withdrawn = false; // declaration withdrawn for being busy: re-declare once the rate is low
+  let unsupported = false;
+  // Rows read per second over the last 100-200 ms: two 100 ms buckets.
+  let bucketStart = 0;
+  let bucket = 0;
+  let lastBucket = 0;
+  const countRows = (n: number) => {
+    const now = performance.now();
+    if (now - bucketStart >= 100) {
+      lastBucket = now - bucketStart >= 200 ? 0 : bucket;
+      bucket = 0;
+      bucketStart = now;
     }
-    polling = true;
+    bucket += n;
+    return ((lastBucket + bucket) * 1000) / (100 + (now - bucketStart));
+  };
+
+  const renewalDue = () => performance.now() >= leaseEnd - leaseMs / 3;
+  const untilRenewal = () =>
+    declared ? Math.max(1, leaseEnd - leaseMs / 3 - performance.now()) : Number.POSITIVE_INFINITY;
+
+  const declare = async (id: string) => {
+    const sent = performance.now();
+    const res = await pool.query<{ lapsed: boolean; pending: string[] }>({
+      name: 'hub_sleep',
+      text: 'SELECT lapsed, pending::text[] AS pending FROM hub.sleep($1, $2)',
+      values: [id, leaseMs],
+    });
+    const row = res.rows[0];
+    declared = true;
+    leaseEnd = sent + leaseMs;
+    log.debug({ reader: id, lapsed: row?.lapsed, pending: row?.pending.length, asleepSettled }, 'declared asleep');
+    if (!row || row.lapsed || !asleepSettled) {
+      // Not continuously asleep: writers may have skipped their NOTIFY. Re-read after the
+      // transactions in flight have ended.
+      asleepSettled = sleep?.unsafeHandshake === 'no-recheck';
+      pending = sleep?.unsafeHandshake ? [] : (row?.pending ?? []);
+      settleDelay = 0;
+      return !asleepSettled;
+    }
+    return false;
+  };
+
+  const awake = async (id: string) => {
+    declared = false;
+    asleepSettled = false;
+    pending = [];
+    await pool.query({ name: 'hub_awake', text: 'SELECT hub.awake($1)', values: [id] });
+    log.debug({ reader: id }, 'declared awake');
+  };
+
+  const stillRunning = async (xids: string[]) =>
+    (
+      await pool.query<{ x: string }>({
+        name: 'hub_still_running',
+        text: 'SELECT x::text AS x FROM unnest($1::text[]::xid8[]) x WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())',
+        values: [xids],
+      })
+    ).rows.map((r) => r.x);
+
+  // A failing sleep protocol must not stop the reading (nor count as a failing read for /ready):
+  // the reader then polls every SETTLE_MAX_MS, since writers may not notify it.
+  let protocolWarned = 0;
+  const protocolFailed = (err: unknown): number => {
+    declared = false;
+    asleepSettled = false;
+    pending = [];
+    const code = (err as { code?: unknown }).code;
+    if (code === '42883' || code === '42P01') {
+      // Before sql/005_capture.sql: no hub.sleep, and every capture NOTIFYs anyway.
+      unsupported = true;
+      log.warn(
+        { err: errorMessage(err) },
+        'hub.sleep is missing (sql/005_capture.sql not applied): relying on every write to notify',
+      );
+      return asleepFor(Number.POSITIVE_INFINITY);
+    }
+    if (Date.now() - protocolWarned > 60_000) {
+      protocolWarned = Date.now();
+      log.warn(
+        { err: errorMessage(err), pollMs: SETTLE_MAX_MS },
+        'declaring the reader asleep failed: polling instead',
+      );
+    }
+    return SETTLE_MAX_MS;
+  };
+
+  /** After a quiet pass: how long to wait before the next pass (0: read again now); `sleeps` says whether that wait is sleep. */
+  let sleeps = false;
+  const asleepFor = (ms: number) => {
+    sleeps = true;
+    return ms;
+  };
+  const idle = async (): Promise<number> => {
+    busySince = undefined;
+    sleeps = false;
+    // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
+    if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
+    if (withdrawn && !declared) {
+      if (countRows(0) >= sleepBelowRate) return busyPollMs; // still a dense stream: keep polling
+      withdrawn = false;
+    }
     try {
-      do {
-        again = false;
-        const more = await readOnce();
-        if (more) {
-          again = true;
-          // Let sockets drain between pages of a large burst.
-          await new Promise((r) => setImmediate(r));
-        }
-      } while (again && !stopped);
-      failures = 0;
-      failure = undefined;
+      if ((!declared || renewalDue()) && (await declare(sleep.id))) return 0;
+      if (asleepSettled) return asleepFor(untilRenewal());
+      if (pending.length > 0) {
+        const still = await stillRunning(pending);
+        const ended = still.length < pending.length;
+        pending = still;
+        if (ended) return 0; // their rows are visible now: read them
+        settleDelay = Math.min(SETTLE_MAX_MS, Math.max(1, settleDelay * 2));
+        return settleDelay;
+      }
     } catch (err) {
-      failures++;
-      failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
-      const delay = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
-      log.warn({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'outbox read failed');
-      clearTimeout(retryTimer);
-      retryTimer = setTimeout(wake, delay);
-    } finally {
-      polling = false;
+      return protocolFailed(err);
     }
-    // Rows after a hole wait for its transaction to finish committing; no NOTIFY says when.
-    if (heldDelay > 0 && !stopped) {
-      clearTimeout(heldTimer);
-      heldTimer = setTimeout(wake, heldDelay);
+    // Declared, nothing in flight from before, and this quiet pass came after both: asleep.
+    asleepSettled = true;
+    return asleepFor(untilRenewal());
+  };
+
+  /** After a pass that read rows (or found rows held back): the reader polls, writers need not notify. */
+  const busy = async (rows: number): Promise<void> => {
+    const now = performance.now();
+    busySince ??= now;
+    const rate = countRows(rows);
+    if (!sleep || !declared) return;
+    try {
+      if (now - busySince >= awakeAfterMs && rate >= awakeAboveRate) {
+        withdrawn = true;
+        await awake(sleep.id);
+      } else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
+    } catch (err) {
+      protocolFailed(err);
     }
   };
 
-  function wake() {
-    if (stopped) return;
-    current = poll();
-  }
+  /** Reads every page there is; the number of rows read. */
+  const pass = async (): Promise<number> => {
+    let rows = 0;
+    for (;;) {
+      const more = await readOnce();
+      rows += pageRows;
+      if (!more || stopped) return rows;
+      // Let sockets drain between pages of a large burst.
+      await new Promise((r) => setImmediate(r));
+    }
+  };
 
-  const backstop = setInterval(wake, opts.backstopMs ?? 1000);
-  wake();
+  let heldSince: number | undefined;
+  let sleeping = false;
+  // Set by the backstop timer: a pass it starts that finds rows after a sleep found a missed
+  // wake-up (a notification lost with a dying listener connection, or a bug): logged, counted.
+  let byBackstop = false;
+  let wasAsleep = false;
+  let missed = 0;
+  const run = async () => {
+    while (!stopped) {
+      woken = false;
+      const backstopPass = byBackstop && wasAsleep;
+      byBackstop = false;
+      let wait: number;
+      let quiet = false;
+      try {
+        const rows = await pass();
+        failures = 0;
+        failure = undefined;
+        if (backstopPass && rows > 0) {
+          missed++;
+          log.warn({ rows, missed }, 'the backstop poll found rows after a sleep: a wake-up was missed');
+        }
+        if (rows > 0 || gap) {
+          await busy(rows);
+          // Rows after a gap wait for its transaction to finish committing, and no NOTIFY says
+          // when (none at all once this reader has withdrawn its declaration): the first 100 ms
+          // of a gap are polled like a busy stream, a longer one at the held backoff.
+          const now = performance.now();
+          heldSince = gap ? (heldSince ?? now) : undefined;
+          wait = heldSince !== undefined && now - heldSince >= HELD_FAST_MS ? heldDelay : busyPollMs;
+        } else if (heldDelay > 0) {
+          // A waiter above a complete read: the read with the frontier is scheduled, not dropped.
+          heldSince = undefined;
+          wait = heldDelay;
+        } else {
+          heldSince = undefined;
+          wait = await idle();
+          quiet = sleeps;
+        }
+      } catch (err) {
+        failures++;
+        failure = { since: failure?.since ?? Date.now(), count: failures, error: errorMessage(err) };
+        wait = Math.min(5000, 50 * 2 ** Math.min(failures, 7)) * (0.5 + Math.random() / 2);
+        log.warn({ err: errorMessage(err), retryInMs: Math.round(wait) }, 'outbox read failed');
+      }
+      wasAsleep = false;
+      if (wait > 0) {
+        sleeping = quiet;
+        await pause(wait);
+        wasAsleep = sleeping && asleepSettled; // declared: writers were to notify it
+        sleeping = false;
+      }
+    }
+  };
+
+  const backstop = setInterval(() => {
+    if (stopped || woken) return;
+    const ending = resume !== undefined; // it ends a pause, not a pass
+    wake();
+    byBackstop = ending;
+  }, backstopMs);
+  const current = run();
 
   return {
     position: () => pos,
     wake,
     failure: () => failure,
+    asleep: () => sleeping && !woken,
     waitFor(p, timeoutMs) {
       if (pos && compare(pos, p) >= 0) return Promise.resolve(true);
       return new Promise((resolve) => {
@@ -269,14 +525,18 @@ export function startReader(opts: ReaderOptions): Reader {
     async stop() {
       stopped = true;
       clearInterval(backstop);
-      clearTimeout(retryTimer);
-      clearTimeout(heldTimer);
+      resume?.();
       for (const w of waiters) {
         clearTimeout(w.timer);
         w.resolve(false);
       }
       waiters.clear();
       await current;
+      // Writers stop notifying for this reader now rather than when its lease ends.
+      if (sleep && declared)
+        await awake(sleep.id).catch((err: unknown) =>
+          log.debug({ err: errorMessage(err) }, 'hub.awake at stop failed'),
+        );
     },
   };
 }

@@ -57,7 +57,11 @@ export type ClientFrame = z.infer<typeof ClientFrame>;
 // ---- server -> client -------------------------------------------------------------------
 
 export const RowEventType = z.enum(['guarantee_update', 'attendance_update', 'voting_update']);
-export const Action = z.enum(['created', 'updated', 'deleted']);
+export const Action = z
+  .enum(['created', 'updated', 'deleted', 'truncated'])
+  .describe(
+    'truncated: the whole table was emptied (TRUNCATE); sent to election:* only, with no election, committee or id',
+  );
 
 export const RowEvent = z.object({
   type: RowEventType,
@@ -69,7 +73,11 @@ export const RowEvent = z.object({
     .describe(
       "The row primary key, exactly as the row's JSON has it (a bigint key beyond 2^53 is a JSON number with all its digits)",
     ),
-  data: z.record(z.string(), z.unknown()).describe('The row after the change (before it, for deletes)'),
+  data: z
+    .record(z.string(), z.unknown())
+    .describe(
+      'The row after the change (before it, for deletes), or only the columns hub.watch was given plus the keys; for truncated: {"table": "<schema.table>"}',
+    ),
   cursor: Cursor,
   committed_at: z.string().describe('ISO 8601 time its transaction committed (took its place in the order)'),
 });

@@ -1,6 +1,7 @@
 import net from 'node:net';
-import { randomBytes, randomFillSync } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { constants, inflateRawSync } from 'node:zlib';
+import { maskedFrame } from './rawws.ts';
 
 /*
  * A load-generating WebSocket client that offers permessage-deflate the way browsers do
@@ -19,22 +20,6 @@ import { constants, inflateRawSync } from 'node:zlib';
 
 const CRLF2 = Buffer.from('\r\n\r\n');
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
-
-function maskedFrame(opcode: number, payload: Buffer): Buffer {
-  const len = payload.length;
-  const hl = len < 126 ? 2 : 4;
-  const out = Buffer.allocUnsafe(hl + 4 + len);
-  out[0] = 0x80 | opcode;
-  if (len < 126) out[1] = 0x80 | len;
-  else {
-    out[1] = 0x80 | 126;
-    out.writeUInt16BE(len, 2);
-  }
-  const key = out.subarray(hl, hl + 4);
-  randomFillSync(key);
-  for (let i = 0; i < len; i++) out[hl + 4 + i] = (payload[i] as number) ^ (key[i & 3] as number);
-  return out;
-}
 
 export type Negotiated = { deflate: boolean; serverNoContextTakeover: boolean; windowBits: number };
 

@@ -67,7 +67,8 @@ const CRLF2 = Buffer.from('\r\n\r\n');
 const VOTER = '"voter_name":';
 const COMMITTED = '"committed_at":';
 
-function maskedFrame(opcode: number, payload: Buffer): Buffer {
+/** A client frame (FIN set, masked as RFC 6455 requires of clients). */
+export function maskedFrame(opcode: number, payload: Buffer): Buffer {
   const len = payload.length;
   const hl = len < 126 ? 2 : 4;
   const out = Buffer.allocUnsafe(hl + 4 + len);

@@ -48,10 +48,18 @@ export type RefreshOptions = {
    * can have the very cursor `min` asks for. The result is stored (it is the newest).
    */
   fresh?: boolean;
+  /**
+   * The fingerprint of `hub.watched` the caller counts under: a cached, shared or in-flight
+   * snapshot is taken only if it was counted under the same set (a snapshot counted before an
+   * operator watched or unwatched a table has a cursor as good as any, and the wrong numbers).
+   * Undefined: any.
+   */
+  watched?: string;
 };
 
 export type DashboardCacheOptions = {
-  compute: (electionId: Id) => Promise<DashboardSnapshot | null>;
+  /** `watched`: the fingerprint of hub.watched the numbers were counted under (stored with them). */
+  compute: (electionId: Id) => Promise<(DashboardSnapshot & { watched?: string }) | null>;
   redis: Redis | undefined;
   /** Extra key templates to delete on change, e.g. `dashboard:{election_id}`. */
   extraKeys: readonly string[];
@@ -81,6 +89,9 @@ export const cursorOf = (json: string): Position | undefined => {
   const m = /"cursor":"([^"]+)"/.exec(json);
   return m?.[1] ? decodeCursor(m[1]) : undefined;
 };
+
+/** The hub.watched fingerprint a snapshot's JSON was counted under (src/db/snapshot.ts), if any. */
+export const watchedOf = (json: string): string | undefined => /"watched":"([0-9a-f]*)"/.exec(json)?.[1];
 
 /** At most `n` tasks at once; urgent ones (someone is waiting for the answer) go first. */
 function createSlots(n: number) {
@@ -155,11 +166,12 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       }
     } else if (redisUp()) await redis.set(KEY(id), json, 'EX', ttl).catch(warn('dashboard cache write failed'));
   };
-  const fresh = (id: Id, json: string | undefined, min?: Position): json is string => {
+  const fresh = (id: Id, json: string | undefined, o: RefreshOptions = {}): json is string => {
     if (json === undefined) return false;
+    if (o.watched !== undefined && watchedOf(json) !== o.watched) return false;
     const c = cursorOf(json);
     return (
-      c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0 && (min === undefined || compare(c, min) >= 0)
+      c !== undefined && compare(c, lastChange.get(id) ?? floor) >= 0 && (o.min === undefined || compare(c, o.min) >= 0)
     );
   };
 
@@ -197,7 +209,7 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
       if (!redisUp()) break;
       await new Promise((r) => setTimeout(r, 15));
       const other = await read(id);
-      if (fresh(id, other, o.min)) return other;
+      if (fresh(id, other, o)) return other;
     }
     return computeAndStore(id, urgent, o.reason);
   };
@@ -214,9 +226,9 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
           return json === NONE ? null : json;
         }
         // A computation that began before the latest change may be stale: check, then redo.
-        if (prev !== undefined && prev !== null && fresh(id, prev, o.min)) return prev;
+        if (prev !== undefined && prev !== null && fresh(id, prev, o)) return prev;
         const cached = await read(id);
-        if (fresh(id, cached, o.min)) return cached;
+        if (fresh(id, cached, o)) return cached;
         const json = await obtain(id, urgent, o);
         return json === NONE ? null : json;
       });

@@ -5,6 +5,7 @@ import { DashboardSnapshot } from '../events/schema.ts';
 import type { Id } from '../events/topics.ts';
 import { errorMessage } from '../errors.ts';
 import { type TotalsBook, type TotalsEvent, createTotalsBook } from './totals.ts';
+import { watchedOf } from './dashboard.ts';
 
 /** Why a dashboard is computed in full (label values of hub_dashboard_computations_total). */
 export type ComputationReason = 'first_use' | 'resync' | 'verify';
@@ -36,11 +37,13 @@ export type LiveDashboardsOptions = {
    * across nodes through the cache: src/cache/dashboard.ts `refresh`), counted by `reason`.
    * `fresh`: computed by this call, never a cached or shared one (a verification, a resync
    * after a change of hub.watched: what they look for moves no position, so a snapshot
-   * computed before it can carry the very cursor `min` asks for).
+   * computed before it can carry the very cursor `min` asks for). `watched`: the fingerprint of
+   * hub.watched this node counts under; a cached or shared snapshot counted under another set
+   * is not taken (undefined: not known, any).
    */
   compute: (
     id: Id,
-    o: { reason: ComputationReason; min: Position; urgent: boolean; fresh: boolean },
+    o: { reason: ComputationReason; min: Position; urgent: boolean; fresh: boolean; watched: string | undefined },
   ) => Promise<string | null>;
   /** The reader's position: every event up to it has been applied. */
   position: () => Position | undefined;
@@ -115,6 +118,8 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
   let stopped = false;
   let watchedPrint: string | undefined;
   let watchedAt = 0;
+  /** The first read of hub.watched (loads wait for it: they take cached snapshots only under its set). */
+  let watchedKnown: Promise<void> = Promise.resolve();
 
   const metaOf = (id: Id): Meta => {
     let m = meta.get(id);
@@ -206,6 +211,7 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
     let fresh = false;
     for (let tries = 0; ; tries++) {
       if (stopped) return false;
+      await watchedKnown;
       await startPosition();
       // Read and begun in one synchronous step: no batch of the reader can fall between them.
       const from = opts.position() ?? ZERO;
@@ -215,7 +221,7 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       if (uncached.delete(id)) fresh = true;
       let json: string | null;
       try {
-        json = await opts.compute(id, { reason, min: from, urgent, fresh });
+        json = await opts.compute(id, { reason, min: from, urgent, fresh, watched: watchedPrint });
       } catch (err) {
         book.fail(id, attempt);
         if (fresh) uncached.add(id);
@@ -238,6 +244,10 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       }
       if (r.outcome === 'superseded') continue;
       absent.delete(id);
+      // Computed under a set of watched tables this node has not seen yet: look now (a change
+      // recomputes every held election) rather than at the next poll.
+      const counted = watchedOf(json);
+      if (counted !== undefined && watchedPrint !== undefined && counted !== watchedPrint) void checkWatched();
       await settle(id);
       // Invalidated while waiting for the reader (a TRUNCATE): this load is void, go again.
       if (!book.isLive(id)) {
@@ -304,7 +314,13 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
       const attempt = book.begin(id, 'verify', from);
       let json: string | null;
       try {
-        json = await opts.compute(id, { reason: 'verify', min: from, urgent: false, fresh: true });
+        json = await opts.compute(id, {
+          reason: 'verify',
+          min: from,
+          urgent: false,
+          fresh: true,
+          watched: watchedPrint,
+        });
       } catch (err) {
         book.fail(id, attempt);
         throw err;
@@ -397,7 +413,7 @@ export function createLiveDashboards(opts: LiveDashboardsOptions): LiveDashboard
     }
   }, tickMs);
   tick.unref?.();
-  void checkWatched();
+  watchedKnown = checkWatched();
 
   return {
     apply(events) {

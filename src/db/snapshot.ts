@@ -15,6 +15,14 @@ const contribution = (kind: string, row: Record<string, unknown>): number =>
 type Watched = { kind: string; tbl: string; election_column: string; committee_column: string };
 
 /**
+ * A computed snapshot and the fingerprint of `hub.watched` it was counted under (read in the
+ * same transaction). Cached and shared across nodes with it: a node takes a cached snapshot
+ * only under the watch set it knows (src/cache/dashboard.ts), never one counted under an older
+ * or newer set. Not part of GET /dashboard/{id}'s body.
+ */
+export type ComputedSnapshot = DashboardSnapshot & { watched: string };
+
+/**
  * Computes an election's dashboard with a cursor consistent with its numbers:
  * snapshot + every event after the cursor = the database.
  *
@@ -27,7 +35,7 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  * the cursor counts each change exactly once. (That set is small: what committed while this
  * started, and nothing when no transaction was committing.)
  */
-export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<DashboardSnapshot | null> {
+export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<ComputedSnapshot | null> {
   const client = await db.connect();
   // A checked-out client has no pool error listener: a backend killed between two queries
   // would otherwise be an unhandled 'error' event. The failing query reports it.
@@ -63,6 +71,7 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       )
     ).rows;
     const byKind = new Map(watched.map((w) => [w.kind, w]));
+    const watchedPrint = await watchedFingerprint(client);
     for (const w of watched) {
       const field = FIELD[w.kind];
       if (!field) continue;
@@ -140,6 +149,7 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Dash
       cursor: encodeCursor({ seq: frontier, id: 0n }),
       totals,
       committees: list,
+      watched: watchedPrint,
     };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);

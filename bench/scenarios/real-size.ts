@@ -1,5 +1,5 @@
 /*
- * `node bin/run-ts.mjs bench/scenarios/real-size.ts [--quick|--smoke] [--modes off,shared>=1024,…] [--out file.json]`
+ * `node bin/run-ts.mjs bench/scenarios/real-size.ts [--quick|--smoke] [--modes off,shared>=1024,shared>=1024@100ms,…] [--out file.json]`
  *
  * Issue 11's real-size scenario: one election of 300 committees with 1 M guarantees and 500 k
  * attendance rows (quick mode: a fifth of that) and 3 000 vote rows; 300 writes/s of inserts,
@@ -8,8 +8,9 @@
  * `dashboard:1`, all offering permessage-deflate as browsers do (bench/lib/deflate-ws.ts), bytes
  * counted on the wire. Every dashboard applies the updates by the contract's chain rule and is
  * compared with the database at the end; every whole-election dashboard must get every row.
- * Repeated per compression case (a fresh hub each: WS_COMPRESSION and, after `>=`,
- * WS_COMPRESSION_MIN_BYTES). Reported against the issue's targets; nothing is asserted.
+ * Repeated per case (a fresh hub each): `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE]`,
+ * e.g. `shared>=1024@100ms`; what is left out is the hub's default. Reported against the issue's
+ * targets; nothing is asserted.
  *
  * Commit→dashboard latency: every 100 ms the writer sets a probe committee's only vote row to
  * the next sequence number; a dashboard has seen probe k when an update shows that committee
@@ -26,6 +27,7 @@ import { sleep, wallNow } from '../lib/clock.ts';
 import { RESULTS, killAll, spawnTs } from '../lib/procs.ts';
 import type { Child } from '../lib/rpc.ts';
 import { summarize } from '../lib/stats.ts';
+import { parseConfig } from '../../src/config/index.ts';
 import type { HubProcessApi } from '../hub-process.ts';
 import type { DeflateClientsApi, Group, GroupStats } from '../workers/deflate-clients.ts';
 
@@ -89,6 +91,22 @@ const SIZES: Record<Mode, Size> = {
 };
 const size = SIZES[mode];
 const CASES = (flags.modes ?? 'off,shared>=1024,shared>=0,dedicated>=1024').split(',');
+
+type Case = { name: string; env: Record<string, string>; debounceMs: number; debounceDefault: boolean };
+/** `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE]`, checked as the hub will parse it. */
+function parseCase(name: string): Case {
+  const [head = '', debounce] = name.split('@');
+  const [compression = 'off', min] = head.split('>=');
+  const env: Record<string, string> = {
+    WS_COMPRESSION: compression,
+    ...(min !== undefined ? { WS_COMPRESSION_MIN_BYTES: min } : {}),
+    ...(debounce !== undefined ? { DASHBOARD_DEBOUNCE: debounce } : {}),
+  };
+  const parsed = parseConfig(env);
+  if (!parsed.ok) throw new Error(`case ${name}: ${parsed.errors.join('; ')}`);
+  return { name, env, debounceMs: parsed.config.DASHBOARD_DEBOUNCE, debounceDefault: debounce === undefined };
+}
+const PARSED_CASES = CASES.map(parseCase);
 const ADMIN_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const SECRET = `bench-${randomBytes(16).toString('hex')}`;
 const LOG_DIR = join(RESULTS, 'logs');
@@ -263,22 +281,27 @@ async function write(
 
 type Hub = { port: number; metricsPort: number; pid: number; child: Child<HubProcessApi> };
 
-async function startHub(url: string, env: Record<string, string>): Promise<Hub> {
-  const { child, ready } = await spawnTs<HubProcessApi>(`hub-${env.WS_COMPRESSION}`, 'bench/hub-process.ts', {
-    logDir: LOG_DIR,
-    fdLimit: 200_000,
-    env: {
-      DATABASE_URL: url,
-      JWT_SECRET: SECRET,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      METRICS_PORT: '0',
-      LOG_LEVEL: 'info',
-      REDIS_URL: '',
-      ...env,
+async function startHub(url: string, env: Record<string, string>, name: string): Promise<Hub> {
+  // One log per case (bench/results/logs/hub-<case>.log), named with what a file name allows.
+  const { child, ready } = await spawnTs<HubProcessApi>(
+    `hub-${name.replace(/[^A-Za-z0-9._-]/g, '_')}`,
+    'bench/hub-process.ts',
+    {
+      logDir: LOG_DIR,
+      fdLimit: 200_000,
+      env: {
+        DATABASE_URL: url,
+        JWT_SECRET: SECRET,
+        PORT: '0',
+        HOST: '127.0.0.1',
+        METRICS_PORT: '0',
+        LOG_LEVEL: 'info',
+        REDIS_URL: '',
+        ...env,
+      },
+      nodeArgs: ['--expose-gc'],
     },
-    nodeArgs: ['--expose-gc'],
-  });
+  );
   const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
   const deadline = Date.now() + 30_000;
   while (
@@ -315,6 +338,8 @@ function cpuSeconds(pid: number): number {
 
 type CaseResult = {
   case: string;
+  debounceMs: number;
+  debounceDefault: boolean;
   dashboards: { election: number; totals: number };
   written: Omit<Written, 'probes'> & { probes: number };
   seconds: number;
@@ -350,14 +375,11 @@ async function runCase(
   pool: pg.Pool,
   workers: Array<Child<DeflateClientsApi>>,
   ids: { probeVote: number; voteIds: [number, number] },
-  name: string,
+  kase: Case,
   firstProbe: number,
 ): Promise<CaseResult> {
-  const [compression, min] = name.split('>=');
-  const hub = await startHub(db.url, {
-    WS_COMPRESSION: compression ?? 'off',
-    ...(min !== undefined ? { WS_COMPRESSION_MIN_BYTES: min } : {}),
-  });
+  const name = kase.name;
+  const hub = await startHub(db.url, kase.env, name);
   try {
     const groups: Array<[Group, number]> = [
       [
@@ -529,6 +551,8 @@ async function runCase(
     await Promise.all(workers.map((w) => w.call('closeAll', undefined)));
     return {
       case: name,
+      debounceMs: kase.debounceMs,
+      debounceDefault: kase.debounceDefault,
       dashboards: { election: e?.conns ?? 0, totals: t?.conns ?? 0 },
       written: { ...written, probes: written.probes.length },
       seconds,
@@ -617,14 +641,14 @@ async function main() {
       )
     ).map((x) => x.child);
     let probe = 0;
-    for (const c of CASES) {
+    for (const c of PARSED_CASES) {
       const r = await runCase(db, pool, workers, ids, c, probe);
       probe += size.seconds * 10 + 1;
       results.push(r);
       const e = r.perDashboard.election;
       const t = r.perDashboard.totals;
       log(
-        `  ${c}: whole-election ${e.wireKBs.toFixed(1)} KB/s on the wire (updates ${e.updatesKBs.toFixed(1)} KB/s uncompressed), totals-only ${t.wireKBs.toFixed(1)} KB/s ` +
+        `  ${c.name} (debounce ${r.debounceMs} ms): whole-election ${e.wireKBs.toFixed(1)} KB/s on the wire (updates ${e.updatesKBs.toFixed(1)} KB/s uncompressed), totals-only ${t.wireKBs.toFixed(1)} KB/s ` +
           `(updates ${t.updatesKBs.toFixed(1)}); commit→dashboard p50/p99 whole-election ${r.latency.election.p50.toFixed(0)}/${r.latency.election.p99.toFixed(0)} ms, ` +
           `totals-only ${r.latency.totals.p50.toFixed(0)}/${r.latency.totals.p99.toFixed(0)} ms; lost ${r.lost}, closed ${r.closed}, ` +
           `broken chains ${e.broken + t.broken}, wrong ${r.wrong.election + r.wrong.totals}/${r.wrong.compared}; computations ${JSON.stringify(r.computations)}; ` +
@@ -642,15 +666,15 @@ async function main() {
       `${size.rate} writes/s for ${size.seconds} s, ${size.election} dashboards on election:1 + ${size.totals} on dashboard:1, all offering permessage-deflate`,
   );
   console.log(
-    '| case | whole-election on the wire (≤ 100 KB/s) | totals-only on the wire (≤ 8 KB/s) | dashboard_update uncompressed (≤ 25 KB/s) | commit→dashboard p50 / p99, whole-election; totals-only (p99 < 250 ms) | lost / closed / wrong | full computations while writing | hub CPU per delivery | RSS per connection |',
+    '| case | debounce | whole-election on the wire (≤ 100 KB/s) | totals-only on the wire (≤ 8 KB/s) | dashboard_update uncompressed (≤ 25 KB/s) | commit→dashboard p50 / p99, whole-election; totals-only (p99 < 250 ms) | lost / closed / wrong | full computations while writing | hub CPU per delivery | RSS per connection |',
   );
-  console.log('|---|---|---|---|---|---|---|---|---|');
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of results) {
     const e = r.perDashboard.election;
     const t = r.perDashboard.totals;
     const comps = Object.values(r.computations).reduce((a, b) => a + b, 0);
     console.log(
-      `| ${r.case} | ${e.wireKBs.toFixed(1)} KB/s ${pass(e.wireKBs <= 100)} | ${t.wireKBs.toFixed(1)} KB/s ${pass(t.wireKBs <= 8)} | ${Math.max(e.updatesKBs, t.updatesKBs).toFixed(1)} KB/s ${pass(Math.max(e.updatesKBs, t.updatesKBs) <= 25)} | ` +
+      `| ${r.case} | ${r.debounceMs} ms${r.debounceDefault ? ' (default)' : ''} | ${e.wireKBs.toFixed(1)} KB/s ${pass(e.wireKBs <= 100)} | ${t.wireKBs.toFixed(1)} KB/s ${pass(t.wireKBs <= 8)} | ${Math.max(e.updatesKBs, t.updatesKBs).toFixed(1)} KB/s ${pass(Math.max(e.updatesKBs, t.updatesKBs) <= 25)} | ` +
         `${r.latency.election.p50.toFixed(0)} / ${r.latency.election.p99.toFixed(0)} ms; ${r.latency.totals.p50.toFixed(0)} / ${r.latency.totals.p99.toFixed(0)} ms ` +
         `${pass(Math.max(r.latency.election.p99, r.latency.totals.p99) < 250 && r.latency.election.missing + r.latency.totals.missing === 0)} | ` +
         `${r.lost} / ${r.closed} / ${r.wrong.election + r.wrong.totals} of ${r.wrong.compared} ${pass(r.lost === 0 && r.closed === 0 && r.wrong.election + r.wrong.totals === 0)} | ` +

@@ -157,7 +157,7 @@ it('with 1 000 watched elections in the statement, their computations queue on t
   expect(doneAtRow).toBeLessThan(WATCHED);
   expect(doneAtSnapshot).toBeLessThan(WATCHED);
   // About time, not an event: computations that should NOT happen have no event to wait for;
-  // a few debounce intervals (150 ms) are when any extra one would have started.
+  // a few debounce intervals (250 ms) are when any extra one would have started.
   await new Promise((r) => setTimeout(r, 600));
   // One computation per watched election (and one for the other election, one for the request).
   expect((await computations()) - before).toBeLessThanOrEqual(WATCHED + 4);

@@ -98,7 +98,7 @@ async function rig(
       await fire(events, frameBytes);
       const done = await bench.waitDelivered(open * events, stallMs);
       const s = await bench.statsAll({ latencies: true, groups: false });
-      await sleep(300); // the hub's dashboard_update (DASHBOARD_DEBOUNCE, 150 ms) goes out before the next burst
+      await sleep(300); // the hub's dashboard_update (DASHBOARD_DEBOUNCE, 250 ms) goes out before the next burst
       const seconds = (s.last - s.first) / 1000;
       return {
         rate: s.events / seconds,

@@ -22,6 +22,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { createBenchDatabase, committeeId, seed } from './lib/db.ts';
+import { type HeldWhere, describeHeld, heldResult, holdOpen } from './lib/held.ts';
 import { median } from './lib/stats.ts';
 import { parseConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/log.ts';
@@ -273,7 +274,7 @@ try {
   const hub = await startHub(parsed.config, { log: createLogger('warn') });
   try {
     const token = await signToken(secret, { sub: 'bench', role: 'admin', ttl: '1h' });
-    const held = async (where: 'another database' | 'this database, watched write not committed') => {
+    const held = async (where: HeldWhere) => {
       const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws?token=${token}`);
       const arrived = new Map<string, number>();
       ws.on('message', (m) => {
@@ -282,15 +283,10 @@ try {
         if (f.type === 'guarantee_update' && name?.startsWith('P')) arrived.set(name, performance.now());
       });
       await new Promise((r) => ws.once('message', r)); // connection_success
-      const holder = new pg.Client({ connectionString: where === 'another database' ? other.url : db.url });
-      await holder.connect();
-      await holder.query('BEGIN');
-      if (where === 'another database')
-        await holder.query(`INSERT INTO elections (name) VALUES ('a long import elsewhere')`);
-      else
-        await holder.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (2, $1, 'held')`, [
-          first,
-        ]);
+      const holder = await holdOpen(where, where === 'another database' ? other.url : db.url, {
+        election: 2,
+        committee: first,
+      });
       const writer = new pg.Client({ connectionString: db.url });
       await writer.connect();
       const sent = new Map<string, number>();
@@ -305,28 +301,21 @@ try {
         await sleep(100);
       }
       await sleep(Math.max(0, HOLD_MS - (performance.now() - t0)));
-      const beforeEnd = [...sent.keys()].filter((n) => arrived.has(n)).length;
-      const latencies = [...sent.entries()]
-        .filter(([n]) => arrived.has(n))
-        .map(([n, t]) => (arrived.get(n) as number) - t)
-        .sort((a, b) => a - b);
-      await holder.query('COMMIT');
-      await Promise.all([holder.end(), writer.end()]);
+      const latencies = (names: string[]) => names.map((n) => (arrived.get(n) as number) - (sent.get(n) as number));
+      const whileHeld = [...sent.keys()].filter((n) => arrived.has(n));
+      await holder.commit();
+      // Rows that waited for it arrive now (up to 2 s).
+      for (let k = 0; k < 20 && arrived.size < sent.size; k++) await sleep(100);
+      const after = [...sent.keys()].filter((n) => arrived.has(n) && !whileHeld.includes(n));
+      await writer.end();
       ws.close();
-      const out = {
-        rows: sent.size,
-        deliveredWhileHeld: beforeEnd,
-        p50Ms: latencies[Math.floor(latencies.length / 2)] ?? null,
-        maxMs: latencies[latencies.length - 1] ?? null,
-      };
-      log(
-        `held open ${HOLD_MS / 1000} s in ${where}: ${out.deliveredWhileHeld}/${out.rows} rows delivered while it was open, p50 ${out.p50Ms?.toFixed(1)} ms, max ${out.maxMs?.toFixed(1)} ms`,
-      );
+      const out = heldResult(HOLD_MS, sent.size, latencies(whileHeld), latencies(after));
+      log(describeHeld(where, out));
       return out;
     };
     result.heldOpen = {
       anotherDatabase: await held('another database'),
-      sameDatabaseUncommittedWatched: await held('this database, watched write not committed'),
+      sameDatabaseUncommittedWatched: await held('this database'),
     };
   } finally {
     await hub.stop();

@@ -5,26 +5,38 @@
  * commit (a reader asleep: an idle hub). Measured apart: `on` with nobody asleep, `asleep` with
  * a standing declaration (hub.sleep with a long lease: every commit NOTIFYs, as every one did
  * before 005), `hub` with a real hub process reading the rows as they come (its readers go busy
- * and stop the NOTIFYs; on a 2-core machine the hub's own CPU comes out of the writers'), and
- * `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
+ * and stop the NOTIFYs; on a 2-core machine the hub's own CPU comes out of the writers'),
+ * `hubs` with `nodes` hub processes (3; the nodes of one cluster sharing Redis, each reading
+ * every row),
+ * and `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
  * thousands of rows would otherwise sit in every later scenario's tables.
  */
 import { type Bench, SEED, type Scenario, status } from '../harness.ts';
 import { committeeId } from '../lib/db.ts';
 import { median, ms, si } from '../lib/stats.ts';
 
-/** Single-row states run with 4 writers; `writers` adds capture on/asleep/off at other counts. */
+/**
+ * Single-row states run with 4 writers; `writers` adds capture on/asleep/off at other counts;
+ * `nodes` hub processes (one cluster) read in the `hubs` state.
+ */
 type Sizes = {
-  write: { seconds: number; rounds: number; statementRows: number; statementRounds: number; writers: number[] };
+  write: {
+    seconds: number;
+    rounds: number;
+    statementRows: number;
+    statementRounds: number;
+    writers: number[];
+    nodes: number;
+  };
 };
 
 const SIZES = {
-  smoke: { write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [] } },
-  quick: { write: { seconds: 1, rounds: 4, statementRows: 20_000, statementRounds: 3, writers: [1, 8] } },
-  full: { write: { seconds: 2, rounds: 5, statementRows: 20_000, statementRounds: 5, writers: [1, 8] } },
+  smoke: { write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [], nodes: 2 } },
+  quick: { write: { seconds: 1, rounds: 4, statementRows: 20_000, statementRounds: 3, writers: [1, 8], nodes: 3 } },
+  full: { write: { seconds: 2, rounds: 5, statementRows: 20_000, statementRounds: 5, writers: [1, 8], nodes: 3 } },
 } satisfies Record<string, Sizes>;
 
-type WriteState = 'on' | 'asleep' | 'hub' | 'off';
+type WriteState = 'on' | 'asleep' | 'hub' | 'hubs' | 'off';
 const STANDING_SLEEPER = 'bench-standing-sleeper';
 
 async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
@@ -44,9 +56,10 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     await sql(`ALTER TABLE guarantees ${state === 'off' ? 'DISABLE' : 'ENABLE'} TRIGGER USER`);
     // Nobody asleep, or the standing sleeper (its own transaction: hub.sleep insists); a hub's
     // readers declare themselves as they go.
-    if (state !== 'hub') await sql(`SELECT hub.awake(reader) FROM hub.sleepers`);
+    const hub = state === 'hub' || state === 'hubs';
+    if (!hub) await sql(`SELECT hub.awake(reader) FROM hub.sleepers`);
     if (state === 'asleep') await sql(`SELECT lapsed FROM hub.sleep('${STANDING_SLEEPER}', 600000)`);
-    if (state === 'hub') await sql(`SELECT hub.awake('${STANDING_SLEEPER}')`);
+    if (hub) await sql(`SELECT hub.awake('${STANDING_SLEEPER}')`);
   };
   type Tally = { inserts: number; seconds: number; cpuMs: number; notifies: number };
   const single = new Map<string, Tally>();
@@ -74,11 +87,15 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where }); // warm-up
     for (let r = 0; r < w.rounds; r++) for (const state of main) await flat(state, 4);
     // One hub for all its rounds, warmed up first: its readers' steady state, not their start.
-    await bench.withServer('hub', async () => {
-      await set('hub');
+    // Then the same with `nodes` hubs, each reading every row (as the nodes of one cluster do).
+    const hubRounds = async (state: 'hub' | 'hubs') => {
+      await set(state);
       await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where });
-      for (let r = 0; r < w.rounds; r++) await flat('hub', 4);
-    });
+      for (let r = 0; r < w.rounds; r++) await flat(state, 4);
+    };
+    await bench.withServer('hub', () => hubRounds('hub'));
+    log(`write cost: single-row inserts, 4 writers, ${w.nodes} hub nodes reading, ${w.rounds}× ${w.seconds} s`);
+    await bench.withHubs(w.nodes, () => hubRounds('hubs'));
     for (const n of w.writers) {
       log(
         `write cost: single-row inserts, ${n} writer${n === 1 ? '' : 's'}, ${w.rounds}× ${w.seconds} s per state (on, asleep, off)`,
@@ -114,7 +131,7 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   const off = median(statement.off);
   log(
     `  single-row, 4 writers: on ${si(rate('on', 4))}/s, a reader asleep ${si(rate('asleep', 4))}/s, ` +
-      `with a hub ${si(rate('hub', 4))}/s, off ${si(rate('off', 4))}/s; statement: on ${ms(on)} ms, off ${ms(off)} ms`,
+      `with a hub ${si(rate('hub', 4))}/s, with ${w.nodes} hubs ${si(rate('hubs', 4))}/s, off ${si(rate('off', 4))}/s; statement: on ${ms(on)} ms, off ${ms(off)} ms`,
   );
   bench.raw('write-cost', {
     single: Object.fromEntries(single),
@@ -148,6 +165,7 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   ratioRow(4, 'on', ' (no reader asleep: no NOTIFY)', 0.7);
   ratioRow(4, 'asleep', ', a reader asleep (every commit NOTIFYs)');
   ratioRow(4, 'hub', ', a hub reading them (same machine)');
+  ratioRow(4, 'hubs', `, ${w.nodes} hub nodes reading them (same machine)`);
   for (const n of w.writers) {
     ratioRow(n, 'on', ' (no reader asleep)');
     ratioRow(n, 'asleep', ', a reader asleep');

@@ -11,7 +11,8 @@
  * and `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
  * thousands of rows would otherwise sit in every later scenario's tables.
  */
-import { type Bench, SEED, type Scenario, status } from '../harness.ts';
+import { type Bench, SEED, type Scenario, type Server, cpuSeconds, status } from '../harness.ts';
+import { wallNow } from '../lib/clock.ts';
 import { committeeId } from '../lib/db.ts';
 import { median, ms, si } from '../lib/stats.ts';
 
@@ -77,6 +78,8 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
       notifies: t.notifies + notifies,
     });
   };
+  type HubCpu = { seconds: number; processes: number; backends: number; processMs: number; backendMs: number };
+  const hubCpu = new Map<'hub' | 'hubs', HubCpu>();
   const statement: { on: number[]; off: number[] } = { on: [], off: [] };
   const main: WriteState[] = ['on', 'asleep', 'off'];
   try {
@@ -88,14 +91,30 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     for (let r = 0; r < w.rounds; r++) for (const state of main) await flat(state, 4);
     // One hub for all its rounds, warmed up first: its readers' steady state, not their start.
     // Then the same with `nodes` hubs, each reading every row (as the nodes of one cluster do).
-    const hubRounds = async (state: 'hub' | 'hubs') => {
+    // The CPU the hub processes and their PostgreSQL backends take meanwhile is recorded.
+    const hubRounds = async (state: 'hub' | 'hubs', servers: Server[]) => {
       await set(state);
       await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where });
+      const { rows } = await sql(
+        `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'election-hub%'`,
+      );
+      const processes = servers.map((s) => s.pid);
+      const backends = (rows as Array<{ pid: number }>).map((r) => r.pid);
+      const before = [cpuMsOf(processes), cpuMsOf(backends)] as const;
+      const t0 = wallNow();
       for (let r = 0; r < w.rounds; r++) await flat(state, 4);
+      const seconds = (wallNow() - t0) / 1000;
+      hubCpu.set(state, {
+        seconds,
+        processes: processes.length,
+        backends: backends.length,
+        processMs: cpuMsSince(before[0]),
+        backendMs: cpuMsSince(before[1]),
+      });
     };
-    await bench.withServer('hub', () => hubRounds('hub'));
+    await bench.withServer('hub', (s) => hubRounds('hub', [s]));
     log(`write cost: single-row inserts, 4 writers, ${w.nodes} hub nodes reading, ${w.rounds}× ${w.seconds} s`);
-    await bench.withHubs(w.nodes, () => hubRounds('hubs'));
+    await bench.withHubs(w.nodes, (hubs) => hubRounds('hubs', hubs));
     for (const n of w.writers) {
       log(
         `write cost: single-row inserts, ${n} writer${n === 1 ? '' : 's'}, ${w.rounds}× ${w.seconds} s per state (on, asleep, off)`,
@@ -139,15 +158,21 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     rates: Object.fromEntries([...single].map(([k, t]) => [k, t.inserts / t.seconds])),
     backendCpuUsPerInsert: Object.fromEntries([...single].map(([k, t]) => [k, (t.cpuMs * 1000) / t.inserts])),
     notifiesPerInsert: Object.fromEntries([...single].map(([k, t]) => [k, t.notifies / t.inserts])),
+    hubCpu: Object.fromEntries(hubCpu),
   });
   const ratioRow = (n: number, state: WriteState, label: string, target?: number) => {
     const value = rate(state, n);
     const base = rate('off', n);
     if (!Number.isFinite(value) || !Number.isFinite(base)) return;
-    const cpu = cpuUs(state, n) - cpuUs('off', n);
+    const cpu = Math.round(cpuUs(state, n) - cpuUs('off', n));
+    const h = state === 'hub' || state === 'hubs' ? hubCpu.get(state) : undefined;
+    const share = (cpuMs: number) => `${((100 * cpuMs) / 1000 / (h?.seconds ?? Number.NaN)).toFixed(0)}%`;
     const extra = [
-      Number.isFinite(cpu) ? `+${cpu.toFixed(0)} µs backend CPU/insert` : '',
+      Number.isFinite(cpu) ? `${cpu >= 0 ? '+' : '−'}${Math.abs(cpu)} µs backend CPU/insert` : '',
       `${(100 * notifyShare(state, n)).toFixed(0)}% of commits NOTIFY`,
+      h
+        ? `hub${h.processes > 1 ? 's' : ''} ${share(h.processMs)} + their backends ${share(h.backendMs)} of a core`
+        : '',
     ].filter(Boolean);
     bench.row({
       scenario: 'write-cost',
@@ -182,6 +207,26 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     target: '≥ 0.35× speed',
     status: status(off / on >= 0.35),
   });
+}
+
+/** CPU ms (utime + stime) of each process still running, by pid (Linux /proc). */
+function cpuMsOf(pids: number[]): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const pid of pids) {
+    try {
+      out.set(pid, cpuSeconds(pid) * 1000);
+    } catch {
+      // gone (an idle pool connection closed): left out
+    }
+  }
+  return out;
+}
+
+/** CPU ms used since `before` by the processes that were running then and still are. */
+function cpuMsSince(before: Map<number, number>): number {
+  let ms = 0;
+  for (const [pid, t] of cpuMsOf([...before.keys()])) ms += t - (before.get(pid) ?? t);
+  return ms;
 }
 
 export const writeCost: Scenario<Sizes> = { name: 'write-cost', sizes: (mode) => SIZES[mode], run };

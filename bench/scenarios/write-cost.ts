@@ -54,7 +54,18 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   await first.call('listen', { url, channel: 'hub_outbox' });
   const sql = (text: string) => writer.call('sql', { url, text });
   const set = async (state: WriteState) => {
-    await sql(`ALTER TABLE guarantees ${state === 'off' ? 'DISABLE' : 'ENABLE'} TRIGGER USER`);
+    // Under session_replication_role = replica, so that sql/005's hub_rewatch event trigger does
+    // not fire: it regenerates a watched table's capture on any ALTER TABLE, and so would turn
+    // the triggers back on (event triggers are a superuser's, and so is this setting).
+    const enabled = state === 'off' ? 'D' : 'O';
+    await sql(
+      `DO $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN SET session_replication_role = replica; END IF; END $$;
+       ALTER TABLE guarantees ${state === 'off' ? 'DISABLE' : 'ENABLE'} TRIGGER USER`,
+    );
+    const { rows } = await sql(
+      `SELECT tgname FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND NOT tgisinternal AND tgenabled <> '${enabled}'`,
+    );
+    if (rows.length > 0) throw new Error(`write-cost: capture ${state}, but ${JSON.stringify(rows)} did not follow`);
     // Nobody asleep, or the standing sleeper (its own transaction: hub.sleep insists); a hub's
     // readers declare themselves as they go.
     const hub = state === 'hub' || state === 'hubs';

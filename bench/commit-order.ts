@@ -3,13 +3,13 @@
  *
  * What the commit keys (sql/006_commit_order.sql) cost and what they buy, on a fresh database:
  *
- * 1. Write cost of the keys alone, with a capture that sends no NOTIFY (NOTIFY serializes commits
- *    by itself and would hide the keys' cost; issue 14 item 1 takes it out of the common path):
- *    `keys` (as migrated) against `no keys` (hub_commit_mark disabled). Single-row inserts as fast
+ * 1. Write cost of the keys alone, with the capture sending no NOTIFY (no reader asleep: NOTIFY
+ *    serializes commits by itself and would hide the keys' cost): `keys` (as migrated) against
+ *    `no keys` (hub_commit_mark disabled). Single-row inserts as fast
  *    as 1, 4 and 8 writers go (pairs of adjacent runs, their ratio's median: this machine is
  *    shared); the backend CPU time of a one-row transaction, part by part; one 20 000-row
- *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (NOTIFY included)
- *    alongside for scale.
+ *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (a reader asleep:
+ *    every commit NOTIFYs) alongside for scale.
  * 2. Delivery while a write transaction is held open for 10 s in another database of the same
  *    cluster (and, second, one in this database that wrote a watched table and has not
  *    committed): one row every 100 ms written meanwhile, through a hub in this process; each
@@ -21,7 +21,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { createBenchDatabase, committeeId, seed } from './lib/db.ts';
+import { createBenchDatabase, committeeId, seed, setTriggersSql } from './lib/db.ts';
 import { type HeldWhere, describeHeld, heldResult, holdOpen } from './lib/held.ts';
 import { median } from './lib/stats.ts';
 import { parseConfig } from '../src/config/index.ts';
@@ -63,32 +63,17 @@ try {
 
   /** Part 1: write cost of the keys (needs sql/006_commit_order.sql). */
   const writeCost = async () => {
-    // A capture without its NOTIFY, beside the real one (as bench/run.ts's write-cost does).
-    const def = String(((await sql(`SELECT pg_get_functiondef('hub.capture'::regproc) AS d`))[0] as { d: string }).d);
-    const quiet = def
-      .replace(/PERFORM\s+pg_notify\([^;]*\);/, 'NULL;')
-      .replace(/FUNCTION\s+hub\.capture\(\)/, 'FUNCTION public.bench_capture_quiet()');
-    if (quiet === def) throw new Error('hub.capture has no pg_notify line to take out');
-    await sql(quiet);
-    const trig = String(
-      (
-        (
-          await sql(
-            `SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND tgname = 'hub_capture_insert'`,
-          )
-        )[0] as { d: string }
-      ).d,
-    );
-    await sql(
-      trig.replace('hub_capture_insert', 'bench_quiet_insert').replace(/hub\.capture\(/, 'public.bench_capture_quiet('),
-    );
-
+    // The generated capture (sql/005) sends no NOTIFY while no reader has declared itself asleep
+    // (nobody does here), so `no keys` and `keys` are the capture without NOTIFY; `full capture`
+    // adds a standing sleeper, so that every commit NOTIFYs (an idle hub's case).
+    const SLEEPER = 'bench-commit-order-sleeper';
     type State = 'off' | 'no keys' | 'keys' | 'full capture';
     const setState = async (s: State) => {
-      await sql(`ALTER TABLE guarantees DISABLE TRIGGER USER`);
-      if (s === 'full capture') await sql(`ALTER TABLE guarantees ENABLE TRIGGER hub_capture_insert`);
-      else if (s !== 'off') await sql(`ALTER TABLE guarantees ENABLE TRIGGER bench_quiet_insert`);
+      await sql(setTriggersSql('guarantees', s !== 'off'));
       await sql(`ALTER TABLE hub.outbox ${s === 'no keys' ? 'DISABLE' : 'ENABLE ALWAYS'} TRIGGER hub_commit_mark`);
+      await sql(
+        s === 'full capture' ? `SELECT lapsed FROM hub.sleep('${SLEEPER}', 600000)` : `SELECT hub.awake('${SLEEPER}')`,
+      );
     };
     const flatOut = async (writers: number, seconds: number) => {
       const clients = Array.from({ length: writers }, () => new pg.Client({ connectionString: db.url }));
@@ -162,7 +147,8 @@ try {
     const body = (b: string) =>
       `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $f$ DECLARE k bigint; BEGIN ${b} RETURN NULL; END $f$`;
     const parts: Array<[string, string[]]> = [
-      ['no keys', [`ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
+      ['capture off', [setTriggersSql('guarantees', false)]],
+      ['no keys', [setTriggersSql('guarantees', true), `ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
       [
         '+ marker row',
         [
@@ -237,7 +223,7 @@ try {
     log(
       `20 000-row statement: ${states.map((st) => `${st} ${median(statement[st]).toFixed(1)} ms (CPU ${median(statementCpu[st]).toFixed(1)} ms)`).join(', ')}`,
     );
-    await setState('full capture');
+    await setState('keys'); // as migrated, nobody asleep
     await sql('ANALYZE');
     result.writeCost = {
       single: Object.fromEntries(

@@ -49,6 +49,18 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
   return db;
 }
 
+/**
+ * SQL that enables or disables `triggers` (`USER`: all but the internal ones; or one name) on a
+ * table, leaving the capture as it is otherwise. Run under session_replication_role = replica
+ * (where the role may set it: a superuser, the only one who has event triggers), so that
+ * sql/005's hub_rewatch event trigger does not fire: on any ALTER TABLE of a watched table it
+ * regenerates the capture, which would turn disabled capture triggers back on.
+ */
+export function setTriggersSql(table: string, enabled: boolean, triggers = 'USER'): string {
+  return `DO $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN SET session_replication_role = replica; END IF; END $$;
+ALTER TABLE ${table} ${enabled ? 'ENABLE' : 'DISABLE'} TRIGGER ${triggers}; RESET session_replication_role`;
+}
+
 /** Committee `k` (1-based) of election `e` has id (e-1)*perElection + k. */
 export const committeeId = (election: number, k: number, perElection: number) => (election - 1) * perElection + k;
 

@@ -13,7 +13,7 @@
  */
 import { type Bench, SEED, type Scenario, type Server, cpuSeconds, status } from '../harness.ts';
 import { wallNow } from '../lib/clock.ts';
-import { committeeId } from '../lib/db.ts';
+import { committeeId, setTriggersSql } from '../lib/db.ts';
 import { median, ms, si } from '../lib/stats.ts';
 
 /**
@@ -54,14 +54,10 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   await first.call('listen', { url, channel: 'hub_outbox' });
   const sql = (text: string) => writer.call('sql', { url, text });
   const set = async (state: WriteState) => {
-    // Under session_replication_role = replica, so that sql/005's hub_rewatch event trigger does
-    // not fire: it regenerates a watched table's capture on any ALTER TABLE, and so would turn
-    // the triggers back on (event triggers are a superuser's, and so is this setting).
+    // Capture on or off without hub_rewatch's help (see setTriggersSql), and checked: a silent
+    // failure here would compare the capture with itself.
     const enabled = state === 'off' ? 'D' : 'O';
-    await sql(
-      `DO $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN SET session_replication_role = replica; END IF; END $$;
-       ALTER TABLE guarantees ${state === 'off' ? 'DISABLE' : 'ENABLE'} TRIGGER USER`,
-    );
+    await sql(setTriggersSql('guarantees', state !== 'off'));
     const { rows } = await sql(
       `SELECT tgname FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND NOT tgisinternal AND tgenabled <> '${enabled}'`,
     );

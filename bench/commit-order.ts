@@ -3,13 +3,13 @@
  *
  * What the commit keys (sql/006_commit_order.sql) cost and what they buy, on a fresh database:
  *
- * 1. Write cost of the keys alone, with a capture that sends no NOTIFY (NOTIFY serializes commits
- *    by itself and would hide the keys' cost; issue 14 item 1 takes it out of the common path):
- *    `keys` (as migrated) against `no keys` (hub_commit_mark disabled). Single-row inserts as fast
+ * 1. Write cost of the keys alone, with the capture sending no NOTIFY (no reader asleep: NOTIFY
+ *    serializes commits by itself and would hide the keys' cost): `keys` (as migrated) against
+ *    `no keys` (hub_commit_mark disabled). Single-row inserts as fast
  *    as 1, 4 and 8 writers go (pairs of adjacent runs, their ratio's median: this machine is
  *    shared); the backend CPU time of a one-row transaction, part by part; one 20 000-row
- *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (NOTIFY included)
- *    alongside for scale.
+ *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (a reader asleep:
+ *    every commit NOTIFYs) alongside for scale.
  * 2. Delivery while a write transaction is held open for 10 s in another database of the same
  *    cluster (and, second, one in this database that wrote a watched table and has not
  *    committed): one row every 100 ms written meanwhile, through a hub in this process; each
@@ -21,7 +21,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { createBenchDatabase, committeeId, seed } from './lib/db.ts';
+import { createBenchDatabase, committeeId, seed, setTriggersSql } from './lib/db.ts';
+import { type HeldWhere, describeHeld, heldResult, holdOpen } from './lib/held.ts';
 import { median } from './lib/stats.ts';
 import { parseConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/log.ts';
@@ -62,32 +63,17 @@ try {
 
   /** Part 1: write cost of the keys (needs sql/006_commit_order.sql). */
   const writeCost = async () => {
-    // A capture without its NOTIFY, beside the real one (as bench/run.ts's write-cost does).
-    const def = String(((await sql(`SELECT pg_get_functiondef('hub.capture'::regproc) AS d`))[0] as { d: string }).d);
-    const quiet = def
-      .replace(/PERFORM\s+pg_notify\([^;]*\);/, 'NULL;')
-      .replace(/FUNCTION\s+hub\.capture\(\)/, 'FUNCTION public.bench_capture_quiet()');
-    if (quiet === def) throw new Error('hub.capture has no pg_notify line to take out');
-    await sql(quiet);
-    const trig = String(
-      (
-        (
-          await sql(
-            `SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND tgname = 'hub_capture_insert'`,
-          )
-        )[0] as { d: string }
-      ).d,
-    );
-    await sql(
-      trig.replace('hub_capture_insert', 'bench_quiet_insert').replace(/hub\.capture\(/, 'public.bench_capture_quiet('),
-    );
-
+    // The generated capture (sql/005) sends no NOTIFY while no reader has declared itself asleep
+    // (nobody does here), so `no keys` and `keys` are the capture without NOTIFY; `full capture`
+    // adds a standing sleeper, so that every commit NOTIFYs (an idle hub's case).
+    const SLEEPER = 'bench-commit-order-sleeper';
     type State = 'off' | 'no keys' | 'keys' | 'full capture';
     const setState = async (s: State) => {
-      await sql(`ALTER TABLE guarantees DISABLE TRIGGER USER`);
-      if (s === 'full capture') await sql(`ALTER TABLE guarantees ENABLE TRIGGER hub_capture_insert`);
-      else if (s !== 'off') await sql(`ALTER TABLE guarantees ENABLE TRIGGER bench_quiet_insert`);
+      await sql(setTriggersSql('guarantees', s !== 'off'));
       await sql(`ALTER TABLE hub.outbox ${s === 'no keys' ? 'DISABLE' : 'ENABLE ALWAYS'} TRIGGER hub_commit_mark`);
+      await sql(
+        s === 'full capture' ? `SELECT lapsed FROM hub.sleep('${SLEEPER}', 600000)` : `SELECT hub.awake('${SLEEPER}')`,
+      );
     };
     const flatOut = async (writers: number, seconds: number) => {
       const clients = Array.from({ length: writers }, () => new pg.Client({ connectionString: db.url }));
@@ -161,7 +147,8 @@ try {
     const body = (b: string) =>
       `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $f$ DECLARE k bigint; BEGIN ${b} RETURN NULL; END $f$`;
     const parts: Array<[string, string[]]> = [
-      ['no keys', [`ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
+      ['capture off', [setTriggersSql('guarantees', false)]],
+      ['no keys', [setTriggersSql('guarantees', true), `ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
       [
         '+ marker row',
         [
@@ -236,7 +223,7 @@ try {
     log(
       `20 000-row statement: ${states.map((st) => `${st} ${median(statement[st]).toFixed(1)} ms (CPU ${median(statementCpu[st]).toFixed(1)} ms)`).join(', ')}`,
     );
-    await setState('full capture');
+    await setState('keys'); // as migrated, nobody asleep
     await sql('ANALYZE');
     result.writeCost = {
       single: Object.fromEntries(
@@ -273,7 +260,7 @@ try {
   const hub = await startHub(parsed.config, { log: createLogger('warn') });
   try {
     const token = await signToken(secret, { sub: 'bench', role: 'admin', ttl: '1h' });
-    const held = async (where: 'another database' | 'this database, watched write not committed') => {
+    const held = async (where: HeldWhere) => {
       const ws = new WebSocket(`ws://127.0.0.1:${hub.port}/ws?token=${token}`);
       const arrived = new Map<string, number>();
       ws.on('message', (m) => {
@@ -282,15 +269,10 @@ try {
         if (f.type === 'guarantee_update' && name?.startsWith('P')) arrived.set(name, performance.now());
       });
       await new Promise((r) => ws.once('message', r)); // connection_success
-      const holder = new pg.Client({ connectionString: where === 'another database' ? other.url : db.url });
-      await holder.connect();
-      await holder.query('BEGIN');
-      if (where === 'another database')
-        await holder.query(`INSERT INTO elections (name) VALUES ('a long import elsewhere')`);
-      else
-        await holder.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (2, $1, 'held')`, [
-          first,
-        ]);
+      const holder = await holdOpen(where, where === 'another database' ? other.url : db.url, {
+        election: 2,
+        committee: first,
+      });
       const writer = new pg.Client({ connectionString: db.url });
       await writer.connect();
       const sent = new Map<string, number>();
@@ -305,28 +287,21 @@ try {
         await sleep(100);
       }
       await sleep(Math.max(0, HOLD_MS - (performance.now() - t0)));
-      const beforeEnd = [...sent.keys()].filter((n) => arrived.has(n)).length;
-      const latencies = [...sent.entries()]
-        .filter(([n]) => arrived.has(n))
-        .map(([n, t]) => (arrived.get(n) as number) - t)
-        .sort((a, b) => a - b);
-      await holder.query('COMMIT');
-      await Promise.all([holder.end(), writer.end()]);
+      const latencies = (names: string[]) => names.map((n) => (arrived.get(n) as number) - (sent.get(n) as number));
+      const whileHeld = [...sent.keys()].filter((n) => arrived.has(n));
+      await holder.commit();
+      // Rows that waited for it arrive now (up to 2 s).
+      for (let k = 0; k < 20 && arrived.size < sent.size; k++) await sleep(100);
+      const after = [...sent.keys()].filter((n) => arrived.has(n) && !whileHeld.includes(n));
+      await writer.end();
       ws.close();
-      const out = {
-        rows: sent.size,
-        deliveredWhileHeld: beforeEnd,
-        p50Ms: latencies[Math.floor(latencies.length / 2)] ?? null,
-        maxMs: latencies[latencies.length - 1] ?? null,
-      };
-      log(
-        `held open ${HOLD_MS / 1000} s in ${where}: ${out.deliveredWhileHeld}/${out.rows} rows delivered while it was open, p50 ${out.p50Ms?.toFixed(1)} ms, max ${out.maxMs?.toFixed(1)} ms`,
-      );
+      const out = heldResult(HOLD_MS, sent.size, latencies(whileHeld), latencies(after));
+      log(describeHeld(where, out));
       return out;
     };
     result.heldOpen = {
       anotherDatabase: await held('another database'),
-      sameDatabaseUncommittedWatched: await held('this database, watched write not committed'),
+      sameDatabaseUncommittedWatched: await held('this database'),
     };
   } finally {
     await hub.stop();

@@ -10,7 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type BenchDatabase, committeeId } from './lib/db.ts';
+import { type BenchDatabase, committeeId, createBenchDatabase } from './lib/db.ts';
 import { sleep } from './lib/clock.ts';
 import { RESULTS, fdLimitOf, spawnTs } from './lib/procs.ts';
 import type { Child } from './lib/rpc.ts';
@@ -118,6 +118,12 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/** An orderly stop (so --cpu-prof writes its profile), then the process is gone in any case. */
+async function stopChild<A extends { stop(): unknown }>(child: Child<A>): Promise<void> {
+  await child.call('stop', undefined, 15_000).catch(() => undefined);
+  await child.kill(5000);
+}
+
 // ---- clients -------------------------------------------------------------------------------
 
 export type Connected = ConnectResult & { seconds: number; rate: number };
@@ -139,6 +145,8 @@ export type BenchOptions = {
   /** Run the hub with --cpu-prof (profiles in bench/results/profiles/). */
   profile: boolean;
   db: BenchDatabase;
+  /** The cluster's admin URL (the bench database was created through it). */
+  adminUrl: string;
   writer: Child<WriterApi>;
   clients: ReadonlyArray<Child<ClientApi>>;
   /** Secret the hub and the peers verify and the client workers sign with. */
@@ -178,6 +186,14 @@ export class Bench {
     return this.db.url;
   }
 
+  /**
+   * Another fresh database in the same cluster (sql/ applied, nothing seeded). The caller drops
+   * it; the runner drops it too if the run ends first.
+   */
+  otherDatabase(): Promise<BenchDatabase> {
+    return createBenchDatabase(this.#opts.adminUrl);
+  }
+
   /** Whether `--only` asked for rows of this scenario name (true without `--only`). */
   wants(name: string): boolean {
     return this.#opts.only.size === 0 || this.#opts.only.has(name);
@@ -204,12 +220,19 @@ export class Bench {
 
   // ---- servers -----------------------------------------------------------------------------
 
-  async startServer(kind: TargetKind): Promise<Server> {
-    const base = { logDir: LOG_DIR, fdLimit: 200_000 };
-    if (kind === 'hub') {
-      const { child, ready } = await spawnTs<HubProcessApi>('hub', 'bench/hub-process.ts', {
-        ...base,
-        // The hub as deployed: default limits, info logging (to a file), single node (no Redis).
+  /**
+   * A hub process. Alone (`node` undefined) it runs as deployed on one machine: default limits,
+   * info logging (to a file), no Redis. With `node` it is that node of a cluster sharing this
+   * run's Redis (its own NODE_ID, the run's REDIS_PREFIX), as deployed on several machines.
+   */
+  async #startHub(node?: number): Promise<Server> {
+    const runId = this.#opts.runId;
+    const { child, ready } = await spawnTs<HubProcessApi>(
+      node === undefined ? 'hub' : `hub-${node}`,
+      'bench/hub-process.ts',
+      {
+        logDir: LOG_DIR,
+        fdLimit: 200_000,
         env: {
           DATABASE_URL: this.url,
           JWT_SECRET: this.secret,
@@ -217,44 +240,52 @@ export class Bench {
           HOST: '127.0.0.1',
           METRICS_PORT: '0',
           LOG_LEVEL: process.env.BENCH_HUB_LOG ?? 'info',
-          REDIS_URL: '',
+          ...(node === undefined
+            ? { REDIS_URL: '' }
+            : { REDIS_URL: this.#opts.redisUrl, NODE_ID: `bench-${runId}-${node}`, REDIS_PREFIX: `bench-${runId}:` }),
         },
         nodeArgs: ['--expose-gc', ...(this.#opts.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [])],
-      });
-      const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
-      // Upgrades need the listener connected and the reader started: wait for /ready.
-      const deadline = Date.now() + 15_000;
-      while (
-        (await fetch(`http://127.0.0.1:${port}/ready`).then(
-          (r) => r.status,
-          () => 0,
-        )) !== 200
-      ) {
-        if (Date.now() > deadline) throw new Error('hub never became ready');
-        await sleep(50);
+      },
+    );
+    const stop = () => stopChild(child);
+    const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
+    // Upgrades need the listener connected and the reader started: wait for /ready.
+    const deadline = Date.now() + 15_000;
+    while (
+      (await fetch(`http://127.0.0.1:${port}/ready`).then(
+        (r) => r.status,
+        () => 0,
+      )) !== 200
+    ) {
+      if (Date.now() > deadline) {
+        await stop();
+        throw new Error(`hub${node === undefined ? '' : ` node ${node}`} never became ready`);
       }
-      return {
-        kind,
-        port,
-        metricsPort,
-        pid,
-        target: { kind, host: '127.0.0.1', port },
-        stop: async () => {
-          await child.call('stop', undefined, 15_000).catch(() => undefined);
-          await child.kill(5000);
-        },
-        gc: async () => void (await child.call('gc', undefined)),
-        memory: () => child.call('memory', undefined),
-        fdLimit: fdLimitOf(pid),
-        publish: () => Promise.reject(new Error('the hub publishes what the database says')),
-      };
+      await sleep(50);
     }
+    return {
+      kind: 'hub',
+      port,
+      metricsPort,
+      pid,
+      target: { kind: 'hub', host: '127.0.0.1', port },
+      stop,
+      gc: async () => void (await child.call('gc', undefined)),
+      memory: () => child.call('memory', undefined),
+      fdLimit: fdLimitOf(pid),
+      publish: () => Promise.reject(new Error('the hub publishes what the database says')),
+    };
+  }
+
+  async startServer(kind: TargetKind): Promise<Server> {
+    if (kind === 'hub') return this.#startHub();
     const file = { bare: 'bench/servers/uws-bare.ts', ws: 'bench/peers/ws-hub.ts', sio: 'bench/peers/socketio-hub.ts' }[
       kind
     ];
     const name = { bare: 'bare-uws', ws: 'ws-hub', sio: 'socketio-hub' }[kind];
     const { child, ready } = await spawnTs<BareApi>(name, file, {
-      ...base,
+      logDir: LOG_DIR,
+      fdLimit: 200_000,
       env: { DATABASE_URL: this.url, JWT_SECRET: this.secret, REDIS_URL: this.#opts.redisUrl },
       nodeArgs: kind === 'bare' ? ['--expose-gc'] : [],
     });
@@ -265,10 +296,7 @@ export class Bench {
       metricsPort: port,
       pid,
       target: { kind, host: '127.0.0.1', port },
-      stop: async () => {
-        await child.call('stop', undefined, 15_000).catch(() => undefined);
-        await child.kill(5000);
-      },
+      stop: () => stopChild(child),
       gc: async () => void (kind === 'bare' ? await child.call('gc', undefined) : undefined),
       memory: async () => (kind === 'bare' ? child.call('memory', undefined) : undefined),
       fdLimit: fdLimitOf(pid),
@@ -283,18 +311,47 @@ export class Bench {
    * only while they run (the hub reads by the primary key and does not need it).
    */
   async withServer<T>(kind: TargetKind, fn: (s: Server) => Promise<T>): Promise<T> {
+    return this.#withServers(
+      kind === 'ws' || kind === 'sio',
+      async () => [await this.startServer(kind)],
+      ([s]) => fn(s as Server),
+    );
+  }
+
+  /**
+   * `withServer('hub', …)` with `nodes` hub processes against the bench database, started
+   * together: the nodes of one cluster (each reads the whole outbox itself; they share Redis).
+   * If one fails to start, the others are stopped.
+   */
+  async withHubs<T>(nodes: number, fn: (hubs: Server[]) => Promise<T>): Promise<T> {
+    return this.#withServers(
+      false,
+      async () => {
+        const started = await Promise.allSettled(Array.from({ length: nodes }, (_, k) => this.#startHub(k + 1)));
+        const up = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+        const failed = started.find((r) => r.status === 'rejected');
+        if (failed) {
+          await Promise.all(up.map((s) => s.stop()));
+          throw failed.reason;
+        }
+        return up;
+      },
+      fn,
+    );
+  }
+
+  async #withServers<T>(peer: boolean, start: () => Promise<Server[]>, fn: (s: Server[]) => Promise<T>): Promise<T> {
     const url = this.url;
-    const peer = kind === 'ws' || kind === 'sio';
     await this.writer.call('sql', {
       url,
       text: `ANALYZE${peer ? '; CREATE INDEX IF NOT EXISTS bench_outbox_id ON hub.outbox (id)' : ''}`,
     });
-    const s = await this.startServer(kind);
+    const servers = await start();
     try {
-      return await fn(s);
+      return await fn(servers);
     } finally {
       await this.closeAll();
-      await s.stop();
+      await Promise.all(servers.map((s) => s.stop()));
       if (peer) await this.writer.call('sql', { url, text: 'DROP INDEX IF EXISTS hub.bench_outbox_id' });
     }
   }

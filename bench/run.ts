@@ -16,7 +16,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
-import { type BenchDatabase, createBenchDatabase, seed, serverVersion } from './lib/db.ts';
+import { type BenchDatabase, createBenchDatabase, dropBenchDatabases, seed, serverVersion } from './lib/db.ts';
 import { wallNow } from './lib/clock.ts';
 import { RESULTS, killAll, spawnTs } from './lib/procs.ts';
 import type { Child } from './lib/rpc.ts';
@@ -84,12 +84,14 @@ async function main(): Promise<number> {
   );
   if ((os.loadavg()[0] ?? 0) > 1)
     log(`  note: other processes are busy on this ${os.cpus().length}-core machine; expect noisier figures`);
-  let db: BenchDatabase | undefined;
   let cleaning: Promise<void> | undefined;
+  // The bench database and any a scenario made (bench.otherDatabase()) and has not dropped.
   const cleanup = () =>
     (cleaning ??= (async () => {
       await killAll(3000);
-      if (db) await db.drop().catch((err: unknown) => log(`dropping ${db?.name} failed: ${(err as Error).message}`));
+      await dropBenchDatabases().catch((err: unknown) =>
+        log(`dropping a bench database failed: ${(err as Error).message}`),
+      );
     })());
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
@@ -98,8 +100,7 @@ async function main(): Promise<number> {
     });
   }
   try {
-    db = await createBenchDatabase(ADMIN_URL);
-    return await benchmark(db);
+    return await benchmark(await createBenchDatabase(ADMIN_URL));
   } catch (err) {
     log(`failed: ${(err as Error).stack ?? String(err)}`);
     return 1;
@@ -125,6 +126,7 @@ async function benchmark(db: BenchDatabase): Promise<number> {
     only,
     profile: flags.profile === true,
     db,
+    adminUrl: ADMIN_URL,
     writer: (w as { child: Child<WriterApi> }).child,
     clients: cs.map((c) => (c as { child: Child<ClientApi> }).child),
     secret: `bench-${randomBytes(16).toString('hex')}`,

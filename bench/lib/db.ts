@@ -4,6 +4,14 @@ import { migrate } from '../../src/db/migrate.ts';
 
 export type BenchDatabase = { url: string; name: string; drop(): Promise<void> };
 
+/** Databases created here and not dropped yet (`dropBenchDatabases` drops them on the way out). */
+const undropped = new Set<BenchDatabase>();
+
+/** Drops every bench database this process created and has not dropped (cleanup on failure or Ctrl-C). */
+export async function dropBenchDatabases(): Promise<void> {
+  await Promise.all([...undropped].map((d) => d.drop()));
+}
+
 /** A fresh database with the hub and the reference schema applied; `drop` removes it (even with sessions left). */
 export async function createBenchDatabase(adminUrl: string): Promise<BenchDatabase> {
   const name = `hub_bench_${randomBytes(5).toString('hex')}`;
@@ -21,6 +29,7 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
   const drop = async () => {
     if (dropped) return;
     dropped = true;
+    undropped.delete(db);
     const c = new pg.Client({ connectionString: adminUrl });
     await c.connect();
     try {
@@ -29,13 +38,27 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
       await c.end();
     }
   };
+  const db: BenchDatabase = { url, name, drop };
+  undropped.add(db);
   try {
     await migrate(url, { referenceSchema: true });
   } catch (err) {
     await drop();
     throw err;
   }
-  return { url, name, drop };
+  return db;
+}
+
+/**
+ * SQL that enables or disables `triggers` (`USER`: all but the internal ones; or one name) on a
+ * table, leaving the capture as it is otherwise. Run under session_replication_role = replica
+ * (where the role may set it: a superuser, the only one who has event triggers), so that
+ * sql/005's hub_rewatch event trigger does not fire: on any ALTER TABLE of a watched table it
+ * regenerates the capture, which would turn disabled capture triggers back on.
+ */
+export function setTriggersSql(table: string, enabled: boolean, triggers = 'USER'): string {
+  return `DO $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN SET session_replication_role = replica; END IF; END $$;
+ALTER TABLE ${table} ${enabled ? 'ENABLE' : 'DISABLE'} TRIGGER ${triggers}; RESET session_replication_role`;
 }
 
 /** Committee `k` (1-based) of election `e` has id (e-1)*perElection + k. */

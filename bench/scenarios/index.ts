@@ -6,6 +6,7 @@
 import type { Scenario } from '../harness.ts';
 import { electionNight } from './election-night.ts';
 import { fanOut } from './fan-out.ts';
+import { heldOpen } from './held-open.ts';
 import { latency } from './latency.ts';
 import { memory } from './memory.ts';
 import { writeCost } from './write-cost.ts';
@@ -15,5 +16,6 @@ export const SCENARIOS: readonly Scenario[] = [
   fanOut,
   memory,
   electionNight,
+  heldOpen,
   writeCost, // last
 ];

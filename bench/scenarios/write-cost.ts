@@ -5,26 +5,39 @@
  * commit (a reader asleep: an idle hub). Measured apart: `on` with nobody asleep, `asleep` with
  * a standing declaration (hub.sleep with a long lease: every commit NOTIFYs, as every one did
  * before 005), `hub` with a real hub process reading the rows as they come (its readers go busy
- * and stop the NOTIFYs; on a 2-core machine the hub's own CPU comes out of the writers'), and
- * `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
+ * and stop the NOTIFYs; on a 2-core machine the hub's own CPU comes out of the writers'),
+ * `hubs` with `nodes` hub processes (3; the nodes of one cluster sharing Redis, each reading
+ * every row),
+ * and `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
  * thousands of rows would otherwise sit in every later scenario's tables.
  */
-import { type Bench, SEED, type Scenario, status } from '../harness.ts';
-import { committeeId } from '../lib/db.ts';
+import { type Bench, SEED, type Scenario, type Server, cpuSeconds, status } from '../harness.ts';
+import { wallNow } from '../lib/clock.ts';
+import { committeeId, setTriggersSql } from '../lib/db.ts';
 import { median, ms, si } from '../lib/stats.ts';
 
-/** Single-row states run with 4 writers; `writers` adds capture on/asleep/off at other counts. */
+/**
+ * Single-row states run with 4 writers; `writers` adds capture on/asleep/off at other counts;
+ * `nodes` hub processes (one cluster) read in the `hubs` state.
+ */
 type Sizes = {
-  write: { seconds: number; rounds: number; statementRows: number; statementRounds: number; writers: number[] };
+  write: {
+    seconds: number;
+    rounds: number;
+    statementRows: number;
+    statementRounds: number;
+    writers: number[];
+    nodes: number;
+  };
 };
 
 const SIZES = {
-  smoke: { write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [] } },
-  quick: { write: { seconds: 1, rounds: 4, statementRows: 20_000, statementRounds: 3, writers: [1, 8] } },
-  full: { write: { seconds: 2, rounds: 5, statementRows: 20_000, statementRounds: 5, writers: [1, 8] } },
+  smoke: { write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [], nodes: 2 } },
+  quick: { write: { seconds: 1, rounds: 4, statementRows: 20_000, statementRounds: 3, writers: [1, 8], nodes: 3 } },
+  full: { write: { seconds: 2, rounds: 5, statementRows: 20_000, statementRounds: 5, writers: [1, 8], nodes: 3 } },
 } satisfies Record<string, Sizes>;
 
-type WriteState = 'on' | 'asleep' | 'hub' | 'off';
+type WriteState = 'on' | 'asleep' | 'hub' | 'hubs' | 'off';
 const STANDING_SLEEPER = 'bench-standing-sleeper';
 
 async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
@@ -41,12 +54,20 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   await first.call('listen', { url, channel: 'hub_outbox' });
   const sql = (text: string) => writer.call('sql', { url, text });
   const set = async (state: WriteState) => {
-    await sql(`ALTER TABLE guarantees ${state === 'off' ? 'DISABLE' : 'ENABLE'} TRIGGER USER`);
+    // Capture on or off without hub_rewatch's help (see setTriggersSql), and checked: a silent
+    // failure here would compare the capture with itself.
+    const enabled = state === 'off' ? 'D' : 'O';
+    await sql(setTriggersSql('guarantees', state !== 'off'));
+    const { rows } = await sql(
+      `SELECT tgname FROM pg_trigger WHERE tgrelid = 'guarantees'::regclass AND NOT tgisinternal AND tgenabled <> '${enabled}'`,
+    );
+    if (rows.length > 0) throw new Error(`write-cost: capture ${state}, but ${JSON.stringify(rows)} did not follow`);
     // Nobody asleep, or the standing sleeper (its own transaction: hub.sleep insists); a hub's
     // readers declare themselves as they go.
-    if (state !== 'hub') await sql(`SELECT hub.awake(reader) FROM hub.sleepers`);
+    const hub = state === 'hub' || state === 'hubs';
+    if (!hub) await sql(`SELECT hub.awake(reader) FROM hub.sleepers`);
     if (state === 'asleep') await sql(`SELECT lapsed FROM hub.sleep('${STANDING_SLEEPER}', 600000)`);
-    if (state === 'hub') await sql(`SELECT hub.awake('${STANDING_SLEEPER}')`);
+    if (hub) await sql(`SELECT hub.awake('${STANDING_SLEEPER}')`);
   };
   type Tally = { inserts: number; seconds: number; cpuMs: number; notifies: number };
   const single = new Map<string, Tally>();
@@ -64,6 +85,8 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
       notifies: t.notifies + notifies,
     });
   };
+  type HubCpu = { seconds: number; processes: number; backends: number; processMs: number; backendMs: number };
+  const hubCpu = new Map<'hub' | 'hubs', HubCpu>();
   const statement: { on: number[]; off: number[] } = { on: [], off: [] };
   const main: WriteState[] = ['on', 'asleep', 'off'];
   try {
@@ -74,11 +97,31 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where }); // warm-up
     for (let r = 0; r < w.rounds; r++) for (const state of main) await flat(state, 4);
     // One hub for all its rounds, warmed up first: its readers' steady state, not their start.
-    await bench.withServer('hub', async () => {
-      await set('hub');
+    // Then the same with `nodes` hubs, each reading every row (as the nodes of one cluster do).
+    // The CPU the hub processes and their PostgreSQL backends take meanwhile is recorded.
+    const hubRounds = async (state: 'hub' | 'hubs', servers: Server[]) => {
+      await set(state);
       await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where });
-      for (let r = 0; r < w.rounds; r++) await flat('hub', 4);
-    });
+      const { rows } = await sql(
+        `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'election-hub%'`,
+      );
+      const processes = servers.map((s) => s.pid);
+      const backends = (rows as Array<{ pid: number }>).map((r) => r.pid);
+      const before = [cpuMsOf(processes), cpuMsOf(backends)] as const;
+      const t0 = wallNow();
+      for (let r = 0; r < w.rounds; r++) await flat(state, 4);
+      const seconds = (wallNow() - t0) / 1000;
+      hubCpu.set(state, {
+        seconds,
+        processes: processes.length,
+        backends: backends.length,
+        processMs: cpuMsSince(before[0]),
+        backendMs: cpuMsSince(before[1]),
+      });
+    };
+    await bench.withServer('hub', (s) => hubRounds('hub', [s]));
+    log(`write cost: single-row inserts, 4 writers, ${w.nodes} hub nodes reading, ${w.rounds}× ${w.seconds} s`);
+    await bench.withHubs(w.nodes, (hubs) => hubRounds('hubs', hubs));
     for (const n of w.writers) {
       log(
         `write cost: single-row inserts, ${n} writer${n === 1 ? '' : 's'}, ${w.rounds}× ${w.seconds} s per state (on, asleep, off)`,
@@ -114,7 +157,7 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   const off = median(statement.off);
   log(
     `  single-row, 4 writers: on ${si(rate('on', 4))}/s, a reader asleep ${si(rate('asleep', 4))}/s, ` +
-      `with a hub ${si(rate('hub', 4))}/s, off ${si(rate('off', 4))}/s; statement: on ${ms(on)} ms, off ${ms(off)} ms`,
+      `with a hub ${si(rate('hub', 4))}/s, with ${w.nodes} hubs ${si(rate('hubs', 4))}/s, off ${si(rate('off', 4))}/s; statement: on ${ms(on)} ms, off ${ms(off)} ms`,
   );
   bench.raw('write-cost', {
     single: Object.fromEntries(single),
@@ -122,15 +165,21 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     rates: Object.fromEntries([...single].map(([k, t]) => [k, t.inserts / t.seconds])),
     backendCpuUsPerInsert: Object.fromEntries([...single].map(([k, t]) => [k, (t.cpuMs * 1000) / t.inserts])),
     notifiesPerInsert: Object.fromEntries([...single].map(([k, t]) => [k, t.notifies / t.inserts])),
+    hubCpu: Object.fromEntries(hubCpu),
   });
   const ratioRow = (n: number, state: WriteState, label: string, target?: number) => {
     const value = rate(state, n);
     const base = rate('off', n);
     if (!Number.isFinite(value) || !Number.isFinite(base)) return;
-    const cpu = cpuUs(state, n) - cpuUs('off', n);
+    const cpu = Math.round(cpuUs(state, n) - cpuUs('off', n));
+    const h = state === 'hub' || state === 'hubs' ? hubCpu.get(state) : undefined;
+    const share = (cpuMs: number) => `${((100 * cpuMs) / 1000 / (h?.seconds ?? Number.NaN)).toFixed(0)}%`;
     const extra = [
-      Number.isFinite(cpu) ? `+${cpu.toFixed(0)} µs backend CPU/insert` : '',
+      Number.isFinite(cpu) ? `${cpu >= 0 ? '+' : '−'}${Math.abs(cpu)} µs backend CPU/insert` : '',
       `${(100 * notifyShare(state, n)).toFixed(0)}% of commits NOTIFY`,
+      h
+        ? `hub${h.processes > 1 ? 's' : ''} ${share(h.processMs)} + their backends ${share(h.backendMs)} of a core`
+        : '',
     ].filter(Boolean);
     bench.row({
       scenario: 'write-cost',
@@ -148,6 +197,7 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   ratioRow(4, 'on', ' (no reader asleep: no NOTIFY)', 0.7);
   ratioRow(4, 'asleep', ', a reader asleep (every commit NOTIFYs)');
   ratioRow(4, 'hub', ', a hub reading them (same machine)');
+  ratioRow(4, 'hubs', `, ${w.nodes} hub nodes reading them (same machine)`);
   for (const n of w.writers) {
     ratioRow(n, 'on', ' (no reader asleep)');
     ratioRow(n, 'asleep', ', a reader asleep');
@@ -164,6 +214,26 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     target: '≥ 0.35× speed',
     status: status(off / on >= 0.35),
   });
+}
+
+/** CPU ms (utime + stime) of each process still running, by pid (Linux /proc). */
+function cpuMsOf(pids: number[]): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const pid of pids) {
+    try {
+      out.set(pid, cpuSeconds(pid) * 1000);
+    } catch {
+      // gone (an idle pool connection closed): left out
+    }
+  }
+  return out;
+}
+
+/** CPU ms used since `before` by the processes that were running then and still are. */
+function cpuMsSince(before: Map<number, number>): number {
+  let ms = 0;
+  for (const [pid, t] of cpuMsOf([...before.keys()])) ms += t - (before.get(pid) ?? t);
+  return ms;
 }
 
 export const writeCost: Scenario<Sizes> = { name: 'write-cost', sizes: (mode) => SIZES[mode], run };

@@ -1,5 +1,5 @@
 /*
- * `node bin/run-ts.mjs bench/scenarios/real-size.ts [--quick|--smoke] [--modes off,shared>=1024,shared>=1024@100ms,…] [--out file.json]`
+ * `node bin/run-ts.mjs bench/scenarios/real-size.ts [--quick|--smoke] [--modes off,shared>=1024,shared>=1024@100ms,shared>=1024+cols,…] [--seconds N] [--out file.json]`
  *
  * Issue 11's real-size scenario: one election of 300 committees with 1 M guarantees and 500 k
  * attendance rows (quick mode: a fifth of that) and 3 000 vote rows; 300 writes/s of inserts,
@@ -8,7 +8,8 @@
  * `dashboard:1`, all offering permessage-deflate as browsers do (bench/lib/deflate-ws.ts), bytes
  * counted on the wire. Every dashboard applies the updates by the contract's chain rule and is
  * compared with the database at the end; every whole-election dashboard must get every row.
- * Repeated per case (a fresh hub each): `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE]`,
+ * Repeated per case (a fresh hub each): `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE][+cols]`
+ * (`+cols`: row events trimmed by hub.watch's column allow-list, see ALLOW_LIST),
  * e.g. `shared>=1024@100ms`; what is left out is the hub's default. Reported against the issue's
  * targets; nothing is asserted.
  *
@@ -36,6 +37,7 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     smoke: { type: 'boolean', default: false },
     modes: { type: 'string' },
+    seconds: { type: 'string' },
     out: { type: 'string' },
   },
   strict: true,
@@ -89,13 +91,30 @@ const SIZES: Record<Mode, Size> = {
     workers: 4,
   },
 };
-const size = SIZES[mode];
+const size = { ...SIZES[mode], ...(flags.seconds ? { seconds: Number(flags.seconds) } : {}) };
+if (!(size.seconds > 0)) throw new Error(`--seconds: not a positive number: ${flags.seconds}`);
 const CASES = (flags.modes ?? 'off,shared>=1024,shared>=0,dedicated>=1024').split(',');
 
-type Case = { name: string; env: Record<string, string>; debounceMs: number; debounceDefault: boolean };
-/** `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE]`, checked as the hub will parse it. */
+type Case = {
+  name: string;
+  env: Record<string, string>;
+  debounceMs: number;
+  debounceDefault: boolean;
+  /** `+cols`: guarantees and attendance watched with a column allow-list (hub.watch's `columns`). */
+  columns: boolean;
+};
+/**
+ * The columns a dashboard deployment that shows no voter needs in its row events (`+cols`):
+ * everything else of a row (`voter_name`, `updated_at`) stays out of `data` and `old`.
+ */
+const ALLOW_LIST: ReadonlyArray<[table: string, kind: string, columns: string[]]> = [
+  ['guarantees', 'guarantee', ['status']],
+  ['attendance', 'attendance', []],
+];
+/** `WS_COMPRESSION[>=WS_COMPRESSION_MIN_BYTES][@DASHBOARD_DEBOUNCE][+cols]`, checked as the hub will parse it. */
 function parseCase(name: string): Case {
-  const [head = '', debounce] = name.split('@');
+  const columns = name.endsWith('+cols');
+  const [head = '', debounce] = (columns ? name.slice(0, -'+cols'.length) : name).split('@');
   const [compression = 'off', min] = head.split('>=');
   const env: Record<string, string> = {
     WS_COMPRESSION: compression,
@@ -104,7 +123,7 @@ function parseCase(name: string): Case {
   };
   const parsed = parseConfig({ ...env, JWT_SECRET: 'x'.repeat(32) });
   if (!parsed.ok) throw new Error(`case ${name}: ${parsed.errors.join('; ')}`);
-  return { name, env, debounceMs: parsed.config.DASHBOARD_DEBOUNCE, debounceDefault: debounce === undefined };
+  return { name, env, debounceMs: parsed.config.DASHBOARD_DEBOUNCE, debounceDefault: debounce === undefined, columns };
 }
 const PARSED_CASES = CASES.map(parseCase);
 const ADMIN_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -379,7 +398,18 @@ async function runCase(
   firstProbe: number,
 ): Promise<CaseResult> {
   const name = kase.name;
-  const hub = await startHub(db.url, kase.env, name);
+  // hub.watch regenerates each table's capture function: with the allow-list, or as migrated.
+  const watch = (on: boolean) =>
+    Promise.all(
+      ALLOW_LIST.map(([t, k, cols]) =>
+        pool.query(`SELECT hub.watch($1::regclass, $2, columns => $3::text[])`, [t, k, on ? cols : null]),
+      ),
+    );
+  if (kase.columns) await watch(true);
+  const hub = await startHub(db.url, kase.env, name).catch(async (err: unknown) => {
+    if (kase.columns) await watch(false);
+    throw err;
+  });
   try {
     const groups: Array<[Group, number]> = [
       [
@@ -575,6 +605,7 @@ async function runCase(
     await Promise.all(workers.map((w) => w.call('closeAll', undefined).catch(() => undefined)));
     await hub.child.call('stop', undefined, 15_000).catch(() => undefined);
     await hub.child.kill(5000);
+    if (kase.columns) await watch(false);
   }
 }
 

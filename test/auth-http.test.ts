@@ -245,7 +245,7 @@ describe('HTTP routes', () => {
     );
     const updates = c.frames.filter((f) => f.type === 'dashboard_update').length;
     expect(updates).toBeGreaterThan(0);
-    expect(updates).toBeLessThan(60); // 1000 writes over a few seconds, at most one per DASHBOARD_DEBOUNCE 
+    expect(updates).toBeLessThan(60); // 1000 writes over a few seconds, at most one per DASHBOARD_DEBOUNCE
     expect(await redis.get(`${prefix}:dashboard:${e1}`)).toBeNull();
     expect(await redis.get(`${prefix}:summary:${e1}`)).toBeNull();
     // The totals followed the stream: GET /dashboard/{id} agrees with the database, and nothing was computed.

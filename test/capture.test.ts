@@ -180,6 +180,104 @@ describe('ALTER TABLE of a watched table', () => {
   });
 });
 
+describe('ALTER TABLE of a watched table keeps the trigger state the operator set', () => {
+  // hub_rewatch regenerates the capture (drops and re-creates the four triggers, sql/005): the
+  // enabled state an ALTER TABLE set on them must survive it (sql/007_rewatch_trigger_state.sql).
+  const ops = ['delete', 'insert', 'truncate', 'update'] as const;
+  const states = async (tbl: string) =>
+    Object.fromEntries(
+      (
+        await db.pool.query<{ n: string; s: string }>(
+          `SELECT tgname AS n, tgenabled AS s FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname LIKE 'hub\\_capture\\_%' ORDER BY 1`,
+          [tbl],
+        )
+      ).rows.map((r) => [r.n, r.s]),
+    );
+  const all = (s: string, but: Record<string, string> = {}) =>
+    Object.fromEntries(ops.map((op) => [`hub_capture_${op}`, but[op] ?? s]));
+  const captured = async (kind: string) =>
+    (
+      await db.pool.query<{ action: string; data: Record<string, unknown> }>(
+        `SELECT action, data FROM hub.outbox WHERE kind = $1 ORDER BY id`,
+        [kind],
+      )
+    ).rows;
+  const table = async (name: string) => {
+    await db.pool.query(
+      `CREATE TABLE ${name} (id bigint PRIMARY KEY, election_id int, committee_id int, note text); SELECT hub.watch('${name}', '${name}')`,
+    );
+    expect(await states(name)).toEqual(all('O'));
+  };
+
+  it('DISABLE TRIGGER USER: every capture trigger stays disabled and an INSERT writes no outbox row', async () => {
+    await table('sw_user');
+    await db.pool.query(`ALTER TABLE sw_user DISABLE TRIGGER USER`);
+    expect(await states('sw_user')).toEqual(all('D'));
+    await db.pool.query(
+      `INSERT INTO sw_user VALUES (1, 1, 1, 'a'); UPDATE sw_user SET note = 'b'; DELETE FROM sw_user`,
+    );
+    expect(await captured('sw_user')).toEqual([]);
+    await db.pool.query(`ALTER TABLE sw_user ENABLE TRIGGER USER`);
+    expect(await states('sw_user')).toEqual(all('O'));
+    await db.pool.query(`INSERT INTO sw_user VALUES (2, 1, 1, 'c')`);
+    expect((await captured('sw_user')).map((r) => r.action)).toEqual(['created']);
+  });
+
+  it('DISABLE TRIGGER hub_capture_insert: only that one is disabled; the others still capture', async () => {
+    await table('sw_one');
+    await db.pool.query(`ALTER TABLE sw_one DISABLE TRIGGER hub_capture_insert`);
+    expect(await states('sw_one')).toEqual(all('O', { insert: 'D' }));
+    await db.pool.query(`INSERT INTO sw_one VALUES (1, 1, 1, 'a'); UPDATE sw_one SET note = 'b'`);
+    expect((await captured('sw_one')).map((r) => r.action)).toEqual(['updated']);
+  });
+
+  it('ENABLE ALWAYS TRIGGER hub_capture_update (and ENABLE REPLICA on another) stay as set', async () => {
+    await table('sw_always');
+    await db.pool.query(`ALTER TABLE sw_always ENABLE ALWAYS TRIGGER hub_capture_update`);
+    expect(await states('sw_always')).toEqual(all('O', { update: 'A' }));
+    await db.pool.query(`ALTER TABLE sw_always ENABLE REPLICA TRIGGER hub_capture_delete`);
+    expect(await states('sw_always')).toEqual(all('O', { update: 'A', delete: 'R' }));
+  });
+
+  it('an ALTER that changes columns still regenerates the capture and keeps a disabled trigger disabled', async () => {
+    await table('sw_cols');
+    await db.pool.query(`ALTER TABLE sw_cols DISABLE TRIGGER hub_capture_insert`);
+    // Without regeneration the function would still read election_id as an integer, and the
+    // write of 'not a number' below would fail.
+    await db.pool.query(`ALTER TABLE sw_cols ALTER COLUMN election_id TYPE text`);
+    expect(await states('sw_cols')).toEqual(all('O', { insert: 'D' }));
+    await db.pool.query(`ALTER TABLE sw_cols ADD COLUMN extra text, DISABLE TRIGGER hub_capture_update`);
+    expect(await states('sw_cols')).toEqual(all('O', { insert: 'D', update: 'D' }));
+    await db.pool.query(`INSERT INTO sw_cols VALUES (1, 'not a number', 1, 'a', 'x')`);
+    expect(await captured('sw_cols')).toEqual([]);
+    await db.pool.query(`ALTER TABLE sw_cols ENABLE TRIGGER hub_capture_insert, ENABLE TRIGGER hub_capture_update`);
+    expect(await states('sw_cols')).toEqual(all('O'));
+    await db.pool.query(`INSERT INTO sw_cols VALUES (2, 'junk', 1, 'b', 'y')`);
+    expect(await captured('sw_cols')).toEqual([
+      { action: 'created', data: { id: 2, election_id: 'junk', committee_id: 1, note: 'b', extra: 'y' } },
+    ]);
+  });
+
+  it('several ALTERs in one transaction: each regenerates (the recursion guard does not outlive one), states kept', async () => {
+    await table('sw_tx');
+    await db.pool.query(`BEGIN;
+      ALTER TABLE sw_tx DISABLE TRIGGER USER;
+      ALTER TABLE sw_tx ALTER COLUMN election_id TYPE text;
+      ALTER TABLE sw_tx ENABLE TRIGGER hub_capture_insert;
+      COMMIT`);
+    expect(await states('sw_tx')).toEqual(all('D', { insert: 'O' }));
+    await db.pool.query(`INSERT INTO sw_tx VALUES (1, 'junk', 1, 'a'); UPDATE sw_tx SET note = 'b'`);
+    expect((await captured('sw_tx')).map((r) => r.action)).toEqual(['created']);
+  });
+
+  it('an explicit hub.watch by the operator re-creates the triggers enabled, as it always did', async () => {
+    await table('sw_watch');
+    await db.pool.query(`ALTER TABLE sw_watch DISABLE TRIGGER USER`);
+    await db.pool.query(`SELECT hub.watch('sw_watch', 'sw_watch')`);
+    expect(await states('sw_watch')).toEqual(all('O'));
+  });
+});
+
 describe('TRUNCATE of a watched table', () => {
   it('reaches admins on election:* as <kind>_update "truncated", not other sockets', async () => {
     const admin = await open({ token: await token({ sub: 'trunc-admin', role: 'admin' }) });

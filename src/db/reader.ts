@@ -53,12 +53,24 @@ export type SleepOptions = {
   /** How long a declaration lasts unless renewed (renewed every third of it). */
   leaseMs?: number;
   /**
-   * A reader busy this long without a quiet pass, reading at least `awakeAboveRate` rows/s,
-   * tells writers to stop notifying (`hub.awake`): it polls anyway. It declares itself asleep
-   * again at a quiet pass once the rate is below `sleepBelowRate` (hysteresis: a steady stream
-   * does not flip writers between notifying and not).
+   * When a declared reader tells writers to stop notifying (`hub.awake`) and polls every
+   * `busyPollMs` instead, and when it declares itself asleep again. Either of two rules
+   * withdraws the declaration:
+   * - commits: it read at least `awakeAboveCommits` commits per second over the last
+   *   `awakeAfterMs`, quiet passes in between or not. While it is declared every commit sends
+   *   a NOTIFY (and NOTIFYs serialize commits cluster-wide), and each one wakes it: at 200/s it
+   *   reads about as often as polling every 2 ms would (the wake-up's read, then the busy poll
+   *   2 ms later);
+   * - rows: it was busy `awakeAfterMs` without a quiet pass, reading at least `awakeAboveRate`
+   *   rows/s (a stream of large transactions).
+   * It declares itself asleep again at a quiet pass once it reads fewer than `sleepBelowCommits`
+   * commits/s and `sleepBelowRate` rows/s (over the last 200 ms). Hysteresis: a steady stream does
+   * not flip writers between notifying and not, and since the NOTIFYs slow the writers down,
+   * the rate a withdrawn reader sees is never below the one that made it withdraw.
    */
   awakeAfterMs?: number;
+  awakeAboveCommits?: number;
+  sleepBelowCommits?: number;
   awakeAboveRate?: number;
   sleepBelowRate?: number;
   /**
@@ -69,6 +81,8 @@ export type SleepOptions = {
   unsafeHandshake?: 'no-recheck' | 'no-inflight-wait';
 };
 
+/** The window of the rates a withdrawn reader re-declares by (and of the rows rule). */
+const RATE_WINDOW_MS = 200;
 /** Longest pause between checks while waiting for transactions in flight at a declaration. */
 const SETTLE_MAX_MS = 50;
 /** Rows held behind a gap this long are re-read every busyPollMs; after that at the held backoff. */
@@ -122,8 +136,9 @@ export function startReader(opts: ReaderOptions): Reader {
   let failures = 0;
   let failure: ReaderFailure | undefined;
   let heldDelay = 0;
-  /** Rows (decodable or not) the last page held. */
+  /** Rows (decodable or not) the last page held, and the commit keys it completed or began. */
   let pageRows = 0;
+  let pageCommits = 0;
   /** The last page stopped at a gap: rows wait behind a key that may still be committing. */
   let gap = false;
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
@@ -169,6 +184,7 @@ export function startReader(opts: ReaderOptions): Reader {
     const from: Position = pos;
     const r = await readAfter(pool, from, limit, pageBytes);
     pageRows = r.rows.length;
+    pageCommits = 0;
     const events: OutboxEvent[] = [];
     let last = from.id > 0n ? from.seq : from.seq - 1n;
     let blocked: bigint | undefined;
@@ -181,6 +197,7 @@ export function startReader(opts: ReaderOptions): Reader {
       }
       blocked = q > last ? holeBefore(last, q, settled) : undefined;
       if (blocked !== undefined) break;
+      if (q > last) pageCommits++; // a key's first row here (a key continued from `from` is not new)
       last = q;
       if (raw.id == null) {
         // The key's transaction left nothing (more) to read: the key is done.
@@ -256,6 +273,8 @@ export function startReader(opts: ReaderOptions): Reader {
   const sleep = opts.sleep;
   const leaseMs = sleep?.leaseMs ?? 10_000;
   const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
+  const awakeAboveCommits = sleep?.awakeAboveCommits ?? 200;
+  const sleepBelowCommits = sleep?.sleepBelowCommits ?? 100;
   const awakeAboveRate = sleep?.awakeAboveRate ?? 1000;
   const sleepBelowRate = sleep?.sleepBelowRate ?? 500;
 
@@ -292,19 +311,22 @@ export function startReader(opts: ReaderOptions): Reader {
   let busySince: number | undefined;
   let withdrawn = false; // declaration withdrawn for being busy: re-declare once the rate is low
   let unsupported = false;
-  // Rows read per second over the last 100-200 ms: two 100 ms buckets.
-  let bucketStart = 0;
-  let bucket = 0;
-  let lastBucket = 0;
-  const countRows = (n: number) => {
-    const now = performance.now();
-    if (now - bucketStart >= 100) {
-      lastBucket = now - bucketStart >= 200 ? 0 : bucket;
-      bucket = 0;
-      bucketStart = now;
-    }
-    bucket += n;
-    return ((lastBucket + bucket) * 1000) / (100 + (now - bucketStart));
+  // What the passes of the last RATE_WINDOW_MS (or awakeAfterMs, if longer) read: one entry per
+  // pass that read anything (its end time, rows, commit keys), oldest first.
+  const windowMs = Math.max(RATE_WINDOW_MS, awakeAfterMs);
+  const recent: Array<{ at: number; rows: number; commits: number }> = [];
+  const record = (now: number, rows: number, commits: number) => {
+    if (rows > 0 || commits > 0) recent.push({ at: now, rows, commits });
+    let old = 0;
+    while (old < recent.length && (recent[old]?.at ?? now) <= now - windowMs) old++;
+    if (old > 0) recent.splice(0, old);
+  };
+  /** Rows or commits read per second over the last `ms` (at least 1). */
+  const perSecond = (what: 'rows' | 'commits', ms: number, now = performance.now()) => {
+    const span = Math.max(1, ms);
+    let n = 0;
+    for (const e of recent) if (e.at > now - span) n += e[what];
+    return (n * 1000) / span;
   };
 
   const renewalDue = () => performance.now() >= leaseEnd - leaseMs / 3;
@@ -389,7 +411,14 @@ export function startReader(opts: ReaderOptions): Reader {
     // Not listening (or no hub.sleep): a notification or the backstop wakes it, as before 005.
     if (!sleep || unsupported || !sleep.listening()) return asleepFor(Number.POSITIVE_INFINITY);
     if (withdrawn && !declared) {
-      if (countRows(0) >= sleepBelowRate) return busyPollMs; // still a dense stream: keep polling
+      // Still a dense stream (of commits or of rows): keep polling.
+      const now = performance.now();
+      record(now, 0, 0);
+      if (
+        perSecond('commits', RATE_WINDOW_MS, now) >= sleepBelowCommits ||
+        perSecond('rows', RATE_WINDOW_MS, now) >= sleepBelowRate
+      )
+        return busyPollMs;
       withdrawn = false;
     }
     try {
@@ -412,13 +441,16 @@ export function startReader(opts: ReaderOptions): Reader {
   };
 
   /** After a pass that read rows (or found rows held back): the reader polls, writers need not notify. */
-  const busy = async (rows: number): Promise<void> => {
+  const busy = async (rows: number, commits: number): Promise<void> => {
     const now = performance.now();
     busySince ??= now;
-    const rate = countRows(rows);
+    record(now, rows, commits);
     if (!sleep || !declared) return;
     try {
-      if (now - busySince >= awakeAfterMs && rate >= awakeAboveRate) {
+      if (
+        perSecond('commits', awakeAfterMs, now) >= awakeAboveCommits ||
+        (now - busySince >= awakeAfterMs && perSecond('rows', RATE_WINDOW_MS, now) >= awakeAboveRate)
+      ) {
         withdrawn = true;
         await awake(sleep.id);
       } else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
@@ -427,12 +459,15 @@ export function startReader(opts: ReaderOptions): Reader {
     }
   };
 
-  /** Reads every page there is; the number of rows read. */
+  /** Reads every page there is; the number of rows read (and in `passCommits`, of commit keys). */
+  let passCommits = 0;
   const pass = async (): Promise<number> => {
     let rows = 0;
+    passCommits = 0;
     for (;;) {
       const more = await readOnce();
       rows += pageRows;
+      passCommits += pageCommits;
       if (!more || stopped) return rows;
       // Let sockets drain between pages of a large burst.
       await new Promise((r) => setImmediate(r));
@@ -462,7 +497,7 @@ export function startReader(opts: ReaderOptions): Reader {
           log.warn({ rows, missed }, 'the backstop poll found rows after a sleep: a wake-up was missed');
         }
         if (rows > 0 || gap) {
-          await busy(rows);
+          await busy(rows, passCommits);
           // Rows after a gap wait for its transaction to finish committing, and no NOTIFY says
           // when (none at all once this reader has withdrawn its declaration): the first 100 ms
           // of a gap are polled like a busy stream, a longer one at the held backoff.

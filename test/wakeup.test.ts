@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './support/db.ts';
 import { waitUntil } from './support/hub.ts';
-import { startReader, type Reader, type SleepOptions } from '../src/db/reader.ts';
+import { NOTIFY_QUEUE_SQL, startReader, type Reader, type SleepOptions } from '../src/db/reader.ts';
 import { CHANNEL, startListener, type Listener } from '../src/db/listener.ts';
 import { createLogger } from '../src/log.ts';
 import { migrate } from '../src/db/migrate.ts';
@@ -243,6 +243,33 @@ describe('a hub on a database migrated before 005', () => {
 });
 
 describe('a reader woken for every commit', () => {
+  it('sees the writers queued for the NOTIFY lock while every commit notifies (the query names the lock PostgreSQL takes)', async () => {
+    await db.pool.query(`SELECT * FROM hub.sleep('probe-queue', 600000)`);
+    const probe = await notifyProbe(); // NOTIFY does its work only with a listener
+    const writers = await Promise.all(Array.from({ length: 6 }, () => client()));
+    let writing = true;
+    let written = 0;
+    const loops = writers.map(async (c) => {
+      while (writing) {
+        await insertOne(c);
+        written++;
+      }
+    });
+    try {
+      await waitUntil(() => written > 0, 10_000, 'a commit');
+      expect(await probe.notified()).toBe(true);
+      await waitUntil(
+        async () => ((await db.pool.query<{ waiting: number }>(NOTIFY_QUEUE_SQL)).rows[0]?.waiting ?? 0) > 0,
+        30_000,
+        'a writer queued for the NOTIFY lock',
+      );
+    } finally {
+      writing = false;
+      await Promise.all(loops);
+      await db.pool.query(`SELECT hub.awake('probe-queue')`);
+    }
+  });
+
   it('withdraws its declaration under single-row commits whatever their rows/s, so writers stop notifying; sleeps again once they stop', async () => {
     // Only the commits rule (the rows rule is off): the state issue 14's bench found on 3 hub
     // nodes, where every commit NOTIFYs and wakes the reader, which reads a row or two per pass.
@@ -279,6 +306,7 @@ describe('a reader woken for every commit', () => {
       try {
         // Declared: the writers' commits notify. Then it withdraws, and a span of commits with
         // none comes (commits that read the deadline before the withdrawal may still notify).
+        await waitUntil(() => ids.length > 0, 10_000, 'a commit');
         expect(await probe.notified()).toBe(true);
         await waitUntil(async () => (await declaration()) === false, 30_000, 'the reader to withdraw');
         await waitUntil(

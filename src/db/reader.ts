@@ -56,21 +56,26 @@ export type SleepOptions = {
    * When a declared reader tells writers to stop notifying (`hub.awake`) and polls every
    * `busyPollMs` instead, and when it declares itself asleep again. Either of two rules
    * withdraws the declaration:
-   * - commits: it read at least `awakeAboveCommits` commits per second over the last
-   *   `awakeAfterMs`, quiet passes in between or not. While it is declared every commit sends
-   *   a NOTIFY (and NOTIFYs serialize commits cluster-wide), and each one wakes it: at 200/s it
-   *   reads about as often as polling every 2 ms would (the wake-up's read, then the busy poll
-   *   2 ms later);
+   * - what the NOTIFYs cost the writers: it read at least `awakeAboveCommits` commits per
+   *   second over the last `awakeAfterMs` (quiet passes in between or not), and writers are
+   *   queued for PostgreSQL's NOTIFY lock (taken by every transaction that notified and held
+   *   through its commit): half a backend waiting on average over the last 8 samples of that
+   *   lock's queue (one every 25 ms while the rate lasts; with `withdrawWhenQueued` false the
+   *   rate alone decides). While the reader is declared every commit sends a NOTIFY and wakes
+   *   it; at 200/s it reads about as often as polling every 2 ms would (the wake-up's read,
+   *   then the busy poll 2 ms later). Writers that the NOTIFYs do not hold up (a paced stream)
+   *   keep their wake-ups: a woken reader delivers ~1 ms sooner than a polling one;
    * - rows: it was busy `awakeAfterMs` without a quiet pass, reading at least `awakeAboveRate`
    *   rows/s (a stream of large transactions).
    * It declares itself asleep again at a quiet pass once it reads fewer than `sleepBelowCommits`
    * commits/s and `sleepBelowRate` rows/s (over the last 200 ms). Hysteresis: a steady stream does
-   * not flip writers between notifying and not, and since the NOTIFYs slow the writers down,
-   * the rate a withdrawn reader sees is never below the one that made it withdraw.
+   * not flip writers between notifying and not; once the NOTIFYs stop, writers that were queued
+   * for their lock commit faster, not slower.
    */
   awakeAfterMs?: number;
   awakeAboveCommits?: number;
   sleepBelowCommits?: number;
+  withdrawWhenQueued?: boolean;
   awakeAboveRate?: number;
   sleepBelowRate?: number;
   /**
@@ -83,6 +88,22 @@ export type SleepOptions = {
 
 /** The window of the rates a withdrawn reader re-declares by (and of the rows rule). */
 const RATE_WINDOW_MS = 200;
+/**
+ * While a declared reader reads many commits it samples the NOTIFY lock's queue every
+ * QUEUE_SAMPLE_MS, and weighs the last QUEUE_SAMPLES samples (200 ms): writers are held up when
+ * on average at least half a backend waited (4 flat-out writers: 1.9-2.1 waiting on average;
+ * 4 connections paced at 1 000 commits/s: 0.03-0.05; see docs/BENCHMARKS.md).
+ */
+const QUEUE_SAMPLE_MS = 25;
+const QUEUE_SAMPLES = 8;
+const QUEUE_MEAN_WAITING = 0.5;
+/**
+ * Backends waiting for the lock PostgreSQL takes in the pre-commit of a transaction that sent a
+ * NOTIFY and holds until that commit is done (async.c, PreCommit_Notify: LockSharedObject on
+ * pg_database, object 0, cluster-wide). pg_locks is readable by every role.
+ */
+export const NOTIFY_QUEUE_SQL = `SELECT count(*)::int AS waiting FROM pg_locks
+  WHERE locktype = 'object' AND database = 0 AND classid = 'pg_database'::regclass AND objid = 0 AND NOT granted`;
 /** Longest pause between checks while waiting for transactions in flight at a declaration. */
 const SETTLE_MAX_MS = 50;
 /** Rows held behind a gap this long are re-read every busyPollMs; after that at the held backoff. */
@@ -275,6 +296,7 @@ export function startReader(opts: ReaderOptions): Reader {
   const awakeAfterMs = sleep?.awakeAfterMs ?? 50;
   const awakeAboveCommits = sleep?.awakeAboveCommits ?? 200;
   const sleepBelowCommits = sleep?.sleepBelowCommits ?? 100;
+  const withdrawWhenQueued = sleep?.withdrawWhenQueued ?? true;
   const awakeAboveRate = sleep?.awakeAboveRate ?? 1000;
   const sleepBelowRate = sleep?.sleepBelowRate ?? 500;
 
@@ -321,6 +343,21 @@ export function startReader(opts: ReaderOptions): Reader {
     while (old < recent.length && (recent[old]?.at ?? now) <= now - windowMs) old++;
     if (old > 0) recent.splice(0, old);
   };
+  // Samples of the NOTIFY lock's queue (time, writers waiting), newest last; only while declared.
+  const queue: Array<{ at: number; waiting: number }> = [];
+  /** Writers are held up by the NOTIFYs: on average QUEUE_MEAN_WAITING of them queued for their lock (missing samples count as none). */
+  const writersQueued = async (now: number): Promise<boolean> => {
+    while (queue.length > 0 && (queue[0]?.at ?? now) <= now - 2 * QUEUE_SAMPLES * QUEUE_SAMPLE_MS) queue.shift();
+    const lastAt = queue[queue.length - 1]?.at;
+    if (lastAt === undefined || now - lastAt >= QUEUE_SAMPLE_MS) {
+      const res = await pool.query<{ waiting: number }>({ name: 'hub_notify_queue', text: NOTIFY_QUEUE_SQL });
+      queue.push({ at: now, waiting: res.rows[0]?.waiting ?? 0 });
+      if (queue.length > QUEUE_SAMPLES) queue.shift();
+    }
+    let waiting = 0;
+    for (const q of queue) waiting += q.waiting;
+    return waiting >= QUEUE_MEAN_WAITING * QUEUE_SAMPLES;
+  };
   /** Rows or commits read per second over the last `ms` (at least 1). */
   const perSecond = (what: 'rows' | 'commits', ms: number, now = performance.now()) => {
     const span = Math.max(1, ms);
@@ -359,6 +396,7 @@ export function startReader(opts: ReaderOptions): Reader {
     declared = false;
     asleepSettled = false;
     pending = [];
+    queue.length = 0;
     await pool.query({ name: 'hub_awake', text: 'SELECT hub.awake($1)', values: [id] });
     log.debug({ reader: id }, 'declared awake');
   };
@@ -447,15 +485,34 @@ export function startReader(opts: ReaderOptions): Reader {
     record(now, rows, commits);
     if (!sleep || !declared) return;
     try {
-      if (
-        perSecond('commits', awakeAfterMs, now) >= awakeAboveCommits ||
-        (now - busySince >= awakeAfterMs && perSecond('rows', RATE_WINDOW_MS, now) >= awakeAboveRate)
-      ) {
+      const rowsRule = now - busySince >= awakeAfterMs && perSecond('rows', RATE_WINDOW_MS, now) >= awakeAboveRate;
+      const commits = perSecond('commits', awakeAfterMs, now);
+      if (rowsRule || (commits >= awakeAboveCommits && (!withdrawWhenQueued || (await queued(now))))) {
+        log.debug(
+          { reader: sleep.id, rule: rowsRule ? 'rows' : 'commits', commitsPerSecond: Math.round(commits) },
+          'withdrawing the sleep declaration',
+        );
         withdrawn = true;
         await awake(sleep.id);
       } else if (renewalDue()) await declare(sleep.id); // a lapse found here is dealt with at the next quiet pass
     } catch (err) {
       protocolFailed(err);
+    }
+  };
+  /** writersQueued, or true (the rate alone decides) when pg_locks cannot be read. */
+  let queueWarned = false;
+  const queued = async (now: number) => {
+    try {
+      return await writersQueued(now);
+    } catch (err) {
+      if (!queueWarned) {
+        queueWarned = true;
+        log.warn(
+          { err: errorMessage(err) },
+          'reading the NOTIFY lock queue failed: withdrawing by the commit rate alone',
+        );
+      }
+      return true;
     }
   };
 

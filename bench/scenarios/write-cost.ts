@@ -8,7 +8,10 @@
  * and stop the NOTIFYs; on a 2-core machine the hub's own CPU comes out of the writers'),
  * `hubs` with `nodes` hub processes (3; the nodes of one cluster sharing Redis, each reading
  * every row),
- * and `off` (triggers disabled). Then one large INSERT … SELECT each way. Runs last: its hundreds of
+ * and `off` (triggers disabled). `asleep`, `off`, `hub` and `hubs` again with every writer
+ * session waiting `slowFlushUs` before its WAL flush (commit_delay), as on a disk with slower
+ * flushes: there the NOTIFYs cap the writers below the rate that used to make a hub's readers
+ * withdraw their declaration (issue 14's 3-node lock-in, reproduced on a quiet machine). Then one large INSERT … SELECT each way. Runs last: its hundreds of
  * thousands of rows would otherwise sit in every later scenario's tables.
  */
 import { type Bench, SEED, type Scenario, type Server, cpuSeconds, status } from '../harness.ts';
@@ -18,7 +21,8 @@ import { median, ms, si } from '../lib/stats.ts';
 
 /**
  * Single-row states run with 4 writers; `writers` adds capture on/asleep/off at other counts;
- * `nodes` hub processes (one cluster) read in the `hubs` state.
+ * `nodes` hub processes (one cluster) read in the `hubs` state; `slowFlushUs` (0: none) is the
+ * commit_delay of the slow-flush states.
  */
 type Sizes = {
   write: {
@@ -28,13 +32,36 @@ type Sizes = {
     statementRounds: number;
     writers: number[];
     nodes: number;
+    slowFlushUs: number;
   };
 };
 
 const SIZES = {
-  smoke: { write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [], nodes: 2 } },
-  quick: { write: { seconds: 1, rounds: 4, statementRows: 20_000, statementRounds: 3, writers: [1, 8], nodes: 3 } },
-  full: { write: { seconds: 2, rounds: 5, statementRows: 20_000, statementRounds: 5, writers: [1, 8], nodes: 3 } },
+  smoke: {
+    write: { seconds: 1, rounds: 1, statementRows: 2000, statementRounds: 1, writers: [], nodes: 2, slowFlushUs: 0 },
+  },
+  quick: {
+    write: {
+      seconds: 1,
+      rounds: 4,
+      statementRows: 20_000,
+      statementRounds: 3,
+      writers: [1, 8],
+      nodes: 3,
+      slowFlushUs: 1000,
+    },
+  },
+  full: {
+    write: {
+      seconds: 2,
+      rounds: 5,
+      statementRows: 20_000,
+      statementRounds: 5,
+      writers: [1, 8],
+      nodes: 3,
+      slowFlushUs: 1000,
+    },
+  },
 } satisfies Record<string, Sizes>;
 
 type WriteState = 'on' | 'asleep' | 'hub' | 'hubs' | 'off';
@@ -71,12 +98,15 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   };
   type Tally = { inserts: number; seconds: number; cpuMs: number; notifies: number };
   const single = new Map<string, Tally>();
-  const flat = async (state: WriteState, writers: number) => {
+  /** The tally of a state: `on/4`, or `hubs/4/slow` with the slow flush. */
+  const keyOf = (state: WriteState, writers: number, slow = false) => `${state}/${writers}${slow ? '/slow' : ''}`;
+  const flat = async (state: WriteState, writers: number, slow = false) => {
     await set(state);
     await first.call('notifications', undefined);
-    const r = await writer.call('flatOut', { url, writers, seconds: w.seconds, ...where });
+    const commitDelayUs = slow ? w.slowFlushUs : 0;
+    const r = await writer.call('flatOut', { url, writers, seconds: w.seconds, commitDelayUs, ...where });
     const notifies = (await first.call('notifications', undefined)).n;
-    const key = `${state}/${writers}`;
+    const key = keyOf(state, writers, slow);
     const t = single.get(key) ?? { inserts: 0, seconds: 0, cpuMs: 0, notifies: 0 };
     single.set(key, {
       inserts: t.inserts + r.inserts,
@@ -86,7 +116,7 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     });
   };
   type HubCpu = { seconds: number; processes: number; backends: number; processMs: number; backendMs: number };
-  const hubCpu = new Map<'hub' | 'hubs', HubCpu>();
+  const hubCpu = new Map<string, HubCpu>();
   const statement: { on: number[]; off: number[] } = { on: [], off: [] };
   const main: WriteState[] = ['on', 'asleep', 'off'];
   try {
@@ -96,12 +126,31 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     await set('on');
     await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where }); // warm-up
     for (let r = 0; r < w.rounds; r++) for (const state of main) await flat(state, 4);
+    if (w.slowFlushUs > 0) {
+      log(`write cost: single-row inserts, 4 writers, a ${w.slowFlushUs} µs slower flush, ${w.rounds}× (asleep, off)`);
+      for (let r = 0; r < w.rounds; r++) for (const state of ['asleep', 'off'] as const) await flat(state, 4, true);
+    }
     // One hub for all its rounds, warmed up first: its readers' steady state, not their start.
     // Then the same with `nodes` hubs, each reading every row (as the nodes of one cluster do).
     // The CPU the hub processes and their PostgreSQL backends take meanwhile is recorded.
-    const hubRounds = async (state: 'hub' | 'hubs', servers: Server[]) => {
+    // The warm-up starts with every reader declared asleep, as writes find an idle hub: whether
+    // the readers then withdraw (and writers stop notifying) is what the steady state shows.
+    // (The pauses between rounds are shorter than a reader's re-sleep window.)
+    const readersAsleep = async () =>
+      (
+        (await sql(
+          `SELECT count(*)::int AS n FROM hub.sleepers WHERE asleep_until > now() AND reader <> '${STANDING_SLEEPER}'`,
+        )) as { rows: Array<{ n: number }> }
+      ).rows[0]?.n ?? 0;
+    const hubRounds = async (state: 'hub' | 'hubs', servers: Server[], slow = false) => {
       await set(state);
-      await writer.call('flatOut', { url, writers: 4, seconds: 0.5, ...where });
+      const asleepBy = wallNow() + 10_000;
+      while ((await readersAsleep()) < servers.length) {
+        if (wallNow() > asleepBy) throw new Error(`write-cost: the ${state} readers did not declare themselves asleep`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const commitDelayUs = slow ? w.slowFlushUs : 0;
+      await writer.call('flatOut', { url, writers: 4, seconds: 0.5, commitDelayUs, ...where });
       const { rows } = await sql(
         `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'election-hub%'`,
       );
@@ -109,9 +158,9 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
       const backends = (rows as Array<{ pid: number }>).map((r) => r.pid);
       const before = [cpuMsOf(processes), cpuMsOf(backends)] as const;
       const t0 = wallNow();
-      for (let r = 0; r < w.rounds; r++) await flat(state, 4);
+      for (let r = 0; r < w.rounds; r++) await flat(state, 4, slow);
       const seconds = (wallNow() - t0) / 1000;
-      hubCpu.set(state, {
+      hubCpu.set(keyOf(state, 4, slow), {
         seconds,
         processes: processes.length,
         backends: backends.length,
@@ -119,9 +168,13 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
         backendMs: cpuMsSince(before[1]),
       });
     };
-    await bench.withServer('hub', (s) => hubRounds('hub', [s]));
+    const slowToo = async (state: 'hub' | 'hubs', servers: Server[]) => {
+      await hubRounds(state, servers);
+      if (w.slowFlushUs > 0) await hubRounds(state, servers, true);
+    };
+    await bench.withServer('hub', (s) => slowToo('hub', [s]));
     log(`write cost: single-row inserts, 4 writers, ${w.nodes} hub nodes reading, ${w.rounds}× ${w.seconds} s`);
-    await bench.withHubs(w.nodes, (hubs) => hubRounds('hubs', hubs));
+    await bench.withHubs(w.nodes, (hubs) => slowToo('hubs', hubs));
     for (const n of w.writers) {
       log(
         `write cost: single-row inserts, ${n} writer${n === 1 ? '' : 's'}, ${w.rounds}× ${w.seconds} s per state (on, asleep, off)`,
@@ -140,17 +193,17 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     await set('on');
     await first.call('unlisten', undefined);
   }
-  const rate = (state: WriteState, n: number) => {
-    const t = single.get(`${state}/${n}`);
+  const rate = (state: WriteState, n: number, slow = false) => {
+    const t = single.get(keyOf(state, n, slow));
     return t ? t.inserts / t.seconds : Number.NaN;
   };
   /** CPU of the writers' backends per insert, in µs (NaN when PostgreSQL runs elsewhere). */
-  const cpuUs = (state: WriteState, n: number) => {
-    const t = single.get(`${state}/${n}`);
+  const cpuUs = (state: WriteState, n: number, slow = false) => {
+    const t = single.get(keyOf(state, n, slow));
     return t ? (t.cpuMs * 1000) / t.inserts : Number.NaN;
   };
-  const notifyShare = (state: WriteState, n: number) => {
-    const t = single.get(`${state}/${n}`);
+  const notifyShare = (state: WriteState, n: number, slow = false) => {
+    const t = single.get(keyOf(state, n, slow));
     return t ? t.notifies / t.inserts : Number.NaN;
   };
   const on = median(statement.on);
@@ -167,16 +220,16 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
     notifiesPerInsert: Object.fromEntries([...single].map(([k, t]) => [k, t.notifies / t.inserts])),
     hubCpu: Object.fromEntries(hubCpu),
   });
-  const ratioRow = (n: number, state: WriteState, label: string, target?: number) => {
-    const value = rate(state, n);
-    const base = rate('off', n);
+  const ratioRow = (n: number, state: WriteState, label: string, target?: number, slow = false) => {
+    const value = rate(state, n, slow);
+    const base = rate('off', n, slow);
     if (!Number.isFinite(value) || !Number.isFinite(base)) return;
-    const cpu = Math.round(cpuUs(state, n) - cpuUs('off', n));
-    const h = state === 'hub' || state === 'hubs' ? hubCpu.get(state) : undefined;
+    const cpu = Math.round(cpuUs(state, n, slow) - cpuUs('off', n, slow));
+    const h = state === 'hub' || state === 'hubs' ? hubCpu.get(keyOf(state, n, slow)) : undefined;
     const share = (cpuMs: number) => `${((100 * cpuMs) / 1000 / (h?.seconds ?? Number.NaN)).toFixed(0)}%`;
     const extra = [
       Number.isFinite(cpu) ? `${cpu >= 0 ? '+' : '−'}${Math.abs(cpu)} µs backend CPU/insert` : '',
-      `${(100 * notifyShare(state, n)).toFixed(0)}% of commits NOTIFY`,
+      `${(100 * notifyShare(state, n, slow)).toFixed(0)}% of commits NOTIFY`,
       h
         ? `hub${h.processes > 1 ? 's' : ''} ${share(h.processMs)} + their backends ${share(h.backendMs)} of a core`
         : '',
@@ -198,6 +251,12 @@ async function run(bench: Bench, { write: w }: Sizes): Promise<void> {
   ratioRow(4, 'asleep', ', a reader asleep (every commit NOTIFYs)');
   ratioRow(4, 'hub', ', a hub reading them (same machine)');
   ratioRow(4, 'hubs', `, ${w.nodes} hub nodes reading them (same machine)`);
+  if (w.slowFlushUs > 0) {
+    const slow = `, ${w.slowFlushUs} µs slower flush`;
+    ratioRow(4, 'asleep', `${slow}, a reader asleep`, undefined, true);
+    ratioRow(4, 'hub', `${slow}, a hub reading them`, undefined, true);
+    ratioRow(4, 'hubs', `${slow}, ${w.nodes} hub nodes reading them`, undefined, true);
+  }
   for (const n of w.writers) {
     ratioRow(n, 'on', ' (no reader asleep)');
     ratioRow(n, 'asleep', ', a reader asleep');

@@ -147,6 +147,8 @@ const api = {
   /**
    * Single-row inserts as fast as `writers` connections go, for `seconds`; with the CPU time
    * their backends used (from /proc, when PostgreSQL runs on this machine; else undefined).
+   * `commitDelayUs`: each writer session waits that long before its commit's WAL flush
+   * (`commit_delay`, `commit_siblings` 0; superuser only), as on a disk with slower flushes.
    */
   async flatOut(a: {
     url: string;
@@ -155,8 +157,13 @@ const api = {
     election: number;
     firstCommittee: number;
     committees: number;
+    commitDelayUs?: number;
   }) {
     const clients = await connect(a.url, a.writers);
+    if (a.commitDelayUs)
+      await Promise.all(
+        clients.map((c) => c.query(`SET commit_delay = ${Math.round(a.commitDelayUs ?? 0)}; SET commit_siblings = 0`)),
+      );
     const pids = await Promise.all(
       clients.map(async (c) => Number((await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p)),
     );

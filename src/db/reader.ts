@@ -486,10 +486,10 @@ export function startReader(opts: ReaderOptions): Reader {
     if (!sleep || !declared) return;
     try {
       const rowsRule = now - busySince >= awakeAfterMs && perSecond('rows', RATE_WINDOW_MS, now) >= awakeAboveRate;
-      const commits = perSecond('commits', awakeAfterMs, now);
-      if (rowsRule || (commits >= awakeAboveCommits && (!withdrawWhenQueued || (await queued(now))))) {
+      const commitRate = perSecond('commits', awakeAfterMs, now);
+      if (rowsRule || (commitRate >= awakeAboveCommits && (!withdrawWhenQueued || (await queued(now))))) {
         log.debug(
-          { reader: sleep.id, rule: rowsRule ? 'rows' : 'commits', commitsPerSecond: Math.round(commits) },
+          { reader: sleep.id, rule: rowsRule ? 'rows' : 'commits', commitsPerSecond: Math.round(commitRate) },
           'withdrawing the sleep declaration',
         );
         withdrawn = true;

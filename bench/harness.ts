@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type BenchDatabase, committeeId, createBenchDatabase } from './lib/db.ts';
 import { sleep } from './lib/clock.ts';
-import { RESULTS, fdLimitOf, spawnTs } from './lib/procs.ts';
+import { RESULTS, fdLimitOf, spawnTs, waitReady } from './lib/procs.ts';
 import type { Child } from './lib/rpc.ts';
 import type { Row } from './lib/report.ts';
 import { type Summary, ms, si } from './lib/stats.ts';
@@ -250,18 +250,9 @@ export class Bench {
     const stop = () => stopChild(child);
     const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
     // Upgrades need the listener connected and the reader started: wait for /ready.
-    const deadline = Date.now() + 15_000;
-    while (
-      (await fetch(`http://127.0.0.1:${port}/ready`).then(
-        (r) => r.status,
-        () => 0,
-      )) !== 200
-    ) {
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`hub${node === undefined ? '' : ` node ${node}`} never became ready`);
-      }
-      await sleep(50);
+    if (!(await waitReady(port, 15_000))) {
+      await stop();
+      throw new Error(`hub${node === undefined ? '' : ` node ${node}`} never became ready`);
     }
     return {
       kind: 'hub',

@@ -91,3 +91,18 @@ export function tail(file: string, lines = 20): string {
 export async function killAll(graceMs = 3000): Promise<void> {
   await Promise.all([...live].map((c) => c.kill(graceMs)));
 }
+
+/** Waits until a hub's `/ready` answers 200 (upgrades need its listener and reader); false after `timeoutMs`. */
+export async function waitReady(port: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (
+    (await fetch(`http://127.0.0.1:${port}/ready`).then(
+      (r) => r.status,
+      () => 0,
+    )) !== 200
+  ) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}

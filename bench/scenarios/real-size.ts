@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { type BenchDatabase, createBenchDatabase } from '../lib/db.ts';
 import { sleep, wallNow } from '../lib/clock.ts';
-import { RESULTS, killAll, spawnTs } from '../lib/procs.ts';
+import { RESULTS, killAll, spawnTs, waitReady } from '../lib/procs.ts';
 import type { Child } from '../lib/rpc.ts';
 import { summarize } from '../lib/stats.ts';
 import { parseConfig } from '../../src/config/index.ts';
@@ -322,16 +322,7 @@ async function startHub(url: string, env: Record<string, string>, name: string):
     },
   );
   const { port, metricsPort, pid } = ready as { port: number; metricsPort: number; pid: number };
-  const deadline = Date.now() + 30_000;
-  while (
-    (await fetch(`http://127.0.0.1:${port}/ready`).then(
-      (r) => r.status,
-      () => 0,
-    )) !== 200
-  ) {
-    if (Date.now() > deadline) throw new Error('hub never became ready');
-    await sleep(50);
-  }
+  if (!(await waitReady(port, 30_000))) throw new Error('hub never became ready');
   return { port, metricsPort, pid, child };
 }
 

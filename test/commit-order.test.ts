@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
+import { APP_CHECKS_SQL, createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor, encodeCursor } from '../src/events/position.ts';
@@ -38,16 +38,7 @@ beforeAll(async () => {
   await db.pool.query(`CREATE TABLE scratch (id serial PRIMARY KEY, note text)`);
   // The application's own deferred constraint: fails or takes its time at COMMIT, after the
   // hub's key (it is queued after the watched write that queued ours).
-  await db.pool.query(`
-    CREATE TABLE app_checks (id serial PRIMARY KEY, fail boolean NOT NULL DEFAULT false, sleep_ms int NOT NULL DEFAULT 0);
-    CREATE FUNCTION app_check() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF NEW.sleep_ms > 0 THEN PERFORM pg_sleep(NEW.sleep_ms / 1000.0); END IF;
-      IF NEW.fail THEN RAISE EXCEPTION 'app check failed'; END IF;
-      RETURN NULL;
-    END $$;
-    CREATE CONSTRAINT TRIGGER app_check AFTER INSERT ON app_checks DEFERRABLE INITIALLY DEFERRED
-      FOR EACH ROW EXECUTE FUNCTION app_check();`);
+  await db.pool.query(APP_CHECKS_SQL);
   hub = await startTestHub(db.url);
   admin = await token({ sub: 'order-admin', role: 'admin' });
 });
@@ -64,6 +55,30 @@ const holder = async (url: string) => {
   await c.connect();
   holders.push(c);
   return c;
+};
+/**
+ * A transaction that writes `sql`, then commits with an application check that sleeps `sleepMs`
+ * at COMMIT, after the hub's commit key was taken: resolves once it sleeps (its key is taken and
+ * still committing), with the COMMIT's promise (wrapped: an async function returning a promise
+ * would wait for it).
+ */
+const slowCommit = async (sql: string, params: unknown[], sleepMs: number) => {
+  const slow = await holder(db.url);
+  await slow.query('BEGIN');
+  await slow.query(sql, params);
+  await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES ($1)`, [sleepMs]);
+  const committing = slow.query('COMMIT');
+  await waitUntil(
+    async () => {
+      const r = await db.pool.query<{ n: string }>(
+        `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
+      );
+      return r.rows[0]?.n === '1';
+    },
+    10_000,
+    'the slow commit to take its key',
+  );
+  return { committing };
 };
 const write = (name: string, pool = db.pool) =>
   pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
@@ -186,24 +201,11 @@ describe('keys taken at commit', () => {
 
   it('a transaction still committing holds back only the keys after it, and goes first', async () => {
     const c = await watcher();
-    const slow = await holder(db.url);
-    await slow.query('BEGIN');
-    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'slow')`, [
-      e1,
-      c1,
-    ]);
-    await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (400)`);
-    const committing = slow.query('COMMIT');
     // Its key is taken before the sleep: wait for it, then commit another one past it.
-    await waitUntil(
-      async () => {
-        const r = await db.pool.query<{ n: string }>(
-          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
-        );
-        return r.rows[0]?.n === '1';
-      },
-      10_000,
-      'the slow commit to take its key',
+    const { committing } = await slowCommit(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'slow')`,
+      [e1, c1],
+      400,
     );
     await write('fast');
     await committing;
@@ -267,20 +269,10 @@ describe('snapshot + since = the database', () => {
         ).rows[0]?.v,
       );
     const c = await watcher();
-    const slow = await holder(db.url);
-    await slow.query('BEGIN');
-    await slow.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`, [e1, c1]);
-    await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (600)`);
-    const committing = slow.query('COMMIT');
-    await waitUntil(
-      async () => {
-        const r = await db.pool.query<{ n: string }>(
-          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
-        );
-        return r.rows[0]?.n === '1';
-      },
-      10_000,
-      'the slow commit to take its key',
+    const { committing } = await slowCommit(
+      `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`,
+      [e1, c1],
+      600,
     );
     await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 7)`, [e1, c1]);
     // Visible now: the 7 (a later key). Not yet: the 100 (its key is still committing).
@@ -312,23 +304,10 @@ describe('pruning by key', () => {
     const count = async (t: string) =>
       Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM ${t}`)).rows[0]?.n);
     await write('before');
-    const slow = await holder(db.url);
-    await slow.query('BEGIN');
-    await slow.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'committing')`, [
-      e1,
-      c1,
-    ]);
-    await slow.query(`INSERT INTO app_checks (sleep_ms) VALUES (800)`);
-    const committing = slow.query('COMMIT');
-    await waitUntil(
-      async () => {
-        const r = await db.pool.query<{ n: string }>(
-          `SELECT count(*)::text n FROM pg_stat_activity WHERE application_name = 'order-test-holder' AND wait_event = 'PgSleep'`,
-        );
-        return r.rows[0]?.n === '1';
-      },
-      10_000,
-      'the slow commit to take its key',
+    const { committing } = await slowCommit(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'committing')`,
+      [e1, c1],
+      800,
     );
     await write('after');
     const key =

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
+import { APP_CHECKS_SQL, createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type TestClient, connect, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { compare, decodeCursor, encodeCursor, type Position } from '../src/events/position.ts';
@@ -40,15 +40,7 @@ beforeAll(async () => {
   await other.pool.query('CREATE TABLE imports (id serial PRIMARY KEY, payload text)');
   await db.pool.query(`
     CREATE TABLE scratch (id serial PRIMARY KEY, note text);
-    CREATE TABLE app_checks (id serial PRIMARY KEY, fail boolean NOT NULL DEFAULT false, sleep_ms int NOT NULL DEFAULT 0);
-    CREATE FUNCTION app_check() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF NEW.sleep_ms > 0 THEN PERFORM pg_sleep(NEW.sleep_ms / 1000.0); END IF;
-      IF NEW.fail THEN RAISE EXCEPTION 'app check failed'; END IF;
-      RETURN NULL;
-    END $$;
-    CREATE CONSTRAINT TRIGGER app_check AFTER INSERT ON app_checks DEFERRABLE INITIALLY DEFERRED
-      FOR EACH ROW EXECUTE FUNCTION app_check();`);
+    ${APP_CHECKS_SQL}`);
 });
 afterAll(async () => {
   await root?.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`);

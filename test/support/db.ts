@@ -6,6 +6,22 @@ import { migrate } from '../../src/db/migrate.ts';
 export type TestDatabase = { url: string; pool: pg.Pool; drop(): Promise<void> };
 
 /**
+ * The application's own deferred constraint, as an election app may have one: a row in
+ * `app_checks` makes its transaction fail (`fail`) or take `sleep_ms` at COMMIT, after the hub's
+ * commit key (it is queued after the watched write that queued the key's trigger).
+ */
+export const APP_CHECKS_SQL = `
+    CREATE TABLE app_checks (id serial PRIMARY KEY, fail boolean NOT NULL DEFAULT false, sleep_ms int NOT NULL DEFAULT 0);
+    CREATE FUNCTION app_check() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.sleep_ms > 0 THEN PERFORM pg_sleep(NEW.sleep_ms / 1000.0); END IF;
+      IF NEW.fail THEN RAISE EXCEPTION 'app check failed'; END IF;
+      RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER app_check AFTER INSERT ON app_checks DEFERRABLE INITIALLY DEFERRED
+      FOR EACH ROW EXECUTE FUNCTION app_check();`;
+
+/**
  * A fresh database for one test file, with the hub and the reference schema applied (`schema:
  * 'hub'`: the hub schema only, as `election-hub migrate` leaves a production database; `'none'`:
  * empty). `drop` removes it.

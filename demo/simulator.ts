@@ -33,7 +33,8 @@ type Queryable = Pick<PoolClient, 'query'>;
 /** What one simulated action did. */
 type Outcome = 'write' | 'bulk' | 'skip';
 
-const FIRST_NAMES = [
+/** Names and candidates of the simulated election (also the bench's frames: bench/lib/frames.ts). */
+export const FIRST_NAMES = [
   'Ahmad',
   'Fatima',
   'Yousef',
@@ -47,7 +48,7 @@ const FIRST_NAMES = [
   'Faisal',
   'Layla',
 ];
-const FAMILY_NAMES = [
+export const FAMILY_NAMES = [
   'Al-Sabah',
   'Al-Mutairi',
   'Al-Ajmi',
@@ -57,7 +58,7 @@ const FAMILY_NAMES = [
   'Al-Shammari',
   'Al-Azmi',
 ];
-const CANDIDATES = ['Candidate A', 'Candidate B', 'Candidate C', 'Candidate D', 'Candidate E', 'Candidate F'];
+export const CANDIDATES = ['Candidate A', 'Candidate B', 'Candidate C', 'Candidate D', 'Candidate E', 'Candidate F'];
 // Pledged guarantees kept in memory so updates and deletes hit real rows without scanning the table.
 const PLEDGED_MEMORY = 1000;
 const RETRY_AFTER_ERROR_MS = 1000;

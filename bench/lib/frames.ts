@@ -5,23 +5,8 @@
  * writes them (deltas listing the committees changed since `base`, or the full state).
  * Content varies like an election night's: names, statuses, timestamps, ids and cursors.
  */
+import { CANDIDATES, FAMILY_NAMES, FIRST_NAMES } from '../../demo/simulator.ts';
 
-const FIRST = [
-  'Ahmad',
-  'Fatima',
-  'Yousef',
-  'Mariam',
-  'Khaled',
-  'Noura',
-  'Abdullah',
-  'Sara',
-  'Hamad',
-  'Dana',
-  'Faisal',
-  'Layla',
-];
-const FAMILY = ['Al-Sabah', 'Al-Mutairi', 'Al-Ajmi', 'Al-Enezi', 'Al-Rashidi', 'Al-Kandari', 'Al-Shammari', 'Al-Azmi'];
-const CANDIDATES = ['Candidate A', 'Candidate B', 'Candidate C', 'Candidate D', 'Candidate E', 'Candidate F'];
 const STATUS = ['pledged', 'confirmed', 'withdrawn'];
 
 /** A deterministic generator (xorshift32), so every run and every mode publishes the same frames. */
@@ -70,7 +55,7 @@ export function rowFrames(opts: {
       const rowId = action === 'created' ? ++id : id - Math.floor(r() * 5000);
       if (r() < 0.7) txid++;
       seq++;
-      const who = `${pick(r, FIRST)} ${pick(r, FAMILY)}`;
+      const who = `${pick(r, FIRST_NAMES)} ${pick(r, FAMILY_NAMES)}`;
       const at = pgTime(nowMs - 3, Math.floor(r() * 1000));
       let data: string;
       if (kind === 'guarantee') {

@@ -129,8 +129,8 @@ describe('ids of 2^53 and above travel exactly', () => {
         const text = c.raw.find((r) => r.includes('"guarantee_update"')) as string;
         // Safe integers would be numbers; these are exact decimal strings, the row key is its jsonb text.
         expect(text).toContain(`"election_id":"${BIG_E}","committee_id":"${BIG_C}","id":${BIG_ROW}`);
-        expect(text).toContain(`"data":{"id": ${BIG_ROW},`);
-        expect(text).toContain(`"committee_id": ${BIG_C}}`);
+        expect(text).toContain(`"data":{"id":${BIG_ROW},`);
+        expect(text).toContain(`"committee_id":${BIG_C},`);
         expect(RowEvent.safeParse(JSON.parse(text)).success).toBe(true);
         expect(c.raw.find((r) => r.includes('"note"'))).toContain(`"topic":"committee:${BIG_C}"`);
       }

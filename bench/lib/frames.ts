@@ -1,7 +1,7 @@
 /*
  * Frames shaped exactly like the hub's, for benchmarks that publish without a database: row
- * events as src/db/outbox.ts builds them (the row's jsonb text as PostgreSQL prints it: keys by
- * length then name, a space after each colon and comma) and dashboard updates as the contract
+ * events as src/db/outbox.ts builds them (the row's text as to_json writes it, sql/008: keys in
+ * the reference schema's column order, no spaces) and dashboard updates as the contract
  * writes them (deltas listing the committees changed since `base`, or the full state).
  * Content varies like an election night's: names, statuses, timestamps, ids and cursors.
  */
@@ -24,7 +24,7 @@ export function rng(seed = 0x9e3779b9): () => number {
 
 const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
 
-/** PostgreSQL's timestamptz text in a jsonb value. */
+/** PostgreSQL's timestamptz text in a JSON value. */
 const pgTime = (ms: number, micros: number) =>
   `${new Date(ms).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}+00:00`;
 
@@ -59,11 +59,13 @@ export function rowFrames(opts: {
       const at = pgTime(nowMs - 3, Math.floor(r() * 1000));
       let data: string;
       if (kind === 'guarantee') {
-        data = `{"id": ${rowId}, "status": "${pick(r, STATUS)}", "updated_at": "${at}", "voter_name": "${who}", "election_id": ${opts.election}, "committee_id": ${committee}}`;
+        const status = pick(r, STATUS);
+        data = `{"id":${rowId},"election_id":${opts.election},"committee_id":${committee},"voter_name":"${who}","status":"${status}","updated_at":"${at}"}`;
       } else if (kind === 'attendance') {
-        data = `{"id": ${rowId}, "voter_name": "${who}", "attended_at": "${at}", "election_id": ${opts.election}, "committee_id": ${committee}}`;
+        data = `{"id":${rowId},"election_id":${opts.election},"committee_id":${committee},"voter_name":"${who}","attended_at":"${at}"}`;
       } else {
-        data = `{"id": ${rowId}, "count": ${Math.floor(r() * 900) + 1}, "candidate": "${pick(r, CANDIDATES)}", "election_id": ${opts.election}, "committee_id": ${committee}}`;
+        const count = Math.floor(r() * 900) + 1;
+        data = `{"id":${rowId},"election_id":${opts.election},"committee_id":${committee},"candidate":"${pick(r, CANDIDATES)}","count":${count}}`;
       }
       const type = kind === 'vote' ? 'voting_update' : `${kind}_update`;
       const cursor = `${txid.toString(36)}.${seq.toString(36)}`;

@@ -297,6 +297,95 @@ describe('snapshot + since = the database', () => {
     await r.close();
     await c.close();
   }, 40_000);
+
+  it('a TRUNCATE visible above the frontier (a lower key still committing): the snapshot is the state at its cursor, not the emptied table minus the rows created before it', async () => {
+    const N = 5;
+    const counts = async () => {
+      const r = await db.pool.query<{ g: string; v: string }>(
+        `SELECT (SELECT count(*) FROM guarantees WHERE election_id = $1)::text g,
+                (SELECT coalesce(sum(count), 0) FROM votes WHERE election_id = $1)::text v`,
+        [e1],
+      );
+      return { guarantees: Number(r.rows[0]?.g), votes: Number(r.rows[0]?.v) };
+    };
+    const before = await counts();
+    const lastKey = async () =>
+      BigInt(
+        (await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ??
+          '0',
+      );
+    // The held key writes another watched table (a writer of guarantees would block the TRUNCATE).
+    const { committing } = await slowCommit(
+      `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`,
+      [e1, c1],
+      1000,
+    );
+    // (Waited for whatever happens: the next test must not meet it still committing.)
+    const { held, inserted, truncated, snap } = await (async () => {
+      try {
+        const held = await lastKey();
+        await db.pool.query(
+          `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'late ' || i FROM generate_series(1, $3::int) i`,
+          [e1, c1, N],
+        );
+        const inserted = await lastKey();
+        await db.pool.query('TRUNCATE guarantees');
+        const truncated = await lastKey();
+        expect([inserted, truncated]).toEqual([held + 1n, held + 2n]);
+        const snap = await computeSnapshot(db.pool, String(e1));
+        return { held, inserted, truncated, snap };
+      } finally {
+        await committing;
+      }
+    })();
+    const cut = decodeCursor(snap?.cursor)?.seq ?? 0n;
+    // The database after every key below the cursor (they go held, inserted, truncated).
+    const atCursor = {
+      guarantees: cut > truncated ? 0 : before.guarantees + (cut > inserted ? N : 0),
+      votes: before.votes + (cut > held ? 100 : 0),
+    };
+    console.log('late truncate:', { before, cursorKeyMinusHeld: Number(cut - held), snapshot: snap?.totals, atCursor });
+    expect({ guarantees: snap?.totals.guarantees, votes: snap?.totals.votes }).toEqual(atCursor);
+    // And the events after it (a TRUNCATE empties the count) lead to the database.
+    const events = (
+      await db.pool.query<{ kind: string; action: string; count: string | null }>(
+        `SELECT kind, action, data->>'count' AS count FROM hub.outbox_in_order WHERE seq >= $1::bigint ORDER BY seq, id`,
+        [cut.toString()],
+      )
+    ).rows;
+    const replay = { guarantees: snap?.totals.guarantees ?? NaN, votes: snap?.totals.votes ?? NaN };
+    for (const e of events) {
+      if (e.kind === 'guarantee' && e.action === 'created') replay.guarantees += 1;
+      else if (e.kind === 'guarantee' && e.action === 'truncated') replay.guarantees = 0;
+      else if (e.kind === 'vote' && e.action === 'created') replay.votes += Number(e.count);
+    }
+    expect(replay).toEqual(await counts());
+  }, 40_000);
+
+  it('a late TRUNCATE whose lower keys stay committing past the bound fails the snapshot with a clear error; computed again after, it is right', async () => {
+    const { committing } = await slowCommit(
+      `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 3)`,
+      [e1, c1],
+      1500,
+    );
+    try {
+      await write('before the truncate');
+      await db.pool.query('TRUNCATE guarantees');
+      const t0 = Date.now();
+      await expect(computeSnapshot(db.pool, String(e1), { lateTruncateWaitMs: 200 })).rejects.toThrow(
+        /TRUNCATE of public\.guarantees .* still committing after 200 ms/,
+      );
+      expect(Date.now() - t0).toBeLessThan(1000);
+    } finally {
+      await committing;
+    }
+    const snap = await computeSnapshot(db.pool, String(e1), { lateTruncateWaitMs: 200 });
+    const votes = await db.pool.query<{ v: string }>(
+      `SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`,
+      [e1],
+    );
+    expect(snap?.totals).toEqual({ guarantees: 0, attendance: 0, votes: Number(votes.rows[0]?.v) });
+  }, 40_000);
 });
 
 describe('pruning by key', () => {

@@ -168,6 +168,29 @@ describe('dashboard cache', () => {
       expect(await counter(metrics)).toBe(2);
     }
   });
+  // computeSnapshot fails when a late TRUNCATE's lower keys stay committing (src/db/snapshot.ts).
+  it('a failed computation rejects the request, caches nothing, keeps no lock; the next request computes at once', async () => {
+    for (const fake of [undefined, fakeRedis()]) {
+      let fail = true;
+      const cache = createDashboardCache({
+        compute: async (id) => {
+          if (fail) throw new Error('keys below a late TRUNCATE still committing');
+          return snapshot(id, at(10));
+        },
+        redis: fake?.redis,
+        extraKeys: [],
+        metrics: createMetrics(),
+        log,
+        lockWaitMs: 5000,
+      });
+      await expect(cache.get('1')).rejects.toThrow(/late TRUNCATE/);
+      expect([...(fake?.store.keys() ?? [])]).toEqual([]);
+      fail = false;
+      const t0 = Date.now();
+      expect(JSON.parse((await cache.get('1')) ?? '{}').cursor).toBe(encodeCursor(at(10)));
+      expect(Date.now() - t0).toBeLessThan(1000); // not waiting out a lock left behind
+    }
+  });
 });
 
 describe('interest', () => {

@@ -22,6 +22,14 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  */
 export type ComputedSnapshot = DashboardSnapshot & { watched: string };
 
+/** How long a snapshot waits for the keys below a late TRUNCATE to settle before it fails. */
+export const LATE_TRUNCATE_WAIT_MS = 2000;
+
+export type SnapshotOptions = {
+  /** The bound of the wait for a late TRUNCATE (below); default LATE_TRUNCATE_WAIT_MS. */
+  lateTruncateWaitMs?: number;
+};
+
 /**
  * Computes an election's dashboard with a cursor consistent with its numbers:
  * snapshot + every event after the cursor = the database.
@@ -34,8 +42,51 @@ export type ComputedSnapshot = DashboardSnapshot & { watched: string };
  * using the outbox rows (which keep the old row of updates), so a client applying events after
  * the cursor counts each change exactly once. (That set is small: what committed while this
  * started, and nothing when no transaction was committing.)
+ *
+ * Except a TRUNCATE among them (a watched table of a counted kind): it leaves no rows to
+ * subtract, the table as the snapshot sees it is already emptied, and what it held at (F, 0)
+ * cannot be read back from it. Then the attempt is dropped and, once the frontier has passed the
+ * TRUNCATE's key, made again: its new frontier is past the TRUNCATE, which is then no longer
+ * late. Only keys below the TRUNCATE's, still committing, hold the frontier back (the TRUNCATE
+ * itself has committed: it is visible), normally for well under a millisecond; the wait is
+ * bounded by `lateTruncateWaitMs`, after which the computation fails (the callers answer 503
+ * or retry later: src/cache/). A transaction that holds its key for long (SET CONSTRAINTS ALL
+ * IMMEDIATE, PREPARE TRANSACTION) holds back the reader as well, so nothing newer could be
+ * served meanwhile anyway. Why not cut elsewhere: a cursor after the TRUNCATE would claim the
+ * keys below it, whose rows are not visible yet; a cursor before it needs the table as it was.
+ * Every election's computation meets the same late TRUNCATE (its outbox row names none) and
+ * waits for the same frontier, so waiting holds back no unaffected one; the connection is
+ * returned to the pool while it waits.
  */
-export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<ComputedSnapshot | null> {
+export async function computeSnapshot(
+  db: pg.Pool,
+  electionId: Id,
+  opts: SnapshotOptions = {},
+): Promise<ComputedSnapshot | null> {
+  const waitMs = opts.lateTruncateWaitMs ?? LATE_TRUNCATE_WAIT_MS;
+  const deadline = Date.now() + waitMs;
+  let pause = 1;
+  for (;;) {
+    const r = await computeOnce(db, electionId);
+    if (!r.lateTruncate) return r.snapshot;
+    const truncate = r.lateTruncate;
+    // Past it once every key up to the TRUNCATE's own has settled.
+    while ((await commitFrontier(db)) <= truncate.seq) {
+      if (Date.now() >= deadline)
+        throw new Error(
+          `dashboard snapshot of election ${electionId}: a TRUNCATE of ${truncate.table} (commit key ${truncate.seq}) ` +
+            `is visible while keys below it are still committing after ${waitMs} ms; its state before the TRUNCATE cannot be counted`,
+        );
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 20);
+    }
+  }
+}
+
+type Attempt =
+  { snapshot: ComputedSnapshot | null; lateTruncate?: undefined } | { lateTruncate: { seq: bigint; table: string } };
+
+async function computeOnce(db: pg.Pool, electionId: Id): Promise<Attempt> {
   const client = await db.connect();
   // A checked-out client has no pool error listener: a backend killed between two queries
   // would otherwise be an unhandled 'error' event. The failing query reports it.
@@ -51,7 +102,7 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Comp
     );
     if (!head.rows[0]?.known) {
       await client.query('COMMIT');
-      return null;
+      return { snapshot: null };
     }
     // Ids as canonical text (exact beyond 2^53); written as JSON numbers or strings at the end.
     const committees = new Map<Id, Counts>();
@@ -91,7 +142,9 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Comp
     // Only this election's rows (updates are all read: one may have moved a row out of it), so
     // a wide statement above the frontier does not cost every computation all of its rows.
     // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
+    // TRUNCATEs (no election) are read too: one among them makes this attempt void (above).
     const late = await client.query<{
+      seq: string;
       kind: string;
       action: string;
       data: Record<string, unknown> | null;
@@ -101,16 +154,22 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Comp
       oe: string | null;
       oc: string | null;
     }>(
-      `SELECT o.kind, o.action, o.data, o.old,
+      `SELECT k.seq::text AS seq, o.kind, o.action, o.data, o.old,
               hub.to_bigint(o.data ->> w.election_column)::text AS de, hub.to_bigint(o.data ->> w.committee_column)::text AS dc,
               hub.to_bigint(o.old ->> w.election_column)::text AS oe, hub.to_bigint(o.old ->> w.committee_column)::text AS oc
        FROM hub.commits k JOIN hub.outbox o ON o.txid = k.txid
        LEFT JOIN LATERAL (SELECT election_column::text, committee_column::text FROM hub.watched
                           WHERE kind = o.kind ORDER BY tbl::text LIMIT 1) w ON true
        WHERE k.seq >= $1::bigint AND o.kind IN ('guarantee', 'attendance', 'vote')
-         AND (o.election_id = $2::text::bigint OR o.action = 'updated') ORDER BY k.seq, o.id`,
+         AND (o.election_id = $2::text::bigint OR o.action IN ('updated', 'truncated')) ORDER BY k.seq, o.id`,
       [frontier.toString(), electionId],
     );
+    const truncates = late.rows.filter((e) => e.action === 'truncated');
+    const last = truncates[truncates.length - 1];
+    if (last) {
+      await client.query('COMMIT');
+      return { lateTruncate: { seq: BigInt(last.seq), table: String(last.data?.table ?? '?') } };
+    }
     for (const e of late.rows) {
       const w = byKind.get(e.kind);
       const field = FIELD[e.kind];
@@ -145,11 +204,13 @@ export async function computeSnapshot(db: pg.Pool, electionId: Id): Promise<Comp
       { guarantees: 0, attendance: 0, votes: 0 },
     );
     return {
-      election_id: idValue(electionId),
-      cursor: encodeCursor({ seq: frontier, id: 0n }),
-      totals,
-      committees: list,
-      watched: watchedPrint,
+      snapshot: {
+        election_id: idValue(electionId),
+        cursor: encodeCursor({ seq: frontier, id: 0n }),
+        totals,
+        committees: list,
+        watched: watchedPrint,
+      },
     };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);

@@ -19,7 +19,7 @@ import type { History, TopicFilter } from '../events/history.ts';
 
 // Selected as text; queries order by the columns (`ob.seq, ob.id`), never these aliases. `seq` is
 // the commit key (sql/006_commit_order.sql), `committed_ms` the time the transaction took it.
-// Ids and jsonb stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
+// Ids and rows (json, sql/008) stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
 const COLUMNS = `ob.seq::text AS seq, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id::text AS election_id,
   ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
   (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
@@ -74,7 +74,7 @@ export function decodeRow(raw: RawRow): OutboxEvent | undefined {
     (r.old_election_id !== undefined || r.old_committee_id !== undefined || r.old_count !== undefined)
       ? { electionId: r.old_election_id ?? null, committeeId: r.old_committee_id ?? null, count: num(r.old_count) }
       : null;
-  // Built by concatenation so a row's jsonb text (its key and data) is never parsed and
+  // Built by concatenation so a row's JSON text (its key and data) is never parsed and
   // re-serialized: large rows cost no JSON work, and bigints keep every digit.
   const frame = app
     ? `{"type":${JSON.stringify(type)},"topic":${JSON.stringify(r.topic)},"data":${data},"cursor":"${cursor}","committed_at":"${committedAt}"}`
@@ -108,8 +108,8 @@ export type ReadResult = {
 };
 
 /**
- * Bytes of a row's `data` as the hub will hold it: jsonb's own size when stored uncompressed
- * (about its text length, and free to read), else the length of its text (a compressed value
+ * Bytes of a row's `data` as the hub will hold it: its stored size when stored uncompressed
+ * (json since sql/008: its text and a header; free to read), else the length of its text (a compressed value
  * can be a hundredth of that, so its stored size says nothing).
  */
 const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coalesce(pg_column_size(ob.data), 0)

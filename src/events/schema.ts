@@ -151,7 +151,7 @@ export type ServerFrame = z.infer<typeof ServerFrame>;
 
 const SqlBigint = z.string().regex(/^-?\d{1,19}$/);
 
-/** An outbox row as the hub selects it (ids and jsonb as text: never parsed, so exact). Validated, never trusted. */
+/** An outbox row as the hub selects it (ids and rows as text: never parsed, so exact). Validated, never trusted. */
 export const OutboxRow = z.object({
   seq: z.string().regex(/^\d{1,20}$/),
   id: z.string().regex(/^\d{1,20}$/),

@@ -483,7 +483,17 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
         await new Promise((r) => setTimeout(r, Math.max(0, 100 - (Date.now() - t))));
       }
     })();
-    let measured: { count: number; total: number; max: number; updates: number; rows: number; renders: number };
+    let measured: {
+      count: number;
+      total: number;
+      max: number;
+      updates: number;
+      rows: number;
+      renders: number;
+      cardBatches: number;
+      cardsPerBatch: number;
+      cardsMax: number;
+    };
     // The renderer's main-thread CPU time over the same window (Chrome's own counter): long
     // tasks are wall time, which a busy machine stretches; this is what the page itself spent.
     const cdp = await page.context().newCDPSession(page);
@@ -504,12 +514,26 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
           for (const entry of list.getEntries()) tasks.push(entry.duration);
         });
         obs.observe({ type: 'longtask', buffered: false });
+        // The committee cards each batch of DOM changes touched (a batch is what one task, such
+        // as one animation-frame render, changed): a count, independent of the machine's speed.
+        const touched: number[] = [];
+        const dom = new MutationObserver((records) => {
+          const cards = new Set<Element>();
+          for (const r of records) {
+            const el = r.target instanceof Element ? r.target : r.target.parentElement;
+            const card = el?.closest('[data-committee]');
+            if (card) cards.add(card);
+          }
+          if (cards.size > 0) touched.push(cards.size);
+        });
+        dom.observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
         const probe = (
           window as unknown as { hubDashboard: { received?: () => { updates: number; rows: number; renders: number } } }
         ).hubDashboard;
         const before = probe.received?.() ?? { updates: 0, rows: 0, renders: 0 };
         await new Promise((r) => setTimeout(r, ms));
         obs.disconnect();
+        dom.disconnect();
         const after = probe.received?.() ?? { updates: 0, rows: 0, renders: 0 };
         return {
           count: tasks.length,
@@ -518,6 +542,9 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
           updates: after.updates - before.updates,
           rows: after.rows - before.rows,
           renders: after.renders - before.renders,
+          cardBatches: touched.length,
+          cardsPerBatch: touched.reduce((x, y) => x + y, 0) / Math.max(1, touched.length),
+          cardsMax: touched.reduce((x, y) => Math.max(x, y), 0),
         };
       }, MEASURE_MS);
       cpuSeconds = (await threadTime()) - cpu0;
@@ -529,7 +556,8 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     console.log(
       `[demo.test] real size: ${COMMITTEES} committees, ${RATE} writes/s: in ${MEASURE_MS / 1000} s ${measured.count} long tasks, ` +
         `${Math.round(measured.total)} ms in total, longest ${Math.round(measured.max)} ms; main thread CPU ${cpuSeconds.toFixed(2)} s; ` +
-        `the page took ${measured.updates} dashboard updates and ${measured.rows} row events and drew ${measured.renders} frames`,
+        `the page took ${measured.updates} dashboard updates and ${measured.rows} row events and drew ${measured.renders} frames; ` +
+        `${measured.cardBatches} batches of DOM changes touched ${measured.cardsPerBatch.toFixed(1)} of ${COMMITTEES} committee cards on average, ${measured.cardsMax} at most`,
     );
     // It kept up: everything the page shows equals GET /dashboard once the writes stop.
     await waitForMatch(page, 'the page to match the snapshot after the writes', 30_000, jwt);
@@ -538,10 +566,15 @@ describe.skipIf(!haveChromium && !process.env.CI)('dashboard page (Chromium)', (
     expect(measured.updates).toBeGreaterThan((MEASURE_MS / 1000) * 2);
     // Responsive. The page before the delta protocol spent 7-10 s of every 20 s in long tasks at
     // this size; with deltas but drawing as it did, 3.5-4.1 s (up to 220 ms each) and 4.8 s of
-    // main-thread CPU; drawing only what changed: under 100 ms and about 1.6 s.
+    // main-thread CPU; drawing only what changed: under 100 ms and 1.6-4.2 s of CPU (the CPU
+    // follows the machine's speed, so it is printed, not asserted). What is asserted besides the
+    // long tasks is a count: a render touches the cards of the committees that changed since the
+    // last one (54 on average, 83 at most, in one run here), never every card, as a page that
+    // redraws the list would (300 in each render).
     expect(measured.total).toBeLessThan(500);
     expect(measured.max).toBeLessThan(200);
-    expect(cpuSeconds).toBeLessThan(4);
+    expect(measured.renders).toBeGreaterThan(0);
+    expect(measured.cardsPerBatch).toBeLessThan(COMMITTEES / 2);
 
     // Six- and seven-digit numbers fit: no counter runs past its card or cell.
     const overflow = await page.evaluate(() => {

@@ -5,8 +5,8 @@
 -- rows as documents. jsonb paid for that twice: the capture converted each row to jsonb's binary
 -- form (to_jsonb), and every node's read converted it back to text (jsonb_out). `json` stores the
 -- text to_json wrote, and reading it is a copy. Measured on a one-row guarantee of the reference
--- schema (docs/BENCHMARKS.md, "JSON payloads"):
--- * stored: 147 instead of 188 bytes (the WAL of every captured row shrinks by as much);
+-- schema (docs/BENCHMARKS.md, "Rows kept as json"):
+-- * stored: 147 instead of 188 bytes (WAL per one-row transaction, 4 pgbench writers: 826 instead of 866 bytes);
 -- * on the wire: to_json's text is compact (`{"id":1,"status":"pledged",…}`, 143 bytes) where
 --   jsonb's text has a space after every colon and comma (150 bytes): every row event is that
 --   much smaller for every dashboard;

@@ -516,16 +516,15 @@ export function startReader(opts: ReaderOptions): Reader {
     }
   };
 
-  /** Reads every page there is; the number of rows read (and in `passCommits`, of commit keys). */
-  let passCommits = 0;
-  const pass = async (): Promise<number> => {
+  /** Reads every page there is; the rows and the commit keys read. */
+  const pass = async (): Promise<{ rows: number; commits: number }> => {
     let rows = 0;
-    passCommits = 0;
+    let commits = 0;
     for (;;) {
       const more = await readOnce();
       rows += pageRows;
-      passCommits += pageCommits;
-      if (!more || stopped) return rows;
+      commits += pageCommits;
+      if (!more || stopped) return { rows, commits };
       // Let sockets drain between pages of a large burst.
       await new Promise((r) => setImmediate(r));
     }
@@ -546,7 +545,7 @@ export function startReader(opts: ReaderOptions): Reader {
       let wait: number;
       let quiet = false;
       try {
-        const rows = await pass();
+        const { rows, commits } = await pass();
         failures = 0;
         failure = undefined;
         if (backstopPass && rows > 0) {
@@ -554,7 +553,7 @@ export function startReader(opts: ReaderOptions): Reader {
           log.warn({ rows, missed }, 'the backstop poll found rows after a sleep: a wake-up was missed');
         }
         if (rows > 0 || gap) {
-          await busy(rows, passCommits);
+          await busy(rows, commits);
           // Rows after a gap wait for its transaction to finish committing, and no NOTIFY says
           // when (none at all once this reader has withdrawn its declaration): the first 100 ms
           // of a gap are polled like a busy stream, a longer one at the held backoff.

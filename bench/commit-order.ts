@@ -1,15 +1,15 @@
 /*
  * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|held] [--out file.json]`
  *
- * What the commit keys (sql/006_commit_order.sql) cost and what they buy, on a fresh database:
+ * What the commit order (sql/006_commit_order.sql, keys given after the commit since
+ * sql/009_sequencer.sql) costs and what it buys, on a fresh database:
  *
- * 1. Write cost of the keys alone, with the capture sending no NOTIFY (no reader asleep: NOTIFY
- *    serializes commits by itself and would hide the keys' cost): `keys` (as migrated) against
- *    `no keys` (hub_commit_mark disabled). Single-row inserts as fast
- *    as 1, 4 and 8 writers go (pairs of adjacent runs, their ratio's median: this machine is
- *    shared); the backend CPU time of a one-row transaction, part by part; one 20 000-row
- *    INSERT … SELECT, wall and backend CPU. Capture off and the full capture (a reader asleep:
- *    every commit NOTIFYs) alongside for scale.
+ * 1. Write cost of the capture, sending no NOTIFY (no reader asleep: NOTIFY serializes commits by
+ *    itself): `capture` against `off` (triggers disabled). Single-row inserts as fast as 1, 4 and
+ *    8 writers go (pairs of adjacent runs, their ratio's median: this machine is shared); the
+ *    backend CPU time of a one-row transaction; what hub.sequence costs the hub per key it gives
+ *    and per call with nothing new; one 20 000-row INSERT … SELECT, wall and backend CPU. The full
+ *    capture (a reader asleep: every commit NOTIFYs) alongside for scale.
  * 2. Delivery while a write transaction is held open for 10 s in another database of the same
  *    cluster (and, second, one in this database that wrote a watched table and has not
  *    committed): one row every 100 ms written meanwhile, through a hub in this process; each
@@ -61,16 +61,16 @@ try {
   };
   const first = committeeId(2, 1, 10);
 
-  /** Part 1: write cost of the keys (needs sql/006_commit_order.sql). */
+  /** Part 1: what the capture costs writers now that keys are given after the commit, and what giving them costs. */
   const writeCost = async () => {
     // The generated capture (sql/005) sends no NOTIFY while no reader has declared itself asleep
-    // (nobody does here), so `no keys` and `keys` are the capture without NOTIFY; `full capture`
-    // adds a standing sleeper, so that every commit NOTIFYs (an idle hub's case).
+    // (nobody does here), so `capture` is the capture without NOTIFY; `full capture` adds a
+    // standing sleeper, so that every commit NOTIFYs (an idle hub's case). Since
+    // sql/009_sequencer.sql a writer's transaction does nothing at COMMIT: no key, no lock.
     const SLEEPER = 'bench-commit-order-sleeper';
-    type State = 'off' | 'no keys' | 'keys' | 'full capture';
+    type State = 'off' | 'capture' | 'full capture';
     const setState = async (s: State) => {
       await sql(setTriggersSql('guarantees', s !== 'off'));
-      await sql(`ALTER TABLE hub.outbox ${s === 'no keys' ? 'DISABLE' : 'ENABLE ALWAYS'} TRIGGER hub_commit_mark`);
       await sql(
         s === 'full capture' ? `SELECT lapsed FROM hub.sleep('${SLEEPER}', 600000)` : `SELECT hub.awake('${SLEEPER}')`,
       );
@@ -97,43 +97,50 @@ try {
       await Promise.all(clients.map((c) => c.end()));
       return n / s;
     };
+    /** Gives keys to everything committed so far (no hub runs here): keeps the outbox as a hub would. */
+    const sequenceAll = async () => {
+      for (;;) {
+        const before = String(((await sql('SELECT hub.commit_frontier()::text AS f'))[0] as { f: string }).f);
+        const after = String(((await sql('SELECT hub.sequence()::text AS f'))[0] as { f: string }).f);
+        if (after === before) return;
+      }
+    };
 
     // ---- 1. write cost -----------------------------------------------------------------
-    // The machine is shared: absolute rates drift with everyone else's load, so the keys' cost is
-    // read from pairs of adjacent runs (no keys, keys; the order alternates), as the median of the
-    // pairs' ratios. Capture off and the full capture are measured in the same rounds for scale.
-    const states: State[] = ['off', 'no keys', 'keys', 'full capture'];
+    // The machine is shared: absolute rates drift with everyone else's load, so the capture's
+    // cost is read from pairs of adjacent runs (off, capture; the order alternates), as the
+    // median of the pairs' ratios. The full capture is measured in the same rounds for scale.
+    const states: State[] = ['off', 'capture', 'full capture'];
     const single: Record<string, { rates: Record<State, number[]>; pairRatios: number[] }> = {};
     for (const writers of [1, 4, 8]) {
-      const rates = { off: [], 'no keys': [], keys: [], 'full capture': [] } as Record<State, number[]>;
+      const rates = { off: [], capture: [], 'full capture': [] } as Record<State, number[]>;
       const pairRatios: number[] = [];
-      await setState('keys');
+      await setState('capture');
       await flatOut(writers, 0.5); // warm-up
       for (let r = 0; r < ROUNDS; r++) {
-        const order: State[] = r % 2 ? ['keys', 'no keys'] : ['no keys', 'keys'];
+        const order: State[] = r % 2 ? ['capture', 'off'] : ['off', 'capture'];
         const pair: Partial<Record<State, number>> = {};
         for (const s of order) {
           await setState(s);
           pair[s] = await flatOut(writers, SECONDS);
           rates[s].push(pair[s] as number);
         }
-        pairRatios.push((pair.keys as number) / (pair['no keys'] as number));
+        pairRatios.push((pair.capture as number) / (pair.off as number));
         if (r % 3 === 0) {
-          for (const s of ['off', 'full capture'] as const) {
-            await setState(s);
-            rates[s].push(await flatOut(writers, SECONDS));
-          }
+          await setState('full capture');
+          rates['full capture'].push(await flatOut(writers, SECONDS));
         }
+        await sequenceAll();
       }
       single[writers] = { rates, pairRatios };
       log(
-        `${writers} writer(s): ${states.map((s) => `${s} ${Math.round(median(rates[s]))}/s`).join(', ')}; keys ÷ no keys (paired) ${median(pairRatios).toFixed(3)}`,
+        `${writers} writer(s): ${states.map((s) => `${s} ${Math.round(median(rates[s]))}/s`).join(', ')}; capture ÷ off (paired) ${median(pairRatios).toFixed(3)}`,
       );
     }
     // Server-side cost per transaction, without the client's round trips or the other sessions on
     // this machine: the backend's own CPU time (/proc/<pid>/schedstat, Linux) for a procedure that
     // inserts one row and commits, N times (synchronous_commit off: the WAL flush is the same for
-    // both and only adds waiting). The keys' parts are taken in one by one.
+    // both and only adds waiting).
     await sql(`CREATE PROCEDURE bench_txns(n int) LANGUAGE plpgsql AS $$
       BEGIN
         FOR i IN 1..n LOOP
@@ -141,41 +148,29 @@ try {
           COMMIT;
         END LOOP;
       END $$`);
-    const full = String(
-      ((await sql(`SELECT pg_get_functiondef('hub.take_commit_key'::regproc) AS d`))[0] as { d: string }).d,
-    );
-    const body = (b: string) =>
-      `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $f$ DECLARE k bigint; BEGIN ${b} RETURN NULL; END $f$`;
     const parts: Array<[string, string[]]> = [
       ['capture off', [setTriggersSql('guarantees', false)]],
-      ['no keys', [setTriggersSql('guarantees', true), `ALTER TABLE hub.outbox DISABLE TRIGGER hub_commit_mark`]],
-      [
-        '+ marker row',
-        [
-          `ALTER TABLE hub.outbox ENABLE ALWAYS TRIGGER hub_commit_mark`,
-          `ALTER TABLE hub.commit_marks DISABLE TRIGGER hub_commit_key`,
-        ],
-      ],
-      ['+ deferred trigger (empty)', [`ALTER TABLE hub.commit_marks ENABLE ALWAYS TRIGGER hub_commit_key`, body('')]],
-      [
-        '+ locks and nextval',
-        [
-          body(
-            `PERFORM pg_advisory_xact_lock_shared(4611686018427387903); k := nextval('hub.commit_seq'); PERFORM pg_advisory_xact_lock(k);`,
-          ),
-        ],
-      ],
-      ['keys (+ the hub.commits row)', [full]],
+      ['capture', [setTriggersSql('guarantees', true)]],
     ];
-    await setState('no keys');
+    await setState('capture');
     const cpu: Record<string, number[]> = {};
+    // And what giving the keys costs the hub: one hub.sequence call after each batch of N
+    // one-row transactions (CPU of its backend per key), and a call with nothing new.
+    const sequencerUsPerKey: number[] = [];
+    const sequencerIdleUs: number[] = [];
     {
       const c = new pg.Client({ connectionString: db.url });
+      const s = new pg.Client({ connectionString: db.url });
       await c.connect();
+      await s.connect();
       try {
         await c.query('SET synchronous_commit = off');
-        const pid = Number((await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p);
-        const ns = () => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+        const schedNs = async (client: pg.Client) => {
+          const pid = Number((await client.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p);
+          return () => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+        };
+        const ns = await schedNs(c);
+        const sns = await schedNs(s);
         const N = quick ? 3000 : 5000;
         for (let r = 0; r < ROUNDS; r++) {
           for (const [name, stmts] of parts) {
@@ -184,19 +179,26 @@ try {
             await c.query(`CALL bench_txns(${N})`);
             (cpu[name] ??= []).push((ns() - c0) / 1000 / N);
           }
+          const s0 = sns();
+          await s.query('SELECT hub.sequence(true, 1000000)');
+          sequencerUsPerKey.push((sns() - s0) / 1000 / N);
+          await new Promise((res) => setTimeout(res, 120)); // past the horizon's 100 ms: a call that writes nothing
+          const s1 = sns();
+          await s.query('SELECT hub.sequence()');
+          sequencerIdleUs.push((sns() - s1) / 1000);
         }
       } finally {
         await c.end();
+        await s.end();
       }
     }
-    await sql(full);
-    await setState('keys');
     log(
-      `backend CPU per one-row transaction: ${parts.map(([n]) => `${n} ${median(cpu[n] ?? []).toFixed(1)} µs`).join(', ')}`,
+      `backend CPU per one-row transaction: ${parts.map(([n]) => `${n} ${median(cpu[n] ?? []).toFixed(1)} µs`).join(', ')}; ` +
+        `hub.sequence: ${median(sequencerUsPerKey).toFixed(1)} µs per key, ${median(sequencerIdleUs).toFixed(0)} µs for a call with nothing new`,
     );
     // One 20 000-row statement: wall time and the backend's CPU time, states interleaved.
-    const statement: Record<State, number[]> = { off: [], 'no keys': [], keys: [], 'full capture': [] };
-    const statementCpu: Record<State, number[]> = { off: [], 'no keys': [], keys: [], 'full capture': [] };
+    const statement: Record<State, number[]> = { off: [], capture: [], 'full capture': [] };
+    const statementCpu: Record<State, number[]> = { off: [], capture: [], 'full capture': [] };
     {
       const c = new pg.Client({ connectionString: db.url });
       await c.connect();
@@ -223,7 +225,8 @@ try {
     log(
       `20 000-row statement: ${states.map((st) => `${st} ${median(statement[st]).toFixed(1)} ms (CPU ${median(statementCpu[st]).toFixed(1)} ms)`).join(', ')}`,
     );
-    await setState('keys'); // as migrated, nobody asleep
+    await setState('capture'); // as migrated, nobody asleep
+    await sequenceAll();
     await sql('ANALYZE');
     result.writeCost = {
       single: Object.fromEntries(
@@ -231,7 +234,7 @@ try {
           w,
           {
             medians: Object.fromEntries(states.map((s) => [s, Math.round(median(r.rates[s]))])),
-            keysRatioPaired: median(r.pairRatios),
+            captureRatioPaired: median(r.pairRatios),
             raw: r,
           },
         ]),
@@ -239,6 +242,11 @@ try {
       backendCpuUsPerTransaction: {
         medians: Object.fromEntries(parts.map(([n]) => [n, median(cpu[n] ?? [])])),
         raw: cpu,
+      },
+      sequencer: {
+        backendCpuUsPerKey: median(sequencerUsPerKey),
+        backendCpuUsIdleCall: median(sequencerIdleUs),
+        raw: { perKey: sequencerUsPerKey, idle: sequencerIdleUs },
       },
       statement: {
         wallMs: Object.fromEntries(states.map((st) => [st, median(statement[st])])),

@@ -12,7 +12,7 @@ import { startListener } from './db/listener.ts';
 import { type Reader, type SleepOptions, startReader } from './db/reader.ts';
 import { computeSnapshot, watchedFingerprint } from './db/snapshot.ts';
 import { type CommitteeDirectory, createCommitteeDirectory } from './db/committees.ts';
-import { backlog, commitFrontier, createHistory, prune, prunedPosition } from './db/outbox.ts';
+import { backlog, createHistory, prune, prunedPosition, sequenceCommits } from './db/outbox.ts';
 import { createAuthenticator } from './auth/jwt.ts';
 import { createLocalLimiter, createRedisLimiter } from './auth/limits.ts';
 import { startPresence } from './cluster/presence.ts';
@@ -368,7 +368,8 @@ function startPipeline(d: {
     compute: (id, o) => cache.refresh(id, o),
     position: () => reader.position(),
     delivered: (p) => reader.waitFor(p, 5000),
-    horizon: async () => ({ seq: await commitFrontier(pool), id: 0n }), // one trivial query: not behind computations
+    // Keys for what has committed now, and the frontier after them (one short call: not behind computations).
+    horizon: async () => ({ seq: await sequenceCommits(pool), id: 0n }),
     subscribers: (id) => server.publisher.numSubscribers(dashboardTopic(id)),
     interested: (id) => interest.has(id),
     onRequest: (id) => interest.touch(id),

@@ -415,16 +415,18 @@ describe('008: rows kept as json', () => {
     await d.pool.query(`UPDATE guarantees SET status = 'confirmed' WHERE id = 1`);
     await d.pool.query(`ALTER TABLE attendance DISABLE TRIGGER hub_capture_insert`);
     const rowsInOrder = async () =>
-      (
-        await d.pool.query<{ seq: string; action: string; data: Record<string, unknown>; old: unknown }>(
-          `SELECT seq::text, action, data, old FROM hub.outbox_in_order ORDER BY seq, id`,
-        )
-      ).rows.map((r) => ({ ...r, data: { ...r.data, updated_at: 'T' } }));
+      // (Keys are given by hub.sequence from 009 on; before it, at COMMIT.)
+      (await d.pool.query(
+        `DO $$ BEGIN IF to_regproc('hub.sequence') IS NOT NULL THEN PERFORM hub.sequence(); END IF; END $$`,
+      ),
+      await d.pool.query<{ seq: string; action: string; data: Record<string, unknown>; old: unknown }>(
+        `SELECT seq::text, action, data, old FROM hub.outbox_in_order ORDER BY seq, id`,
+      )).rows.map((r) => ({ ...r, data: { ...r.data, updated_at: 'T' } }));
     const before = await rowsInOrder();
     expect(before.map((r) => r.action)).toEqual(['created', 'updated']);
 
     const r = await migrate(d.url, { referenceSchema: true });
-    expect(r.applied).toEqual(['008_json_payloads.sql']);
+    expect(r.applied).toEqual(['008_json_payloads.sql', '009_sequencer.sql']);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
          AND column_name IN ('data', 'old', 'row_id') ORDER BY column_name`,

@@ -5,7 +5,16 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { APP_CHECKS_SQL, createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { type Frame, type TestClient, connect, eventsReceived, startTestHub, token, waitUntil } from './support/hub.ts';
+import {
+  type Frame,
+  type TestClient,
+  connect,
+  eventsReceived,
+  sequenced,
+  startTestHub,
+  token,
+  waitUntil,
+} from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { migrate } from '../src/db/migrate.ts';
@@ -13,10 +22,10 @@ import { computeSnapshot } from '../src/db/snapshot.ts';
 import { prune, prunedPosition } from '../src/db/outbox.ts';
 
 /*
- * Order without the cluster-wide horizon (issue 14 item 3, sql/006_commit_order.sql), from
- * outside: transactions that are open elsewhere delay nothing; a transaction that writes the
- * outbox takes its place in the order when it commits; aborted keys are skipped, committing
- * ones are waited for. "Arrive" below means "arrive while the holder is still open": the
+ * Order without the cluster-wide horizon (issue 14 item 3, sql/006_commit_order.sql and
+ * sql/009_sequencer.sql), from outside: transactions that are open elsewhere delay nothing; a
+ * transaction that writes the outbox takes its place in the order once it has committed (the
+ * next hub.sequence call gives it its key); aborted ones get none. "Arrive" below means "arrive while the holder is still open": the
  * holders stay open until the rows are there (or the deadline fails the test).
  */
 
@@ -36,8 +45,7 @@ beforeAll(async () => {
   e1 = s.elections[0] as number;
   c1 = (s.committees.get(e1) as number[])[0] as number;
   await db.pool.query(`CREATE TABLE scratch (id serial PRIMARY KEY, note text)`);
-  // The application's own deferred constraint: fails or takes its time at COMMIT, after the
-  // hub's key (it is queued after the watched write that queued ours).
+  // The application's own deferred constraint: fails or takes its time at COMMIT.
   await db.pool.query(APP_CHECKS_SQL);
   hub = await startTestHub(db.url);
   admin = await token({ sub: 'order-admin', role: 'admin' });
@@ -58,8 +66,8 @@ const holder = async (url: string) => {
 };
 /**
  * A transaction that writes `sql`, then commits with an application check that sleeps `sleepMs`
- * at COMMIT, after the hub's commit key was taken: resolves once it sleeps (its key is taken and
- * still committing), with the COMMIT's promise (wrapped: an async function returning a promise
+ * at COMMIT (its rows captured, the transaction still in flight): resolves once it sleeps, with
+ * the COMMIT's promise (wrapped: an async function returning a promise
  * would wait for it).
  */
 const slowCommit = async (sql: string, params: unknown[], sleepMs: number) => {
@@ -76,7 +84,7 @@ const slowCommit = async (sql: string, params: unknown[], sleepMs: number) => {
       return r.rows[0]?.n === '1';
     },
     10_000,
-    'the slow commit to take its key',
+    'the slow commit to sleep in its COMMIT',
   );
   return { committing };
 };
@@ -159,27 +167,29 @@ describe('transactions open elsewhere delay nothing', () => {
   }, 40_000);
 });
 
-describe('keys taken at commit', () => {
-  it('a transaction that fails after its key was taken (the application’s deferred constraint) leaves a hole that is skipped', async () => {
+describe('keys given after the commit', () => {
+  const lastKey = async () =>
+    BigInt((await db.pool.query<{ v: string }>(`SELECT last_seq::text AS v FROM hub.commit_state`)).rows[0]?.v ?? '0');
+
+  it('a transaction that fails at COMMIT (the application’s deferred constraint) gets no key: the next one follows without a hole', async () => {
     const c = await watcher();
+    await write('before');
+    await eventsReceived(c, 1, 20_000);
     const h = await holder(db.url);
     await h.query('BEGIN');
     await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'doomed')`, [e1, c1]);
     await h.query(`INSERT INTO app_checks (fail) VALUES (true)`);
-    const last = await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text AS v`);
     await expect(h.query('COMMIT')).rejects.toThrow(/app check failed/);
-    // It took a key: the sequence moved, and nothing committed under it.
-    const taken = await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text AS v`);
-    const hole = BigInt(taken.rows[0]?.v ?? '0');
-    expect(hole).toBe(BigInt(last.rows[0]?.v ?? '0') + 1n);
-    await write('after the hole');
-    const got = await eventsReceived(c, 1, 20_000);
-    expect(names(got)).toEqual(['after the hole']);
-    expect(decodeCursor(got[0]?.cursor)?.seq).toBe(hole + 1n);
+    await sequenced(db.pool);
+    const last = await lastKey();
+    await write('after the abort');
+    const got = await eventsReceived(c, 2, 20_000);
+    expect(names(got)).toEqual(['before', 'after the abort']);
+    expect(decodeCursor(got[1]?.cursor)?.seq).toBe(last + 1n);
     await c.close();
   }, 40_000);
 
-  it('a snapshot cut after a last key that aborted (nothing visible after it) is a cursor the hub reaches', async () => {
+  it('a snapshot cut after a transaction that aborted (nothing visible after it) is a cursor the hub reaches', async () => {
     await write('before the abort');
     const h = await holder(db.url);
     await h.query('BEGIN');
@@ -189,7 +199,6 @@ describe('keys taken at commit', () => {
     );
     await h.query(`INSERT INTO app_checks (fail) VALUES (true)`);
     await expect(h.query('COMMIT')).rejects.toThrow(/app check failed/);
-    // The frontier is past the aborted key; the reader sees no later key that would show the hole.
     const snap = await computeSnapshot(db.pool, String(e1));
     const r = await connect(hub, { token: admin, query: 'subscribe=none' });
     r.send({ type: 'subscribe', topics: [`election:${e1}`], since: snap?.cursor });
@@ -199,44 +208,26 @@ describe('keys taken at commit', () => {
     await r.close();
   }, 40_000);
 
-  it('a transaction still committing holds back only the keys after it, and goes first', async () => {
+  it('a transaction still in its COMMIT holds back nothing: a later one arrives meanwhile, and it comes once it has committed', async () => {
     const c = await watcher();
-    // Its key is taken before the sleep: wait for it, then commit another one past it.
     const { committing } = await slowCommit(
       `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'slow')`,
       [e1, c1],
-      400,
+      1000,
     );
+    let done = false;
+    void committing.then(() => (done = true));
     await write('fast');
+    expect(names(await eventsReceived(c, 1, 20_000))).toEqual(['fast']);
+    expect(done).toBe(false);
     await committing;
     const got = await eventsReceived(c, 2, 20_000);
-    expect(names(got)).toEqual(['slow', 'fast']);
+    expect(names(got)).toEqual(['fast', 'slow']);
     expect(inOrder(got)).toBe(true);
     await c.close();
   }, 40_000);
 
-  it('SET CONSTRAINTS ALL IMMEDIATE takes the key at once: that transaction goes first, nothing is skipped', async () => {
-    const c = await watcher();
-    const h = await holder(db.url);
-    await h.query('BEGIN');
-    await h.query('SET CONSTRAINTS ALL IMMEDIATE');
-    await h.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate')`, [
-      e1,
-      c1,
-    ]);
-    const writing = write('behind it');
-    await new Promise((r) => setTimeout(r, 100));
-    await h.query(
-      `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'immediate, later row')`,
-      [e1, c1],
-    );
-    await h.query('COMMIT');
-    await writing;
-    expect(names(await eventsReceived(c, 3, 20_000))).toEqual(['immediate', 'immediate, later row', 'behind it']);
-    await c.close();
-  }, 40_000);
-
-  it('hub.publish takes a key like captured rows; a rolled-back savepoint leaves nothing behind', async () => {
+  it('hub.publish gets a key like captured rows; a rolled-back savepoint leaves nothing behind', async () => {
     const c = await watcher();
     const h = await holder(db.url);
     await h.query('BEGIN');
@@ -257,139 +248,237 @@ describe('keys taken at commit', () => {
   }, 40_000);
 });
 
-describe('snapshot + since = the database', () => {
-  it('a snapshot taken while one transaction is committing (key taken) and a later one has committed is cut before both, and their events follow it', async () => {
-    const votes = async () =>
-      Number(
-        (
-          await db.pool.query<{ v: string }>(
-            `SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`,
-            [e1],
-          )
-        ).rows[0]?.v,
+describe('hub.sequence, on a database no hub reads', () => {
+  let q: TestDatabase;
+  beforeAll(async () => {
+    q = await createTestDatabase('hub_order_seq');
+  });
+  afterAll(async () => {
+    await q?.drop();
+  });
+  const keys = async () =>
+    (
+      await q.pool.query<{ s: string; t: string; n: string }>(
+        `SELECT c.seq::text s, c.txid::text t, count(o.id)::text n FROM hub.commits c LEFT JOIN hub.outbox o ON o.txid = c.txid
+         GROUP BY c.seq, c.txid ORDER BY c.seq`,
+      )
+    ).rows;
+  const insert = (c: Pick<pg.Pool, 'query'>, rows = 1) =>
+    c.query<{ t: string }>(
+      `INSERT INTO guarantees (election_id, committee_id) SELECT 1, 1 FROM generate_series(1, $1::int) RETURNING pg_current_xact_id()::text AS t`,
+      [rows],
+    );
+
+  it('catching up in pieces (max_txs) gives every committed transaction one key, in order, without holes; one in flight and one aborted get none until it ends', async () => {
+    await sequenced(q.pool);
+    const first = BigInt(
+      (await q.pool.query<{ f: string }>('SELECT hub.commit_frontier()::text AS f')).rows[0]?.f ?? '0',
+    );
+    // In flight from before the others (a lower transaction id), and a bulk one among them.
+    const open = new pg.Client({ connectionString: q.url });
+    await open.connect();
+    try {
+      await open.query('BEGIN');
+      const openTx = (await insert(open, 2)).rows[0]?.t;
+      const committed: string[] = [];
+      for (let i = 0; i < 7; i++) committed.push((await insert(q.pool, i === 3 ? 500 : 1)).rows[0]?.t ?? '');
+      const aborted = await q.pool.connect();
+      try {
+        await aborted.query('BEGIN');
+        await insert(aborted);
+        await aborted.query('ROLLBACK');
+      } finally {
+        aborted.release();
+      }
+      const frontiers: string[] = [];
+      for (let i = 0; i < 4; i++)
+        frontiers.push((await q.pool.query<{ f: string }>('SELECT hub.sequence(true, 3)::text AS f')).rows[0]?.f ?? '');
+      // 3, 3, 1, then nothing new: the frontier after each call.
+      expect(frontiers.map((f) => BigInt(f) - first)).toEqual([3n, 6n, 7n, 7n]);
+      const k = await keys();
+      const mine = k.filter((r) => BigInt(r.s) >= first);
+      expect(mine.map((r) => r.t)).toEqual(committed);
+      expect(mine.map((r) => BigInt(r.s) - first)).toEqual([0n, 1n, 2n, 3n, 4n, 5n, 6n]);
+      expect(mine.map((r) => Number(r.n))).toEqual([1, 1, 1, 500, 1, 1, 1]);
+      await open.query('COMMIT');
+      expect((await q.pool.query<{ f: string }>('SELECT hub.sequence()::text AS f')).rows[0]?.f).toBe(
+        String(first + 8n),
       );
-    const c = await watcher();
+      expect((await keys()).map((r) => r.t).slice(-1)).toEqual([openTx]);
+    } finally {
+      await open.end();
+    }
+  }, 40_000);
+
+  it('refuses to run other than at READ COMMITTED, and returns NULL without waiting when another call holds the lock', async () => {
+    const c = await q.pool.connect();
+    try {
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await expect(c.query('SELECT hub.sequence()')).rejects.toThrow(/READ COMMITTED/);
+      await c.query('ROLLBACK');
+      await c.query('BEGIN');
+      await c.query('SELECT hub.sequence()');
+      const other = await q.pool.query<{ f: string | null }>('SELECT hub.sequence(false) AS f');
+      expect(other.rows[0]?.f).toBeNull();
+      await c.query('COMMIT');
+      expect((await q.pool.query<{ f: string | null }>('SELECT hub.sequence(false) AS f')).rows[0]?.f).not.toBeNull();
+    } finally {
+      c.release();
+    }
+  });
+});
+
+/** Holds the sequencer's lock (hub.sequence's) in a transaction of its own until `release`. */
+const holdSequencer = async () => {
+  const h = await holder(db.url);
+  await h.query('BEGIN');
+  await h.query('SELECT pg_advisory_xact_lock(7340112009)');
+  return { release: () => h.query('COMMIT') };
+};
+
+describe('snapshot + since = the database', () => {
+  const votes = async () =>
+    Number(
+      (
+        await db.pool.query<{ v: string }>(`SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`, [
+          e1,
+        ])
+      ).rows[0]?.v,
+    );
+  const votesAfter = async (cursor: string | undefined, n: number) => {
+    const r = await connect(hub, { token: admin, query: 'subscribe=none' });
+    r.send({ type: 'subscribe', topics: [`election:${e1}`], since: cursor });
+    await r.next((f) => f.type === 'subscribed');
+    await waitUntil(
+      () => r.events().filter((f) => f.type === 'voting_update').length >= n,
+      10_000,
+      'the votes after the cursor',
+    );
+    const after = r
+      .events()
+      .filter((f) => f.type === 'voting_update')
+      .map((f) => (f.data as { count: number }).count);
+    await r.close();
+    return after;
+  };
+
+  it('a snapshot taken while one transaction is in its COMMIT and a later one has committed: the snapshot and the events after its cursor add up to the database', async () => {
     const { committing } = await slowCommit(
       `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`,
       [e1, c1],
       600,
     );
     await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 7)`, [e1, c1]);
-    // Visible now: the 7 (a later key). Not yet: the 100 (its key is still committing).
     const snap = await computeSnapshot(db.pool, String(e1));
     expect(snap).not.toBeNull();
     await committing;
     const expected = await votes();
-    const r = await connect(hub, { token: admin, query: 'subscribe=none' });
-    r.send({ type: 'subscribe', topics: [`election:${e1}`], since: snap?.cursor });
-    await r.next((f) => f.type === 'subscribed');
-    await waitUntil(
-      () => r.events().filter((f) => f.type === 'voting_update').length >= 2,
-      10_000,
-      'the two votes after the cursor',
-    );
-    const after = r
-      .events()
-      .filter((f) => f.type === 'voting_update')
-      .map((f) => (f.data as { count: number }).count);
-    expect(after).toEqual([100, 7]);
+    const after = await votesAfter(snap?.cursor, 1);
+    // The 100 was not visible to the snapshot: its event follows the cursor, the 7's may precede it.
+    expect(after).toContain(100);
     expect((snap?.totals.votes ?? 0) + after.reduce((a, b) => a + b, 0)).toBe(expected);
-    await r.close();
-    await c.close();
   }, 40_000);
 
-  it('a TRUNCATE visible above the frontier (a lower key still committing): the snapshot is the state at its cursor, not the emptied table minus the rows created before it', async () => {
+  it('rows visible to the snapshot that have no key yet (no call has given them one) are subtracted: their events follow the cursor', async () => {
+    const lock = await holdSequencer();
+    let snap: Awaited<ReturnType<typeof computeSnapshot>>;
+    try {
+      await db.pool.query(`INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 11), ($1, $2, 13)`, [
+        e1,
+        c1,
+      ]);
+      snap = await computeSnapshot(db.pool, String(e1));
+    } finally {
+      await lock.release();
+    }
+    const expected = await votes();
+    expect(snap?.totals.votes).toBe(expected - 24);
+    expect(await votesAfter(snap?.cursor, 2)).toEqual([11, 13]);
+  }, 40_000);
+
+  it('a TRUNCATE visible to the snapshot without a key below its frontier: the snapshot is the state at its cursor, not the emptied table minus the rows created before it', async () => {
     const N = 5;
     const counts = async () => {
-      const r = await db.pool.query<{ g: string; v: string }>(
-        `SELECT (SELECT count(*) FROM guarantees WHERE election_id = $1)::text g,
-                (SELECT coalesce(sum(count), 0) FROM votes WHERE election_id = $1)::text v`,
+      const r = await db.pool.query<{ g: string }>(
+        `SELECT (SELECT count(*) FROM guarantees WHERE election_id = $1)::text g`,
         [e1],
       );
-      return { guarantees: Number(r.rows[0]?.g), votes: Number(r.rows[0]?.v) };
+      return Number(r.rows[0]?.g);
     };
     const before = await counts();
-    const lastKey = async () =>
-      BigInt(
-        (await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ??
-          '0',
-      );
-    // The held key writes another watched table (a writer of guarantees would block the TRUNCATE).
-    const { committing } = await slowCommit(
-      `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 100)`,
-      [e1, c1],
-      1000,
-    );
-    // (Waited for whatever happens: the next test must not meet it still committing.)
-    const { held, inserted, truncated, snap } = await (async () => {
+    const txOf = async (sql: string, params: unknown[] = []) => {
+      const c = await db.pool.connect();
       try {
-        const held = await lastKey();
-        await db.pool.query(
-          `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'late ' || i FROM generate_series(1, $3::int) i`,
-          [e1, c1, N],
-        );
-        const inserted = await lastKey();
-        await db.pool.query('TRUNCATE guarantees');
-        const truncated = await lastKey();
-        expect([inserted, truncated]).toEqual([held + 1n, held + 2n]);
-        const snap = await computeSnapshot(db.pool, String(e1));
-        return { held, inserted, truncated, snap };
+        await c.query('BEGIN');
+        await c.query(sql, params);
+        const t = (await c.query<{ t: string }>('SELECT pg_current_xact_id()::text AS t')).rows[0]?.t ?? '';
+        await c.query('COMMIT');
+        return t;
       } finally {
-        await committing;
+        c.release();
       }
-    })();
-    const cut = decodeCursor(snap?.cursor)?.seq ?? 0n;
-    // The database after every key below the cursor (they go held, inserted, truncated).
-    const atCursor = {
-      guarantees: cut > truncated ? 0 : before.guarantees + (cut > inserted ? N : 0),
-      votes: before.votes + (cut > held ? 100 : 0),
     };
-    console.log('late truncate:', { before, cursorKeyMinusHeld: Number(cut - held), snapshot: snap?.totals, atCursor });
-    expect({ guarantees: snap?.totals.guarantees, votes: snap?.totals.votes }).toEqual(atCursor);
+    // No call can give keys meanwhile: the inserts and the TRUNCATE are visible and keyless.
+    const lock = await holdSequencer();
+    const released = new Promise((r) => setTimeout(r, 300)).then(() => lock.release());
+    let snap: Awaited<ReturnType<typeof computeSnapshot>>;
+    let inserted: string;
+    let truncated: string;
+    try {
+      inserted = await txOf(
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'late ' || i FROM generate_series(1, $3::int) i`,
+        [e1, c1, N],
+      );
+      truncated = await txOf('TRUNCATE guarantees');
+      snap = await computeSnapshot(db.pool, String(e1));
+    } finally {
+      await released;
+    }
+    const keyOf = async (t: string) =>
+      BigInt(
+        (await db.pool.query<{ s: string }>('SELECT seq::text s FROM hub.commits WHERE txid = $1::text::xid8', [t]))
+          .rows[0]?.s ?? '0',
+      );
+    const cut = decodeCursor(snap?.cursor)?.seq ?? 0n;
+    const atCursor = cut > (await keyOf(truncated)) ? 0 : before + (cut > (await keyOf(inserted)) ? N : 0);
+    console.log('late truncate:', { before, snapshot: snap?.totals.guarantees, atCursor });
+    expect(snap?.totals.guarantees).toBe(atCursor);
     // And the events after it (a TRUNCATE empties the count) lead to the database.
+    await sequenced(db.pool);
     const events = (
-      await db.pool.query<{ kind: string; action: string; count: string | null }>(
-        `SELECT kind, action, data->>'count' AS count FROM hub.outbox_in_order WHERE seq >= $1::bigint ORDER BY seq, id`,
+      await db.pool.query<{ kind: string; action: string }>(
+        `SELECT kind, action FROM hub.outbox_in_order WHERE seq >= $1::bigint ORDER BY seq, id`,
         [cut.toString()],
       )
     ).rows;
-    const replay = { guarantees: snap?.totals.guarantees ?? NaN, votes: snap?.totals.votes ?? NaN };
+    let replay = snap?.totals.guarantees ?? NaN;
     for (const e of events) {
-      if (e.kind === 'guarantee' && e.action === 'created') replay.guarantees += 1;
-      else if (e.kind === 'guarantee' && e.action === 'truncated') replay.guarantees = 0;
-      else if (e.kind === 'vote' && e.action === 'created') replay.votes += Number(e.count);
+      if (e.kind === 'guarantee' && e.action === 'created') replay += 1;
+      else if (e.kind === 'guarantee' && e.action === 'truncated') replay = 0;
     }
-    expect(replay).toEqual(await counts());
+    expect(replay).toBe(await counts());
   }, 40_000);
 
-  it('a late TRUNCATE whose lower keys stay committing past the bound fails the snapshot with a clear error; computed again after, it is right', async () => {
-    const { committing } = await slowCommit(
-      `INSERT INTO votes (election_id, committee_id, count) VALUES ($1, $2, 3)`,
-      [e1, c1],
-      1500,
-    );
+  it('a late TRUNCATE that gets no key within the bound fails the snapshot with a clear error; computed again after, it is right', async () => {
+    const lock = await holdSequencer();
     try {
       await write('before the truncate');
       await db.pool.query('TRUNCATE guarantees');
       const t0 = Date.now();
       await expect(computeSnapshot(db.pool, String(e1), { lateTruncateWaitMs: 200 })).rejects.toThrow(
-        /TRUNCATE of public\.guarantees .* still committing after 200 ms/,
+        /TRUNCATE of public\.guarantees .* no commit key below the frontier after 200 ms/,
       );
       expect(Date.now() - t0).toBeLessThan(1000);
     } finally {
-      await committing;
+      await lock.release();
     }
     const snap = await computeSnapshot(db.pool, String(e1), { lateTruncateWaitMs: 200 });
-    const votes = await db.pool.query<{ v: string }>(
-      `SELECT coalesce(sum(count), 0)::text v FROM votes WHERE election_id = $1`,
-      [e1],
-    );
-    expect(snap?.totals).toEqual({ guarantees: 0, attendance: 0, votes: Number(votes.rows[0]?.v) });
+    expect(snap?.totals).toEqual({ guarantees: 0, attendance: 0, votes: await votes() });
   }, 40_000);
 });
 
 describe('pruning by key', () => {
-  it('prunes keys in order, only below the frontier (a key still committing stops it), with their markers', async () => {
+  it('prunes keys in order, only below the frontier; a transaction still in its COMMIT has no key and stops nothing', async () => {
     const count = async (t: string) =>
       Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM ${t}`)).rows[0]?.n);
     await write('before');
@@ -399,26 +488,21 @@ describe('pruning by key', () => {
       800,
     );
     await write('after');
-    const key =
-      BigInt(
-        (await db.pool.query<{ v: string }>(`SELECT pg_sequence_last_value('hub.commit_seq')::text v`)).rows[0]?.v ??
-          '0',
-      ) - 1n;
+    await sequenced(db.pool);
     while ((await prune(db.pool, 0, 7)) > 0);
-    // Everything below the committing key went, in order; the key after it stays until it ends.
-    const left = (
-      await db.pool.query<{ s: string; n: string }>(
-        `SELECT seq::text s, data->>'voter_name' n FROM hub.outbox_in_order ORDER BY seq, id`,
-      )
-    ).rows;
-    expect(left.map((r) => r.n)).toEqual(['after']);
-    expect(BigInt((await prunedPosition(db.pool)).seq)).toBeLessThan(key);
+    // Everything with a key went, in order; the committing one's row (not visible yet) stays.
+    expect(await count('hub.commits')).toBe(0);
+    expect(await count('hub.outbox')).toBe(0);
     await committing;
+    const left = (await db.pool.query<{ n: string }>(`SELECT data->>'voter_name' n FROM hub.outbox`)).rows;
+    expect(left.map((r) => r.n)).toEqual(['committing']);
+    await sequenced(db.pool);
+    const key =
+      BigInt((await db.pool.query<{ f: string }>('SELECT hub.commit_frontier()::text f')).rows[0]?.f ?? '0') - 1n;
     while ((await prune(db.pool, 0, 7)) > 0);
     expect(await count('hub.outbox')).toBe(0);
     expect(await count('hub.commits')).toBe(0);
-    expect(await count('hub.commit_marks')).toBe(0);
-    expect((await prunedPosition(db.pool)).seq).toBe(key + 1n);
+    expect((await prunedPosition(db.pool)).seq).toBe(key);
   }, 40_000);
 });
 

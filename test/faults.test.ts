@@ -12,7 +12,16 @@ import { readiness } from '../src/http/routes.ts';
 import { CloseCode } from '../src/errors.ts';
 import type { Hub } from '../src/main.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, connect, headCursor, startTestHub, token, upgradeStatus, waitUntil } from './support/hub.ts';
+import {
+  SECRET,
+  connect,
+  headCursor,
+  sequenced,
+  startTestHub,
+  token,
+  upgradeStatus,
+  waitUntil,
+} from './support/hub.ts';
 
 let db: TestDatabase;
 let root: pg.Client;
@@ -61,6 +70,7 @@ const SMALL_RING = { REPLAY_BUFFER_EVENTS: '100' };
 /** The outbox's cursors after `since`, in the one global order. */
 const outboxAfter = async (since: string): Promise<string[]> => {
   const p = decodeCursor(since) as Position;
+  await sequenced(db.pool);
   const r = await db.pool.query<{ t: string; i: string }>(
     `SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order WHERE (seq, id) > ($1::bigint, $2::bigint) ORDER BY seq, id`,
     [p.seq.toString(), p.id.toString()],

@@ -7,7 +7,7 @@ import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { SECRET, token, waitUntil } from './support/hub.ts';
 import { spawnHub, type HubProcess } from './support/hub-process.ts';
 import { compare, decodeCursor, type Position } from '../src/events/position.ts';
-import { commitFrontier, readAfter } from '../src/db/outbox.ts';
+import { commitFrontier, readAfter, sequenceCommits } from '../src/db/outbox.ts';
 
 /*
  * Memory budgets, measured on a hub in its own process (RSS and V8 heap are per process):
@@ -199,11 +199,11 @@ describe('memory budgets', () => {
       `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, 'small' FROM generate_series(1, 5)`,
       [e1, c1],
     );
-    // Rows are read below the cluster-wide horizon: another test file's open transaction may hold
-    // it back for a while, so wait for the fact (all 15 readable) rather than assume it.
+    // Rows are read once they have their commit keys (no hub runs here: this test gives them).
+    await sequenceCommits(db.pool);
     let all = await readAfter(db.pool, from, 1000);
     await waitUntil(
-      async () => (all = await readAfter(db.pool, from, 1000)).rows.length >= 15,
+      async () => (await sequenceCommits(db.pool), (all = await readAfter(db.pool, from, 1000))).rows.length >= 15,
       30_000,
       'the 15 rows below the horizon',
     );

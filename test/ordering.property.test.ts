@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { APP_CHECKS_SQL, createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { type TestClient, connect, startTestHub, token, waitUntil } from './support/hub.ts';
+import { type TestClient, connect, sequenced, startTestHub, token, waitUntil } from './support/hub.ts';
 import type { Hub } from '../src/main.ts';
 import { compare, decodeCursor, encodeCursor, type Position } from '../src/events/position.ts';
 import { eventTopics } from '../src/events/topics.ts';
@@ -19,7 +19,7 @@ let other: TestDatabase;
 /** Faults injected during resumes; resumes the hub could not complete (closed with 4009). */
 const faults = { injected: 0, resumeFailed: 0, closedBeforeHello: 0 };
 /** What the generated scenarios did besides (so a run that never tried them fails). */
-const mix = { failedAfterKey: 0, slow: 0, wroteFirst: 0, long: 0, longWatched: 0 };
+const mix = { failedAtCommit: 0, slow: 0, wroteFirst: 0, long: 0, longWatched: 0 };
 
 beforeAll(async () => {
   db = await createTestDatabase();
@@ -34,8 +34,7 @@ beforeAll(async () => {
   root = new pg.Client({ connectionString: db.url.replace(`/${dbName}`, '/postgres') });
   await root.connect();
   // Unrelated work: a table in another database, an unwatched one here, and the application's
-  // own deferred constraint that fails or takes its time at COMMIT, after the hub's commit key
-  // (it is queued after the watched write that queued the hub's).
+  // own deferred constraint that fails or takes its time at COMMIT, after the rows were captured.
   other = await createTestDatabase('hub_prop_other', { schema: 'none' });
   await other.pool.query('CREATE TABLE imports (id serial PRIMARY KEY, payload text)');
   await db.pool.query(`
@@ -54,9 +53,9 @@ afterAll(async () => {
 const TABLES = ['guarantees', 'attendance', 'votes'] as const;
 
 /**
- * How a write transaction ends: `fail` aborts at COMMIT after its commit key was taken (the
- * application's deferred constraint fails), leaving a hole; `slow` takes its key and then
- * sleeps in the application's deferred constraint, so later commits pass it.
+ * How a write transaction ends: `fail` aborts at COMMIT after its rows were captured (the
+ * application's deferred constraint fails); `slow` sleeps in the application's deferred
+ * constraint, in flight with its rows written, so later commits pass it.
  */
 type End = 'commit' | 'rollback' | 'fail' | 'slow';
 type Txn = { table: number; place: number; rows: number; pre: boolean; end: End; sleepMs?: number };
@@ -174,6 +173,7 @@ const open = async (l: Logical, fault?: { mode: 'kill' | 'lockout'; delayMs: num
         p.e,
         p.c,
       ]);
+      await sequenced(db.pool);
       const m = (
         await db.pool.query<{ t: string; i: string }>(
           'SELECT seq::text t, id::text i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1',
@@ -276,12 +276,12 @@ const write = async (op: Extract<Op, { kind: 'write' }>) => {
           () => false,
         );
         expect(committed).toBe(false);
-        mix.failedAfterKey++;
+        mix.failedAtCommit++;
       } else if (t.end === 'slow') {
         await c.query(`INSERT INTO app_checks (sleep_ms) VALUES ($1)`, [t.sleepMs ?? 40]);
         slow.push(c.query('COMMIT'));
         mix.slow++;
-        await new Promise((r) => setTimeout(r, 5)); // it takes its key before the next COMMIT
+        await new Promise((r) => setTimeout(r, 5)); // it is in its COMMIT before the next one
       } else await c.query('COMMIT');
     }
     await Promise.all(slow);
@@ -335,7 +335,13 @@ const scenario = async (clientTopics: number[][], ops: Op[]) => {
   }
   for (const t of longs.filter((x) => x.span > 0)) await endLong(t);
   for (const l of clients) if (!l.conn) await open(l);
-  // Quiesce: every write has ended; the hub has read past the last row.
+  // Quiesce: every write has ended, every row committed has its key (none is passed over for
+  // good: the stream is compared with the keyed rows below); the hub has read past the last row.
+  await sequenced(db.pool);
+  const keyless = await db.pool.query<{ id: string }>(
+    `SELECT o.id::text AS id FROM hub.outbox o LEFT JOIN hub.commits c ON c.txid = o.txid WHERE c.seq IS NULL`,
+  );
+  expect(keyless.rows.map((r) => r.id)).toEqual([]);
   const rows = (
     await db.pool.query<{ t: string; i: string; election_id: number | null; committee_id: number | null }>(
       // Aliased t/i so ORDER BY binds to the bigint columns, not to text.
@@ -366,7 +372,7 @@ const scenario = async (clientTopics: number[][], ops: Op[]) => {
   for (const l of clients) await l.conn?.close();
 };
 
-it('every client stream equals the outbox order restricted to its topics, across concurrent writers, long unrelated transactions, aborts (also after the commit key), slow commits, disconnects, resumes and database faults during resumes', async () => {
+it('every client stream equals the outbox order restricted to its topics, across concurrent writers, long unrelated transactions, aborts (also at COMMIT), slow commits, disconnects, resumes and database faults during resumes', async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.array(fc.uniqueArray(fc.nat(topicsPool.length - 1), { minLength: 1, maxLength: 3 }), {
@@ -383,26 +389,26 @@ it('every client stream equals the outbox order restricted to its topics, across
   expect(faults.resumeFailed).toBeGreaterThan(0);
   for (const [what, n] of Object.entries(mix)) expect(n, what).toBeGreaterThan(0);
   console.log(
-    `transactions failing after their key: ${mix.failedAfterKey}; slow commits: ${mix.slow}; writing before the watched write: ${mix.wroteFirst}; long ones: ${mix.long} (${mix.longWatched} with watched writes)`,
+    `transactions failing at COMMIT: ${mix.failedAtCommit}; slow commits: ${mix.slow}; writing before the watched write: ${mix.wroteFirst}; long ones: ${mix.long} (${mix.longWatched} with watched writes)`,
   );
   console.log(
     `faults injected during resumes: ${faults.injected}; resumes closed with 4009: ${faults.resumeFailed}; sockets dropped before connection_success: ${faults.closedBeforeHello}`,
   );
 }, 180_000);
 
-/** hub.take_commit_key without its locks: a key that is still committing looks aborted. */
-const BROKEN = `CREATE OR REPLACE FUNCTION hub.take_commit_key() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO hub.commits (seq, txid, committed_at) VALUES (nextval('hub.commit_seq'), NEW.txid, clock_timestamp());
-  RETURN NULL;
-END $$`;
+/** hub.sequence that forgets the transactions in flight when it looks: one still committing is passed over for good. */
+const IN_FLIGHT = 'in_flight = ARRAY(SELECT x FROM unnest(s_xip) x WHERE x < next_xmax)';
 
-it('the property fails with a broken variant: commit keys taken without their locks let the reader skip a transaction still committing', async () => {
+it('the property fails with a broken variant: a sequencer that forgets the transactions in flight skips one still committing', async () => {
   const original =
-    (await db.pool.query<{ d: string }>(`SELECT pg_get_functiondef('hub.take_commit_key'::regproc) AS d`)).rows[0]?.d ??
-    '';
-  expect(original).toContain('pg_advisory_xact_lock');
-  // A transaction takes its key and stays in its COMMIT for 300 ms; another commits past it.
+    (
+      await db.pool.query<{ d: string }>(
+        `SELECT pg_get_functiondef('hub.sequence(boolean, integer)'::regprocedure) AS d`,
+      )
+    ).rows[0]?.d ?? '';
+  expect(original).toContain(IN_FLIGHT);
+  const BROKEN = original.replace(IN_FLIGHT, `in_flight = '{}'`);
+  // A transaction stays in its COMMIT for 300 ms (its rows written); another commits past it.
   const slowThenFast: Op[] = [
     {
       kind: 'write',
@@ -421,10 +427,14 @@ it('the property fails with a broken variant: commit keys taken without their lo
       () => undefined,
       (err: unknown) => err as Error,
     );
-    // The client's stream lacks the slow transaction's rows: the reader took its key for an abort.
+    // The slow transaction's rows never get a key: no client ever receives them.
     expect(failure?.message).toMatch(/deeply equal/);
   } finally {
     await db.pool.query(original);
+    // What the broken sequencer passed over stays keyless for good: gone, so the next run starts clean.
+    await db.pool.query(
+      `DELETE FROM hub.outbox o WHERE NOT EXISTS (SELECT 1 FROM hub.commits c WHERE c.txid = o.txid)`,
+    );
   }
   await scenario(everything, slowThenFast);
 }, 60_000);

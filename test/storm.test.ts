@@ -1,7 +1,7 @@
 import WebSocket from 'ws';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
-import { SECRET, token, waitUntil } from './support/hub.ts';
+import { SECRET, sequenced, token, waitUntil } from './support/hub.ts';
 import { spawnHub, type HubProcess } from './support/hub-process.ts';
 import { compare, decodeCursor, type Position } from '../src/events/position.ts';
 
@@ -143,6 +143,7 @@ it(`a reconnect storm: ${CLIENTS} clients drop at once and resume while writes g
   writing = false;
   await writer;
 
+  await sequenced(db.pool);
   const total = Number((await db.pool.query<{ n: string }>(`SELECT count(*)::text n FROM hub.outbox`)).rows[0]?.n);
   const expectedFor = async (from: Position) =>
     Number(

@@ -7,6 +7,7 @@ import {
   eventsReceived,
   headCursor,
   readPast,
+  sequenced,
   startTestHub,
   token,
   upgradeStatus,
@@ -544,6 +545,7 @@ describe("live, ring and PostgreSQL replay all follow the contract's rule", () =
       }
       for (const p of personas) await db.pool.query(`SELECT hub.publish('user:${p.sub}', 'end', '{}')`);
       await settled(hub);
+      await sequenced(db.pool);
       const outbox = (
         await db.pool.query<{
           t: string;

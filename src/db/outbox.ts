@@ -5,8 +5,9 @@
  *
  * Lifecycle: `startHub` creates the pools, then the reader (it starts at the current horizon),
  * then the listener; it stops them in reverse. Invariants (docs/ARCHITECTURE.md sections 1, 2
- * and 5): the outbox is the truth and NOTIFY only wakes the reader; rows are read in (txid, id)
- * order below the horizon, so nothing is skipped and every node sees the same order; a
+ * and 5): the outbox is the truth and NOTIFY only wakes the reader; rows are read in (seq, id)
+ * order, the commit keys hub.sequence gives after the commit, so nothing is skipped and every
+ * node sees the same order; a
  * snapshot's cursor makes snapshot + events after it = the database. Rows are outside input:
  * validated (events/schema.ts), a malformed one is counted and passed by its position.
  */
@@ -18,7 +19,8 @@ import type { OutboxEvent } from '../events/event.ts';
 import type { History, TopicFilter } from '../events/history.ts';
 
 // Selected as text; queries order by the columns (`ob.seq, ob.id`), never these aliases. `seq` is
-// the commit key (sql/006_commit_order.sql), `committed_ms` the time the transaction took it.
+// the commit key (sql/009_sequencer.sql), `committed_ms` the time of the transaction's last
+// captured row (its commit for a statement-sized transaction; a key taken at commit under 006).
 // Ids and rows (json, sql/008) stay text end to end: a bigint beyond 2^53 is never squeezed through a double.
 const COLUMNS = `ob.seq::text AS seq, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id::text AS election_id,
   ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
@@ -208,13 +210,36 @@ export async function readRange(
 }
 
 /**
- * Every commit key below the result is settled: its transaction has ended, so a query that
- * starts after this returns sees it, or it aborted (hub.commit_frontier in
- * sql/006_commit_order.sql). Reads pg_locks: for starting points and holes, not every read.
+ * Every commit key below the result has committed, so a query that starts after this returns
+ * sees it, and no key below it will be added (hub.commit_frontier, sql/009_sequencer.sql). One
+ * row read: gives no keys (see sequenceCommits).
  */
 export async function commitFrontier(db: Pick<pg.Pool, 'query'>): Promise<bigint> {
-  const res = await db.query<{ f: string }>('SELECT hub.commit_frontier()::text AS f');
+  const res = await db.query<{ f: string }>({
+    name: 'hub_commit_frontier',
+    text: 'SELECT hub.commit_frontier()::text AS f',
+  });
   return BigInt(res.rows[0]?.f ?? '0');
+}
+
+/**
+ * Gives commit keys to the transactions that have committed outbox rows since the last call (of
+ * any node), and returns the frontier after it (hub.sequence, sql/009_sequencer.sql). With
+ * `wait` false it gives none and returns undefined when another call is under way.
+ */
+export async function sequenceCommits(db: Pick<pg.Pool, 'query'>): Promise<bigint>;
+export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait: false): Promise<bigint | undefined>;
+export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait = true): Promise<bigint | undefined> {
+  const res = await db.query<{ f: string | null }>({
+    name: wait ? 'hub_sequence' : 'hub_sequence_try',
+    text: `SELECT hub.sequence(${wait ? 'true' : 'false'})::text AS f`,
+  });
+  const f = res.rows[0]?.f;
+  if (f == null) {
+    if (wait) throw new Error('hub.sequence returned no frontier');
+    return undefined;
+  }
+  return BigInt(f);
 }
 
 /** Where pruning has reached: a `since` below it can no longer be replayed completely. */
@@ -240,10 +265,10 @@ export async function legacyCursorKnown(db: Pick<pg.Pool, 'query'>, p: Position)
 
 /**
  * Deletes up to `batch` rows older than the retention, in order, and records how far
- * pruning reached. Safe with several nodes: each deletes what all of them may drop. Only
- * settled keys (below the commit frontier) go, and only a prefix of them: the first key
- * younger than the retention stops the batch, so a key is never deleted while one before it
- * is kept (or still committing).
+ * pruning reached. Safe with several nodes: each deletes what all of them may drop. Only keys
+ * below the commit frontier go, and only a prefix of them: the first key younger than the
+ * retention stops the batch, so a key is never deleted while one before it is kept. Rows of
+ * transactions that have no key yet are never touched.
  */
 export async function prune(db: pg.Pool, retentionMs: number, batch = 10_000): Promise<number> {
   const frontier = await commitFrontier(db);
@@ -264,9 +289,6 @@ export async function prune(db: pg.Pool, retentionMs: number, batch = 10_000): P
        DELETE FROM hub.commits c USING (SELECT DISTINCT seq FROM doomed) d
        WHERE c.seq = d.seq AND (d.seq < (SELECT max(seq) FROM cand) OR (SELECT count(*) FROM cand) < $2 OR (SELECT seq FROM young) IS NOT NULL)
        RETURNING c.txid
-     ), marks AS (
-       -- A transaction's marker only mattered until it ended.
-       DELETE FROM hub.commit_marks m USING gone g WHERE m.txid = g.txid RETURNING 1
      ), top AS (
        SELECT seq, id FROM del ORDER BY seq DESC, id DESC LIMIT 1
      ), upd AS (

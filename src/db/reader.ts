@@ -3,7 +3,7 @@ import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
 import { FIRST_SEQ, type Position, compare } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
-import { commitFrontier, decodeRow, readAfter, rowPosition, rowSeq } from './outbox.ts';
+import { decodeRow, readAfter, rowPosition, rowSeq, sequenceCommits } from './outbox.ts';
 
 export type Reader = {
   /** Everything at or before this position has been handed to `onEvents`; undefined until started. */
@@ -112,17 +112,14 @@ const HELD_FAST_MS = 100;
 /** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
 
-/** A missing commit key (a hole) this old is resolved with the commit frontier (pg_locks)... */
-const HOLE_CHECK_MS = 5;
-/** ...and again at most this often while it stays (its transaction is still committing). */
-const FRONTIER_EVERY_MS = 50;
-
 /**
  * Where the rows of a page may be delivered up to. Rows come in (seq, id) order; `last` is the
  * last key seen (or, before any, the one below the position's). Between two keys a hole is
  * harmless when it is below FIRST_SEQ (the old rows, keyed by their txids, all committed) or
- * below `settled` (aborted: see hub.commit_frontier); otherwise its transaction may still be
- * committing, and nothing after it may go out yet. Returns the first key of the hole that
+ * below `settled`, the frontier hub.sequence returned before the read (every key below it has
+ * committed: a missing one is an aborted transaction's key from sql/006_commit_order.sql, or
+ * pruned). Keys are given without holes since sql/009_sequencer.sql, so a hole above it would
+ * be a bug or a foreign row: nothing after it goes out. Returns the first key of the hole that
  * blocks row `q`, or undefined.
  */
 export function holeBefore(last: bigint, q: bigint, settled: bigint): bigint | undefined {
@@ -160,15 +157,11 @@ export function startReader(opts: ReaderOptions): Reader {
   /** Rows (decodable or not) the last page held, and the commit keys it completed or began. */
   let pageRows = 0;
   let pageCommits = 0;
-  /** The last page stopped at a gap: rows wait behind a key that may still be committing. */
+  /** The last page stopped at a gap: rows wait behind a missing key. */
   let gap = false;
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
-  // Every commit key below `settled` has ended: in a read that started after the frontier call
-  // that set it, a key below it that is missing aborted (sql/006_commit_order.sql).
+  // Every commit key below `settled` has committed: hub.sequence returned it before this read.
   let settled = 0n;
-  let frontierAt = 0;
-  let wantFrontier = false;
-  let hole: { seq: bigint; since: number; checkedAt: number } | undefined;
 
   const settle = () => {
     if (!pos) return;
@@ -185,23 +178,16 @@ export function startReader(opts: ReaderOptions): Reader {
     if (!pos || compare(p, pos) > 0) pos = p;
   };
 
-  const frontier = async () => {
-    const f = await commitFrontier(pool);
-    if (f > settled) settled = f;
-    frontierAt = Date.now();
-    wantFrontier = false;
-  };
-
   const readOnce = async (): Promise<boolean> => {
+    // Keys for what has committed since the last call (any node's), then the read: a pass reads
+    // every transaction that had committed when it started (sql/009_sequencer.sql).
+    const f = await sequenceCommits(pool);
+    if (f > settled) settled = f;
     if (!pos) {
-      // The head: every key below the frontier is settled, and clients resume older positions
-      // through `subscribe` with `since`.
-      await frontier();
+      // The head: clients resume older positions through `subscribe` with `since`.
       pos = { seq: settled, id: 0n };
       opts.onStarted(pos);
     }
-    const resolved = wantFrontier;
-    if (resolved) await frontier();
     const from: Position = pos;
     const r = await readAfter(pool, from, limit, pageBytes);
     pageRows = r.rows.length;
@@ -245,46 +231,18 @@ export function startReader(opts: ReaderOptions): Reader {
     limit = Math.min(batchSize, cut ? r.rows.length + 1 : limit * 2);
     if (complete) {
       // Everything visible after the position was read: the last key is done, and so is every
-      // key below the frontier (missing ones aborted: this read started after the frontier).
+      // key below the frontier (this read started after it was returned).
       advance({ seq: last + 1n, id: 0n });
       advance({ seq: settled, id: 0n });
     }
     if (events.length > 0) opts.onEvents(events);
-    // A hole may be a transaction still committing (key taken, commit record not yet visible):
-    // re-read every few ms, at most 10 ms apart. Once it is HOLE_CHECK_MS old, read again at once
-    // with the frontier: if its transaction has ended, it aborted and that read skips it; if not,
-    // ask again every FRONTIER_EVERY_MS while it stays (a new hole is asked about at once).
-    const now = Date.now();
+    // Rows held behind a hole (see holeBefore) are re-read every few ms, at most 10 ms apart.
     gap = blocked !== undefined;
-    if (blocked !== undefined) {
-      if (hole?.seq !== blocked) hole = { seq: blocked, since: now, checkedAt: 0 };
-      if (!resolved && now - hole.since >= HOLE_CHECK_MS && now - hole.checkedAt >= FRONTIER_EVERY_MS) {
-        hole.checkedAt = now;
-        wantFrontier = true;
-        settle();
-        return true;
-      }
-      heldDelay = Math.min(10, Math.max(2, heldDelay * 2));
-    } else {
-      hole = undefined;
-      heldDelay = 0;
-    }
+    heldDelay = gap ? Math.min(10, Math.max(2, heldDelay * 2)) : 0;
     settle();
-    // `held`: rows wait behind a key that may still be committing.
-    if (pos) opts.onRead?.(pos, blocked !== undefined);
-    if (r.more && blocked === undefined) return true;
-    // A waiter above a complete read: maybe keys after the last one aborted (nothing later is
-    // visible to show the hole). One read with the frontier settles that (at most every
-    // FRONTIER_EVERY_MS: until then the read is scheduled, not dropped).
-    if (complete && !resolved && pos && [...waiters].some((w) => compare(w.p, pos as Position) > 0)) {
-      const wait = FRONTIER_EVERY_MS - (now - frontierAt);
-      if (wait <= 0) {
-        wantFrontier = true;
-        return true;
-      }
-      heldDelay = Math.max(heldDelay, wait);
-    }
-    return false;
+    // `held`: rows wait behind a key that is missing.
+    if (pos) opts.onRead?.(pos, gap);
+    return r.more && !gap;
   };
 
   // ---- the loop: read, then poll again soon (busy) or go to sleep (idle) -------------------
@@ -554,16 +512,11 @@ export function startReader(opts: ReaderOptions): Reader {
         }
         if (rows > 0 || gap) {
           await busy(rows, commits);
-          // Rows after a gap wait for its transaction to finish committing, and no NOTIFY says
-          // when (none at all once this reader has withdrawn its declaration): the first 100 ms
-          // of a gap are polled like a busy stream, a longer one at the held backoff.
+          // Rows after a gap wait, and no NOTIFY says for how long: the first 100 ms of a gap are
+          // polled like a busy stream, a longer one at the held backoff.
           const now = performance.now();
           heldSince = gap ? (heldSince ?? now) : undefined;
           wait = heldSince !== undefined && now - heldSince >= HELD_FAST_MS ? heldDelay : busyPollMs;
-        } else if (heldDelay > 0) {
-          // A waiter above a complete read: the read with the frontier is scheduled, not dropped.
-          heldSince = undefined;
-          wait = heldDelay;
         } else {
           heldSince = undefined;
           wait = await idle();

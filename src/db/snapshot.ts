@@ -3,7 +3,7 @@ import { escapeIdentifier } from 'pg';
 import type { DashboardSnapshot } from '../events/schema.ts';
 import { type Id, compareIds, idValue } from '../events/topics.ts';
 import { encodeCursor } from '../events/position.ts';
-import { commitFrontier } from './outbox.ts';
+import { commitFrontier, sequenceCommits } from './outbox.ts';
 
 type Counts = { guarantees: number; attendance: number; votes: number };
 type Field = keyof Counts;
@@ -22,7 +22,7 @@ type Watched = { kind: string; tbl: string; election_column: string; committee_c
  */
 export type ComputedSnapshot = DashboardSnapshot & { watched: string };
 
-/** How long a snapshot waits for the keys below a late TRUNCATE to settle before it fails. */
+/** How long a snapshot waits for a late TRUNCATE to get a commit key below the frontier before it fails. */
 export const LATE_TRUNCATE_WAIT_MS = 2000;
 
 export type SnapshotOptions = {
@@ -34,29 +34,30 @@ export type SnapshotOptions = {
  * Computes an election's dashboard with a cursor consistent with its numbers:
  * snapshot + every event after the cursor = the database.
  *
- * First the commit frontier F (sql/006_commit_order.sql): every commit key below F is settled
- * (its transaction has ended) when the call returns. The snapshot is then read in one
- * REPEATABLE READ transaction, taken after that, so it holds every key below F that committed,
- * and its cursor is (F, 0). Keys at or above F that committed in between are visible in the
- * snapshot although their events come *after* the cursor; their effect is subtracted again
- * using the outbox rows (which keep the old row of updates), so a client applying events after
- * the cursor counts each change exactly once. (That set is small: what committed while this
- * started, and nothing when no transaction was committing.)
+ * First the commit frontier F (sql/009_sequencer.sql): every commit key below F has committed
+ * when the call returns, and no key below F will be added. The snapshot is then read in one
+ * REPEATABLE READ transaction, taken after that, so it holds every key below F, and its cursor
+ * is (F, 0). What else it sees has committed since, and gets (or got, meanwhile) a key at or
+ * above F: transactions with keys >= F, and transactions no hub.sequence call has given a key
+ * yet (by the sequencer's state as the snapshot sees it: their ids are in its `in_flight` or at
+ * or above its `horizon`). Their events come *after* the cursor, so their effect is subtracted
+ * again using the outbox rows (which keep the old row of updates): a client applying events
+ * after the cursor counts each change exactly once. (That set is small: a hub.sequence call
+ * comes first, so it is what committed while this started.)
  *
  * Except a TRUNCATE among them (a watched table of a counted kind): it leaves no rows to
  * subtract, the table as the snapshot sees it is already emptied, and what it held at (F, 0)
- * cannot be read back from it. Then the attempt is dropped and, once the frontier has passed the
- * TRUNCATE's key, made again: its new frontier is past the TRUNCATE, which is then no longer
- * late. Only keys below the TRUNCATE's, still committing, hold the frontier back (the TRUNCATE
- * itself has committed: it is visible), normally for well under a millisecond; the wait is
- * bounded by `lateTruncateWaitMs`, after which the computation fails (the callers answer 503
- * or retry later: src/cache/). A transaction that holds its key for long (SET CONSTRAINTS ALL
- * IMMEDIATE, PREPARE TRANSACTION) holds back the reader as well, so nothing newer could be
- * served meanwhile anyway. Why not cut elsewhere: a cursor after the TRUNCATE would claim the
- * keys below it, whose rows are not visible yet; a cursor before it needs the table as it was.
- * Every election's computation meets the same late TRUNCATE (its outbox row names none) and
- * waits for the same frontier, so waiting holds back no unaffected one; the connection is
- * returned to the pool while it waits.
+ * cannot be read back from it. Then the attempt is dropped and, once the TRUNCATE has a key
+ * below the frontier (this computation calls hub.sequence itself, without waiting for the
+ * sequencer's lock), made again: its new frontier is past the TRUNCATE, which is then no longer
+ * late. Only a sequencer call holding the lock can hold that up, normally for a millisecond;
+ * the wait is bounded by `lateTruncateWaitMs`, after which the computation fails (the callers
+ * answer 503 or retry later: src/cache/). A sequencer that holds its lock that long holds back
+ * the readers as well, so nothing newer could be served meanwhile anyway. Why not cut
+ * elsewhere: a cursor after the TRUNCATE would claim keys that are not given yet; a cursor
+ * before it needs the table as it was. Every election's computation meets the same late
+ * TRUNCATE (its outbox row names none) and waits for the same key, so waiting holds back no
+ * unaffected one; the connection is returned to the pool while it waits.
  */
 export async function computeSnapshot(
   db: pg.Pool,
@@ -66,16 +67,24 @@ export async function computeSnapshot(
   const waitMs = opts.lateTruncateWaitMs ?? LATE_TRUNCATE_WAIT_MS;
   const deadline = Date.now() + waitMs;
   let pause = 1;
+  // Keys for what has committed so far (unless a call is under way): less to subtract.
+  await sequenceCommits(db, false);
   for (;;) {
     const r = await computeOnce(db, electionId);
     if (!r.lateTruncate) return r.snapshot;
     const truncate = r.lateTruncate;
-    // Past it once every key up to the TRUNCATE's own has settled.
-    while ((await commitFrontier(db)) <= truncate.seq) {
+    // Past it once the TRUNCATE's transaction has a key below the frontier.
+    for (;;) {
+      await sequenceCommits(db, false);
+      const res = await db.query<{ past: boolean }>(
+        'SELECT seq < hub.commit_frontier() AS past FROM hub.commits WHERE txid = $1::text::xid8',
+        [truncate.txid],
+      );
+      if (res.rows[0]?.past === true) break;
       if (Date.now() >= deadline)
         throw new Error(
-          `dashboard snapshot of election ${electionId}: a TRUNCATE of ${truncate.table} (commit key ${truncate.seq}) ` +
-            `is visible while keys below it are still committing after ${waitMs} ms; its state before the TRUNCATE cannot be counted`,
+          `dashboard snapshot of election ${electionId}: a TRUNCATE of ${truncate.table} (transaction ${truncate.txid}) ` +
+            `is visible but has no commit key below the frontier after ${waitMs} ms; its state before the TRUNCATE cannot be counted`,
         );
       await new Promise((resolve) => setTimeout(resolve, pause));
       pause = Math.min(pause * 2, 20);
@@ -84,7 +93,7 @@ export async function computeSnapshot(
 }
 
 type Attempt =
-  { snapshot: ComputedSnapshot | null; lateTruncate?: undefined } | { lateTruncate: { seq: bigint; table: string } };
+  { snapshot: ComputedSnapshot | null; lateTruncate?: undefined } | { lateTruncate: { txid: string; table: string } };
 
 async function computeOnce(db: pg.Pool, electionId: Id): Promise<Attempt> {
   const client = await db.connect();
@@ -138,13 +147,21 @@ async function computeOnce(db: pg.Pool, electionId: Id): Promise<Attempt> {
       for (const r of res.rows) if (r.c !== null) at(r.c)[field] += Number(r.n);
     }
 
-    // Undo what committed with a key at or above the frontier: those events follow the cursor.
+    // Undo what committed with a key at or above the frontier, or with no key yet: those events
+    // follow the cursor.
     // Only this election's rows (updates are all read: one may have moved a row out of it), so
     // a wide statement above the frontier does not cost every computation all of its rows.
     // The rows' ids are read as text in SQL (a parsed JSON number beyond 2^53 is not exact).
     // TRUNCATEs (no election) are read too: one among them makes this attempt void (above).
+    // The sequencer's state as this snapshot sees it (passed as values: planned with them).
+    const state = (
+      await client.query<{ horizon: string; in_flight: string[] }>(
+        'SELECT horizon::text AS horizon, in_flight::text[] AS in_flight FROM hub.commit_state',
+      )
+    ).rows[0];
+    if (!state) throw new Error('hub.commit_state is empty (sql/009_sequencer.sql)');
     const late = await client.query<{
-      seq: string;
+      txid: string;
       kind: string;
       action: string;
       data: Record<string, unknown> | null;
@@ -154,21 +171,28 @@ async function computeOnce(db: pg.Pool, electionId: Id): Promise<Attempt> {
       oe: string | null;
       oc: string | null;
     }>(
-      `SELECT k.seq::text AS seq, o.kind, o.action, o.data, o.old,
+      `WITH late AS (
+         SELECT k.seq, o.* FROM hub.commits k JOIN hub.outbox o ON o.txid = k.txid WHERE k.seq >= $1::bigint
+         UNION ALL -- no key yet (in_flight ids are below the horizon: the two are apart)
+         SELECT NULL::bigint, o.* FROM hub.outbox o WHERE o.txid >= $3::text::xid8
+         UNION ALL
+         SELECT NULL::bigint, o.* FROM hub.outbox o WHERE o.txid = ANY ($4::text[]::xid8[])
+       )
+       SELECT o.txid::text AS txid, o.kind, o.action, o.data, o.old,
               hub.to_bigint(o.data ->> w.election_column)::text AS de, hub.to_bigint(o.data ->> w.committee_column)::text AS dc,
               hub.to_bigint(o.old ->> w.election_column)::text AS oe, hub.to_bigint(o.old ->> w.committee_column)::text AS oc
-       FROM hub.commits k JOIN hub.outbox o ON o.txid = k.txid
+       FROM late o
        LEFT JOIN LATERAL (SELECT election_column::text, committee_column::text FROM hub.watched
                           WHERE kind = o.kind ORDER BY tbl::text LIMIT 1) w ON true
-       WHERE k.seq >= $1::bigint AND o.kind IN ('guarantee', 'attendance', 'vote')
-         AND (o.election_id = $2::text::bigint OR o.action IN ('updated', 'truncated')) ORDER BY k.seq, o.id`,
-      [frontier.toString(), electionId],
+       WHERE o.kind IN ('guarantee', 'attendance', 'vote')
+         AND (o.election_id = $2::text::bigint OR o.action IN ('updated', 'truncated')) ORDER BY o.seq NULLS LAST, o.txid, o.id`,
+      [frontier.toString(), electionId, state.horizon, state.in_flight],
     );
     const truncates = late.rows.filter((e) => e.action === 'truncated');
     const last = truncates[truncates.length - 1];
     if (last) {
       await client.query('COMMIT');
-      return { lateTruncate: { seq: BigInt(last.seq), table: String(last.data?.table ?? '?') } };
+      return { lateTruncate: { txid: last.txid, table: String(last.data?.table ?? '?') } };
     }
     for (const e of late.rows) {
       const w = byKind.get(e.kind);

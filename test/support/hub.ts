@@ -62,9 +62,15 @@ export async function startTestHub(databaseUrl: string, env: Env = {}, deps: Hub
 
 type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.Client, 'query'>;
 
+/** Gives keys to what has committed so far (hub.sequence, sql/009_sequencer.sql): hub.outbox_in_order then holds all of it. */
+export async function sequenced(db: Queryable): Promise<void> {
+  await db.query('SELECT hub.sequence()');
+}
+
 /** The position of the last outbox row committed so far (ZERO when there is none). */
 export async function outboxHead(db: Queryable): Promise<Position> {
-  // The last row in the one global order (commit keys: sql/006_commit_order.sql).
+  // The last row in the one global order (commit keys: sql/009_sequencer.sql).
+  await sequenced(db);
   const r = await db.query<{ t: string; i: string }>(
     'SELECT seq::text AS t, id::text AS i FROM hub.outbox_in_order ORDER BY seq DESC, id DESC LIMIT 1',
   );

@@ -113,10 +113,9 @@ CREATE FUNCTION hub.sequence(wait boolean DEFAULT true, max_txs integer DEFAULT 
 LANGUAGE plpgsql AS $$
 DECLARE
   st hub.commit_state;
-  snap pg_snapshot;
   s_xmax xid8;
   s_xip xid8[];
-  ended xid8[];
+  ended xid8[] := '{}';
   fresh xid8[];
   next_xmax xid8;
   n bigint;
@@ -127,21 +126,22 @@ BEGIN
   IF max_txs IS NULL OR max_txs < 1 THEN
     RAISE EXCEPTION 'hub.sequence: max_txs must be at least 1, got %', max_txs;
   END IF;
-  -- 1. The lock, then (new statements, new snapshots) the state the previous call committed.
+  -- 1. The lock, then (a new statement, a new snapshot) the state the previous call committed,
+  -- 2. and S, in that same statement.
   IF coalesce(wait, true) THEN
     PERFORM pg_advisory_xact_lock(7340112009);
   ELSIF NOT pg_try_advisory_xact_lock(7340112009) THEN
     RETURN NULL;
   END IF;
-  SELECT * INTO STRICT st FROM hub.commit_state;
-  -- 2. S.
-  snap := pg_current_snapshot();
-  s_xmax := pg_snapshot_xmax(snap);
-  s_xip := ARRAY(SELECT pg_snapshot_xip(snap));
+  SELECT c.*, pg_snapshot_xmax(s), ARRAY(SELECT pg_snapshot_xip(s))
+  INTO STRICT st.only_row, st.last_seq, st.horizon, st.in_flight, st.sequenced_at, s_xmax, s_xip
+  FROM hub.commit_state c, pg_current_snapshot() s;
   -- 3. Ended since the last call and in flight then: at most one per connection, probed by id.
-  ended := ARRAY(
-    SELECT x FROM unnest(st.in_flight) x
-    WHERE x <> ALL (s_xip) AND EXISTS (SELECT 1 FROM hub.outbox o WHERE o.txid = x));
+  IF cardinality(st.in_flight) > 0 THEN
+    ended := ARRAY(
+      SELECT x FROM unnest(st.in_flight) x
+      WHERE x <> ALL (s_xip) AND EXISTS (SELECT 1 FROM hub.outbox o WHERE o.txid = x));
+  END IF;
   -- ...and those above the last horizon, one index probe per transaction (a loose scan: a bulk
   -- statement's rows are not read one by one), in id order, at most max_txs.
   fresh := ARRAY(
@@ -158,13 +158,7 @@ BEGIN
   ELSE
     next_xmax := s_xmax;
   END IF;
-  -- 4. Their keys.
-  INSERT INTO hub.commits (seq, txid, committed_at)
-  SELECT st.last_seq + row_number() OVER (ORDER BY x), x,
-         coalesce((SELECT o.committed_at FROM hub.outbox o WHERE o.txid = x ORDER BY o.id DESC LIMIT 1), clock_timestamp())
-  FROM unnest(ended || fresh) x;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  -- 5. The new horizon (only what is below it matters in in_flight).
+  n := cardinality(ended) + cardinality(fresh);
   IF n = 0 THEN
     -- Nothing new: the recorded horizon is still true. It is moved at most every 100 ms (so
     -- that rows of a transaction still in flight above it are not probed past by every call),
@@ -174,7 +168,15 @@ BEGIN
     END IF;
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
-  UPDATE hub.commit_state SET last_seq = st.last_seq + n, horizon = next_xmax,
+  -- 4. Their keys, and 5. the new horizon (only what is below it matters in in_flight).
+  WITH k AS (
+    INSERT INTO hub.commits (seq, txid, committed_at)
+    SELECT st.last_seq + row_number() OVER (ORDER BY x), x,
+           coalesce((SELECT o.committed_at FROM hub.outbox o WHERE o.txid = x ORDER BY o.id DESC LIMIT 1), clock_timestamp())
+    FROM unnest(ended || fresh) x
+    RETURNING 1
+  )
+  UPDATE hub.commit_state SET last_seq = st.last_seq + (SELECT count(*) FROM k), horizon = next_xmax,
     in_flight = ARRAY(SELECT x FROM unnest(s_xip) x WHERE x < next_xmax), sequenced_at = clock_timestamp();
   RETURN st.last_seq + n + 1;
 END

@@ -6,6 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { type TestClient, connect, startTestHub, token, waitUntil } from './support/hub.ts';
 import { migrate } from '../src/db/migrate.ts';
+import { startReader } from '../src/db/reader.ts';
+import { createLogger } from '../src/log.ts';
 import type { Hub } from '../src/main.ts';
 
 /*
@@ -463,5 +465,54 @@ describe('008: rows kept as json', () => {
     expect((await d.pool.query(`SELECT count(*)::int AS n FROM hub.outbox WHERE kind = 'attendance'`)).rows[0]).toEqual(
       { n: 0 },
     );
+  });
+});
+
+describe('009: keys given after the commit', () => {
+  it('a reader on a schema without 009 says what is missing; after the migration the keys go on from 006’s, in one order', async () => {
+    const d = await createTestDatabase('hub_seq_upgrade', { schema: 'none' });
+    try {
+      await migrateOnly(d.url, [
+        '002_hub_outbox.sql',
+        '004_ids_and_topics.sql',
+        '005_capture.sql',
+        '006_commit_order.sql',
+        '007_rewatch_trigger_state.sql',
+        '008_json_payloads.sql',
+      ]);
+      const reader = startReader({
+        pool: d.pool,
+        log: createLogger('silent'),
+        onEvents: () => undefined,
+        onStarted: () => undefined,
+      });
+      try {
+        await waitUntil(() => reader.failure() !== undefined, 10_000, 'the read to fail');
+        expect(reader.failure()?.error).toMatch(/hub\.sequence\(\) is missing: .*009_sequencer\.sql.*migrate/);
+      } finally {
+        await reader.stop();
+      }
+      const add = (name: string) =>
+        d.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (1, 2, $1)`, [name]);
+      await add('keyed at commit (006)');
+      expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual(['009_sequencer.sql']);
+      await add('keyed after it (009)');
+      await d.pool.query('SELECT hub.sequence()');
+      const rows = (
+        await d.pool.query<{ s: string; n: string }>(
+          `SELECT seq::text s, data->>'voter_name' n FROM hub.outbox_in_order ORDER BY seq, id`,
+        )
+      ).rows;
+      expect(rows.map((r) => r.n)).toEqual(['keyed at commit (006)', 'keyed after it (009)']);
+      expect(BigInt(rows[1]?.s ?? '0')).toBe(BigInt(rows[0]?.s ?? '0') + 1n);
+      // Nothing of 006's key machinery is left for writers to pay.
+      const left = await d.pool.query<{ n: number }>(
+        `SELECT (SELECT count(*) FROM pg_trigger WHERE tgname IN ('hub_commit_mark', 'hub_commit_key'))::int
+              + (SELECT count(*) FROM pg_class WHERE oid IN (to_regclass('hub.commit_marks'), to_regclass('hub.commit_seq')))::int AS n`,
+      );
+      expect(left.rows[0]?.n).toBe(0);
+    } finally {
+      await d.drop();
+    }
   });
 });

@@ -230,10 +230,19 @@ export async function commitFrontier(db: Pick<pg.Pool, 'query'>): Promise<bigint
 export async function sequenceCommits(db: Pick<pg.Pool, 'query'>): Promise<bigint>;
 export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait: false): Promise<bigint | undefined>;
 export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait = true): Promise<bigint | undefined> {
-  const res = await db.query<{ f: string | null }>({
-    name: wait ? 'hub_sequence' : 'hub_sequence_try',
-    text: `SELECT hub.sequence(${wait ? 'true' : 'false'})::text AS f`,
-  });
+  const res = await db
+    .query<{ f: string | null }>({
+      name: wait ? 'hub_sequence' : 'hub_sequence_try',
+      text: `SELECT hub.sequence(${wait ? 'true' : 'false'})::text AS f`,
+    })
+    .catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === '42883')
+        throw new Error(
+          'hub.sequence() is missing: this hub needs sql/009_sequencer.sql (run `election-hub migrate`)',
+          { cause: err },
+        );
+      throw err;
+    });
   const f = res.rows[0]?.f;
   if (f == null) {
     if (wait) throw new Error('hub.sequence returned no frontier');

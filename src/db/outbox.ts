@@ -119,8 +119,8 @@ const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coales
 
 /**
  * Reads the next rows after `after` in (seq, id) order: every committed key from `after.seq`
- * on, with its rows. Keys that are not visible (still committing, or aborted) are simply
- * missing here; the reader stops at the first one it cannot prove aborted (src/db/reader.ts).
+ * on, with its rows. Transactions without a key yet (hub.sequence has not seen them) are not
+ * read: the reader calls hub.sequence before each read (src/db/reader.ts).
  * A page holds at most `limit` rows and stops before the row that would take it past
  * `maxBytes` of data (a first row larger than that still comes, alone): the hub holds each
  * page twice (the row text and its frame), so its memory is bounded by bytes, not rows.

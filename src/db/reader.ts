@@ -135,7 +135,8 @@ export function holeBefore(last: bigint, q: bigint, settled: bigint): bigint | u
  * notification or a reconnect costs latency, never an event. Starts at the current head
  * (clients resume older positions through `subscribe` with `since`).
  *
- * One loop: a pass reads every page there is. After a pass that read rows (or stopped at a gap)
+ * One loop: a pass reads every page there is, each after a hub.sequence call (keys for what has
+ * committed: sql/009_sequencer.sql). After a pass that read rows (or stopped at a gap)
  * the reader is busy and polls again after `busyPollMs` (sooner on a notification). After an
  * empty pass it goes to sleep through the handshake of sql/005_capture.sql: declare
  * (`hub.sleep`), wait until the transactions in flight at the declaration have ended, read once

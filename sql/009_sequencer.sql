@@ -129,6 +129,9 @@ BEGIN
   -- 1. The lock, then (a new statement, a new snapshot) the state the previous call committed,
   -- 2. and S, in that same statement.
   IF coalesce(wait, true) THEN
+    -- A call never waits long: the lock is held for one call's few statements (unless someone
+    -- holds it in a longer transaction; then the caller fails, and says so, rather than hang).
+    PERFORM set_config('lock_timeout', '5s', true);
     PERFORM pg_advisory_xact_lock(7340112009);
   ELSIF NOT pg_try_advisory_xact_lock(7340112009) THEN
     RETURN NULL;

@@ -310,7 +310,7 @@ describe('hub.sequence, on a database no hub reads', () => {
     }
   }, 40_000);
 
-  it('refuses to run other than at READ COMMITTED, and returns NULL without waiting when another call holds the lock', async () => {
+  it('refuses to run other than at READ COMMITTED; returns NULL without waiting when another call holds the lock, or gives up after 5 s when waiting', async () => {
     const c = await q.pool.connect();
     try {
       await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
@@ -320,12 +320,16 @@ describe('hub.sequence, on a database no hub reads', () => {
       await c.query('SELECT hub.sequence()');
       const other = await q.pool.query<{ f: string | null }>('SELECT hub.sequence(false) AS f');
       expect(other.rows[0]?.f).toBeNull();
+      // Held in a longer transaction: a waiting call fails instead of hanging every reader.
+      const t0 = Date.now();
+      await expect(q.pool.query('SELECT hub.sequence()')).rejects.toThrow(/lock timeout/);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(4900);
       await c.query('COMMIT');
       expect((await q.pool.query<{ f: string | null }>('SELECT hub.sequence(false) AS f')).rows[0]?.f).not.toBeNull();
     } finally {
       c.release();
     }
-  });
+  }, 20_000);
 });
 
 /** Holds the sequencer's lock (hub.sequence's) in a transaction of its own until `release`. */

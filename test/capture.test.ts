@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -327,6 +327,14 @@ describe('TRUNCATE of a watched table', () => {
 });
 
 /** Migrates with only these hub files of sql/ (an older version of the hub), and the reference schema. */
+/** The hub's migrations in order, up to and including `last`. */
+const hubFilesUpTo = (last: string) => {
+  const all = readdirSync(path.join(root, 'sql'))
+    .filter((f) => /^\d{3}_.*\.sql$/.test(f))
+    .sort();
+  return all.slice(0, all.indexOf(last) + 1);
+};
+
 const migrateOnly = async (url: string, files: string[]) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'hub-sql-old-'));
   try {
@@ -406,13 +414,7 @@ describe('008: rows kept as json', () => {
   it('the migration keeps the rows already there, their order and the triggers an operator disabled; new rows are compact text', async () => {
     const d = await createTestDatabase('hub_json_payloads', { schema: 'none' });
     dbs.push(d);
-    await migrateOnly(d.url, [
-      '002_hub_outbox.sql',
-      '004_ids_and_topics.sql',
-      '005_capture.sql',
-      '006_commit_order.sql',
-      '007_rewatch_trigger_state.sql',
-    ]);
+    await migrateOnly(d.url, hubFilesUpTo('007_rewatch_trigger_state.sql'));
     await d.pool.query(`INSERT INTO guarantees (id, election_id, committee_id, voter_name) VALUES (1, 1, 2, 'Before')`);
     await d.pool.query(`UPDATE guarantees SET status = 'confirmed' WHERE id = 1`);
     await d.pool.query(`ALTER TABLE attendance DISABLE TRIGGER hub_capture_insert`);
@@ -472,14 +474,7 @@ describe('009: keys given after the commit', () => {
   it('a reader on a schema without 009 says what is missing; after the migration the keys go on from 006’s, in one order', async () => {
     const d = await createTestDatabase('hub_seq_upgrade', { schema: 'none' });
     try {
-      await migrateOnly(d.url, [
-        '002_hub_outbox.sql',
-        '004_ids_and_topics.sql',
-        '005_capture.sql',
-        '006_commit_order.sql',
-        '007_rewatch_trigger_state.sql',
-        '008_json_payloads.sql',
-      ]);
+      await migrateOnly(d.url, hubFilesUpTo('008_json_payloads.sql'));
       const reader = startReader({
         pool: d.pool,
         log: createLogger('silent'),

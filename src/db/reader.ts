@@ -106,8 +106,6 @@ export const NOTIFY_QUEUE_SQL = `SELECT count(*)::int AS waiting FROM pg_locks
   WHERE locktype = 'object' AND database = 0 AND classid = 'pg_database'::regclass AND objid = 0 AND NOT granted`;
 /** Longest pause between checks while waiting for transactions in flight at a declaration. */
 const SETTLE_MAX_MS = 50;
-/** Rows held behind a gap this long are re-read every busyPollMs; after that at the held backoff. */
-const HELD_FAST_MS = 100;
 
 /** The byte budget of one page of the outbox (the hub holds a page twice: row text and frames). */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
@@ -154,7 +152,6 @@ export function startReader(opts: ReaderOptions): Reader {
   let stopped = false;
   let failures = 0;
   let failure: ReaderFailure | undefined;
-  let heldDelay = 0;
   /** Rows (decodable or not) the last page held, and the commit keys it completed or began. */
   let pageRows = 0;
   let pageCommits = 0;
@@ -237,9 +234,8 @@ export function startReader(opts: ReaderOptions): Reader {
       advance({ seq: settled, id: 0n });
     }
     if (events.length > 0) opts.onEvents(events);
-    // Rows held behind a hole (see holeBefore) are re-read every few ms, at most 10 ms apart.
+    // Rows held behind a hole (see holeBefore) are re-read like a busy stream.
     gap = blocked !== undefined;
-    heldDelay = gap ? Math.min(10, Math.max(2, heldDelay * 2)) : 0;
     settle();
     // `held`: rows wait behind a key that is missing.
     if (pos) opts.onRead?.(pos, gap);
@@ -489,7 +485,6 @@ export function startReader(opts: ReaderOptions): Reader {
     }
   };
 
-  let heldSince: number | undefined;
   let sleeping = false;
   // Set by the backstop timer: a pass it starts that finds rows after a sleep found a missed
   // wake-up (a notification lost with a dying listener connection, or a bug): logged, counted.
@@ -513,13 +508,8 @@ export function startReader(opts: ReaderOptions): Reader {
         }
         if (rows > 0 || gap) {
           await busy(rows, commits);
-          // Rows after a gap wait, and no NOTIFY says for how long: the first 100 ms of a gap are
-          // polled like a busy stream, a longer one at the held backoff.
-          const now = performance.now();
-          heldSince = gap ? (heldSince ?? now) : undefined;
-          wait = heldSince !== undefined && now - heldSince >= HELD_FAST_MS ? heldDelay : busyPollMs;
+          wait = busyPollMs;
         } else {
-          heldSince = undefined;
           wait = await idle();
           quiet = sleeps;
         }

@@ -310,6 +310,34 @@ describe('hub.sequence, on a database no hub reads', () => {
     }
   }, 40_000);
 
+  it('one call keys what committed since the last in the order its rows were written: an older transaction that updated a row a newer one created, after that one committed, comes after it', async () => {
+    await sequenced(q.pool);
+    const older = new pg.Client({ connectionString: q.url });
+    await older.connect();
+    try {
+      // The older transaction takes its id first (a captured write), then waits...
+      await older.query('BEGIN');
+      const olderTx = (await insert(older)).rows[0]?.t;
+      // ...a newer one creates a row and commits...
+      const created = await q.pool.query<{ id: string; t: string }>(
+        `INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (1, 1, 'created')
+         RETURNING id::text AS id, pg_current_xact_id()::text AS t`,
+      );
+      const newerTx = created.rows[0]?.t;
+      expect(BigInt(newerTx ?? '0')).toBeGreaterThan(BigInt(olderTx ?? '0'));
+      // ...and the older one updates that row, then commits: its update depends on the creation.
+      await older.query(`UPDATE guarantees SET status = 'confirmed' WHERE id = $1`, [created.rows[0]?.id]);
+      await older.query('COMMIT');
+      // One call sees both: the creation's key comes first, or a client applies the update of a
+      // row before the row exists.
+      await q.pool.query('SELECT hub.sequence()');
+      const order = (await keys()).map((r) => r.t).filter((t) => t === olderTx || t === newerTx);
+      expect(order).toEqual([newerTx, olderTx]);
+    } finally {
+      await older.end();
+    }
+  });
+
   it('refuses to run other than at READ COMMITTED; returns NULL without waiting when another call holds the lock, or gives up after 5 s when waiting', async () => {
     const c = await q.pool.connect();
     try {

@@ -430,7 +430,7 @@ describe('008: rows kept as json', () => {
     expect(before.map((r) => r.action)).toEqual(['created', 'updated']);
 
     const r = await migrate(d.url, { referenceSchema: true });
-    expect(r.applied).toEqual(['008_json_payloads.sql', '009_sequencer.sql']);
+    expect(r.applied).toEqual(['008_json_payloads.sql', '009_sequencer.sql', '010_sequence_in_write_order.sql']);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
          AND column_name IN ('data', 'old', 'row_id') ORDER BY column_name`,
@@ -490,7 +490,10 @@ describe('009: keys given after the commit', () => {
       const add = (name: string) =>
         d.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (1, 2, $1)`, [name]);
       await add('keyed at commit (006)');
-      expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual(['009_sequencer.sql']);
+      expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual([
+        '009_sequencer.sql',
+        '010_sequence_in_write_order.sql',
+      ]);
       await add('keyed after it (009)');
       await d.pool.query('SELECT hub.sequence()');
       const rows = (

@@ -1,5 +1,5 @@
 /*
- * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|held] [--out file.json]`
+ * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|page|held] [--out file.json]`
  *
  * What the commit order (sql/006_commit_order.sql, keys given after the commit since
  * sql/009_sequencer.sql) costs and what it buys, on a fresh database:
@@ -14,6 +14,12 @@
  *    cluster (and, second, one in this database that wrote a watched table and has not
  *    committed): one row every 100 ms written meanwhile, through a hub in this process; each
  *    row's latency from its INSERT returning to its frame arriving.
+ * 3. A reader's page: from a writer's NOTIFY arriving to the page's rows in hand, with the keys
+ *    given and the rows read in one call (hub.next_page, sql/011_sequence_and_read.sql), in two
+ *    (hub.sequence, then the page), and a page with nothing to key (the writer wrote an
+ *    uncaptured table; the last keyed row is read: about what a reader paid before keys were
+ *    given after the commit). One committed row per NOTIFY; the three
+ *    take turns event by event, one every 20 ms (idle) and every 2 ms.
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */
@@ -255,7 +261,83 @@ try {
       },
     };
   };
-  if (only !== 'held') await writeCost();
+  if (only !== 'held' && only !== 'page') await writeCost();
+
+  // ---- 3. a reader's page: notification -> rows in hand ---------------------------------
+  const page = async () => {
+    const [w, l, q] = [0, 1, 2].map(() => new pg.Client({ connectionString: db.url }));
+    const clients = [w, l, q] as pg.Client[];
+    await Promise.all(clients.map((c) => c.connect()));
+    try {
+      const [W, L, Q] = clients as [pg.Client, pg.Client, pg.Client];
+      await L.query('LISTEN bench_page');
+      await Q.query('CREATE TABLE bench_page_plain (x int)');
+      const frontier = async () => BigInt(String((await Q.query('SELECT hub.sequence()::text AS f')).rows[0]?.f));
+      const nextPage = async (from: bigint) => {
+        const r = await Q.query({
+          name: 'page',
+          text: 'SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)',
+          values: [from.toString()],
+        });
+        if (r.rows[0]?.seq == null) throw new Error('the page is empty');
+      };
+      let head = await frontier();
+      type Variant = 'one call' | 'two calls' | 'read alone';
+      const variants: Record<Variant, () => Promise<void>> = {
+        'one call': () => nextPage(head),
+        'two calls': async () => {
+          await Q.query({ name: 'seq', text: 'SELECT hub.sequence()' });
+          await nextPage(head);
+        },
+        // The writer wrote an uncaptured table: nothing to key, the last keyed row is read.
+        'read alone': () => nextPage(head - 1n),
+      };
+      const names = Object.keys(variants) as Variant[];
+      const out: Record<string, Record<Variant, number>> = {};
+      for (const [label, gapMs] of [
+        ['idle', 20],
+        ['every 2 ms', 2],
+      ] as const) {
+        const ms: Record<Variant, number[]> = { 'one call': [], 'two calls': [], 'read alone': [] };
+        const events = quick ? 150 : 450;
+        for (let i = 0; i < events + 9; i++) {
+          const v = names[i % names.length] as Variant;
+          await sleep(gapMs);
+          let arrived = 0;
+          const got = new Promise<void>((resolve) =>
+            L.once('notification', () => {
+              arrived = performance.now();
+              resolve();
+            }),
+          );
+          await W.query('BEGIN');
+          await W.query(
+            v === 'read alone'
+              ? 'INSERT INTO bench_page_plain VALUES (1)'
+              : 'INSERT INTO guarantees (election_id, committee_id) VALUES (2, $1)',
+            v === 'read alone' ? [] : [first],
+          );
+          await W.query('NOTIFY bench_page');
+          const committed = W.query('COMMIT');
+          await got;
+          await variants[v]();
+          const t = performance.now() - arrived;
+          await committed;
+          if (i >= 9) ms[v].push(t); // the first round of each is a warm-up
+          head = await frontier();
+        }
+        out[label] = Object.fromEntries(names.map((n) => [n, median(ms[n])])) as Record<Variant, number>;
+        log(
+          `page, ${label}: notification -> rows ${names.map((n) => `${n} ${median(ms[n]).toFixed(2)} ms`).join(', ')}`,
+        );
+      }
+      result.page = out;
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+  };
+  if (only === undefined || only === 'page') await page();
+  if (only === 'page') throw new Done();
 
   // ---- 2. delivery while a write transaction is held open ------------------------------
   const secret = 'bench-secret-0123456789abcdef-0123456789';

@@ -430,7 +430,12 @@ describe('008: rows kept as json', () => {
     expect(before.map((r) => r.action)).toEqual(['created', 'updated']);
 
     const r = await migrate(d.url, { referenceSchema: true });
-    expect(r.applied).toEqual(['008_json_payloads.sql', '009_sequencer.sql', '010_sequence_in_write_order.sql']);
+    expect(r.applied).toEqual([
+      '008_json_payloads.sql',
+      '009_sequencer.sql',
+      '010_sequence_in_write_order.sql',
+      '011_sequence_and_read.sql',
+    ]);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
          AND column_name IN ('data', 'old', 'row_id') ORDER BY column_name`,
@@ -493,6 +498,7 @@ describe('009: keys given after the commit', () => {
       expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual([
         '009_sequencer.sql',
         '010_sequence_in_write_order.sql',
+        '011_sequence_and_read.sql',
       ]);
       await add('keyed after it (009)');
       await d.pool.query('SELECT hub.sequence()');
@@ -509,6 +515,33 @@ describe('009: keys given after the commit', () => {
               + (SELECT count(*) FROM pg_class WHERE oid IN (to_regclass('hub.commit_marks'), to_regclass('hub.commit_seq')))::int AS n`,
       );
       expect(left.rows[0]?.n).toBe(0);
+    } finally {
+      await d.drop();
+    }
+  });
+
+  it('a reader on a schema with 010 but without 011 says what is missing, and reads once it is applied', async () => {
+    const d = await createTestDatabase('hub_page_upgrade', { schema: 'none' });
+    try {
+      await migrateOnly(d.url, hubFilesUpTo('010_sequence_in_write_order.sql'));
+      const read: string[] = [];
+      const reader = startReader({
+        pool: d.pool,
+        log: createLogger('silent'),
+        backstopMs: 50,
+        onEvents: (events) => read.push(...events.map((e) => e.type)),
+        onStarted: () => undefined,
+      });
+      try {
+        await waitUntil(() => reader.failure() !== undefined, 10_000, 'the read to fail');
+        expect(reader.failure()?.error).toMatch(/hub\.next_page\(\) is missing: .*011_sequence_and_read\.sql.*migrate/);
+        expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual(['011_sequence_and_read.sql']);
+        await d.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES (1, 2)`);
+        await waitUntil(() => read.length > 0, 15_000, 'the row to be read');
+        expect(read).toEqual(['guarantee_update']);
+      } finally {
+        await reader.stop();
+      }
     } finally {
       await d.drop();
     }

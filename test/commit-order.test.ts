@@ -19,7 +19,7 @@ import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { migrate } from '../src/db/migrate.ts';
 import { computeSnapshot } from '../src/db/snapshot.ts';
-import { prune, prunedPosition } from '../src/db/outbox.ts';
+import { prune, prunedPosition, readAfter } from '../src/db/outbox.ts';
 
 /*
  * Order without the cluster-wide horizon (issue 14 item 3, sql/006_commit_order.sql and
@@ -336,6 +336,42 @@ describe('hub.sequence, on a database no hub reads', () => {
     } finally {
       await older.end();
     }
+  });
+
+  it('hub.next_page gives the keys and returns the page in one call: nothing new is its frontier alone; what committed since comes keyed, after the position, with every row; a key left with no row after the position comes as one row without id', async () => {
+    await sequenced(q.pool);
+    const head = await readAfter(q.pool, { seq: 0n, id: 0n }, 1);
+    const f0 = head.frontier;
+    const empty = await readAfter(q.pool, { seq: f0, id: 0n }, 1000);
+    expect(empty).toEqual({ rows: [], more: false, frontier: f0 });
+    // Committed without a key: the one call keys them and reads them.
+    const txs = [(await insert(q.pool, 2)).rows[0]?.t, (await insert(q.pool)).rows[0]?.t];
+    const page = await readAfter(q.pool, { seq: f0, id: 0n }, 1000);
+    expect(page.frontier).toBe(f0 + 2n);
+    expect(page.more).toBe(false);
+    expect(page.rows.map((r) => [BigInt(String(r.seq)) - f0, r.kind, r.action])).toEqual([
+      [0n, 'guarantee', 'created'],
+      [0n, 'guarantee', 'created'],
+      [1n, 'guarantee', 'created'],
+    ]);
+    expect((await keys()).slice(-2).map((r) => r.t)).toEqual(txs);
+    // From the middle of the first key: its last row, then the second key; past a key's last
+    // row, the key alone (id null).
+    const secondRow = page.rows[1] as { id: string };
+    const rest = await readAfter(q.pool, { seq: f0, id: BigInt(secondRow.id) - 1n }, 1000);
+    expect(rest.rows.map((r) => r.id)).toEqual([secondRow.id, page.rows[2]?.id]);
+    const done = await readAfter(q.pool, { seq: f0, id: BigInt(secondRow.id) }, 1000);
+    expect(done.rows.map((r) => [BigInt(String(r.seq)) - f0, r.id])).toEqual([
+      [0n, null],
+      [1n, page.rows[2]?.id],
+    ]);
+    // A row limit: the page is full, more follow.
+    const one = await readAfter(q.pool, { seq: f0, id: 0n }, 1);
+    expect([one.rows.length, one.more]).toEqual([1, true]);
+    await expect(q.pool.query('SELECT * FROM hub.next_page(0, 0, 0, 1)')).rejects.toThrow(
+      /max_rows must be 1 to 10000/,
+    );
+    await expect(q.pool.query('SELECT * FROM hub.next_page(0, 0, 10001, 1)')).rejects.toThrow(/max_rows/);
   });
 
   it('refuses to run other than at READ COMMITTED; returns NULL without waiting when another call holds the lock, or gives up after 5 s when waiting', async () => {

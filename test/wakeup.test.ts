@@ -197,9 +197,11 @@ describe('a hub on a database migrated before 005', () => {
       for (const f of [
         '002_hub_outbox.sql',
         '004_ids_and_topics.sql',
-        // The reader needs the commit keys (006, 009); 005's hub.sleep is what this database lacks.
+        // The reader needs the commit keys (006, 009) and its page call (011); 005's hub.sleep is
+        // what this database lacks.
         '006_commit_order.sql',
         '009_sequencer.sql',
+        '011_sequence_and_read.sql',
         'reference/001_reference_schema.sql',
         'reference/003_watch_reference.sql',
       ]) {

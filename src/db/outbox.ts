@@ -26,19 +26,6 @@ const COLUMNS = `ob.seq::text AS seq, ob.id::text AS id, ob.kind, ob.action, ob.
   ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
   (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms`;
 
-/*
- * What the totals need of a row (OutboxEvent.count, .old), read in SQL, never by parsing the row:
- * a vote's `count` (the contract's name for it), and an update's previous election and
- * committee, through the watched table's column names (the first table of the kind, as the
- * snapshot does: kinds are expected to share column names). `old` is only read for updates.
- */
-const TOTALS_COLUMNS = `CASE WHEN ob.kind = 'vote' THEN ob.data ->> 'count' END AS vote_count,
-  hub.to_bigint(ob.old ->> w.ecol)::text AS old_election_id, hub.to_bigint(ob.old ->> w.ccol)::text AS old_committee_id,
-  CASE WHEN ob.kind = 'vote' AND w.ecol IS NOT NULL THEN ob.old ->> 'count' END AS old_count`;
-const TOTALS_WATCHED = `tw AS (SELECT DISTINCT ON (kind) kind, election_column::text AS ecol, committee_column::text AS ccol
-       FROM hub.watched ORDER BY kind, tbl::text)`;
-const TOTALS_JOIN = `LEFT JOIN tw w ON ob.action = 'updated' AND w.kind = ob.kind`;
-
 type RawRow = Record<string, unknown>;
 
 const DIGITS = /^\d{1,20}$/;
@@ -107,32 +94,25 @@ export type ReadResult = {
   rows: RawRow[];
   /** More rows follow: the page stopped at its row limit or byte budget. */
   more: boolean;
+  /** What hub.sequence returned before the read: every key below it has committed. */
+  frontier: bigint;
 };
 
 /**
- * Bytes of a row's `data` as the hub will hold it: its stored size when stored uncompressed
- * (json since sql/008: its text and a header; free to read), else the length of its text (a compressed value
- * can be a hundredth of that, so its stored size says nothing).
- */
-const DATA_BYTES = `CASE WHEN pg_column_compression(ob.data) IS NULL THEN coalesce(pg_column_size(ob.data), 0)
-  ELSE octet_length(ob.data::text) END`;
-
-/**
- * Reads the next rows after `after` in (seq, id) order: every committed key from `after.seq`
- * on, with its rows. Transactions without a key yet (hub.sequence has not seen them) are not
- * read: the reader calls hub.sequence before each read (src/db/reader.ts).
- * A page holds at most `limit` rows and stops before the row that would take it past
- * `maxBytes` of data (a first row larger than that still comes, alone): the hub holds each
- * page twice (the row text and its frame), so its memory is bounded by bytes, not rows.
- */
-/**
- * The most rows one `readAfter` page can hold. A constant in the SQL text, not a parameter:
- * with `LIMIT $n` the generic plan of the prepared statement does not know how few keys are
- * wanted and prefers reading the whole commits table and sorting it (measured: 14 ms per
- * read at 300 000 keys instead of 0.1 ms).
+ * The most rows one page can hold (hub.next_page refuses more: its commits scan has this as a
+ * constant LIMIT, see sql/011_sequence_and_read.sql).
  */
 export const MAX_PAGE_ROWS = 10_000;
 
+/**
+ * Gives keys to what has committed since the last call (of any node: hub.sequence), then reads
+ * the next rows after `after` in (seq, id) order: every committed key from `after.seq` on, with
+ * its rows. One call, one round trip (hub.next_page, sql/011_sequence_and_read.sql); the rows
+ * come back once the keys are durable. A page holds at most `limit` rows and stops before the
+ * row that would take it past `maxBytes` of data (a first row larger than that still comes,
+ * alone): the hub holds each page twice (the row text and its frame), so its memory is bounded
+ * by bytes, not rows. `frontier`: every key below it has committed (see sequenceCommits).
+ */
 export async function readAfter(
   db: Pick<pg.Pool, 'query'>,
   after: Position,
@@ -140,34 +120,28 @@ export async function readAfter(
   maxBytes = Number.MAX_SAFE_INTEGER,
 ): Promise<ReadResult> {
   // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
-  // The next `limit` keys by the commits index, each key's rows by the outbox primary key
-  // (txid, id); an incremental sort on the presorted key stops as soon as `limit` rows are
-  // there, however many rows a key has. The running sum of the rows' sizes cuts the page
-  // (data stays a TOAST pointer until a row is kept and selected).
-  const res = await db.query({
-    name: 'hub_read_after',
-    text: `WITH ${TOTALS_WATCHED}
-     SELECT ${COLUMNS}, ob.fetched::int AS fetched, ${TOTALS_COLUMNS} FROM (
-       SELECT l.*, sum(l.bytes) OVER (ORDER BY l.seq, l.id ROWS UNBOUNDED PRECEDING) - l.bytes AS before, count(*) OVER () AS fetched
-       FROM (
-         SELECT c.seq, c.committed_at, o.id, o.kind, o.action, o.topic, o.election_id, o.committee_id, o.row_id, o.data, o.old,
-                coalesce(o.bytes, 0) AS bytes
-         FROM (SELECT seq, txid, committed_at FROM hub.commits WHERE seq >= $1::bigint ORDER BY seq LIMIT ${MAX_PAGE_ROWS}) c
-         LEFT JOIN LATERAL (
-           SELECT ob.id, ob.kind, ob.action, ob.topic, ob.election_id, ob.committee_id, ob.row_id, ob.data, ob.old, ${DATA_BYTES} AS bytes
-           FROM hub.outbox ob
-           WHERE ob.txid = c.txid AND ob.id > CASE WHEN c.seq = $1::bigint THEN $2::bigint ELSE 0 END
-           ORDER BY ob.id LIMIT $3) o ON true
-         ORDER BY c.seq, o.id LIMIT $3) l
-     ) ob
-     ${TOTALS_JOIN}
-     WHERE ob.before < $4
-     ORDER BY ob.seq, ob.id`,
-    values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
-  });
-  const rows = res.rows as RawRow[];
-  const fetched = Number(rows[0]?.fetched ?? 0);
-  return { rows, more: fetched >= limit || rows.length < fetched };
+  const res = await db
+    .query({
+      name: 'hub_next_page',
+      text: 'SELECT * FROM hub.next_page($1::bigint, $2::bigint, $3::int, $4::bigint)',
+      values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
+    })
+    .catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === '42883')
+        throw new Error(
+          'hub.next_page() is missing: this hub needs sql/011_sequence_and_read.sql (run `election-hub migrate`)',
+          { cause: err },
+        );
+      throw err;
+    });
+  const all = res.rows as RawRow[];
+  const first = all[0];
+  const f = first?.frontier;
+  if (typeof f !== 'string' || !DIGITS.test(f)) throw new Error('hub.next_page returned no frontier');
+  // An empty page is one row with nothing but the frontier.
+  const rows = first?.seq === null ? [] : all;
+  const fetched = Number(first?.fetched ?? 0);
+  return { rows, more: fetched >= limit || rows.length < fetched, frontier: BigInt(f) };
 }
 
 /**

@@ -133,8 +133,8 @@ export function holeBefore(last: bigint, q: bigint, settled: bigint): bigint | u
  * notification or a reconnect costs latency, never an event. Starts at the current head
  * (clients resume older positions through `subscribe` with `since`).
  *
- * One loop: a pass reads every page there is, each after a hub.sequence call (keys for what has
- * committed: sql/009_sequencer.sql). After a pass that read rows (or stopped at a gap)
+ * One loop: a pass reads every page there is, each page in one call that first gives keys to what
+ * has committed (hub.next_page: sql/009_sequencer.sql, sql/011_sequence_and_read.sql). After a pass that read rows (or stopped at a gap)
  * the reader is busy and polls again after `busyPollMs` (sooner on a notification). After an
  * empty pass it goes to sleep through the handshake of sql/005_capture.sql: declare
  * (`hub.sleep`), wait until the transactions in flight at the declaration have ended, read once
@@ -177,17 +177,18 @@ export function startReader(opts: ReaderOptions): Reader {
   };
 
   const readOnce = async (): Promise<boolean> => {
-    // Keys for what has committed since the last call (any node's), then the read: a pass reads
-    // every transaction that had committed when it started (sql/009_sequencer.sql).
-    const f = await sequenceCommits(pool);
-    if (f > settled) settled = f;
     if (!pos) {
       // The head: clients resume older positions through `subscribe` with `since`.
+      settled = await sequenceCommits(pool);
       pos = { seq: settled, id: 0n };
       opts.onStarted(pos);
     }
     const from: Position = pos;
+    // Keys for what has committed since the last call (any node's), then the read, in one call:
+    // a pass reads every transaction that had committed when it started (sql/009_sequencer.sql,
+    // sql/011_sequence_and_read.sql).
     const r = await readAfter(pool, from, limit, pageBytes);
+    if (r.frontier > settled) settled = r.frontier;
     pageRows = r.rows.length;
     pageCommits = 0;
     const events: OutboxEvent[] = [];

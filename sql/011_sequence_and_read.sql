@@ -3,9 +3,10 @@
 --
 -- Since 009 a reader's page took two calls: `SELECT hub.sequence()`, then the read. At idle each
 -- is a cold round trip (a backend and the hub woken from sleep), and the read is planned apart.
--- Measured notification -> rows in hand, one row per commit, this 2-core VM (medians of 60):
--- the two calls 0.80-1.36 ms, this one call 0.63-0.98 ms, a read alone (no keys given)
--- 0.23-0.43 ms (docs/BENCHMARKS.md, "One call per page").
+-- Measured from a writer's NOTIFY arriving to the rows in hand, one committed row per NOTIFY,
+-- on a 2-core VM (`bench/commit-order.ts --only page`, medians): the two calls 1.33-1.35 ms at
+-- idle and 0.83-1.13 ms every 2 ms, this one call 1.00-1.05 and 0.64-0.84 ms, a page with
+-- nothing to key 0.72-0.74 and 0.45-0.57 ms (docs/BENCHMARKS.md, "One call per page").
 --
 -- Nothing about the order changes: the call is hub.sequence(true, 5000) followed, as a new
 -- statement of the same function (PL/pgSQL at READ COMMITTED: a new snapshot, which sees the

@@ -18,8 +18,8 @@
  *    given and the rows read in one call (hub.next_page, sql/011_sequence_and_read.sql), in two
  *    (hub.sequence, then the page), and a page with nothing to key (the writer wrote an
  *    uncaptured table; the last keyed row is read: about what a reader paid before keys were
- *    given after the commit). One committed row per NOTIFY; the three
- *    take turns event by event, one every 20 ms (idle) and every 2 ms.
+ *    given after the commit). One committed row per NOTIFY; the three take turns event by
+ *    event, one every 20 ms (idle) and every 2 ms.
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */

@@ -133,12 +133,13 @@ export function holeBefore(last: bigint, q: bigint, settled: bigint): bigint | u
  * notification or a reconnect costs latency, never an event. Starts at the current head
  * (clients resume older positions through `subscribe` with `since`).
  *
- * One loop: a pass reads every page there is, each page in one call that first gives keys to what
- * has committed (hub.next_page: sql/009_sequencer.sql, sql/011_sequence_and_read.sql). After a pass that read rows (or stopped at a gap)
- * the reader is busy and polls again after `busyPollMs` (sooner on a notification). After an
- * empty pass it goes to sleep through the handshake of sql/005_capture.sql: declare
- * (`hub.sleep`), wait until the transactions in flight at the declaration have ended, read once
- * more, and only then sleep until a notification, the backstop, or the lease renewal.
+ * One loop: a pass reads every page there is, each page in one call that first gives keys to
+ * what has committed (hub.next_page: sql/009_sequencer.sql, sql/011_sequence_and_read.sql).
+ * After a pass that read rows (or stopped at a gap) the reader is busy and polls again after
+ * `busyPollMs` (sooner on a notification). After an empty pass it goes to sleep through the
+ * handshake of sql/005_capture.sql: declare (`hub.sleep`), wait until the transactions in
+ * flight at the declaration have ended, read once more, and only then sleep until a
+ * notification, the backstop, or the lease renewal.
  */
 export function startReader(opts: ReaderOptions): Reader {
   const { pool, log } = opts;

@@ -30,6 +30,15 @@ type RawRow = Record<string, unknown>;
 
 const DIGITS = /^\d{1,20}$/;
 
+/** A query's error handler: an undefined function (42883) means a migration this hub needs is not applied. */
+const missing =
+  (fn: string, file: string) =>
+  (err: unknown): never => {
+    if ((err as { code?: unknown }).code === '42883')
+      throw new Error(`${fn} is missing: this hub needs sql/${file} (run \`election-hub migrate\`)`, { cause: err });
+    throw err;
+  };
+
 /** The position of any selected row, decodable or not (replays and the reader advance row by row). */
 export function rowPosition(raw: RawRow): Position | undefined {
   const { seq, id } = raw;
@@ -126,14 +135,7 @@ export async function readAfter(
       text: 'SELECT * FROM hub.next_page($1::bigint, $2::bigint, $3::int, $4::bigint)',
       values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
     })
-    .catch((err: unknown) => {
-      if ((err as { code?: unknown }).code === '42883')
-        throw new Error(
-          'hub.next_page() is missing: this hub needs sql/011_sequence_and_read.sql (run `election-hub migrate`)',
-          { cause: err },
-        );
-      throw err;
-    });
+    .catch(missing('hub.next_page()', '011_sequence_and_read.sql'));
   const all = res.rows as RawRow[];
   const first = all[0];
   const f = first?.frontier;
@@ -209,14 +211,7 @@ export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait = true): 
       name: wait ? 'hub_sequence' : 'hub_sequence_try',
       text: `SELECT hub.sequence(${wait ? 'true' : 'false'})::text AS f`,
     })
-    .catch((err: unknown) => {
-      if ((err as { code?: unknown }).code === '42883')
-        throw new Error(
-          'hub.sequence() is missing: this hub needs sql/009_sequencer.sql (run `election-hub migrate`)',
-          { cause: err },
-        );
-      throw err;
-    });
+    .catch(missing('hub.sequence()', '009_sequencer.sql'));
   const f = res.rows[0]?.f;
   if (f == null) {
     if (wait) throw new Error('hub.sequence returned no frontier');

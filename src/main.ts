@@ -336,6 +336,15 @@ function startPipeline(d: {
       lifecycle.emit('reader:started', { position: p });
     },
     onRead: (p, held) => lifecycle.emit('reader:read', { position: p, held }),
+    onLost: (lost, restart) => {
+      delivery.setLost(lost);
+      if (!restart) return;
+      // What this node handed out from the lost keys no longer exists (sql/012).
+      delivery.restart(restart);
+      cache.invalidateAll(restart);
+      dashboards.resyncAll('gap');
+      lifecycle.emit('reader:restarted', { position: restart });
+    },
     onBadRow: () => {
       metrics.frameErrors.inc({ code: 'bad_outbox_row' });
       // A skipped row is a gap in the totals' chain: recompute what is held.

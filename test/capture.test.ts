@@ -435,6 +435,7 @@ describe('008: rows kept as json', () => {
       '009_sequencer.sql',
       '010_sequence_in_write_order.sql',
       '011_sequence_and_read.sql',
+      '012_async_keys_and_restarts.sql',
     ]);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
@@ -499,6 +500,7 @@ describe('009: keys given after the commit', () => {
         '009_sequencer.sql',
         '010_sequence_in_write_order.sql',
         '011_sequence_and_read.sql',
+        '012_async_keys_and_restarts.sql',
       ]);
       await add('keyed after it (009)');
       await d.pool.query('SELECT hub.sequence()');
@@ -535,7 +537,10 @@ describe('009: keys given after the commit', () => {
       try {
         await waitUntil(() => reader.failure() !== undefined, 10_000, 'the read to fail');
         expect(reader.failure()?.error).toMatch(/hub\.next_page\(\) is missing: .*011_sequence_and_read\.sql.*migrate/);
-        expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual(['011_sequence_and_read.sql']);
+        expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual([
+          '011_sequence_and_read.sql',
+          '012_async_keys_and_restarts.sql',
+        ]);
         await d.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES (1, 2)`);
         await waitUntil(() => read.length > 0, 15_000, 'the row to be read');
         expect(read).toEqual(['guarantee_update']);

@@ -30,6 +30,8 @@ export type DashboardCache = {
    * Cheap for any number of elections: O(n) in memory, Redis deletions in bounded chunks.
    */
   invalidate(electionIds: Iterable<Id>, seen: Position): void;
+  /** Every snapshot older than `p` is stale, whatever the election (keys lost in a restart of PostgreSQL). */
+  invalidateAll(p: Position): void;
   /** True while Redis is configured but unreachable (the cache is bypassed). */
   degraded(): boolean;
 };
@@ -290,6 +292,11 @@ export function createDashboardCache(opts: DashboardCacheOptions): DashboardCach
         if (compare(p, floor) > 0) floor = p;
       }
       if (doomed.size > 0) void deleteKeys();
+    },
+    invalidateAll(p) {
+      lastChange.clear();
+      local.clear();
+      if (compare(p, floor) > 0) floor = p;
     },
     degraded: () => redis !== undefined && !redisUp(),
   };

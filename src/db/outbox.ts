@@ -14,7 +14,7 @@
 import type pg from 'pg';
 import { OutboxRow, eventTypeOf } from '../events/schema.ts';
 import { type Id, jsonId, routeTopics } from '../events/topics.ts';
-import { type Position, encodeCursor } from '../events/position.ts';
+import { type LostRange, type Position, encodeCursor } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
 import type { History, TopicFilter } from '../events/history.ts';
 
@@ -218,6 +218,23 @@ export async function sequenceCommits(db: Pick<pg.Pool, 'query'>, wait = true): 
     return undefined;
   }
   return BigInt(f);
+}
+
+/**
+ * The key ranges restarts of PostgreSQL took back (hub.lost_keys, sql/012_async_keys_and_restarts.sql),
+ * in order; none before 012 (every key was committed synchronously).
+ */
+export async function lostKeys(db: Pick<pg.Pool, 'query'>): Promise<LostRange[]> {
+  const res = await db
+    .query<{ f: string; t: string }>({
+      name: 'hub_lost_keys',
+      text: 'SELECT from_seq::text AS f, to_seq::text AS t FROM hub.lost_keys ORDER BY from_seq',
+    })
+    .catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === '42P01') return { rows: [] as Array<{ f: string; t: string }> };
+      throw err;
+    });
+  return res.rows.map((r) => ({ from: BigInt(r.f), to: BigInt(r.t) }));
 }
 
 /** Where pruning has reached: a `since` below it can no longer be replayed completely. */

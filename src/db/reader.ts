@@ -1,9 +1,9 @@
 import type pg from 'pg';
 import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
-import { FIRST_SEQ, type Position, compare } from '../events/position.ts';
+import { FIRST_SEQ, type LostRange, type Position, compare, epochOf, lostRangeOf } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
-import { decodeRow, readAfter, rowPosition, rowSeq, sequenceCommits } from './outbox.ts';
+import { decodeRow, lostKeys, readAfter, rowPosition, rowSeq, sequenceCommits } from './outbox.ts';
 
 export type Reader = {
   /** Everything at or before this position has been handed to `onEvents`; undefined until started. */
@@ -27,6 +27,14 @@ export type ReaderOptions = {
   /** Called synchronously, in order, for every batch; must not throw. */
   onEvents: (events: OutboxEvent[]) => void;
   onStarted: (p: Position) => void;
+  /**
+   * The key ranges PostgreSQL's restarts took back (sql/012_async_keys_and_restarts.sql): called
+   * before `onStarted`, and again whenever a frontier shows a new epoch. `restart` is set when
+   * this reader's own position was in one of them: it now stands at `restart` (the first key
+   * after that range), and what it handed out from the lost keys no longer exists. Called
+   * synchronously before any event read after it; must not throw.
+   */
+  onLost?: (lost: readonly LostRange[], restart: Position | undefined) => void;
   onBadRow?: () => void;
   /** Called after every completed read, with the cursor after it and whether rows are held back. */
   onRead?: (p: Position, held: boolean) => void;
@@ -161,6 +169,9 @@ export function startReader(opts: ReaderOptions): Reader {
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
   // Every commit key below `settled` has committed: hub.sequence returned it before this read.
   let settled = 0n;
+  // The epoch of the last frontier, and the lost ranges known since it (sql/012).
+  let epoch = -1n;
+  let lost: readonly LostRange[] = [];
 
   const settle = () => {
     if (!pos) return;
@@ -180,8 +191,12 @@ export function startReader(opts: ReaderOptions): Reader {
   const readOnce = async (): Promise<boolean> => {
     if (!pos) {
       // The head: clients resume older positions through `subscribe` with `since`.
-      settled = await sequenceCommits(pool);
-      pos = { seq: settled, id: 0n };
+      const head = await sequenceCommits(pool);
+      lost = await lostKeys(pool);
+      settled = head;
+      epoch = epochOf(head);
+      pos = { seq: head, id: 0n };
+      opts.onLost?.(lost, undefined);
       opts.onStarted(pos);
     }
     const from: Position = pos;
@@ -190,6 +205,28 @@ export function startReader(opts: ReaderOptions): Reader {
     // sql/011_sequence_and_read.sql).
     const r = await readAfter(pool, from, limit, pageBytes);
     if (r.frontier > settled) settled = r.frontier;
+    if (epochOf(r.frontier) > epoch) {
+      // A new epoch: PostgreSQL restarted, and the keys above what it kept may be lost
+      // (sql/012_async_keys_and_restarts.sql). If this reader stood in them, it starts again
+      // after them (and reads again from there) before any event of the new epoch goes out.
+      lost = await lostKeys(pool);
+      epoch = epochOf(r.frontier);
+      const hit = lostRangeOf(from, lost);
+      if (hit) {
+        pos = { seq: hit.to, id: 0n };
+        log.warn(
+          { from: String(hit.from), to: String(hit.to), position: `${from.seq}.${from.id}` },
+          'PostgreSQL restarted and took back keys this reader had read: starting again after them',
+        );
+        opts.onLost?.(lost, pos);
+        pageRows = 0;
+        pageCommits = 0;
+        gap = false;
+        settle();
+        return true;
+      }
+      opts.onLost?.(lost, undefined);
+    }
     pageRows = r.rows.length;
     pageCommits = 0;
     const events: OutboxEvent[] = [];

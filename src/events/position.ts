@@ -40,3 +40,22 @@ export function decodeCursor(text: unknown): Position | undefined {
   if (seq > MAX_BIGINT || id > MAX_BIGINT) return undefined;
   return { seq, id };
 }
+
+/**
+ * Keys a crash took back after they may have been handed out: [from, to), to being the first
+ * key of the epoch the sequencer opened after the restart (sql/012_async_keys_and_restarts.sql).
+ */
+export type LostRange = { readonly from: bigint; readonly to: bigint };
+
+/** Keys come in epochs of 2^32 from FIRST_SEQ; a new epoch's frontier says a lost range may be new. */
+export const epochOf = (seq: bigint): bigint => (seq < FIRST_SEQ ? -1n : (seq - FIRST_SEQ) >> 32n);
+
+/**
+ * The lost range `p` stands in, if any: {from, 0} < p < {to, 0}. Such a position counts events
+ * that no longer exist under their keys; one at or below {from, 0} or at or above {to, 0} keeps
+ * its meaning.
+ */
+export function lostRangeOf(p: Position, lost: readonly LostRange[]): LostRange | undefined {
+  for (const r of lost) if (compare(p, { seq: r.from, id: 0n }) > 0 && p.seq < r.to) return r;
+  return undefined;
+}

@@ -1,6 +1,6 @@
 import type { Logger } from '../log.ts';
 import type { Metrics, SlowCloseCause } from '../metrics/index.ts';
-import { FIRST_SEQ, type Position, ZERO, compare } from '../events/position.ts';
+import { FIRST_SEQ, type LostRange, type Position, ZERO, compare, lostRangeOf } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
 import type { History, TopicFilter } from '../events/history.ts';
 import {
@@ -102,6 +102,9 @@ export function createDelivery(opts: {
   const { publisher, reader, ring, metrics, sockets } = opts;
   const compressMin = opts.compressMinBytes ?? 0;
   let pruned: Position = ZERO;
+  // Keys PostgreSQL's restarts took back (sql/012_async_keys_and_restarts.sql): a `since` in
+  // one counts events that no longer exist under their keys, and is answered like a pruned one.
+  let lost: readonly LostRange[] = [];
   // Set by every publish; the sweep only walks the sockets when something was sent since.
   let sentSinceSweep = false;
   // Published since the last buffer check: frame bytes (what one socket can have gained) and
@@ -438,6 +441,32 @@ export function createDelivery(opts: {
       pruned = p;
     },
 
+    setLost(l: readonly LostRange[]) {
+      lost = l;
+    },
+
+    /**
+     * The reader's position was in keys a restart of PostgreSQL took back, and it now stands at
+     * `p`: the replay buffer is emptied and every socket closed with 4009 (what they received
+     * from those keys no longer exists under them; a client resumes with its last cursor and is
+     * answered `resync`). One walk, at a restart only.
+     */
+    restart(p: Position) {
+      ring.reset(p);
+      let n = 0;
+      for (const ws of sockets) {
+        const s = ws.getUserData();
+        if (s.closed) continue;
+        markClosed(s);
+        ws.end(CloseCode.resumeFailed, 'the database restarted: reconnect and resume');
+        n++;
+      }
+      opts.log.warn({ sockets: n }, 'keys lost in a restart of PostgreSQL: closed every socket with 4009');
+      const held = ring.size();
+      metrics.replayBufferBytes.set(held.bytes);
+      metrics.replayBufferEvents.set(held.events);
+    },
+
     /**
      * Adds topics to a socket. Without `since` they are live from now. With `since`,
      * events after it are replayed first, in order, together with whatever the socket's
@@ -458,7 +487,7 @@ export function createDelivery(opts: {
         if (since !== undefined) return resumeFailed(ws, new UnavailableError('the hub is not reading the outbox yet'));
         throw new UnavailableError('the hub is not reading the outbox yet');
       }
-      let stale = since !== undefined && compare(since, pruned) < 0;
+      let stale = since !== undefined && (compare(since, pruned) < 0 || lostRangeOf(since, lost) !== undefined);
       if (since !== undefined && !stale && since.seq < FIRST_SEQ) {
         // A cursor of the order before commit keys (sql/006_commit_order.sql): exact up to the
         // migration; one issued after it by a hub of the previous version cannot be placed.
@@ -481,6 +510,13 @@ export function createDelivery(opts: {
         throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
       }
       if (s.closed) return;
+      if (lostRangeOf(since, lost)) {
+        // Learnt while waiting: the reader reached a new epoch.
+        addTopics(s, topics);
+        applyCover(ws);
+        onLive(reader.position() ?? head, true);
+        return;
+      }
       const p0 = reader.position() ?? head;
       const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
       pause(ws);

@@ -50,6 +50,14 @@ export function createRing(limits: { events: number; bytes: number }) {
     init(p: Position) {
       floor ??= p;
     },
+    /** Forgets every event: the reader starts again at `p` (keys lost in a restart of PostgreSQL). */
+    reset(p: Position) {
+      events = [];
+      sizes = [];
+      start = 0;
+      bytes = 0;
+      floor = p;
+    },
     /** Appends the next published event; `size` is its frame's byte count if already known. */
     push(e: OutboxEvent, size = frameBytes(e.frame)) {
       events.push(e);

@@ -15,6 +15,8 @@ export type LifecycleEvents = {
    * that is still open.
    */
   'reader:read': { readonly position: Position; readonly held: boolean };
+  /** Keys a restart of PostgreSQL took back held the reader: it starts again at `position` (sql/012). */
+  'reader:restarted': { readonly position: Position };
   /** Housekeeping ran and learned how far pruning has reached (by this node or another). */
   pruned: { readonly mark: Position };
   /** The listener's connection is up and LISTENs (again). */

@@ -1,0 +1,183 @@
+// Keys without the flush (sql/012_async_keys_and_restarts.sql): a restart of PostgreSQL may take
+// back keys a client already holds. The crash is simulated exactly as recovery leaves it: the
+// sequencer's state and keys as one earlier call committed them (WAL replays a prefix of the
+// calls), on a server started since.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { FIRST_SEQ, decodeCursor, encodeCursor, lostRangeOf } from '../src/events/position.ts';
+import { CloseCode } from '../src/errors.ts';
+import type { Hub } from '../src/main.ts';
+import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
+import {
+  type Frame,
+  type TestClient,
+  connect,
+  eventsReceived,
+  startTestHub,
+  token,
+  waitUntil,
+  when,
+} from './support/hub.ts';
+
+let db: TestDatabase;
+let e1: number;
+let c1: number;
+const hubs: Hub[] = [];
+const sockets: TestClient[] = [];
+
+beforeAll(async () => {
+  db = await createTestDatabase('hub_restart');
+  const s = await seed(db.pool, 1, 1);
+  e1 = s.elections[0] as number;
+  c1 = (s.committees.get(e1) as number[])[0] as number;
+});
+
+afterEach(async () => {
+  await Promise.all(sockets.splice(0).map((c) => c.close()));
+  await Promise.all(hubs.splice(0).map((h) => h.stop()));
+});
+
+afterAll(async () => {
+  await db?.drop();
+});
+
+type State = { last_seq: string; horizon: string; in_flight: string[] };
+
+/** The sequencer's state as one call commits it (the call and the read in one transaction, under its lock). */
+async function callAndKeep(): Promise<State> {
+  const c = await db.pool.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query('SELECT hub.sequence()');
+    const r = await c.query<State>('SELECT last_seq::text, horizon::text, in_flight::text[] FROM hub.commit_state');
+    await c.query('COMMIT');
+    return r.rows[0] as State;
+  } finally {
+    c.release();
+  }
+}
+
+/** What crash recovery leaves: the state and keys of `kept`, on a server that started since. */
+async function crashBackTo(kept: State): Promise<void> {
+  const c = await db.pool.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query('SELECT pg_advisory_xact_lock(7340112009)');
+    await c.query('DELETE FROM hub.commits WHERE seq > $1::bigint', [kept.last_seq]);
+    await c.query(
+      `UPDATE hub.commit_state SET last_seq = $1::bigint, horizon = $2::text::xid8, in_flight = $3::text[]::xid8[],
+         server_started = '2000-01-01 00:00:00+00'`,
+      [kept.last_seq, kept.horizon, kept.in_flight],
+    );
+    await c.query('COMMIT');
+  } finally {
+    c.release();
+  }
+}
+
+const write = (name: string) =>
+  db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
+const names = (frames: Frame[]) => frames.map((f) => (f.data as { voter_name?: string } | undefined)?.voter_name);
+const lostRanges = async () =>
+  (
+    await db.pool.query<{ f: string; t: string }>(
+      'SELECT from_seq::text f, to_seq::text t FROM hub.lost_keys ORDER BY 1',
+    )
+  ).rows;
+
+describe('keys lost in a restart of PostgreSQL', () => {
+  it('the first call on a restarted server records the lost range and keys the transactions it named after it, in order', async () => {
+    await write('before');
+    const kept = await callAndKeep();
+    await write('lost 1');
+    await write('lost 2');
+    await db.pool.query('SELECT hub.sequence()');
+    const keyedBefore = await db.pool.query<{ n: string; s: string }>(
+      `SELECT o.data->>'voter_name' n, k.seq::text s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE k.seq > $1::bigint ORDER BY k.seq`,
+      [kept.last_seq],
+    );
+    expect(keyedBefore.rows.map((r) => r.n)).toEqual(['lost 1', 'lost 2']);
+    const before = await lostRanges();
+
+    await crashBackTo(kept);
+    await write('after');
+    const frontier = BigInt((await db.pool.query<{ f: string }>('SELECT hub.sequence()::text f')).rows[0]?.f ?? '0');
+
+    const L = BigInt(kept.last_seq) + 1n;
+    const B = FIRST_SEQ + ((L - FIRST_SEQ) / 2n ** 32n + 1n) * 2n ** 32n;
+    expect((await lostRanges()).slice(before.length)).toEqual([{ f: String(L), t: String(B) }]);
+    const rekeyed = await db.pool.query<{ n: string; s: string }>(
+      `SELECT o.data->>'voter_name' n, k.seq::text s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE k.seq > $1::bigint ORDER BY k.seq`,
+      [kept.last_seq],
+    );
+    expect(rekeyed.rows.map((r) => r.n)).toEqual(['lost 1', 'lost 2', 'after']);
+    expect(rekeyed.rows.map((r) => BigInt(r.s))).toEqual([B, B + 1n, B + 2n]);
+    expect(frontier).toBe(B + 3n);
+    // The old keys' positions are lost; those at its edges keep their meaning.
+    const lost = [{ from: L, to: B }];
+    expect(lostRangeOf({ seq: L - 1n, id: 99n }, lost)).toBeUndefined();
+    expect(lostRangeOf({ seq: L, id: 0n }, lost)).toBeUndefined();
+    expect(lostRangeOf({ seq: L, id: 1n }, lost)).toEqual(lost[0]);
+    expect(lostRangeOf({ seq: L + 2n, id: 0n }, lost)).toEqual(lost[0]);
+    expect(lostRangeOf({ seq: B, id: 0n }, lost)).toBeUndefined();
+    // The server is known now: later calls open no other epoch.
+    await write('later');
+    await db.pool.query('SELECT hub.sequence()');
+    expect(await lostRanges()).toHaveLength(before.length + 1);
+  });
+
+  it('a hub that handed out lost keys closes its sockets with 4009; a lost cursor gets resync, one below the loss every event once, in order', async () => {
+    const hub = await startTestHub(db.url);
+    hubs.push(hub);
+    const admin = await token({ sub: 'ops', role: 'admin' });
+    const a = await connect(hub, { token: admin });
+    sockets.push(a);
+    await a.next((f) => f.type === 'connection_success');
+
+    await write('r1');
+    const [r1] = await eventsReceived(a, 1);
+    const kept = await callAndKeep(); // r1's key is durable
+    await write('r2');
+    await write('r3');
+    const got = await eventsReceived(a, 3);
+    expect(names(got)).toEqual(['r1', 'r2', 'r3']);
+    const lostCursor = got[2]?.cursor as string;
+
+    await crashBackTo(kept);
+    const restarted = when(hub, 'reader:restarted', (e) => e !== undefined, 'the reader to start again', 20_000);
+    await write('r4'); // wakes the reader: its next page opens the epoch
+    await restarted;
+    expect((await a.closed).code).toBe(CloseCode.resumeFailed);
+    // r2, r3 and r4 went out again under new keys: not to that socket.
+    expect(names(a.events())).toEqual(['r1', 'r2', 'r3']);
+
+    // A client resuming from a lost cursor takes a fresh snapshot.
+    const b = await connect(hub, { token: admin, query: 'subscribe=none' });
+    sockets.push(b);
+    await b.next((f) => f.type === 'connection_success');
+    b.send({ type: 'subscribe', topics: ['election:*'], since: lostCursor });
+    expect((await b.next((f) => f.type === 'resync' || f.type === 'subscribed')).type).toBe('resync');
+
+    // One resuming from below the loss gets what came after, once each, in the new keys' order.
+    const c = await connect(hub, { token: admin, query: 'subscribe=none' });
+    sockets.push(c);
+    await c.next((f) => f.type === 'connection_success');
+    c.send({ type: 'subscribe', topics: ['election:*'], since: r1?.cursor });
+    const subscribed = await c.next((f) => f.type === 'resync' || f.type === 'subscribed');
+    expect(subscribed.type).toBe('subscribed');
+    const after = await eventsReceived(c, 3);
+    expect(names(after)).toEqual(['r2', 'r3', 'r4']);
+    const cursors = after.map((f) => decodeCursor(f.cursor));
+    const [range] = (await lostRanges()).slice(-1);
+    for (const p of cursors) expect(p && p.seq >= BigInt(range?.t ?? '0')).toBe(true);
+    await write('r5');
+    await waitUntil(() => c.events().length >= 4, 15_000, 'r5 live');
+    expect(names(c.events())).toEqual(['r2', 'r3', 'r4', 'r5']);
+    expect(c.events().map((f) => f.cursor)).toEqual([...new Set(c.events().map((f) => f.cursor))]);
+    // The hub's own cursor moved past the loss.
+    const d = await connect(hub, { token: admin });
+    sockets.push(d);
+    const hello = await d.next((f) => f.type === 'connection_success');
+    expect(decodeCursor(hello.cursor)?.seq ?? 0n).toBeGreaterThanOrEqual(BigInt(range?.t ?? '0'));
+    expect(encodeCursor({ seq: BigInt(range?.f ?? '0'), id: 0n })).not.toBe(lostCursor);
+  }, 60_000);
+});

@@ -8,15 +8,22 @@
 --
 -- Now hub.sequence commits with synchronous_commit off whenever it gives keys, and a key lost in
 -- a crash is never given again:
--- * hub.commit_state.server_started records pg_postmaster_start_time() of the server that gave
---   the last keys. What a crash can take back is a suffix of the calls (WAL is replayed in
---   order, and a call's keys and state are one transaction): after it, the state says `last_seq`
---   and every key above it may have been handed out and lost, and nothing else.
--- * The first call on a server started since (any restart: a crash cannot be told from a clean
---   stop here, so a clean restart costs the same) records [last_seq + 1, B) in hub.lost_keys, B
+-- * What a crash can take back is a suffix of the calls (WAL is replayed in order, and a call's
+--   keys and state are one transaction): after it, the state says `last_seq`, every key above it
+--   may have been handed out and lost, and nothing else is.
+-- * Whether that can have happened: hub.sequencer_run is an UNLOGGED table with one row, written
+--   by the first call of a server's run. PostgreSQL empties every unlogged table at the end of
+--   crash recovery (any crash: of the server, or of one backend, after which the postmaster
+--   resets all of them; an immediate shutdown; a standby promoted: it has no unlogged data), which
+--   is exactly when committed WAL that was not flushed can be gone, and keeps them across a
+--   clean shutdown, which flushes everything first. (pg_postmaster_start_time() would not do:
+--   after one backend's crash the postmaster stays and only the shared memory is rebuilt.)
+-- * A call that finds hub.sequencer_run empty records [last_seq + 1, B) in hub.lost_keys, B
 --   being the first key of the next epoch (keys are 2^62 + n; an epoch is 2^32 keys: the next
---   multiple of 2^32 above last_seq), and continues from B. That call commits synchronously:
---   its rows (and any later key) reach no one before the record of the lost range is durable.
+--   multiple of 2^32 above last_seq), fills hub.sequencer_run, and continues from B. That call
+--   commits synchronously: its rows (and any later key) reach no one before the record of the
+--   lost range is durable. A range may be recorded where nothing was lost (no key was given
+--   after the last flush); it costs the dashboards a fresh snapshot, never an event.
 --   The transactions whose keys were lost are still unkeyed in the recovered state (in
 --   `in_flight` or above `horizon`), so they get keys at or above B, in order, like any other.
 -- * A position P is lost when {L, 0} < P < {B, 0} for a lost range [L, B): it counts events that
@@ -33,20 +40,22 @@
 -- A caller other than hub.next_page (a snapshot's cursor, a reader's first head) gets keys the
 -- same way: a cursor it hands out can be lost in the same crash and is then answered with resync.
 -- The application's transactions are untouched: they commit as the application says.
--- The hub's role needs INSERT on hub.lost_keys (it calls hub.sequence).
+-- The hub's role needs INSERT on hub.lost_keys and hub.sequencer_run (it calls hub.sequence).
 
 CREATE TABLE hub.lost_keys (
   from_seq bigint PRIMARY KEY,
   to_seq bigint NOT NULL CHECK (to_seq > from_seq),
   found_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-  server_started timestamptz NOT NULL,
-  previous_server_started timestamptz NOT NULL
+  -- For operators: when the server that found the range started.
+  server_started timestamptz NOT NULL DEFAULT pg_postmaster_start_time()
 );
 
-ALTER TABLE hub.commit_state ADD COLUMN server_started timestamptz;
+CREATE UNLOGGED TABLE hub.sequencer_run (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  since timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 -- Every key so far was committed synchronously: nothing is lost at this migration.
-UPDATE hub.commit_state SET server_started = pg_postmaster_start_time();
-ALTER TABLE hub.commit_state ALTER COLUMN server_started SET NOT NULL;
+INSERT INTO hub.sequencer_run DEFAULT VALUES;
 
 /** 010's hub.sequence, committing without the flush, and opening an epoch after a restart (above). */
 CREATE OR REPLACE FUNCTION hub.sequence(wait boolean DEFAULT true, max_txs integer DEFAULT 5000) RETURNS bigint
@@ -55,7 +64,6 @@ DECLARE
   st hub.commit_state;
   s_xmax xid8;
   s_xip xid8[];
-  started timestamptz;
   ended xid8[] := '{}';
   fresh xid8[];
   next_xmax xid8;
@@ -77,18 +85,16 @@ BEGIN
   ELSIF NOT pg_try_advisory_xact_lock(7340112009) THEN
     RETURN NULL;
   END IF;
-  SELECT c.*, pg_snapshot_xmax(s), ARRAY(SELECT pg_snapshot_xip(s)), pg_postmaster_start_time()
-  INTO STRICT st.only_row, st.last_seq, st.horizon, st.in_flight, st.sequenced_at, st.server_started,
-    s_xmax, s_xip, started
+  SELECT c.*, pg_snapshot_xmax(s), ARRAY(SELECT pg_snapshot_xip(s)), NOT EXISTS (SELECT FROM hub.sequencer_run)
+  INTO STRICT st.only_row, st.last_seq, st.horizon, st.in_flight, st.sequenced_at, s_xmax, s_xip, new_epoch
   FROM hub.commit_state c, pg_current_snapshot() s;
-  new_epoch := st.server_started IS DISTINCT FROM started;
   IF new_epoch THEN
-    -- The first call on this server: keys above last_seq may have been handed out and lost.
+    -- The first call since a crash recovery: keys above last_seq may have been handed out and lost.
     epoch_start := 4611686018427387904
       + ((st.last_seq + 1 - 4611686018427387904) / 4294967296 + 1) * 4294967296;
-    INSERT INTO hub.lost_keys (from_seq, to_seq, server_started, previous_server_started)
-    VALUES (st.last_seq + 1, epoch_start, started, st.server_started);
-    UPDATE hub.commit_state SET last_seq = epoch_start - 1, server_started = started;
+    INSERT INTO hub.lost_keys (from_seq, to_seq) VALUES (st.last_seq + 1, epoch_start);
+    INSERT INTO hub.sequencer_run DEFAULT VALUES;
+    UPDATE hub.commit_state SET last_seq = epoch_start - 1;
     st.last_seq := epoch_start - 1;
     -- Durable before this call's result (or any later key) reaches anyone.
     PERFORM set_config('synchronous_commit', 'on', true);

@@ -9,7 +9,8 @@
  * killed with SIGKILL: the postmaster ends every backend, rebuilds shared memory and replays WAL.
  * After recovery the round reports whether the key survived, whether hub.sequencer_run was
  * emptied (the signal a call reads), and whether the next call recorded the lost range and keyed
- * the write again after it.
+ * the write again after it. Then one clean restart (a fast shutdown), after which nothing may be
+ * recorded lost.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -22,7 +23,7 @@ import { migrate } from '../src/db/migrate.ts';
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' } } });
 const rounds = Number(values.rounds);
 const home = await mkdtemp(path.join(os.tmpdir(), 'election-hub-crash-'));
-const server = await startEmbeddedPostgres({ dataDir: path.join(home, 'pg') });
+let server = await startEmbeddedPostgres({ dataDir: path.join(home, 'pg') });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const q = async <T extends pg.QueryResultRow>(sql: string, params: unknown[] = []) => {
   for (let attempt = 0; ; attempt++) {
@@ -105,6 +106,39 @@ try {
     `${rounds} crashes: the key handed out was gone after recovery in ${lostKeys}; every handed-out key either survived or lies in a recorded lost range: ${covered === rounds ? 'yes' : `NO (${covered} of ${rounds})`}`,
   );
   if (covered !== rounds) process.exitCode = 1;
+
+  // A clean restart (a fast shutdown flushes everything, unlogged tables included): no range.
+  const name = 'before a clean restart';
+  await q(
+    `INSERT INTO guarantees (election_id, committee_id, voter_name)
+           SELECT e.id, c.id, $1 FROM elections e JOIN committees c ON c.election_id = e.id LIMIT 1`,
+    [name],
+  );
+  await q('SELECT hub.sequence()');
+  const keyOf = async () =>
+    (
+      await q<{ s: string }>(
+        `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
+        [name],
+      )
+    )[0]?.s;
+  const keyBefore = await keyOf();
+  const ranges = async () => (await q<{ n: number }>('SELECT count(*)::int AS n FROM hub.lost_keys'))[0]?.n;
+  const rangesBefore = await ranges();
+  await server.stop();
+  server = await startEmbeddedPostgres({ dataDir: path.join(home, 'pg') });
+  const run = (await q<{ n: number }>('SELECT count(*)::int AS n FROM hub.sequencer_run'))[0]?.n;
+  await q('SELECT hub.sequence()');
+  const clean = {
+    keyBefore,
+    keyAfter: await keyOf(),
+    sequencerRunRows: run,
+    newLostRanges: ((await ranges()) ?? 0) - (rangesBefore ?? 0),
+  };
+  console.log(JSON.stringify({ cleanRestart: clean }));
+  const cleanOk = clean.keyAfter === keyBefore && clean.sequencerRunRows === 1 && clean.newLostRanges === 0;
+  console.log(`a clean restart: the key kept, nothing recorded lost: ${cleanOk ? 'yes' : 'NO'}`);
+  if (!cleanOk) process.exitCode = 1;
 } finally {
   await server.stop().catch(() => undefined);
   await rm(home, { recursive: true, force: true });

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 describe('a crash of PostgreSQL after keys were handed out without the flush', () => {
-  it('empties hub.sequencer_run, and the next call records a lost range holding every key that did not survive', () => {
+  it('empties hub.sequencer_run, and the next call records a lost range holding every key that did not survive; a clean restart records none', () => {
     const r = spawnSync(process.execPath, ['bin/run-ts.mjs', 'bench/crash.ts', '--rounds', '2'], {
       cwd: ROOT,
       encoding: 'utf8',
@@ -20,7 +20,7 @@ describe('a crash of PostgreSQL after keys were handed out without the flush', (
     expect(r.status, out).toBe(0);
     const rounds = r.stdout
       .split('\n')
-      .filter((l) => l.startsWith('{'))
+      .filter((l) => l.startsWith('{"round"'))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(rounds).toHaveLength(2);
     for (const round of rounds) {
@@ -29,5 +29,7 @@ describe('a crash of PostgreSQL after keys were handed out without the flush', (
       expect(round.keyAfterRecovery === null ? round.handedOutKeyInLostRange : true, out).toBe(true);
     }
     expect(r.stdout).toMatch(/lies in a recorded lost range: yes/);
+    // A clean restart flushes everything first: the key stays and nothing is recorded lost.
+    expect(r.stdout).toMatch(/a clean restart: the key kept, nothing recorded lost: yes/);
   }, 180_000);
 });

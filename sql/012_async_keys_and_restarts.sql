@@ -59,7 +59,14 @@ INSERT INTO hub.sequencer_run DEFAULT VALUES;
 
 /** 010's hub.sequence, committing without the flush, and opening an epoch after a restart (above). */
 CREATE OR REPLACE FUNCTION hub.sequence(wait boolean DEFAULT true, max_txs integer DEFAULT 5000) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans for its statements: PL/pgSQL kept planning the keying statement (and the probes)
+-- afresh at every call, their parameters being arrays whose generic estimate looks worse than
+-- the custom plans; every plan here is index probes whatever the values. From a writer's NOTIFY
+-- arriving to the call done, keying one transaction: 0.96-1.04 ms with custom plans, 0.69-0.72
+-- ms with this (docs/BENCHMARKS.md, "Keys without the flush").
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
   st hub.commit_state;
   s_xmax xid8;

@@ -181,4 +181,42 @@ describe('keys lost in a restart of PostgreSQL', () => {
     expect(decodeCursor(hello.cursor)?.seq ?? 0n).toBeGreaterThanOrEqual(BigInt(range?.t ?? '0'));
     expect(encodeCursor({ seq: BigInt(range?.f ?? '0'), id: 0n })).not.toBe(lostCursor);
   }, 60_000);
+
+  it('every node that read the lost keys starts again after them, and both deliver the new keys in one order', async () => {
+    const [h1, h2] = await Promise.all([startTestHub(db.url), startTestHub(db.url)]);
+    hubs.push(h1 as Hub, h2 as Hub);
+    const admin = await token({ sub: 'ops', role: 'admin' });
+    const live = await Promise.all([h1, h2].map((h) => connect(h as Hub, { token: admin })));
+    sockets.push(...live);
+    for (const c of live) await c.next((f) => f.type === 'connection_success');
+    await write('n1');
+    const [first] = await Promise.all(live.map((c) => eventsReceived(c, 1)));
+    const kept = await callAndKeep();
+    await write('n2');
+    for (const c of live) await eventsReceived(c, 2);
+
+    await crashBackTo(kept);
+    const restarted = [h1, h2].map((h) =>
+      when(h as Hub, 'reader:restarted', (e) => e !== undefined, 'each node to start again', 20_000),
+    );
+    await write('n3');
+    await Promise.all(restarted);
+    for (const c of live) expect((await c.closed).code).toBe(CloseCode.resumeFailed);
+
+    const resumed = await Promise.all(
+      [h1, h2].map(async (h) => {
+        const c = await connect(h as Hub, { token: admin, query: 'subscribe=none' });
+        sockets.push(c);
+        await c.next((f) => f.type === 'connection_success');
+        c.send({ type: 'subscribe', topics: ['election:*'], since: first?.[0]?.cursor });
+        expect((await c.next((f) => f.type === 'resync' || f.type === 'subscribed')).type).toBe('subscribed');
+        return eventsReceived(c, 2);
+      }),
+    );
+    expect(resumed.map((frames) => names(frames))).toEqual([
+      ['n2', 'n3'],
+      ['n2', 'n3'],
+    ]);
+    expect(resumed[0]?.map((f) => f.cursor)).toEqual(resumed[1]?.map((f) => f.cursor));
+  }, 60_000);
 });

@@ -126,6 +126,67 @@ describe('keys lost in a restart of PostgreSQL', () => {
     expect(await lostRanges()).toHaveLength(before.length + 1);
   });
 
+  it('crashes during concurrent writers, long and aborted transactions: every committed transaction ends with one key, none inside a lost range', async () => {
+    const before = (await lostRanges()).length;
+    let writing = true;
+    const writer = async (k: number) => {
+      const c = await db.pool.connect();
+      try {
+        for (let i = 0; writing; i++) {
+          const kind = (k + i) % 5;
+          await c.query('BEGIN');
+          await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
+            e1,
+            c1,
+            `w${k}.${i}`,
+          ]);
+          if (kind === 3) await c.query('SELECT pg_sleep(0.03)'); // long: in flight across calls and crashes
+          if (kind === 4) await c.query('ROLLBACK');
+          else await c.query('COMMIT');
+        }
+      } finally {
+        c.release();
+      }
+    };
+    const caller = async () => {
+      while (writing) {
+        await db.pool.query('SELECT hub.sequence()');
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    };
+    const work = [0, 1, 2, 3].map((k) => writer(k)).concat([caller()]);
+    const crashes = 6;
+    for (let n = 0; n < crashes; n++) {
+      const kept = await callAndKeep();
+      await new Promise((r) => setTimeout(r, 30 + Math.random() * 120));
+      await crashBackTo(kept);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    writing = false;
+    await Promise.all(work);
+    await db.pool.query('SELECT hub.sequence()');
+    await db.pool.query('SELECT hub.sequence()');
+
+    const q = async (sql: string) => (await db.pool.query<{ n: number }>(sql)).rows[0]?.n;
+    // Every transaction with rows (only committed ones have visible rows) has exactly one key...
+    expect(
+      await q(`SELECT count(*)::int AS n FROM (SELECT DISTINCT txid FROM hub.outbox) o
+               WHERE NOT EXISTS (SELECT 1 FROM hub.commits k WHERE k.txid = o.txid)`),
+    ).toBe(0);
+    // ...none of them inside a range a crash took back...
+    expect(
+      await q(`SELECT count(*)::int AS n FROM hub.commits k JOIN hub.lost_keys l
+               ON k.seq >= l.from_seq AND k.seq < l.to_seq`),
+    ).toBe(0);
+    // ...and each crash recorded one range.
+    expect((await lostRanges()).length - before).toBe(crashes);
+    // The aborted writes left nothing.
+    expect(
+      await q(`SELECT count(*)::int AS n FROM hub.outbox WHERE data->>'voter_name' ~ '^w[0-9]+[.]' AND
+               ((substring(data->>'voter_name' from 'w([0-9]+)')::int + substring(data->>'voter_name' from '[.]([0-9]+)')::int) % 5) = 4`),
+    ).toBe(0);
+  }, 60_000);
+
   it('a hub that handed out lost keys closes its sockets with 4009; a lost cursor gets resync, one below the loss every event once, in order', async () => {
     const hub = await startTestHub(db.url);
     hubs.push(hub);

@@ -340,6 +340,7 @@ function startPipeline(d: {
       delivery.setLost(lost);
       if (!restart) return;
       // What this node handed out from the lost keys no longer exists (sql/012).
+      metrics.readerRestarts.inc();
       delivery.restart(restart);
       cache.invalidateAll(restart);
       dashboards.resyncAll('gap');

@@ -58,6 +58,7 @@ const HUB_METRICS = new Set([
   'hub_dashboard_computations_total',
   'hub_dashboard_drift_total',
   'hub_bytes_sent_total',
+  'hub_reader_restarts_total',
 ]);
 
 type Service = {
@@ -290,6 +291,7 @@ describe('Prometheus', () => {
       'HubDown',
       'HubListenerDown',
       'HubOutboxBacklogGrowing',
+      'HubReaderRestarted',
       'HubSlowReaderCloses',
     ]);
     expect(exprsInRulesYaml(read('prometheus/alerts.yml'))).toEqual(all.map((r) => String(r.expr)));

@@ -184,6 +184,7 @@ describe('metrics listener and label values (CONTRACT section 7)', () => {
       'hub_dashboard_cache_requests_total{result="miss"}',
       'hub_dashboard_computations_total{reason="first_use"}',
       'hub_dashboard_drift_total',
+      'hub_reader_restarts_total',
       'hub_connections_by_role{role="admin"}',
       'hub_auth_failures_total{reason="expired"}',
       'hub_messages_sent_total{type="dashboard_update"}',

@@ -209,6 +209,9 @@ describe('keys lost in a restart of PostgreSQL', () => {
     await write('r4'); // wakes the reader: its next page opens the epoch
     await restarted;
     expect((await a.closed).code).toBe(CloseCode.resumeFailed);
+    const metrics = await (await fetch(`${hub.metricsUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^hub_reader_restarts_total 1$/m);
+    expect(metrics).toMatch(/hub_connections_closed_total\{code="4009"\} 1/);
     // r2, r3 and r4 went out again under new keys: not to that socket.
     expect(names(a.events())).toEqual(['r1', 'r2', 'r3']);
 

@@ -220,6 +220,11 @@ export function createMetrics() {
       help: 'Dashboard totals found different from the database when verified (each one corrected)',
       registers: r,
     }),
+    readerRestarts: new Counter({
+      name: 'hub_reader_restarts_total',
+      help: 'Times the outbox reader started again after keys it had read were lost in a crash recovery of PostgreSQL (its sockets closed with 4009)',
+      registers: r,
+    }),
     slowReaderCloses: boundedCounter(
       registry,
       'hub_slow_reader_closes_total',

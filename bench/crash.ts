@@ -39,6 +39,22 @@ const q = async <T extends pg.QueryResultRow>(sql: string, params: unknown[] = [
     }
   }
 };
+/** A captured write (committed with the flush), named by its voter_name. */
+const write = (name: string) =>
+  q(
+    `INSERT INTO guarantees (election_id, committee_id, voter_name)
+     SELECT e.id, c.id, $1 FROM elections e JOIN committees c ON c.election_id = e.id LIMIT 1`,
+    [name],
+  );
+/** The commit key of that write, if it has one. */
+const keyOf = async (name: string) =>
+  (
+    await q<{ s: string }>(
+      `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
+      [name],
+    )
+  )[0]?.s;
+const count = async (table: string) => (await q<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`))[0]?.n;
 try {
   await q("ALTER SYSTEM SET wal_writer_delay = '10s'");
   await q('SELECT pg_reload_conf()');
@@ -48,49 +64,31 @@ try {
   const out: Array<Record<string, unknown>> = [];
   for (let i = 0; i < rounds; i++) {
     await sleep(300);
-    await q(
-      `INSERT INTO guarantees (election_id, committee_id, voter_name)
-             SELECT e.id, c.id, $1 FROM elections e JOIN committees c ON c.election_id = e.id LIMIT 1`,
-      [`round ${i}`],
-    );
+    const name = `round ${i}`;
+    await write(name);
     const c = new pg.Client({ connectionString: server.url });
     await c.connect();
     const frontier = (await c.query<{ f: string }>('SELECT hub.sequence()::text AS f')).rows[0]?.f ?? '';
-    const key = (
-      await c.query<{ s: string }>(
-        `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
-        [`round ${i}`],
-      )
-    ).rows[0]?.s;
+    const key = await keyOf(name);
     const pid = (await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]?.p as number;
     const startedBefore = (await c.query<{ t: string }>('SELECT pg_postmaster_start_time()::text AS t')).rows[0]?.t;
     c.on('error', () => undefined);
     process.kill(pid, 'SIGKILL');
     await sleep(200);
-    const run = await q<{ n: number }>('SELECT count(*)::int AS n FROM hub.sequencer_run');
+    const run = await count('hub.sequencer_run');
     const startedAfter = (await q<{ t: string }>('SELECT pg_postmaster_start_time()::text AS t'))[0]?.t;
-    const keptKey = (
-      await q<{ s: string }>(
-        `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
-        [`round ${i}`],
-      )
-    )[0]?.s;
+    const keptKey = await keyOf(name);
     await q('SELECT hub.sequence()');
     const lost = (
       await q<{ f: string; t: string }>('SELECT from_seq::text f, to_seq::text t FROM hub.lost_keys ORDER BY 1')
     ).at(-1);
-    const newKey = (
-      await q<{ s: string }>(
-        `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
-        [`round ${i}`],
-      )
-    )[0]?.s;
+    const newKey = await keyOf(name);
     const row = {
       round: i,
       keyBeforeCrash: key,
       frontierBeforeCrash: frontier,
       keyAfterRecovery: keptKey ?? null,
-      sequencerRunRows: run[0]?.n,
+      sequencerRunRows: run,
       postmasterStartTimeChanged: startedAfter !== startedBefore,
       lostRange: lost ? `[${lost.f}, ${lost.t})` : null,
       keyedAgain: newKey,
@@ -109,31 +107,19 @@ try {
 
   // A clean restart (a fast shutdown flushes everything, unlogged tables included): no range.
   const name = 'before a clean restart';
-  await q(
-    `INSERT INTO guarantees (election_id, committee_id, voter_name)
-           SELECT e.id, c.id, $1 FROM elections e JOIN committees c ON c.election_id = e.id LIMIT 1`,
-    [name],
-  );
+  await write(name);
   await q('SELECT hub.sequence()');
-  const keyOf = async () =>
-    (
-      await q<{ s: string }>(
-        `SELECT k.seq::text AS s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE o.data->>'voter_name' = $1`,
-        [name],
-      )
-    )[0]?.s;
-  const keyBefore = await keyOf();
-  const ranges = async () => (await q<{ n: number }>('SELECT count(*)::int AS n FROM hub.lost_keys'))[0]?.n;
-  const rangesBefore = await ranges();
+  const keyBefore = await keyOf(name);
+  const rangesBefore = await count('hub.lost_keys');
   await server.stop();
   server = await startEmbeddedPostgres({ dataDir: path.join(home, 'pg') });
-  const run = (await q<{ n: number }>('SELECT count(*)::int AS n FROM hub.sequencer_run'))[0]?.n;
+  const run = await count('hub.sequencer_run');
   await q('SELECT hub.sequence()');
   const clean = {
     keyBefore,
-    keyAfter: await keyOf(),
+    keyAfter: await keyOf(name),
     sequencerRunRows: run,
-    newLostRanges: ((await ranges()) ?? 0) - (rangesBefore ?? 0),
+    newLostRanges: ((await count('hub.lost_keys')) ?? 0) - (rangesBefore ?? 0),
   };
   console.log(JSON.stringify({ cleanRestart: clean }));
   const cleanOk = clean.keyAfter === keyBefore && clean.sequencerRunRows === 1 && clean.newLostRanges === 0;

@@ -2,6 +2,7 @@
 // back keys a client already holds. The crash is simulated exactly as recovery leaves it: the
 // sequencer's state and keys as one earlier call committed them (WAL replays a prefix of the
 // calls), and the unlogged tables emptied (the end of crash recovery does that).
+import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FIRST_SEQ, decodeCursor, encodeCursor, lostRangeOf } from '../src/events/position.ts';
 import { CloseCode } from '../src/errors.ts';
@@ -75,8 +76,17 @@ async function crashBackTo(kept: State): Promise<void> {
   }
 }
 
-const write = (name: string) =>
-  db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
+const write = (name: string, on: Pick<pg.Pool, 'query'> = db.pool) =>
+  on.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [e1, c1, name]);
+/** The writes keyed above `seq`, in key order: their names and keys. */
+const keyedAbove = async (seq: string) =>
+  (
+    await db.pool.query<{ n: string; s: string }>(
+      `SELECT o.data->>'voter_name' n, k.seq::text s FROM hub.commits k JOIN hub.outbox o USING (txid)
+       WHERE k.seq > $1::bigint ORDER BY k.seq`,
+      [seq],
+    )
+  ).rows;
 const names = (frames: Frame[]) => frames.map((f) => (f.data as { voter_name?: string } | undefined)?.voter_name);
 const lostRanges = async () =>
   (
@@ -92,11 +102,7 @@ describe('keys lost in a restart of PostgreSQL', () => {
     await write('lost 1');
     await write('lost 2');
     await db.pool.query('SELECT hub.sequence()');
-    const keyedBefore = await db.pool.query<{ n: string; s: string }>(
-      `SELECT o.data->>'voter_name' n, k.seq::text s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE k.seq > $1::bigint ORDER BY k.seq`,
-      [kept.last_seq],
-    );
-    expect(keyedBefore.rows.map((r) => r.n)).toEqual(['lost 1', 'lost 2']);
+    expect((await keyedAbove(kept.last_seq)).map((r) => r.n)).toEqual(['lost 1', 'lost 2']);
     const before = await lostRanges();
 
     await crashBackTo(kept);
@@ -106,12 +112,9 @@ describe('keys lost in a restart of PostgreSQL', () => {
     const L = BigInt(kept.last_seq) + 1n;
     const B = FIRST_SEQ + ((L - FIRST_SEQ) / 2n ** 32n + 1n) * 2n ** 32n;
     expect((await lostRanges()).slice(before.length)).toEqual([{ f: String(L), t: String(B) }]);
-    const rekeyed = await db.pool.query<{ n: string; s: string }>(
-      `SELECT o.data->>'voter_name' n, k.seq::text s FROM hub.commits k JOIN hub.outbox o USING (txid) WHERE k.seq > $1::bigint ORDER BY k.seq`,
-      [kept.last_seq],
-    );
-    expect(rekeyed.rows.map((r) => r.n)).toEqual(['lost 1', 'lost 2', 'after']);
-    expect(rekeyed.rows.map((r) => BigInt(r.s))).toEqual([B, B + 1n, B + 2n]);
+    const rekeyed = await keyedAbove(kept.last_seq);
+    expect(rekeyed.map((r) => r.n)).toEqual(['lost 1', 'lost 2', 'after']);
+    expect(rekeyed.map((r) => BigInt(r.s))).toEqual([B, B + 1n, B + 2n]);
     expect(frontier).toBe(B + 3n);
     // The old keys' positions are lost; those at its edges keep their meaning.
     const lost = [{ from: L, to: B }];
@@ -135,11 +138,7 @@ describe('keys lost in a restart of PostgreSQL', () => {
         for (let i = 0; writing; i++) {
           const kind = (k + i) % 5;
           await c.query('BEGIN');
-          await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, $3)`, [
-            e1,
-            c1,
-            `w${k}.${i}`,
-          ]);
+          await write(`w${k}.${i}`, c);
           if (kind === 3) await c.query('SELECT pg_sleep(0.03)'); // long: in flight across calls and crashes
           if (kind === 4) await c.query('ROLLBACK');
           else await c.query('COMMIT');

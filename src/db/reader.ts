@@ -169,9 +169,8 @@ export function startReader(opts: ReaderOptions): Reader {
   const waiters = new Set<{ p: Position; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }>();
   // Every commit key below `settled` has committed: hub.sequence returned it before this read.
   let settled = 0n;
-  // The epoch of the last frontier, and the lost ranges known since it (sql/012).
+  // The epoch of the last frontier (sql/012).
   let epoch = -1n;
-  let lost: readonly LostRange[] = [];
 
   const settle = () => {
     if (!pos) return;
@@ -192,7 +191,7 @@ export function startReader(opts: ReaderOptions): Reader {
     if (!pos) {
       // The head: clients resume older positions through `subscribe` with `since`.
       const head = await sequenceCommits(pool);
-      lost = await lostKeys(pool);
+      const lost = await lostKeys(pool);
       settled = head;
       epoch = epochOf(head);
       pos = { seq: head, id: 0n };
@@ -209,7 +208,7 @@ export function startReader(opts: ReaderOptions): Reader {
       // A new epoch: PostgreSQL restarted, and the keys above what it kept may be lost
       // (sql/012_async_keys_and_restarts.sql). If this reader stood in them, it starts again
       // after them (and reads again from there) before any event of the new epoch goes out.
-      lost = await lostKeys(pool);
+      const lost = await lostKeys(pool);
       epoch = epochOf(r.frontier);
       const hit = lostRangeOf(from, lost);
       if (hit) {

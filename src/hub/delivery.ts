@@ -487,7 +487,13 @@ export function createDelivery(opts: {
         if (since !== undefined) return resumeFailed(ws, new UnavailableError('the hub is not reading the outbox yet'));
         throw new UnavailableError('the hub is not reading the outbox yet');
       }
-      let stale = since !== undefined && (compare(since, pruned) < 0 || lostRangeOf(since, lost) !== undefined);
+      // Live at once; with `resync` the client takes a fresh snapshot instead of a replay.
+      const goLive = (resync: boolean) => {
+        addTopics(s, topics);
+        applyCover(ws);
+        onLive(reader.position() ?? head, resync);
+      };
+      let stale = since !== undefined && compare(since, pruned) < 0;
       if (since !== undefined && !stale && since.seq < FIRST_SEQ) {
         // A cursor of the order before commit keys (sql/006_commit_order.sql): exact up to the
         // migration; one issued after it by a hub of the previous version cannot be placed.
@@ -498,25 +504,16 @@ export function createDelivery(opts: {
         }
         if (s.closed) return;
       }
-      if (since === undefined || stale) {
-        addTopics(s, topics);
-        applyCover(ws);
-        onLive(reader.position() ?? head, since !== undefined);
-        return;
-      }
+      if (since === undefined || stale) return goLive(since !== undefined);
       if (compare(since, head) > 0 && !(await reader.waitFor(since, 3000))) {
         // Only a reader that reads and still does not reach it makes the cursor foreign.
         if (reader.failing()) return resumeFailed(ws, new UnavailableError('the outbox reader is failing'));
         throw new CursorError('cursor is ahead of the outbox: not one this hub issued');
       }
       if (s.closed) return;
-      if (lostRangeOf(since, lost)) {
-        // Learnt while waiting: the reader reached a new epoch.
-        addTopics(s, topics);
-        applyCover(ws);
-        onLive(reader.position() ?? head, true);
-        return;
-      }
+      // Checked after the wait: a cursor ahead of this node's reader may be in a range it learns
+      // of only when it reaches the new epoch.
+      if (lostRangeOf(since, lost)) return goLive(true);
       const p0 = reader.position() ?? head;
       const others = new Set([...s.topics].filter((t) => !topics.includes(t)));
       pause(ws);

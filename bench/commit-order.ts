@@ -19,7 +19,9 @@
  *    (hub.sequence, then the page), and a page with nothing to key (the writer wrote an
  *    uncaptured table; the last keyed row is read: about what a reader paid before keys were
  *    given after the commit). One committed row per NOTIFY; the three take turns event by
- *    event, one every 20 ms (idle) and every 2 ms.
+ *    event, one every 20 ms (idle) and every 2 ms. Then, once the database holds 100 000 keys
+ *    (300 000 in full mode), the call with its generic plan (sql/013_reader_plans.sql)
+ *    against a copy planned afresh at every call, as before 013, taking turns at idle.
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */
@@ -282,26 +284,17 @@ try {
         if (r.rows[0]?.seq == null) throw new Error('the page is empty');
       };
       let head = await frontier();
-      type Variant = 'one call' | 'two calls' | 'read alone';
-      const variants: Record<Variant, () => Promise<void>> = {
-        'one call': () => nextPage(head),
-        'two calls': async () => {
-          await Q.query({ name: 'seq', text: 'SELECT hub.sequence()' });
-          await nextPage(head);
-        },
-        // The writer wrote an uncaptured table: nothing to key, the last keyed row is read.
-        'read alone': () => nextPage(head - 1n),
-      };
-      const names = Object.keys(variants) as Variant[];
-      const out: Record<string, Record<Variant, number>> = {};
-      for (const [label, gapMs] of [
-        ['idle', 20],
-        ['every 2 ms', 2],
-      ] as const) {
-        const ms: Record<Variant, number[]> = { 'one call': [], 'two calls': [], 'read alone': [] };
+      /** Each variant in turn, one event each, `gapMs` apart: from the NOTIFY arriving to its rows in hand (medians). */
+      const measure = async <V extends string>(
+        label: string,
+        gapMs: number,
+        variants: Record<V, { call: () => Promise<void>; captured: boolean }>,
+      ): Promise<Record<V, number>> => {
+        const names = Object.keys(variants) as V[];
+        const ms = Object.fromEntries(names.map((n) => [n, [] as number[]])) as Record<V, number[]>;
         const events = quick ? 150 : 450;
-        for (let i = 0; i < events + 9; i++) {
-          const v = names[i % names.length] as Variant;
+        for (let i = 0; i < events + 3 * names.length; i++) {
+          const v = names[i % names.length] as V;
           await sleep(gapMs);
           let arrived = 0;
           const got = new Promise<void>((resolve) =>
@@ -311,26 +304,80 @@ try {
             }),
           );
           await W.query('BEGIN');
-          await W.query(
-            v === 'read alone'
-              ? 'INSERT INTO bench_page_plain VALUES (1)'
-              : 'INSERT INTO guarantees (election_id, committee_id) VALUES (2, $1)',
-            v === 'read alone' ? [] : [first],
-          );
+          if (variants[v].captured)
+            await W.query('INSERT INTO guarantees (election_id, committee_id) VALUES (2, $1)', [first]);
+          else await W.query('INSERT INTO bench_page_plain VALUES (1)');
           await W.query('NOTIFY bench_page');
           const committed = W.query('COMMIT');
           await got;
-          await variants[v]();
+          await variants[v].call();
           const t = performance.now() - arrived;
           await committed;
-          if (i >= 9) ms[v].push(t); // the first round of each is a warm-up
+          if (i >= 3 * names.length) ms[v].push(t); // the first rounds are a warm-up
           head = await frontier();
         }
-        out[label] = Object.fromEntries(names.map((n) => [n, median(ms[n])])) as Record<Variant, number>;
         log(
           `page, ${label}: notification -> rows ${names.map((n) => `${n} ${median(ms[n]).toFixed(2)} ms`).join(', ')}`,
         );
+        return Object.fromEntries(names.map((n) => [n, median(ms[n])])) as Record<V, number>;
+      };
+      const out: Record<string, Record<string, number>> = {};
+      for (const [label, gapMs] of [
+        ['idle', 20],
+        ['every 2 ms', 2],
+      ] as const) {
+        out[label] = await measure(label, gapMs, {
+          'one call': { call: () => nextPage(head), captured: true },
+          'two calls': {
+            call: async () => {
+              await Q.query({ name: 'seq', text: 'SELECT hub.sequence()' });
+              await nextPage(head);
+            },
+            captured: true,
+          },
+          // The writer wrote an uncaptured table: nothing to key, the last keyed row is read.
+          'read alone': { call: () => nextPage(head - 1n), captured: false },
+        });
       }
+
+      // The same call on a database that holds an election night's keys (sql/013): the page with
+      // its generic plan, as migrated, and a copy of hub.next_page without it (PL/pgSQL's own
+      // choice: a custom plan at every call), taking turns.
+      const historyKeys = quick ? 100_000 : 300_000;
+      const filled = performance.now();
+      await Q.query('SET synchronous_commit = off');
+      await Q.query(`DO $$ BEGIN
+        FOR i IN 1..${historyKeys} LOOP
+          INSERT INTO guarantees (election_id, committee_id) VALUES (2, ${first});
+          COMMIT;
+          IF i % 5000 = 0 THEN PERFORM hub.sequence(true, 5000); COMMIT; END IF;
+        END LOOP; END $$`);
+      await Q.query('RESET synchronous_commit');
+      await Q.query('ANALYZE hub.commits, hub.outbox');
+      await Q.query(String.raw`DO $$ BEGIN EXECUTE regexp_replace(
+        replace(pg_get_functiondef('hub.next_page(bigint, bigint, integer, bigint)'::regprocedure),
+                'hub.next_page(', 'public.bench_next_page_custom('),
+        '
+\s*SET plan_cache_mode TO [^
+]*', ''); END $$`);
+      head = await frontier();
+      log(`page: ${historyKeys} keys of history written in ${((performance.now() - filled) / 1000).toFixed(1)} s`);
+      const custom = async (from: bigint) => {
+        const r = await Q.query({
+          name: 'page_custom',
+          text: 'SELECT * FROM public.bench_next_page_custom($1::bigint, 0, 1000, 4194304)',
+          values: [from.toString()],
+        });
+        if (r.rows[0]?.seq == null) throw new Error('the page is empty');
+      };
+      const history = await measure(`idle, ${historyKeys} keys held`, 20, {
+        'generic plan (013)': { call: () => nextPage(head), captured: true },
+        'custom plans (before 013)': { call: () => custom(head), captured: true },
+      });
+      out[`idle, ${historyKeys} keys held`] = {
+        ...history,
+        'custom ÷ generic': history['custom plans (before 013)'] / history['generic plan (013)'],
+      };
       result.page = out;
     } finally {
       await Promise.all(clients.map((c) => c.end()));

@@ -436,6 +436,7 @@ describe('008: rows kept as json', () => {
       '010_sequence_in_write_order.sql',
       '011_sequence_and_read.sql',
       '012_async_keys_and_restarts.sql',
+      '013_reader_plans.sql',
     ]);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
@@ -501,6 +502,7 @@ describe('009: keys given after the commit', () => {
         '010_sequence_in_write_order.sql',
         '011_sequence_and_read.sql',
         '012_async_keys_and_restarts.sql',
+        '013_reader_plans.sql',
       ]);
       await add('keyed after it (009)');
       await d.pool.query('SELECT hub.sequence()');
@@ -540,6 +542,7 @@ describe('009: keys given after the commit', () => {
         expect((await migrate(d.url, { referenceSchema: true })).applied).toEqual([
           '011_sequence_and_read.sql',
           '012_async_keys_and_restarts.sql',
+          '013_reader_plans.sql',
         ]);
         await d.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES (1, 2)`);
         await waitUntil(() => read.length > 0, 15_000, 'the row to be read');

@@ -1,5 +1,5 @@
 /*
- * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|page|held] [--out file.json]`
+ * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|page|held|plans] [--out file.json]`
  *
  * What the commit order (sql/006_commit_order.sql, keys given after the commit since
  * sql/009_sequencer.sql) costs and what it buys, on a fresh database:
@@ -22,6 +22,10 @@
  *    event, one every 20 ms (idle) and every 2 ms. Then, once the database holds 100 000 keys
  *    (300 000 in full mode), the call with its generic plan (sql/013_reader_plans.sql)
  *    against a copy planned afresh at every call, as before 013, taking turns at idle.
+ * 4. `--only plans` (alone): a reader connection plans its calls on an (almost) empty outbox,
+ *    then one session writes 10 000 transactions (20 000 in full mode) that nothing analyzes; the
+ *    reader's next calls, keying 5 000 each until none is left, then reading two 1 000-row pages,
+ *    with sql/013 and with its settings taken off (each on a fresh database).
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */
@@ -263,7 +267,63 @@ try {
       },
     };
   };
-  if (only !== 'held' && only !== 'page') await writeCost();
+  if (only !== 'held' && only !== 'page' && only !== 'plans') await writeCost();
+
+  // ---- 4. the reader's plans after the outbox grew unanalyzed (sql/013_reader_plans.sql) --
+  const plans = async () => {
+    const growth = quick ? 10_000 : 20_000;
+    const out: Record<string, { keyingMs: number[]; pageMs: number[] }> = {};
+    for (const variant of ['013', 'before 013'] as const) {
+      const d = await createBenchDatabase(ADMIN);
+      const [admin, reader] = [0, 1].map(() => new pg.Client({ connectionString: d.url })) as [pg.Client, pg.Client];
+      try {
+        await seed(d.url, 1, 1);
+        await Promise.all([admin.connect(), reader.connect()]);
+        if (variant === 'before 013')
+          await admin.query(`ALTER FUNCTION hub.sequence(boolean, integer) RESET enable_seqscan;
+            ALTER FUNCTION hub.sequence(boolean, integer) RESET jit;
+            ALTER FUNCTION hub.next_page(bigint, bigint, integer, bigint) RESET ALL`);
+        // Nothing analyzes the tables meanwhile (autovacuum would, sooner or later).
+        await admin.query(`ALTER TABLE hub.outbox SET (autovacuum_enabled = false);
+          ALTER TABLE hub.commits SET (autovacuum_enabled = false); ANALYZE hub.outbox, hub.commits`);
+        // The reader's plans, made on the (nearly) empty outbox, past PL/pgSQL's first five calls.
+        let head = '';
+        for (let i = 0; i < 7; i++) {
+          head = String((await reader.query('SELECT hub.sequence()::text AS f')).rows[0]?.f);
+          await reader.query('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [head]);
+        }
+        await admin.query('SET synchronous_commit = off');
+        await admin.query(`DO $$ BEGIN FOR i IN 1..${growth} LOOP
+          INSERT INTO guarantees (election_id, committee_id) VALUES (1, ${committeeId(1, 1, 1)}); COMMIT;
+          END LOOP; END $$`);
+        const r = { keyingMs: [] as number[], pageMs: [] as number[] };
+        const timed = async (text: string, values: unknown[] = []) => {
+          const t = performance.now();
+          await reader.query(text, values);
+          return performance.now() - t;
+        };
+        // Every call keys 5 000 until none is left (growth / 5 000 calls), then pages of 1 000 rows.
+        for (let k = 0; k < growth / 5000; k++) r.keyingMs.push(await timed('SELECT hub.sequence(true, 5000)'));
+        for (let k = 0; k < 2; k++) {
+          r.pageMs.push(await timed('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [head]));
+          head = (BigInt(head) + 1000n).toString();
+        }
+        out[variant] = r;
+        const f = (xs: number[]) => xs.map((x) => `${x.toFixed(1)} ms`).join(', ');
+        log(
+          `plans, ${variant}, after ${growth} unanalyzed writes: keying 5 000 ${f(r.keyingMs)}; a 1 000-row page ${f(r.pageMs)}`,
+        );
+      } finally {
+        await Promise.all([admin.end(), reader.end()]);
+        await d.drop();
+      }
+    }
+    result.plans = { growth, ...out };
+  };
+  if (only === 'plans') {
+    await plans();
+    throw new Done();
+  }
 
   // ---- 3. a reader's page: notification -> rows in hand ---------------------------------
   const page = async () => {

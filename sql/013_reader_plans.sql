@@ -6,7 +6,8 @@
 --    election) plans its probes of hub.outbox while the planner believes it empty: a seq scan is
 --    the cheapest plan for an empty table. Once writes begin, each of those probes reads the whole
 --    outbox, once per transaction a call finds: after 20 000 transactions written before the
---    outbox was analyzed, one call keying 5 000 of them took 15.5 s instead of 0.13-0.30 s.
+--    outbox was analyzed, one call keying 5 000 of them took 13.0-16.6 s instead of 59-64 ms, and
+--    a page of 1 000 rows 12-15 s instead of 38-46 ms (bench/commit-order.ts --only plans).
 --    Autovacuum usually analyzes the outbox within a minute or so; a bulk import, a busy
 --    autovacuum or one turned off for the table leaves the hub with that plan.
 --    (Custom plans, before 012, were planned at every call with the table's real size, and
@@ -17,7 +18,7 @@
 --    hub.watched). Those carry the planner's penalty cost of 10^10, which would have PostgreSQL
 --    compile the statements with JIT at every call (0.5 s a page, measured): jit is off for both
 --    functions, which never gain from it.
---    test/plans.test.ts plans on an empty outbox, writes 20 000 transactions the planner does not
+--    test/plans.test.ts plans on an empty outbox, writes 3 000 transactions the planner does not
 --    know about, and checks that the next calls' plans touch the outbox only through its index.
 --
 -- 2. hub.next_page planned its page afresh at every call. PL/pgSQL plans a statement that uses
@@ -33,8 +34,11 @@
 --    by its primary key from after_seq, in key order, under a constant LIMIT, and each key's
 --    rows by the outbox primary key (txid, id). A generic plan is that walk too: EXPLAIN on
 --    300 000 keys and rows shows it for a page at the head and for one of 1 000 keys far behind
---    it. With enable_seqscan off as well (1. above), the walk does not depend on when the plan
---    was made.
+--    it. Which plan a connection ran depended on the outbox when it began: on a nearly empty one
+--    the custom plans cost what the generic one does, PL/pgSQL kept the generic one after five
+--    calls, and that plan (made on an empty outbox) took a seq scan of the outbox for every key
+--    (1. above, the same measurement). With enable_seqscan off as well, the walk does not depend
+--    on when the plan was made.
 --    From a writer's NOTIFY to the rows in hand on a database holding 100 000 keys:
 --    docs/BENCHMARKS.md, "The reader's plans" (bench/commit-order.ts --only page).
 --

@@ -24,8 +24,10 @@
  *    against a copy planned afresh at every call, as before 013, taking turns at idle.
  * 4. `--only plans` (alone): a reader connection plans its calls on an (almost) empty outbox,
  *    then one session writes 10 000 transactions (20 000 in full mode) that nothing analyzes; the
- *    reader's next calls, keying 5 000 each until none is left, then reading two 1 000-row pages,
- *    with sql/013 and with its settings taken off (each on a fresh database).
+ *    reader's next calls, keying 5 000 each until none is left, then reading two 1 000-row pages
+ *    and replaying 1 000 rows twice (readRange), with sql/013 and an unnamed replay statement and
+ *    as before: 013's settings taken off, the replay prepared once by name (each on a fresh
+ *    database).
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */
@@ -34,6 +36,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { createBenchDatabase, committeeId, seed, setTriggersSql } from './lib/db.ts';
+import { readRange } from '../src/db/outbox.ts';
 import { type HeldWhere, describeHeld, heldResult, holdOpen } from './lib/held.ts';
 import { median } from './lib/stats.ts';
 import { parseConfig } from '../src/config/index.ts';
@@ -272,7 +275,8 @@ try {
   // ---- 4. the reader's plans after the outbox grew unanalyzed (sql/013_reader_plans.sql) --
   const plans = async () => {
     const growth = quick ? 10_000 : 20_000;
-    const out: Record<string, { keyingMs: number[]; pageMs: number[] }> = {};
+    const out: Record<string, { keyingMs: number[]; pageMs: number[]; replayMs: number[] }> = {};
+    const all = { all: true, elections: [], committees: [], topics: [] };
     for (const variant of ['013', 'before 013'] as const) {
       const d = await createBenchDatabase(ADMIN);
       const [admin, reader] = [0, 1].map(() => new pg.Client({ connectionString: d.url })) as [pg.Client, pg.Client];
@@ -286,17 +290,27 @@ try {
         // Nothing analyzes the tables meanwhile (autovacuum would, sooner or later).
         await admin.query(`ALTER TABLE hub.outbox SET (autovacuum_enabled = false);
           ALTER TABLE hub.commits SET (autovacuum_enabled = false); ANALYZE hub.outbox, hub.commits`);
-        // The reader's plans, made on the (nearly) empty outbox, past PL/pgSQL's first five calls.
+        // A replay (readRange) as the hub runs it, and as it ran before: prepared once, by name.
+        const replayDb = (variant === '013'
+          ? reader
+          : {
+              query: (q: pg.QueryConfig) => reader.query({ ...q, name: 'bench_read_range_named' }),
+            }) as unknown as pg.Pool;
+        const replay = (from: bigint, to: bigint) =>
+          readRange(replayDb, { seq: from, id: 0n }, { seq: to, id: 0n }, all, 1000);
+        // The reader's plans, made on the (nearly) empty outbox, past the first five runs.
         let head = '';
         for (let i = 0; i < 7; i++) {
           head = String((await reader.query('SELECT hub.sequence()::text AS f')).rows[0]?.f);
           await reader.query('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [head]);
+          await replay(BigInt(head) - 1n, BigInt(head));
         }
+        const start = BigInt(head);
         await admin.query('SET synchronous_commit = off');
         await admin.query(`DO $$ BEGIN FOR i IN 1..${growth} LOOP
           INSERT INTO guarantees (election_id, committee_id) VALUES (1, ${committeeId(1, 1, 1)}); COMMIT;
           END LOOP; END $$`);
-        const r = { keyingMs: [] as number[], pageMs: [] as number[] };
+        const r = { keyingMs: [] as number[], pageMs: [] as number[], replayMs: [] as number[] };
         const timed = async (text: string, values: unknown[] = []) => {
           const t = performance.now();
           await reader.query(text, values);
@@ -308,10 +322,16 @@ try {
           r.pageMs.push(await timed('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [head]));
           head = (BigInt(head) + 1000n).toString();
         }
+        for (let k = 0; k < 2; k++) {
+          const t = performance.now();
+          const rows = await replay(start + 3000n * BigInt(k), start + BigInt(growth));
+          if (rows.length !== 1000) throw new Error(`the replay read ${rows.length} rows, not 1 000`);
+          r.replayMs.push(performance.now() - t);
+        }
         out[variant] = r;
         const f = (xs: number[]) => xs.map((x) => `${x.toFixed(1)} ms`).join(', ');
         log(
-          `plans, ${variant}, after ${growth} unanalyzed writes: keying 5 000 ${f(r.keyingMs)}; a 1 000-row page ${f(r.pageMs)}`,
+          `plans, ${variant}, after ${growth} unanalyzed writes: keying 5 000 ${f(r.keyingMs)}; a 1 000-row page ${f(r.pageMs)}; a 1 000-row replay ${f(r.replayMs)}`,
         );
       } finally {
         await Promise.all([admin.end(), reader.end()]);

@@ -6,8 +6,8 @@
 --    election) plans its probes of hub.outbox while the planner believes it empty: a seq scan is
 --    the cheapest plan for an empty table. Once writes begin, each of those probes reads the whole
 --    outbox, once per transaction a call finds: after 20 000 transactions written before the
---    outbox was analyzed, one call keying 5 000 of them took 13.0-16.6 s instead of 59-64 ms, and
---    a page of 1 000 rows 12-15 s instead of 38-46 ms (bench/commit-order.ts --only plans).
+--    outbox was analyzed, one call keying 5 000 of them took 13-17 s instead of 59-72 ms, and
+--    a page of 1 000 rows 12-16 s instead of 34-50 ms (bench/commit-order.ts --only plans).
 --    Autovacuum usually analyzes the outbox within a minute or so; a bulk import, a busy
 --    autovacuum or one turned off for the table leaves the hub with that plan.
 --    (Custom plans, before 012, were planned at every call with the table's real size, and

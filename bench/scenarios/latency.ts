@@ -1,7 +1,10 @@
 /*
  * latency: commit→client time of single-row writes at an idle and a loaded rate, next to a bare
- * LISTEN/NOTIFY round trip measured the same way (and, with `peers`, the ws and socket.io hubs).
+ * LISTEN/NOTIFY round trip measured the same way (and, with `peers`, the ws and socket.io hubs);
+ * then, outside smoke mode, the same through a fresh hub once the database holds 100 000 more
+ * keys (300 000 in full mode), as an election night keeps within the retention.
  */
+import pg from 'pg';
 import { type Bench, LABEL, type Scenario, dashboardsOf, e1Spots, pct, status } from '../harness.ts';
 import { sleep } from '../lib/clock.ts';
 import { type Summary, ms, summarize } from '../lib/stats.ts';
@@ -16,18 +19,44 @@ type Sizes = {
     seconds: number;
     warmSeconds: number;
     readOnlyReference: boolean;
+    /** Then again through a fresh hub once the database holds this many more keys (0: not measured). */
+    historyKeys: number;
   };
 };
 
 const SIZES = {
   smoke: {
-    latency: { clients: 4, idleRate: 50, loadRate: 500, seconds: 0.6, warmSeconds: 0.2, readOnlyReference: false },
+    latency: {
+      clients: 4,
+      idleRate: 50,
+      loadRate: 500,
+      seconds: 0.6,
+      warmSeconds: 0.2,
+      readOnlyReference: false,
+      historyKeys: 0,
+    },
   },
   quick: {
-    latency: { clients: 20, idleRate: 50, loadRate: 500, seconds: 2.5, warmSeconds: 0.5, readOnlyReference: true },
+    latency: {
+      clients: 20,
+      idleRate: 50,
+      loadRate: 500,
+      seconds: 2.5,
+      warmSeconds: 0.5,
+      readOnlyReference: true,
+      historyKeys: 100_000,
+    },
   },
   full: {
-    latency: { clients: 100, idleRate: 50, loadRate: 500, seconds: 10, warmSeconds: 1, readOnlyReference: true },
+    latency: {
+      clients: 100,
+      idleRate: 50,
+      loadRate: 500,
+      seconds: 10,
+      warmSeconds: 1,
+      readOnlyReference: true,
+      historyKeys: 300_000,
+    },
   },
 } satisfies Record<string, Sizes>;
 
@@ -79,40 +108,71 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
     await first.call('unlisten', undefined);
   }
 
+  /** The idle and loaded phases through one server: `n` clients, a warm-up, then each phase's paced writes. */
+  const measureServer = async (kind: TargetKind, server: Parameters<Parameters<Bench['withServer']>[1]>[0]) => {
+    const connect = await bench.connectAll(server.target, n, dashboardsOf(1), 1);
+    const { open, droppedAtOpen } = await bench.settle(connect);
+    if (droppedAtOpen > 0) log(`  ${droppedAtOpen} connection(s) dropped by the server right after opening (1006)`);
+    // Warm-up: JIT, pools, prepared statements.
+    await paced({ name: 'warm', rate: 50, connections: 1 }, 'insert', size.warmSeconds);
+    await sleep(300);
+    const out: Record<string, Measured> = {};
+    for (const p of phases) {
+      await bench.resetAll(1);
+      const sent = await paced(p, 'insert');
+      const done = await bench.waitDelivered(open * sent.sent, bench.sizes.stallMs);
+      const s = await bench.statsAll({ latencies: true, groups: true });
+      if (!done.complete)
+        log(
+          `  ${LABEL[kind]} ${p.name}: incomplete, per connection ${JSON.stringify(s.groups)}, ${s.open} open, closes ${JSON.stringify(s.closeCodes)}`,
+        );
+      out[p.name] = {
+        summary: summarize(s.latencies),
+        delivered: done.events,
+        expected: open * sent.sent,
+        sent,
+        droppedAtOpen,
+      };
+      log(`  ${LABEL[kind]} ${p.name}: ${pct(summarize(s.latencies))} (${s.latencies.length} samples)`);
+    }
+    return out;
+  };
+
   const measured: Partial<Record<TargetKind, Record<string, Measured>>> = {};
   const kinds: TargetKind[] = includePeers ? ['hub', 'ws', 'sio'] : ['hub'];
   for (const kind of kinds) {
     log(`latency: ${LABEL[kind]} (${n} clients)`);
-    measured[kind] = await bench.withServer(kind, async (server) => {
-      const connect = await bench.connectAll(server.target, n, dashboardsOf(1), 1);
-      const { open, droppedAtOpen } = await bench.settle(connect);
-      if (droppedAtOpen > 0) log(`  ${droppedAtOpen} connection(s) dropped by the server right after opening (1006)`);
-      // Warm-up: JIT, pools, prepared statements.
-      await paced({ name: 'warm', rate: 50, connections: 1 }, 'insert', size.warmSeconds);
-      await sleep(300);
-      const out: Record<string, Measured> = {};
-      for (const p of phases) {
-        await bench.resetAll(1);
-        const sent = await paced(p, 'insert');
-        const done = await bench.waitDelivered(open * sent.sent, bench.sizes.stallMs);
-        const s = await bench.statsAll({ latencies: true, groups: true });
-        if (!done.complete)
-          log(
-            `  ${LABEL[kind]} ${p.name}: incomplete, per connection ${JSON.stringify(s.groups)}, ${s.open} open, closes ${JSON.stringify(s.closeCodes)}`,
-          );
-        out[p.name] = {
-          summary: summarize(s.latencies),
-          delivered: done.events,
-          expected: open * sent.sent,
-          sent,
-          droppedAtOpen,
-        };
-        log(`  ${LABEL[kind]} ${p.name}: ${pct(summarize(s.latencies))} (${s.latencies.length} samples)`);
-      }
-      return out;
-    });
+    measured[kind] = await bench.withServer(kind, (server) => measureServer(kind, server));
   }
-  bench.raw('latency', { clients: n, notify, measured });
+
+  // At size: an election night keeps hundreds of thousands of keys within the retention. The
+  // same phases through a fresh hub once the database holds `historyKeys` more (written and
+  // keyed while no hub runs, one transaction each; sql/013_reader_plans.sql).
+  let atSize: Record<string, Measured> | undefined;
+  if (size.historyKeys > 0) {
+    const started = performance.now();
+    const c = new pg.Client({ connectionString: bench.url });
+    await c.connect();
+    try {
+      const spot = e1Spots[0] ?? { election: 1, committee: 1 };
+      await c.query('SET synchronous_commit = off');
+      await c.query(`DO $$ BEGIN
+        FOR i IN 1..${size.historyKeys} LOOP
+          INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (${spot.election}, ${spot.committee}, 'history');
+          COMMIT;
+          IF i % 5000 = 0 THEN PERFORM hub.sequence(true, 5000); COMMIT; END IF;
+        END LOOP; END $$`);
+      await c.query('SELECT hub.sequence(true, 5000)');
+      await c.query('ANALYZE hub.commits, hub.outbox');
+    } finally {
+      await c.end();
+    }
+    log(
+      `latency: hub with ${size.historyKeys} more keys held (written in ${((performance.now() - started) / 1000).toFixed(1)} s)`,
+    );
+    atSize = await bench.withServer('hub', (server) => measureServer('hub', server));
+  }
+  bench.raw('latency', { clients: n, notify, measured, atSize, historyKeys: size.historyKeys });
 
   for (const p of phases) {
     const base = notify[p.name]?.summary;
@@ -137,6 +197,27 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
         status: kind === 'hub' ? status(delta <= 1 && m.delivered === m.expected) : 'info',
       });
     }
+  }
+
+  for (const p of phases) {
+    const base = notify[p.name]?.summary;
+    const m = atSize?.[p.name];
+    if (!base || !m) continue;
+    const delta = m.summary.p50 - base.p50;
+    const ratio = m.summary.p50 / base.p50;
+    const lost = m.delivered < m.expected ? `, ${m.expected - m.delivered} lost` : '';
+    bench.row({
+      scenario: 'latency',
+      case: `commit→client ${p.name === 'idle' ? 'idle' : 'under load'} (${p.rate} writes/s), ${size.historyKeys.toLocaleString('en-US')} more keys held`,
+      figure: `${pct(m.summary)}${lost}`,
+      value: m.summary.p50,
+      baseline: `NOTIFY ${pct(base)}`,
+      baselineValue: base.p50,
+      ratio,
+      ratioText: `${ratio.toFixed(1)}× (${delta >= 0 ? '+' : ''}${ms(delta)} ms)`,
+      target: '—',
+      status: m.delivered === m.expected ? 'info' : status(false),
+    });
   }
 }
 

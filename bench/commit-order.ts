@@ -35,7 +35,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import WebSocket from 'ws';
-import { createBenchDatabase, committeeId, seed, setTriggersSql } from './lib/db.ts';
+import { createBenchDatabase, committeeId, seed, setTriggersSql, writeHistory } from './lib/db.ts';
 import { readRange } from '../src/db/outbox.ts';
 import { type HeldWhere, describeHeld, heldResult, holdOpen } from './lib/held.ts';
 import { median } from './lib/stats.ts';
@@ -306,10 +306,7 @@ try {
           await replay(BigInt(head) - 1n, BigInt(head));
         }
         const start = BigInt(head);
-        await admin.query('SET synchronous_commit = off');
-        await admin.query(`DO $$ BEGIN FOR i IN 1..${growth} LOOP
-          INSERT INTO guarantees (election_id, committee_id) VALUES (1, ${committeeId(1, 1, 1)}); COMMIT;
-          END LOOP; END $$`);
+        await writeHistory(admin, growth, { election: 1, committee: committeeId(1, 1, 1) }, false);
         const r = { keyingMs: [] as number[], pageMs: [] as number[], replayMs: [] as number[] };
         const timed = async (text: string, values: unknown[] = []) => {
           const t = performance.now();
@@ -425,15 +422,7 @@ try {
       // choice: a custom plan at every call), taking turns.
       const historyKeys = quick ? 100_000 : 300_000;
       const filled = performance.now();
-      await Q.query('SET synchronous_commit = off');
-      await Q.query(`DO $$ BEGIN
-        FOR i IN 1..${historyKeys} LOOP
-          INSERT INTO guarantees (election_id, committee_id) VALUES (2, ${first});
-          COMMIT;
-          IF i % 5000 = 0 THEN PERFORM hub.sequence(true, 5000); COMMIT; END IF;
-        END LOOP; END $$`);
-      await Q.query('RESET synchronous_commit');
-      await Q.query('ANALYZE hub.commits, hub.outbox');
+      await writeHistory(Q, historyKeys, { election: 2, committee: first }, true);
       await Q.query(String.raw`DO $$ BEGIN EXECUTE regexp_replace(
         replace(pg_get_functiondef('hub.next_page(bigint, bigint, integer, bigint)'::regprocedure),
                 'hub.next_page(', 'public.bench_next_page_custom('),

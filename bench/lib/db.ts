@@ -87,6 +87,35 @@ export async function seed(url: string, elections: number, perElection: number):
   }
 }
 
+/**
+ * `n` captured one-row transactions written by one session (`c`, left as it was), as history an
+ * election night keeps within the retention: a guarantee each, in `spot`. With `keyed`, keys are
+ * given every 5 000 and at the end, as a running hub would, and the tables are analyzed; without,
+ * the rows wait unkeyed and unanalyzed (what a hub finds after a burst it did not see).
+ */
+export async function writeHistory(
+  c: Pick<pg.Client, 'query'>,
+  n: number,
+  spot: { election: number; committee: number },
+  keyed: boolean,
+): Promise<void> {
+  await c.query('SET synchronous_commit = off');
+  try {
+    await c.query(`DO $$ BEGIN
+      FOR i IN 1..${n} LOOP
+        INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (${spot.election}, ${spot.committee}, 'history');
+        COMMIT;
+        ${keyed ? 'IF i % 5000 = 0 THEN PERFORM hub.sequence(true, 5000); COMMIT; END IF;' : ''}
+      END LOOP; END $$`);
+  } finally {
+    await c.query('RESET synchronous_commit');
+  }
+  if (keyed) {
+    await c.query('SELECT hub.sequence(true, 5000)');
+    await c.query('ANALYZE hub.commits, hub.outbox');
+  }
+}
+
 export async function serverVersion(url: string): Promise<string> {
   const c = new pg.Client({ connectionString: url });
   await c.connect();

@@ -6,6 +6,8 @@
  */
 import pg from 'pg';
 import { type Bench, LABEL, type Scenario, dashboardsOf, e1Spots, pct, status } from '../harness.ts';
+import { writeHistory } from '../lib/db.ts';
+import type { Row } from '../lib/report.ts';
 import { sleep } from '../lib/clock.ts';
 import { type Summary, ms, summarize } from '../lib/stats.ts';
 import type { TargetKind } from '../workers/clients.ts';
@@ -154,16 +156,7 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
     const c = new pg.Client({ connectionString: bench.url });
     await c.connect();
     try {
-      const spot = e1Spots[0] ?? { election: 1, committee: 1 };
-      await c.query('SET synchronous_commit = off');
-      await c.query(`DO $$ BEGIN
-        FOR i IN 1..${size.historyKeys} LOOP
-          INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (${spot.election}, ${spot.committee}, 'history');
-          COMMIT;
-          IF i % 5000 = 0 THEN PERFORM hub.sequence(true, 5000); COMMIT; END IF;
-        END LOOP; END $$`);
-      await c.query('SELECT hub.sequence(true, 5000)');
-      await c.query('ANALYZE hub.commits, hub.outbox');
+      await writeHistory(c, size.historyKeys, e1Spots[0] ?? { election: 1, committee: 1 }, true);
     } finally {
       await c.end();
     }
@@ -174,49 +167,48 @@ async function run(bench: Bench, { latency: size }: Sizes): Promise<void> {
   }
   bench.raw('latency', { clients: n, notify, measured, atSize, historyKeys: size.historyKeys });
 
-  for (const p of phases) {
-    const base = notify[p.name]?.summary;
-    if (!base) continue;
-    const caseName = p.name === 'idle' ? `idle (${p.rate} writes/s)` : `under load (${p.rate} writes/s)`;
-    for (const kind of kinds) {
-      const m = measured[kind]?.[p.name];
-      if (!m) continue;
-      const delta = m.summary.p50 - base.p50;
-      const ratio = m.summary.p50 / base.p50;
-      const lost = m.delivered < m.expected ? `, ${m.expected - m.delivered} lost` : '';
-      bench.row({
-        scenario: kind === 'hub' ? 'latency' : 'peers',
-        case: kind === 'hub' ? `commit→client ${caseName}` : `latency ${caseName}: ${LABEL[kind]}`,
-        figure: `${pct(m.summary)}${lost}`,
-        value: m.summary.p50,
-        baseline: `NOTIFY ${pct(base)}`,
-        baselineValue: base.p50,
-        ratio,
-        ratioText: `${ratio.toFixed(1)}× (${delta >= 0 ? '+' : ''}${ms(delta)} ms)`,
-        target: kind === 'hub' ? 'p50 ≤ NOTIFY p50 + 1 ms' : '—',
-        status: kind === 'hub' ? status(delta <= 1 && m.delivered === m.expected) : 'info',
-      });
-    }
-  }
-
-  for (const p of phases) {
-    const base = notify[p.name]?.summary;
-    const m = atSize?.[p.name];
-    if (!base || !m) continue;
+  /** One report row: phase `p`'s p50 through a server against the bare NOTIFY of that phase. */
+  const row = (p: Phase, m: Measured, r: { scenario: string; case: string; target: string; status: Row['status'] }) => {
+    const base = notify[p.name]?.summary as Summary;
     const delta = m.summary.p50 - base.p50;
     const ratio = m.summary.p50 / base.p50;
     const lost = m.delivered < m.expected ? `, ${m.expected - m.delivered} lost` : '';
     bench.row({
-      scenario: 'latency',
-      case: `commit→client ${p.name === 'idle' ? 'idle' : 'under load'} (${p.rate} writes/s), ${size.historyKeys.toLocaleString('en-US')} more keys held`,
+      ...r,
       figure: `${pct(m.summary)}${lost}`,
       value: m.summary.p50,
       baseline: `NOTIFY ${pct(base)}`,
       baselineValue: base.p50,
       ratio,
       ratioText: `${ratio.toFixed(1)}× (${delta >= 0 ? '+' : ''}${ms(delta)} ms)`,
+    });
+  };
+  const caseOf = (p: Phase) => (p.name === 'idle' ? `idle (${p.rate} writes/s)` : `under load (${p.rate} writes/s)`);
+  const complete = (m: Measured) => m.delivered === m.expected;
+  for (const p of phases) {
+    const base = notify[p.name]?.summary;
+    if (!base) continue;
+    for (const kind of kinds) {
+      const m = measured[kind]?.[p.name];
+      if (!m) continue;
+      if (kind === 'hub')
+        row(p, m, {
+          scenario: 'latency',
+          case: `commit→client ${caseOf(p)}`,
+          target: 'p50 ≤ NOTIFY p50 + 1 ms',
+          status: status(m.summary.p50 - base.p50 <= 1 && complete(m)),
+        });
+      else row(p, m, { scenario: 'peers', case: `latency ${caseOf(p)}: ${LABEL[kind]}`, target: '—', status: 'info' });
+    }
+  }
+  for (const p of phases) {
+    const m = atSize?.[p.name];
+    if (!notify[p.name] || !m) continue;
+    row(p, m, {
+      scenario: 'latency',
+      case: `commit→client ${caseOf(p)}, ${size.historyKeys.toLocaleString('en-US')} more keys held`,
       target: '—',
-      status: m.delivered === m.expected ? 'info' : status(false),
+      status: complete(m) ? 'info' : status(false),
     });
   }
 }

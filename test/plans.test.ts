@@ -102,3 +102,32 @@ it('hub.sequence, hub.next_page and a replay (readRange) read the outbox by its 
   expect(replay.scans.seq).toBe(0);
   expect(replay.scans.idx).toBeGreaterThan(0);
 });
+
+it('hub.sequence and hub.next_page are never compiled with JIT (their penalized seq scans cost past jit_above_cost)', async () => {
+  // enable_seqscan = off leaves a 10^10 penalty on the seq scans no index can replace (the
+  // one-row hub.commit_state, hub.watched): with JIT on, PostgreSQL compiled those statements at
+  // every call (0.55 s of a 0.70 s page). auto_explain shows each nested statement's plan, with a
+  // "JIT:" section when it was compiled.
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  try {
+    const jit = await c.query<{ on: boolean }>(`SELECT pg_jit_available() AS on`);
+    const plans: string[] = [];
+    c.on('notice', (n) => plans.push(String(n.message ?? '')));
+    await c.query(`LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+      SET auto_explain.log_analyze = on; SET auto_explain.log_level = notice`);
+    const { rows } = await c.query<{ f: string }>('SELECT hub.sequence()::text AS f');
+    await c.query('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [rows[0]?.f]);
+    await c.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'jit')`, [
+      election,
+      committee,
+    ]);
+    await c.query('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [rows[0]?.f]);
+    // The plans were seen: the statements that read hub.commit_state and hub.outbox.
+    expect(plans.some((p) => /commit_state/.test(p))).toBe(true);
+    expect(plans.some((p) => /outbox/.test(p))).toBe(true);
+    if (jit.rows[0]?.on) expect(plans.filter((p) => /JIT:/.test(p)).length, 'statements compiled with JIT').toBe(0);
+  } finally {
+    await c.end();
+  }
+});

@@ -18,8 +18,10 @@
  *    given and the rows read in one call (hub.next_page, sql/011_sequence_and_read.sql), in two
  *    (hub.sequence, then the page), and a page with nothing to key (the writer wrote an
  *    uncaptured table; the last keyed row is read: about what a reader paid before keys were
- *    given after the commit). One committed row per NOTIFY; the three take turns event by
- *    event, one every 20 ms (idle) and every 2 ms. Then, once the database holds 100 000 keys
+ *    given after the commit). Beside them, where the one call's time goes: a bare round trip
+ *    (`SELECT 1`), `hub.sequence()` alone, and the reader's read before sql/009 (rows below the
+ *    snapshot's xmin in (txid, id) order). One committed row per NOTIFY; the six take turns
+ *    event by event, one every 20 ms (idle) and every 2 ms. Then, once the database holds 100 000 keys
  *    (300 000 in full mode), the call with its generic plan (sql/013_reader_plans.sql)
  *    against a copy planned afresh at every call, as before 013, taking turns at idle.
  * 4. `--only plans` (alone): a reader connection plans its calls on an (almost) empty outbox,
@@ -361,6 +363,31 @@ try {
         if (r.rows[0]?.seq == null) throw new Error('the page is empty');
       };
       let head = await frontier();
+      /** The reader's read before sql/009 (src/db/outbox.ts then): rows below the horizon, after the last one read. */
+      const lastWritten = async () =>
+        String((await Q.query("SELECT coalesce(max(txid)::text, '0') AS t FROM hub.outbox")).rows[0]?.t);
+      let lastTxid = await lastWritten();
+      const readBeforeKeys = async () => {
+        const r = await Q.query({
+          name: 'before_keys',
+          text: `WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+            SELECT s.x::text AS horizon, coalesce((SELECT max(h.txid) FROM hub.outbox h) >= s.x, false) AS held, o.*
+            FROM s LEFT JOIN LATERAL (
+              SELECT ob.txid::text AS txid, ob.id::text AS id, ob.kind, ob.action, ob.topic, ob.election_id::text AS election_id,
+                ob.committee_id::text AS committee_id, ob.row_id::text AS row_id, ob.data::text AS data,
+                (extract(epoch FROM ob.committed_at) * 1000)::float8 AS committed_ms, ob.fetched::int AS fetched
+              FROM (
+                SELECT l.*, sum(l.bytes) OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) - l.bytes AS before,
+                       count(*) OVER () AS fetched
+                FROM (SELECT ob.*, CASE WHEN pg_column_compression(ob.data) IS NULL THEN coalesce(pg_column_size(ob.data), 0)
+                                        ELSE octet_length(ob.data::text) END AS bytes
+                      FROM hub.outbox ob WHERE (ob.txid, ob.id) > ($1::text::xid8, 0) AND ob.txid < s.x
+                      ORDER BY ob.txid, ob.id LIMIT 1000) l) ob
+              WHERE ob.before < 4194304 ORDER BY ob.txid, ob.id) o ON true`,
+          values: [lastTxid],
+        });
+        if (r.rows[0]?.txid == null) throw new Error('the read before keys found nothing');
+      };
       /** Each variant in turn, one event each, `gapMs` apart: from the NOTIFY arriving to its rows in hand (medians). */
       const measure = async <V extends string>(
         label: string,
@@ -392,6 +419,7 @@ try {
           await committed;
           if (i >= 3 * names.length) ms[v].push(t); // the first rounds are a warm-up
           head = await frontier();
+          lastTxid = await lastWritten();
         }
         log(
           `page, ${label}: notification -> rows ${names.map((n) => `${n} ${median(ms[n]).toFixed(2)} ms`).join(', ')}`,
@@ -414,6 +442,18 @@ try {
           },
           // The writer wrote an uncaptured table: nothing to key, the last keyed row is read.
           'read alone': { call: () => nextPage(head - 1n), captured: false },
+          // Where the one call's time goes, each on its own: a bare round trip, hub.sequence
+          // keying the row (and committing that), and the read a reader ran before keys were
+          // given after the commit (006's order: rows below the snapshot's xmin, by (txid, id)).
+          'round trip (SELECT 1)': {
+            call: async () => void (await Q.query({ name: 'one', text: 'SELECT 1' })),
+            captured: true,
+          },
+          'hub.sequence alone': {
+            call: async () => void (await Q.query({ name: 'seq', text: 'SELECT hub.sequence()' })),
+            captured: true,
+          },
+          'the read before keys': { call: () => readBeforeKeys(), captured: true },
         });
       }
 

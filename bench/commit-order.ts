@@ -1,5 +1,5 @@
 /*
- * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|page|held|plans] [--out file.json]`
+ * `node bin/run-ts.mjs bench/commit-order.ts [--quick] [--only write|page|held|plans|pollers] [--out file.json]`
  *
  * What the commit order (sql/006_commit_order.sql, keys given after the commit since
  * sql/009_sequencer.sql) costs and what it buys, on a fresh database:
@@ -30,6 +30,10 @@
  *    and replaying 1 000 rows twice (readRange), with sql/013 and an unnamed replay statement and
  *    as before: 013's settings taken off, the replay prepared once by name (each on a fresh
  *    database).
+ * 5. `--only pollers` (alone): 1, 3 and 10 readers (and 6 in full mode) polling `hub.next_page`
+ *    every 2 ms, as busy hub nodes do, while 4 writers commit 500 one-row transactions/s: pages
+ *    read, a page's p50 and p90, the backends waiting on the sequencer's lock (sampled every 5
+ *    ms) and commit→rows p50. Every page takes that lock: what it costs grows with the nodes.
  *
  * Figures are reported, never asserted (a shared 2-core machine bounds them).
  */
@@ -272,7 +276,7 @@ try {
       },
     };
   };
-  if (only !== 'held' && only !== 'page' && only !== 'plans') await writeCost();
+  if (only !== 'held' && only !== 'page' && only !== 'plans' && only !== 'pollers') await writeCost();
 
   // ---- 4. the reader's plans after the outbox grew unanalyzed (sql/013_reader_plans.sql) --
   const plans = async () => {
@@ -341,6 +345,106 @@ try {
   };
   if (only === 'plans') {
     await plans();
+    throw new Done();
+  }
+
+  // ---- 5. readers polling: what every node's page costs the sequencer's lock -------------
+  const pollers = async () => {
+    const counts = quick ? [1, 3, 10] : [1, 3, 6, 10];
+    const rounds = quick ? 1 : 2;
+    const conns = await Promise.all(
+      Array.from({ length: 4 + Math.max(...counts) + 1 }, async () => {
+        const c = new pg.Client({ connectionString: db.url });
+        await c.connect();
+        return c;
+      }),
+    );
+    const [monitor, ...rest] = conns as [pg.Client, ...pg.Client[]];
+    const writers = rest.slice(0, 4);
+    const readers = rest.slice(4);
+    const wall = () => performance.timeOrigin + performance.now();
+    type Run = { calls: number; callP50: number; callP90: number; waiting: number; latencyP50: number };
+    const out: Record<string, Run[]> = {};
+    try {
+      for (let round = 0; round < rounds; round++)
+        for (const n of counts) {
+          let stop = false;
+          const calls: number[] = [];
+          const latency: number[] = [];
+          // Each reader polls as a busy hub does: a page, 2 ms, the next page.
+          const polling = readers.slice(0, n).map(async (r) => {
+            let seq = String((await r.query('SELECT hub.sequence()::text AS f')).rows[0]?.f);
+            let id = '0';
+            while (!stop) {
+              const t = performance.now();
+              const page = await r.query({
+                name: 'bench_poll',
+                text: 'SELECT seq, id, data FROM hub.next_page($1::bigint, $2::bigint, 1000, 4194304)',
+                values: [seq, id],
+              });
+              calls.push(performance.now() - t);
+              const at = wall();
+              for (const row of page.rows as Array<{ seq: string | null; id: string | null; data: string | null }>) {
+                const m = /"voter_name": ?"W([0-9.]+)"/.exec(row.data ?? '');
+                if (m) latency.push(at - Number(m[1]));
+                if (row.seq !== null) [seq, id] = [row.seq, row.id ?? '0'];
+              }
+              await sleep(2);
+            }
+          });
+          // Backends waiting on the sequencer's lock (an advisory lock), sampled every 5 ms.
+          let samples = 0;
+          let waiting = 0;
+          const sampling = (async () => {
+            while (!stop) {
+              const w = await monitor.query<{ w: number }>(
+                `SELECT count(*)::int AS w FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'advisory'`,
+              );
+              samples++;
+              waiting += w.rows[0]?.w ?? 0;
+              await sleep(5);
+            }
+          })();
+          // 4 writers, 500 one-row commits/s together, for 3 s.
+          const total = 1500;
+          const start = wall() + 20;
+          await Promise.all(
+            writers.map(async (w, wi) => {
+              for (let k = wi; k < total; k += writers.length) {
+                const wait = start + k * 2 - wall();
+                if (wait > 1) await sleep(wait);
+                await w.query({
+                  name: 'bench_poll_write',
+                  text: 'INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES (2, $1, $2)',
+                  values: [first, `W${wall().toFixed(3)}`],
+                });
+              }
+            }),
+          );
+          await sleep(50);
+          stop = true;
+          await Promise.all([...polling, sampling]);
+          const q = (xs: number[], f: number) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * f)] ?? NaN;
+          const run: Run = {
+            calls: calls.length,
+            callP50: q(calls, 0.5),
+            callP90: q(calls, 0.9),
+            waiting: waiting / Math.max(1, samples),
+            latencyP50: q(latency, 0.5),
+          };
+          (out[`${n} readers`] ??= []).push(run);
+          log(
+            `pollers, ${n} readers: ${run.calls} pages, page p50 ${run.callP50.toFixed(2)} ms, p90 ${run.callP90.toFixed(2)} ms; ` +
+              `${run.waiting.toFixed(2)} backends waiting on the lock on average; commit→rows p50 ${run.latencyP50.toFixed(2)} ms`,
+          );
+        }
+    } finally {
+      await Promise.all(conns.map((c) => c.end()));
+    }
+    result.pollers = out;
+  };
+  if (only === 'pollers') {
+    await pollers();
     throw new Done();
   }
 

@@ -437,6 +437,7 @@ describe('008: rows kept as json', () => {
       '011_sequence_and_read.sql',
       '012_async_keys_and_restarts.sql',
       '013_reader_plans.sql',
+      '014_pages_without_the_lock.sql',
     ]);
     const types = await d.pool.query<{ column_name: string; data_type: string }>(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'hub' AND table_name = 'outbox'
@@ -503,6 +504,7 @@ describe('009: keys given after the commit', () => {
         '011_sequence_and_read.sql',
         '012_async_keys_and_restarts.sql',
         '013_reader_plans.sql',
+        '014_pages_without_the_lock.sql',
       ]);
       await add('keyed after it (009)');
       await d.pool.query('SELECT hub.sequence()');
@@ -543,6 +545,7 @@ describe('009: keys given after the commit', () => {
           '011_sequence_and_read.sql',
           '012_async_keys_and_restarts.sql',
           '013_reader_plans.sql',
+          '014_pages_without_the_lock.sql',
         ]);
         await d.pool.query(`INSERT INTO guarantees (election_id, committee_id) VALUES (1, 2)`);
         await waitUntil(() => read.length > 0, 15_000, 'the row to be read');

@@ -67,7 +67,7 @@ async function writeTransactions(n: number) {
   }
 }
 
-it('hub.sequence, hub.next_page and a replay (readRange) read the outbox by its index after it grew from empty, unanalyzed', async () => {
+it('hub.sequence, hub.next_page, hub.read_page and a replay (readRange) read the outbox by its index after it grew from empty, unanalyzed', async () => {
   // Plans made while the outbox is (nearly) empty: more than five calls each, past the custom
   // plans of PL/pgSQL and of a prepared statement. A replay runs on the hub's pool: a statement
   // prepared there (a named one) kept the generic plan PostgreSQL settled on after five runs (a
@@ -79,6 +79,7 @@ it('hub.sequence, hub.next_page and a replay (readRange) read the outbox by its 
     const { rows } = await scansOf('SELECT hub.sequence()::text AS f');
     head = BigInt(String(rows[0]?.f));
     await scansOf('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [head.toString()]);
+    await scansOf('SELECT * FROM hub.read_page($1::bigint, 0, 1000, 4194304)', [head.toString()]);
     await scansOf(() => readRange(asPool, { seq: head - 1n, id: 0n }, { seq: head, id: 0n }, all, 1000));
   }
 
@@ -95,6 +96,14 @@ it('hub.sequence, hub.next_page and a replay (readRange) read the outbox by its 
   expect(page.scans.seq).toBe(0);
   expect(page.scans.idx).toBeGreaterThan(0);
 
+  const further = await scansOf('SELECT * FROM hub.read_page($1::bigint, 0, 1000, 4194304)', [
+    (head + 1000n).toString(),
+  ]);
+  expect(further.rows).toHaveLength(1000);
+  expect(further.rows[0]?.seq).toBe((head + 1000n).toString());
+  expect(further.scans.seq).toBe(0);
+  expect(further.scans.idx).toBeGreaterThan(0);
+
   const replay = await scansOf(() =>
     readRange(asPool, { seq: head, id: 0n }, { seq: head + 3000n, id: 0n }, all, 1000),
   );
@@ -103,7 +112,7 @@ it('hub.sequence, hub.next_page and a replay (readRange) read the outbox by its 
   expect(replay.scans.idx).toBeGreaterThan(0);
 });
 
-it('hub.sequence and hub.next_page are never compiled with JIT (their penalized seq scans cost past jit_above_cost)', async () => {
+it('hub.sequence, hub.next_page and hub.read_page are never compiled with JIT (their penalized seq scans cost past jit_above_cost)', async () => {
   // enable_seqscan = off leaves a 10^10 penalty on the seq scans no index can replace (the
   // one-row hub.commit_state, hub.watched): with JIT on, PostgreSQL compiled those statements at
   // every call (0.55 s of a 0.70 s page). auto_explain shows each nested statement's plan, with a
@@ -123,6 +132,7 @@ it('hub.sequence and hub.next_page are never compiled with JIT (their penalized 
       committee,
     ]);
     await c.query('SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)', [rows[0]?.f]);
+    await c.query('SELECT * FROM hub.read_page($1::bigint, 0, 1000, 4194304)', [rows[0]?.f]);
     // The plans were seen: the statements that read hub.commit_state and hub.outbox.
     expect(plans.some((p) => /commit_state/.test(p))).toBe(true);
     expect(plans.some((p) => /outbox/.test(p))).toBe(true);

@@ -136,14 +136,39 @@ export async function readAfter(
       values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
     })
     .catch(missing('hub.next_page()', '011_sequence_and_read.sql'));
-  const all = res.rows as RawRow[];
-  const first = all[0];
-  const f = first?.frontier;
+  const page = pageOf(res.rows as RawRow[], limit);
+  const f = (res.rows[0] as RawRow | undefined)?.frontier;
   if (typeof f !== 'string' || !DIGITS.test(f)) throw new Error('hub.next_page returned no frontier');
-  // An empty page is one row with nothing but the frontier.
-  const rows = first?.seq === null ? [] : all;
+  return { ...page, frontier: BigInt(f) };
+}
+
+/**
+ * The page after `after` as readAfter reads it, without giving keys and without the sequencer's
+ * lock (hub.read_page, sql/014_pages_without_the_lock.sql): for the pages of a pass after its
+ * first, whose keys that first call gave. Keys given since by any node may come too.
+ */
+export async function readPage(
+  db: Pick<pg.Pool, 'query'>,
+  after: Position,
+  limit: number,
+  maxBytes = Number.MAX_SAFE_INTEGER,
+): Promise<Omit<ReadResult, 'frontier'>> {
+  const res = await db
+    .query({
+      name: 'hub_read_page',
+      text: 'SELECT * FROM hub.read_page($1::bigint, $2::bigint, $3::int, $4::bigint)',
+      values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
+    })
+    .catch(missing('hub.read_page()', '014_pages_without_the_lock.sql'));
+  return pageOf(res.rows as RawRow[], limit);
+}
+
+/** A page's rows (an empty page is one row with nothing but the frontier) and whether more follow. */
+function pageOf(all: RawRow[], limit: number): Omit<ReadResult, 'frontier'> {
+  const first = all[0];
+  const rows = first === undefined || first.seq === null ? [] : all;
   const fetched = Number(first?.fetched ?? 0);
-  return { rows, more: fetched >= limit || rows.length < fetched, frontier: BigInt(f) };
+  return { rows, more: fetched >= limit || rows.length < fetched };
 }
 
 /**

@@ -3,7 +3,7 @@ import type { Logger } from '../log.ts';
 import { errorMessage } from '../errors.ts';
 import { FIRST_SEQ, type LostRange, type Position, compare, epochOf, lostRangeOf } from '../events/position.ts';
 import type { OutboxEvent } from '../events/event.ts';
-import { decodeRow, lostKeys, readAfter, rowPosition, rowSeq, sequenceCommits } from './outbox.ts';
+import { decodeRow, lostKeys, readAfter, readPage, rowPosition, rowSeq, sequenceCommits } from './outbox.ts';
 
 export type Reader = {
   /** Everything at or before this position has been handed to `onEvents`; undefined until started. */
@@ -119,6 +119,15 @@ const SETTLE_MAX_MS = 50;
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
 
 /**
+ * The first page of a pass gives keys (hub.next_page) and so holds the sequencer's lock until
+ * PostgreSQL has sent it: it is kept within what the sockets' buffers take whole, so that a
+ * reader that stops reading holds up no other (sql/014_pages_without_the_lock.sql). Its
+ * further pages (hub.read_page) take no lock and have the full budget.
+ */
+export const FIRST_PAGE_BYTES = 16 * 1024;
+const FIRST_PAGE_ROWS = 64;
+
+/**
  * Where the rows of a page may be delivered up to. Rows come in (seq, id) order; `last` is the
  * last key seen (or, before any, the one below the position's). Between two keys a hole is
  * harmless when it is below FIRST_SEQ (the old rows, keyed by their txids, all committed) or
@@ -187,7 +196,8 @@ export function startReader(opts: ReaderOptions): Reader {
     if (!pos || compare(p, pos) > 0) pos = p;
   };
 
-  const readOnce = async (): Promise<boolean> => {
+  /** One page: the pass's first (`first`: keys given, hub.next_page) or a further one (hub.read_page). */
+  const readOnce = async (first: boolean): Promise<boolean> => {
     if (!pos) {
       // The head: clients resume older positions through `subscribe` with `since`.
       const head = await sequenceCommits(pool);
@@ -201,8 +211,10 @@ export function startReader(opts: ReaderOptions): Reader {
     const from: Position = pos;
     // Keys for what has committed since the last call (any node's), then the read, in one call:
     // a pass reads every transaction that had committed when it started (sql/009_sequencer.sql,
-    // sql/011_sequence_and_read.sql).
-    const r = await readAfter(pool, from, limit, pageBytes);
+    // sql/011_sequence_and_read.sql). Its further pages read those keys without the lock (014).
+    const r = first
+      ? await readAfter(pool, from, Math.min(limit, FIRST_PAGE_ROWS), Math.min(pageBytes, FIRST_PAGE_BYTES))
+      : { ...(await readPage(pool, from, limit, pageBytes)), frontier: settled };
     if (r.frontier > settled) settled = r.frontier;
     if (epochOf(r.frontier) > epoch) {
       // A new epoch: PostgreSQL restarted, and the keys above what it kept may be lost
@@ -263,8 +275,10 @@ export function startReader(opts: ReaderOptions): Reader {
       'outbox read',
     );
     const complete = !r.more && blocked === undefined;
-    const cut = r.more && r.rows.length < limit;
-    limit = Math.min(batchSize, cut ? r.rows.length + 1 : limit * 2);
+    if (!first) {
+      const cut = r.more && r.rows.length < limit;
+      limit = Math.min(batchSize, cut ? r.rows.length + 1 : limit * 2);
+    }
     if (complete) {
       // Everything visible after the position was read: the last key is done, and so is every
       // key below the frontier (this read started after it was returned).
@@ -513,8 +527,8 @@ export function startReader(opts: ReaderOptions): Reader {
   const pass = async (): Promise<{ rows: number; commits: number }> => {
     let rows = 0;
     let commits = 0;
-    for (;;) {
-      const more = await readOnce();
+    for (let first = true; ; first = false) {
+      const more = await readOnce(first);
       rows += pageRows;
       commits += pageCommits;
       if (!more || stopped) return { rows, commits };

@@ -5,6 +5,7 @@
 // network), kept every other node's hub.sequence() waiting, then failing at its 5 s lock timeout.
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createPool } from '../src/db/pool.ts';
 import { startReader } from '../src/db/reader.ts';
 import { createLogger } from '../src/log.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
@@ -81,6 +82,57 @@ it('a reader that stops reading in the middle of a burst holds up no other call:
     for (const s of sockets) s.resume();
     reader.wake();
     await waitUntil(() => events === 3001, 30_000, `all 3 001 events (have ${events})`);
+  } finally {
+    for (const s of sockets) s.resume();
+    await reader.stop();
+    await pool.end();
+  }
+}, 60_000);
+
+it('a row larger than any first page at the head of a pass: the server drops the stalled reader within tcp_user_timeout, before another call’s lock timeout, and the reader reads it on a new connection', async () => {
+  const pool = createPool(db.url, createLogger('silent'), 1, 'stalled-reader-big-row');
+  const sockets: Array<{ pause(): void; resume(): void }> = [];
+  pool.on('connect', (c) =>
+    sockets.push((c as unknown as { connection: { stream: (typeof sockets)[0] } }).connection.stream),
+  );
+  let bytes = 0;
+  const reader = startReader({
+    pool,
+    log: createLogger('silent'),
+    backstopMs: 60_000,
+    onStarted: () => undefined,
+    onEvents: (es) => void (bytes += es.reduce((n, e) => n + e.frame.length, 0)),
+  });
+  try {
+    await waitUntil(() => reader.position() !== undefined, 10_000, 'the reader to start');
+    await new Promise((r) => setTimeout(r, 50));
+    for (const s of sockets) s.pause();
+    // 8 MB of JSON in one row: the page that gives its key cannot leave it out (one row always comes).
+    await db.pool.query(
+      `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, string_agg(md5(i::text), '') FROM generate_series(1, 250000) i`,
+      [election, committee],
+    );
+    reader.wake();
+    await waitUntil(
+      async () =>
+        (
+          await db.pool.query(
+            `SELECT 1 FROM pg_stat_activity WHERE application_name = 'stalled-reader-big-row' AND wait_event = 'ClientWrite'`,
+          )
+        ).rowCount === 1,
+      10_000,
+      'the reader’s backend to wait on its client',
+    );
+    await db.pool.query(`INSERT INTO guarantees (election_id, committee_id, voter_name) VALUES ($1, $2, 'after big')`, [
+      election,
+      committee,
+    ]);
+    // It waits for the lock the stalled call holds: until the server drops that connection
+    // (TCP_USER_TIMEOUT_MS), not until its own 5 s lock timeout fails it.
+    await db.pool.query('SELECT hub.sequence()');
+    for (const s of sockets) s.resume();
+    reader.wake();
+    await waitUntil(() => bytes > 8_000_000, 30_000, 'the big row, read again on a new connection');
   } finally {
     for (const s of sockets) s.resume();
     await reader.stop();

@@ -19,7 +19,7 @@ export type OutboxEvent = {
   /**
    * What the dashboard totals need (src/cache/totals.ts), selected in SQL so no row is parsed:
    * `count` is a vote's `count` (null for other kinds), `old` an update's previous election,
-   * committee and count. Only the reader's pages (`readAfter`, hub.next_page) select them; replayed rows
+   * committee and count. Only the reader's pages (`readAfter` and `readPage`: hub.next_page, hub.read_page) select them; replayed rows
    * carry null (replays never feed the totals).
    */
   readonly count: number | null;

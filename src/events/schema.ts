@@ -163,7 +163,7 @@ export const OutboxRow = z.object({
   row_id: z.string().nullable(),
   data: z.string().nullable(),
   committed_ms: z.number().finite(),
-  // Selected by the reader only (hub.next_page, sql/011_sequence_and_read.sql): what the dashboard totals need.
+  // Selected by the reader only (hub.next_page and hub.read_page, sql/011 and sql/014): what the dashboard totals need.
   vote_count: z.string().max(64).nullable().optional(),
   old_election_id: SqlBigint.nullable().optional(),
   old_committee_id: SqlBigint.nullable().optional(),

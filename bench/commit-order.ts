@@ -458,14 +458,16 @@ try {
       await L.query('LISTEN bench_page');
       await Q.query('CREATE TABLE bench_page_plain (x int)');
       const frontier = async () => BigInt(String((await Q.query('SELECT hub.sequence()::text AS f')).rows[0]?.f));
-      const nextPage = async (from: bigint) => {
+      /** A page from `fn` (hub.next_page or a copy of it) after `from`, which must hold a row. */
+      const pageCall = (fn: string, name: string) => async (from: bigint) => {
         const r = await Q.query({
-          name: 'page',
-          text: 'SELECT * FROM hub.next_page($1::bigint, 0, 1000, 4194304)',
+          name,
+          text: `SELECT * FROM ${fn}($1::bigint, 0, 1000, 4194304)`,
           values: [from.toString()],
         });
         if (r.rows[0]?.seq == null) throw new Error('the page is empty');
       };
+      const nextPage = pageCall('hub.next_page', 'page');
       let head = await frontier();
       /** The reader's read before sql/009 (src/db/outbox.ts then): rows below the horizon, after the last one read. */
       const lastWritten = async () =>
@@ -575,14 +577,7 @@ try {
 ]*', ''); END $$`);
       head = await frontier();
       log(`page: ${historyKeys} keys of history written in ${((performance.now() - filled) / 1000).toFixed(1)} s`);
-      const custom = async (from: bigint) => {
-        const r = await Q.query({
-          name: 'page_custom',
-          text: 'SELECT * FROM public.bench_next_page_custom($1::bigint, 0, 1000, 4194304)',
-          values: [from.toString()],
-        });
-        if (r.rows[0]?.seq == null) throw new Error('the page is empty');
-      };
+      const custom = pageCall('public.bench_next_page_custom', 'page_custom');
       const history = await measure(`idle, ${historyKeys} keys held`, 20, {
         'generic plan (013)': { call: () => nextPage(head), captured: true },
         'custom plans (before 013)': { call: () => custom(head), captured: true },

@@ -20,7 +20,10 @@
 -- hole above its frontier as it always has). An idle or steady stream (a few rows per page)
 -- reads as before, in one call; a burst reads its bulk without holding anyone up.
 -- hub.read_page is hub.next_page's page (011) with 013's settings: the same rows, columns and
--- order, `frontier` NULL.
+-- order, `frontier` NULL. It is a copy rather than something hub.next_page calls, so that the
+-- reader's one call per event stays one PL/pgSQL function (a nested set-returning call would cost
+-- every idle event a second function and a second tuplestore; not measured): a change to either page must be
+-- made to both, and test/commit-order.test.ts compares their rows.
 
 CREATE FUNCTION hub.read_page(after_seq bigint, after_id bigint, max_rows integer, max_bytes bigint)
 RETURNS TABLE (

@@ -19,7 +19,7 @@ import type { Hub } from '../src/main.ts';
 import { ZERO, compare, decodeCursor, encodeCursor } from '../src/events/position.ts';
 import { migrate } from '../src/db/migrate.ts';
 import { computeSnapshot } from '../src/db/snapshot.ts';
-import { prune, prunedPosition, readAfter } from '../src/db/outbox.ts';
+import { prune, prunedPosition, readAfter, readPage } from '../src/db/outbox.ts';
 
 /*
  * Order without the cluster-wide horizon (issue 14 item 3, sql/006_commit_order.sql and
@@ -372,6 +372,30 @@ describe('hub.sequence, on a database no hub reads', () => {
       /max_rows must be 1 to 10000/,
     );
     await expect(q.pool.query('SELECT * FROM hub.next_page(0, 0, 10001, 1)')).rejects.toThrow(/max_rows/);
+  });
+
+  it('hub.read_page returns the rows hub.next_page returns, without giving keys (sql/014 repeats the page of 011)', async () => {
+    const f0 = (await readAfter(q.pool, { seq: 0n, id: 0n }, 1)).frontier;
+    await insert(q.pool, 3);
+    // A vote and its update: the columns the totals read (count, the old election and committee).
+    const v = await q.pool.query<{ id: string }>(
+      `INSERT INTO votes (election_id, committee_id, count) VALUES (1, 1, 5) RETURNING id::text`,
+    );
+    await q.pool.query(`UPDATE votes SET count = 7, committee_id = 2 WHERE id = $1`, [v.rows[0]?.id]);
+    // Nothing committed since is keyed by hub.read_page: the page it reads is empty.
+    expect(await readPage(q.pool, { seq: f0, id: 0n }, 1000)).toEqual({ rows: [], more: false });
+    const next = await readAfter(q.pool, { seq: f0, id: 0n }, 1000);
+    expect(next.rows.map((r) => r.action)).toContain('updated');
+    for (const [after, limit, bytes] of [
+      [{ seq: f0, id: 0n }, 1000, 4194304],
+      [{ seq: f0, id: 0n }, 2, 4194304],
+      [{ seq: f0, id: BigInt(String(next.rows[0]?.id)) }, 1000, 4194304],
+      [{ seq: f0, id: 0n }, 1000, 1],
+    ] as const) {
+      const a = await readAfter(q.pool, after, limit, bytes);
+      const b = await readPage(q.pool, after, limit, bytes);
+      expect(b).toEqual({ rows: a.rows.map((r) => ({ ...r, frontier: null })), more: a.more });
+    }
   });
 
   it('refuses to run other than at READ COMMITTED; returns NULL without waiting when another call holds the lock, or gives up after 5 s when waiting', async () => {

@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createPool } from '../src/db/pool.ts';
-import { startReader } from '../src/db/reader.ts';
+import { type Reader, type ReaderOptions, startReader } from '../src/db/reader.ts';
 import { createLogger } from '../src/log.ts';
 import { createTestDatabase, seed, type TestDatabase } from './support/db.ts';
 import { waitUntil } from './support/hub.ts';
@@ -26,34 +26,78 @@ afterAll(async () => {
   await db?.drop();
 });
 
-it('a reader that stops reading in the middle of a burst holds up no other call: its first page fits the sockets, the rest take no lock', async () => {
-  const pool = new pg.Pool({ connectionString: db.url, max: 1, application_name: 'stalled-reader' });
+type Stallable = {
+  reader: Reader;
+  /** Events and frame bytes handed over so far. */
+  got: { events: number; bytes: number };
+  /** The reader's sockets stop (or start again) taking what the server sends. */
+  pause(): void;
+  resume(): void;
+  stop(): Promise<void>;
+};
+
+/** A started reader on `pool` whose connections' sockets can be paused, as a frozen process would. */
+async function stallableReader(pool: pg.Pool, opts: Partial<ReaderOptions> = {}): Promise<Stallable> {
   const sockets: Array<{ pause(): void; resume(): void }> = [];
   pool.on('connect', (c) =>
     sockets.push((c as unknown as { connection: { stream: (typeof sockets)[0] } }).connection.stream),
   );
-  let events = 0;
+  const got = { events: 0, bytes: 0 };
   const reader = startReader({
     pool,
     log: createLogger('silent'),
     backstopMs: 60_000,
-    // Pages as large as the burst: more than any socket buffer takes.
-    batchSize: 10_000,
-    pageBytes: 64 * 1024 * 1024,
     onStarted: () => undefined,
-    onEvents: (es) => void (events += es.length),
+    onEvents: (es) => {
+      got.events += es.length;
+      got.bytes += es.reduce((n, e) => n + e.frame.length, 0);
+    },
+    ...opts,
   });
+  const resume = () => {
+    for (const s of sockets) s.resume();
+  };
   try {
     await waitUntil(() => reader.position() !== undefined, 10_000, 'the reader to start');
-    await new Promise((r) => setTimeout(r, 50)); // its first pass done, it waits for a wake-up
+  } catch (err) {
+    await reader.stop();
+    await pool.end();
+    throw err;
+  }
+  await new Promise((r) => setTimeout(r, 50)); // its first pass done, it waits for a wake-up
+  return {
+    reader,
+    got,
+    pause: () => {
+      for (const s of sockets) s.pause();
+    },
+    resume,
+    stop: async () => {
+      resume();
+      await reader.stop();
+      await pool.end();
+    },
+  };
+}
+
+it('a reader that stops reading in the middle of a burst holds up no other call: its first page fits the sockets, the rest take no lock', async () => {
+  const r = await stallableReader(
+    new pg.Pool({ connectionString: db.url, max: 1, application_name: 'stalled-reader' }),
+    {
+      // Pages as large as the burst: more than any socket buffer takes.
+      batchSize: 10_000,
+      pageBytes: 64 * 1024 * 1024,
+    },
+  );
+  try {
     // The reader stops reading; then a burst (one statement, 6 MB) and its wake-up.
-    for (const s of sockets) s.pause();
+    r.pause();
     const t0 = (await db.pool.query<{ t: Date }>('SELECT clock_timestamp() AS t')).rows[0]?.t;
     await db.pool.query(
       `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, repeat('x', 2000) || i FROM generate_series(1, 3000) i`,
       [election, committee],
     );
-    reader.wake();
+    r.reader.wake();
     // Its page call has run: sent whole (idle) or stuck sending (waiting on ClientWrite).
     await waitUntil(
       async () =>
@@ -79,40 +123,24 @@ it('a reader that stops reading in the middle of a burst holds up no other call:
     expect(keyed.rows[0]?.n).toBe('1');
     expect(before).toBeGreaterThan(0n);
     // Reading again, it gets everything, the burst in pages after the first.
-    for (const s of sockets) s.resume();
-    reader.wake();
-    await waitUntil(() => events === 3001, 30_000, `all 3 001 events (have ${events})`);
+    r.resume();
+    r.reader.wake();
+    await waitUntil(() => r.got.events === 3001, 30_000, `all 3 001 events (have ${r.got.events})`);
   } finally {
-    for (const s of sockets) s.resume();
-    await reader.stop();
-    await pool.end();
+    await r.stop();
   }
 }, 60_000);
 
 it('a row larger than any first page at the head of a pass: the server drops the stalled reader within tcp_user_timeout, before another call’s lock timeout, and the reader reads it on a new connection', async () => {
-  const pool = createPool(db.url, createLogger('silent'), 1, 'stalled-reader-big-row');
-  const sockets: Array<{ pause(): void; resume(): void }> = [];
-  pool.on('connect', (c) =>
-    sockets.push((c as unknown as { connection: { stream: (typeof sockets)[0] } }).connection.stream),
-  );
-  let bytes = 0;
-  const reader = startReader({
-    pool,
-    log: createLogger('silent'),
-    backstopMs: 60_000,
-    onStarted: () => undefined,
-    onEvents: (es) => void (bytes += es.reduce((n, e) => n + e.frame.length, 0)),
-  });
+  const r = await stallableReader(createPool(db.url, createLogger('silent'), 1, 'stalled-reader-big-row'));
   try {
-    await waitUntil(() => reader.position() !== undefined, 10_000, 'the reader to start');
-    await new Promise((r) => setTimeout(r, 50));
-    for (const s of sockets) s.pause();
+    r.pause();
     // 8 MB of JSON in one row: the page that gives its key cannot leave it out (one row always comes).
     await db.pool.query(
       `INSERT INTO guarantees (election_id, committee_id, voter_name) SELECT $1, $2, string_agg(md5(i::text), '') FROM generate_series(1, 250000) i`,
       [election, committee],
     );
-    reader.wake();
+    r.reader.wake();
     await waitUntil(
       async () =>
         (
@@ -130,12 +158,10 @@ it('a row larger than any first page at the head of a pass: the server drops the
     // It waits for the lock the stalled call holds: until the server drops that connection
     // (TCP_USER_TIMEOUT_MS), not until its own 5 s lock timeout fails it.
     await db.pool.query('SELECT hub.sequence()');
-    for (const s of sockets) s.resume();
-    reader.wake();
-    await waitUntil(() => bytes > 8_000_000, 30_000, 'the big row, read again on a new connection');
+    r.resume();
+    r.reader.wake();
+    await waitUntil(() => r.got.bytes > 8_000_000, 30_000, 'the big row, read again on a new connection');
   } finally {
-    for (const s of sockets) s.resume();
-    await reader.stop();
-    await pool.end();
+    await r.stop();
   }
 }, 60_000);

@@ -128,16 +128,9 @@ export async function readAfter(
   limit: number,
   maxBytes = Number.MAX_SAFE_INTEGER,
 ): Promise<ReadResult> {
-  // Named: prepared once per pooled connection, so the hot path skips parsing and planning.
-  const res = await db
-    .query({
-      name: 'hub_next_page',
-      text: 'SELECT * FROM hub.next_page($1::bigint, $2::bigint, $3::int, $4::bigint)',
-      values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
-    })
-    .catch(missing('hub.next_page()', '011_sequence_and_read.sql'));
-  const page = pageOf(res.rows as RawRow[], limit);
-  const f = (res.rows[0] as RawRow | undefined)?.frontier;
+  const all = await pageQuery(db, 'next_page', '011_sequence_and_read.sql', after, limit, maxBytes);
+  const page = pageOf(all, limit);
+  const f = all[0]?.frontier;
   if (typeof f !== 'string' || !DIGITS.test(f)) throw new Error('hub.next_page returned no frontier');
   return { ...page, frontier: BigInt(f) };
 }
@@ -153,14 +146,26 @@ export async function readPage(
   limit: number,
   maxBytes = Number.MAX_SAFE_INTEGER,
 ): Promise<Omit<ReadResult, 'frontier'>> {
+  return pageOf(await pageQuery(db, 'read_page', '014_pages_without_the_lock.sql', after, limit, maxBytes), limit);
+}
+
+/** hub.next_page or hub.read_page (the same arguments and columns), named: prepared once per pooled connection. */
+async function pageQuery(
+  db: Pick<pg.Pool, 'query'>,
+  fn: 'next_page' | 'read_page',
+  file: string,
+  after: Position,
+  limit: number,
+  maxBytes: number,
+): Promise<RawRow[]> {
   const res = await db
     .query({
-      name: 'hub_read_page',
-      text: 'SELECT * FROM hub.read_page($1::bigint, $2::bigint, $3::int, $4::bigint)',
+      name: `hub_${fn}`,
+      text: `SELECT * FROM hub.${fn}($1::bigint, $2::bigint, $3::int, $4::bigint)`,
       values: [after.seq.toString(), after.id.toString(), Math.min(limit, MAX_PAGE_ROWS), maxBytes],
     })
-    .catch(missing('hub.read_page()', '014_pages_without_the_lock.sql'));
-  return pageOf(res.rows as RawRow[], limit);
+    .catch(missing(`hub.${fn}()`, file));
+  return res.rows as RawRow[];
 }
 
 /** A page's rows (an empty page is one row with nothing but the frontier) and whether more follow. */
